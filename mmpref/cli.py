@@ -1,0 +1,45 @@
+"""`mmpref run PARAMS` and `mmpref status PARAMS`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mmpref.config import ParamsError, dotted_to_nested
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mmpref", description="Multi-modal preference alignment, stage by stage.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="execute the stage notebooks with papermill (complete stages are skipped)")
+    p_run.add_argument("params", help="params YAML, e.g. params/tiny.yaml")
+    p_run.add_argument("--stages", help="a stage range such as 02-04, or a list such as 05,08 (default: all)")
+    p_run.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run STAGE even if complete")
+    p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                       help="override a param, e.g. --set train.dpo.beta=0.2 (repeatable)")
+    p_status = sub.add_parser("status", help="show which stages of a run are complete")
+    p_status.add_argument("params")
+    p_status.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    args = parser.parse_args(argv)
+
+    from mmpref import runner
+
+    try:
+        overrides = dotted_to_nested(args.overrides)
+        if args.command == "run":
+            report = runner.run(args.params, stages=args.stages, force=args.force, overrides=overrides)
+            print(runner.summary_table(report))
+            print(f"total {sum(r['seconds'] for r in report):.1f}s")
+        else:
+            print(runner.summary_table(runner.status(args.params, overrides)))
+    except (ParamsError, ValueError) as exc:
+        print(f"mmpref: error: {exc}", file=sys.stderr)
+        return 2
+    except runner.StageFailed as exc:
+        print(f"mmpref: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""Run parameters: one YAML file describes a whole run, validated here.
+
+Every model forbids unknown keys, so a typo is an error that names the key, where it is and which keys are allowed.
+Defaults follow the paper's appendix (Table 5); `params/tiny.yaml` shrinks them for the miniature world.
+API keys are never parameters: judges read them from the environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mmpref.io import sha256_json
+
+STAGES = [
+    "00_world",
+    "01_collect",
+    "02_sample",
+    "03_annotate",
+    "04_pair",
+    "05_train_sft_gold",
+    "06_train_steerlm",
+    "07_train_rejection_sampling",
+    "08_train_dpo",
+    "09_evaluate",
+    "10_analyse",
+]
+METHODS = ["sft_gold", "steerlm", "rejection_sampling", "dpo"]
+BENCHMARKS = ["pope", "mmbench", "mmvet", "llava_bench", "mt_bench", "alpaca_eval", "mt_bench_noisy"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunParams(Strict):
+    name: str = "run"
+    run_dir: str = "runs/{name}"
+    seed: int = 0
+
+
+class LMShape(Strict):
+    hidden_size: int = 128
+    intermediate_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    max_positions: int = 192
+
+
+class VisionShape(Strict):
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    patch_size: int = 8
+
+
+class WorldParams(Strict):
+    """The miniature world (stage 00). Absent (null) for runs on real checkpoints."""
+
+    image_size: int = 48
+    n_visual_train: int = 3000
+    n_text_train: int = 3000
+    n_pool: int = 400
+    n_bench: int = 60
+    vocab_size: int = 700
+    lm: LMShape = LMShape()
+    vision: VisionShape = VisionShape()
+    lm_epochs: float = 3.0
+    lm_lr: float = 2e-3
+    vit_epochs: float = 2.0
+    vit_lr: float = 1e-3
+    batch_size: int = 32
+    human_flip_prob: float = Field(0.3, ge=0.0, le=0.5)
+
+
+class ModelParams(Strict):
+    """Checkpoints: hub ids or paths. `{run_dir}` expands to the run directory."""
+
+    policy: str = "liuhaotian/llava-v1.5-13b"
+    base_lm: str | None = "lmsys/vicuna-13b-v1.5"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    device: str = "auto"
+
+
+class PromptSource(Strict):
+    name: Literal["scigraphqa", "lrv"]
+    path: str
+    image_root: str | None = None
+    n: int = Field(3000, ge=1)
+
+
+class PromptParams(Strict):
+    sources: list[PromptSource] = [
+        PromptSource(name="scigraphqa", path="alexshengzhili/SciGraphQA-295K-train"),
+        PromptSource(name="lrv", path="{run_dir}/data/lrv/filter_cap.json"),
+    ]
+
+
+class SamplingParams(Strict):
+    k: int = Field(4, ge=2)
+    temperature: float = Field(0.7, gt=0.0)
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+    batch_size: int = 8
+
+
+class JudgeParams(Strict):
+    backend: Literal["rubric", "gemini", "openai"] = "gemini"
+    model: str | None = "gemini-pro-vision"
+    base_url: str | None = None
+    max_workers: int = Field(4, ge=1)
+    requests_per_minute: float | None = None
+    max_retries: int = Field(2, ge=0)
+
+
+class PairingParams(Strict):
+    min_gap: int = Field(2, ge=1)
+
+
+class LoraParams(Strict):
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class SFTParams(Strict):
+    learning_rate: float = 4e-4
+    batch_size: int = 16
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_length: int = 2048
+    train_projector: bool = True
+
+
+class DPOParams(Strict):
+    beta: float = 0.1
+    learning_rate: float = 5e-5
+    batch_size: int = 8
+    grad_accum: int = 4
+    epochs: float = 3.0
+    max_length: int = 300
+    average_log_prob: bool = False
+    precompute_ref_log_probs: bool = True
+    fractions: list[float] = [0.25, 0.5, 0.75]
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions_in_range(cls, v: list[float]) -> list[float]:
+        bad = [f for f in v if not 0.0 < f < 1.0]
+        if bad:
+            raise ValueError(f"data fractions must lie strictly between 0 and 1 (0 is the policy, 1 is 'dpo'): {bad}")
+        return sorted(v)
+
+
+class TrainParams(Strict):
+    methods: list[Literal["sft_gold", "steerlm", "rejection_sampling", "dpo"]] = list(METHODS)
+    lora: LoraParams = LoraParams()
+    sft: SFTParams = SFTParams()
+    dpo: DPOParams = DPOParams()
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    bf16: bool = True
+    gradient_checkpointing: bool = True
+    deepspeed: str | None = None
+    logging_steps: int = 10
+
+
+class EvalParams(Strict):
+    benchmarks: dict[str, str] = {}
+    judge: JudgeParams = JudgeParams(model="gpt-4")
+    judge_templates: dict[str, str] = {}
+    noise_images: str | None = None
+    limit: int | None = None
+    max_new_tokens: int = 512
+    batch_size: int = 8
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"unknown benchmark(s) {unknown}; allowed: {BENCHMARKS}")
+        return v
+
+    @field_validator("judge_templates")
+    @classmethod
+    def _known_templates(cls, v: dict[str, str]) -> dict[str, str]:
+        allowed = ["mt_bench", "alpaca_eval", "llava_bench"]
+        unknown = sorted(set(v) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown judge template(s) {unknown}; allowed: {allowed}")
+        return v
+
+
+class Params(Strict):
+    run: RunParams = RunParams()
+    world: WorldParams | None = None
+    models: ModelParams = ModelParams()
+    prompts: PromptParams = PromptParams()
+    sampling: SamplingParams = SamplingParams()
+    judge: JudgeParams = JudgeParams()
+    pairing: PairingParams = PairingParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvalParams = EvalParams()
+
+    # resolved at load time, not part of the YAML
+    _root: Path = Path(".")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path(self.run.run_dir)
+
+    def path(self, value: str) -> Path:
+        """Expand `{run_dir}`/`{name}` and resolve a relative path against the project root."""
+        text = value.replace("{name}", self.run.name)
+        if "{run_dir}" in text:
+            text = text.replace("{run_dir}", str(self.run_dir))
+        p = Path(text).expanduser()
+        return p if p.is_absolute() else (self._root / p).resolve()
+
+    def model_ref(self, value: str) -> str:
+        """A checkpoint reference: a local path when it names one (or uses {run_dir}), else a hub id as given."""
+        if "{run_dir}" in value or value.startswith((".", "/", "~")) or self.path(value).exists():
+            return str(self.path(value))
+        return value
+
+    def section_hash(self, *sections: str) -> str:
+        """Hash of the given top-level sections: a stage reruns only when its own params change."""
+        data = self.model_dump(mode="json")
+        return sha256_json({s: data.get(s) for s in sections})[:16]
+
+
+class ParamsError(ValueError):
+    """A params file that cannot be used; the message says what and where."""
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(err["loc"][:-1])
+            lines.append(f"  - unknown key '{loc}'; allowed keys here: {', '.join(allowed)}")
+        else:
+            lines.append(f"  - {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = Params
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return []
+        ann = field.annotation
+        model = _model_in(ann)
+        if model is None:
+            return []
+    return sorted(model.model_fields)
+
+
+def _model_in(ann: Any) -> Any:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in (over or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def dotted_to_nested(assignments: list[str]) -> dict:
+    """['train.dpo.beta=0.2', 'run.name=x'] -> nested dict; values parsed as YAML scalars."""
+    out: dict = {}
+    for item in assignments:
+        if "=" not in item:
+            raise ParamsError(f"override '{item}' must look like section.key=value")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return out
+
+
+def find_project_root(start: Path) -> Path:
+    for d in [start, *start.parents]:
+        if (d / "pyproject.toml").exists() and (d / "mmpref").is_dir():
+            return d
+    return start
+
+
+def resolve_params_path(params_path: str | Path) -> Path:
+    """Find a params file given relative to the cwd or to the project root (notebooks run from notebooks/)."""
+    p = Path(params_path).expanduser()
+    if p.exists():
+        return p.resolve()
+    root = find_project_root(Path.cwd().resolve())
+    if (root / p).exists():
+        return (root / p).resolve()
+    here = find_project_root(Path(__file__).resolve().parent)
+    if (here / p).exists():
+        return (here / p).resolve()
+    raise ParamsError(f"params file not found: {params_path} (looked in {Path.cwd()} and {root})")
+
+
+def load_params(params_path: str | Path, overrides: dict | None = None) -> Params:
+    """Load, merge overrides and validate a params file.
+
+    The environment variable MMPREF_RUN_DIR, when set, replaces run.run_dir (used by the notebook tests to point every
+    notebook at one finished run).
+    """
+    path = resolve_params_path(params_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    data = deep_merge(data, overrides or {})
+    if os.environ.get("MMPREF_RUN_DIR"):
+        data = deep_merge(data, {"run": {"run_dir": os.environ["MMPREF_RUN_DIR"]}})
+    try:
+        params = Params.model_validate(data)
+    except ValidationError as exc:
+        raise ParamsError(_format_errors(exc, str(path))) from None
+    params._root = find_project_root(path.parent)
+    return params

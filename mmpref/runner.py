@@ -1,0 +1,256 @@
+"""Stages, the manifest, and `mmpref run`: execute the numbered notebooks with papermill.
+
+A stage is complete when `manifest.jsonl` holds an "ok" line for it whose params hash (of the params sections the stage
+reads) and input hashes (the output hashes of the stages it reads from) match the current ones. `mmpref run` skips
+complete stages; a notebook run by hand in JupyterLab records its line the same way (`Stage.done()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from mmpref.config import STAGES, Params, load_params, resolve_params_path
+from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+
+TRAIN_STAGES = {"05_train_sft_gold": "sft_gold", "06_train_steerlm": "steerlm",
+                "07_train_rejection_sampling": "rejection_sampling", "08_train_dpo": "dpo"}
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    sections: tuple[str, ...]
+    upstream: tuple[str, ...]
+
+
+SPECS: dict[str, StageSpec] = {
+    "00_world": StageSpec(("run", "world"), ()),
+    "01_collect": StageSpec(("run", "prompts"), ("00_world",)),
+    "02_sample": StageSpec(("run", "models", "sampling", "judge"), ("01_collect",)),
+    "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
+    "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
+    **{s: StageSpec(("run", "models", "train"), ("04_pair",)) for s in TRAIN_STAGES},
+    "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), tuple(TRAIN_STAGES)),
+    "10_analyse": StageSpec(("run", "world"), ("09_evaluate",)),
+}
+
+
+def active_stages(params: Params) -> list[str]:
+    """Stages this run has: no 00_world without a miniature world, no training stage for an unlisted method."""
+    out = []
+    for s in STAGES:
+        if s == "00_world" and params.world is None:
+            continue
+        if s in TRAIN_STAGES and TRAIN_STAGES[s] not in params.train.methods:
+            continue
+        out.append(s)
+    return out
+
+
+def stage_outputs(params: Params, stage: str) -> list[Path]:
+    """The files whose content defines a stage's result (hashed into downstream stages' inputs)."""
+    rd = params.run_dir
+    if stage == "00_world":
+        return [rd / "world" / m / "model.safetensors" for m in ("base-lm", "vit")]
+    if stage == "01_collect":
+        return [rd / "prompts.jsonl"]
+    if stage == "02_sample":
+        return [rd / "samples.jsonl", rd / "gold.jsonl"]
+    if stage == "03_annotate":
+        return [rd / "annotations.jsonl"]
+    if stage == "04_pair":
+        return sorted((rd / "datasets").glob("*.jsonl"))
+    if stage in TRAIN_STAGES:
+        return sorted((rd / "adapters").glob(f"{TRAIN_STAGES[stage]}*/adapter_model.safetensors"))
+    if stage == "09_evaluate":
+        return [rd / "eval" / "results.csv"]
+    if stage == "10_analyse":
+        return sorted((rd / "tables").glob("*.csv"))
+    raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+
+
+def outputs_hash(params: Params, stage: str) -> str | None:
+    files = stage_outputs(params, stage)
+    if not files or not all(f.exists() for f in files):
+        return None
+    return sha256_json({f.name if f.parent == params.run_dir else str(f.relative_to(params.run_dir)): sha256_file(f)
+                        for f in files})[:16]
+
+
+def manifest_path(params: Params) -> Path:
+    return params.run_dir / "manifest.jsonl"
+
+
+def last_lines(params: Params) -> dict[str, dict]:
+    path = manifest_path(params)
+    lines: dict[str, dict] = {}
+    if path.exists():
+        for row in read_jsonl(path):
+            lines[row["stage"]] = row
+    return lines
+
+
+def expected(params: Params, stage: str) -> dict:
+    spec = SPECS[stage]
+    ups = [u for u in spec.upstream if u in active_stages(params)]
+    return {"params_hash": params.section_hash(*spec.sections),
+            "input_hashes": {u: last_lines(params).get(u, {}).get("outputs_hash") for u in ups}}
+
+
+def stage_state(params: Params, stage: str) -> str:
+    """'complete', 'stale' (params or inputs changed, or outputs gone), 'failed' or 'not run'."""
+    line = last_lines(params).get(stage)
+    if line is None:
+        return "not run"
+    if line["status"] != "ok":
+        return "failed"
+    exp = expected(params, stage)
+    if (line["params_hash"] != exp["params_hash"] or line["input_hashes"] != exp["input_hashes"]
+            or line.get("outputs_hash") != outputs_hash(params, stage)):
+        return "stale"
+    return "complete"
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "trl", "peft", "datasets", "google-genai", "mmpref"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    root = logging.getLogger()
+    if not any(getattr(h, "_mmpref", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        handler._mmpref = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("httpx", "urllib3", "matplotlib", "PIL", "datasets", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+class Stage:
+    """What a notebook opens at its start and closes at its end: params, run dir, timing, the manifest line."""
+
+    def __init__(self, params_path: str, overrides: dict | None, name: str):
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
+        setup_logging()
+        self.name = name
+        self.params = load_params(params_path, overrides)
+        self.run_dir = self.params.run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.start = time.time()
+        log.info("stage %s of run %s in %s", name, self.params.run.name, self.run_dir)
+
+    def done(self, **summary) -> dict:
+        exp = expected(self.params, self.name)
+        line = {"stage": self.name, "status": "ok", **exp, "outputs_hash": outputs_hash(self.params, self.name),
+                "seconds": round(time.time() - self.start, 1), "versions": package_versions(),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "summary": summary}
+        append_jsonl(manifest_path(self.params), line)
+        log.info("stage %s done in %.1fs", self.name, line["seconds"])
+        return line
+
+
+def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
+    """'02-04', '3', '05_train_sft_gold', '02,04' -> stage names (in run order)."""
+    if not spec:
+        return list(available)
+
+    def find(token: str) -> int:
+        token = token.strip()
+        for i, s in enumerate(STAGES):
+            if s == token or s.split("_")[0] == token.zfill(2):
+                return i
+        raise ValueError(f"unknown stage {token!r}; stages: {', '.join(STAGES)}")
+
+    chosen: set[str] = set()
+    for part in spec.split(","):
+        if "-" in part:
+            a, b = part.split("-", 1)
+            chosen.update(STAGES[find(a): find(b) + 1])
+        else:
+            chosen.add(STAGES[find(part)])
+    return [s for s in available if s in chosen]
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+def notebooks_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def run(params_path: str, stages: str | None = None, force: list[str] | None = None,
+        overrides: dict | None = None) -> list[dict]:
+    """Execute the run's notebooks in order with papermill; complete stages are skipped unless forced."""
+    import papermill as pm
+    from tqdm.auto import tqdm
+
+    setup_logging()
+    path = resolve_params_path(params_path)
+    params = load_params(path, overrides)
+    todo = parse_stage_range(stages, active_stages(params))
+    forced = set(parse_stage_range(",".join(force), STAGES)) if force else set()
+    out_dir = params.run_dir / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = []
+    bar = tqdm(todo, desc=f"run {params.run.name}", unit="stage")
+    for stage in bar:
+        bar.set_postfix_str(stage)
+        state = stage_state(params, stage)
+        if state == "complete" and stage not in forced:
+            log.info("%s: complete, skipped", stage)
+            report.append({"stage": stage, "action": "skipped (complete)", "seconds": 0.0})
+            continue
+        src = notebooks_dir() / f"{stage}.ipynb"
+        dst = out_dir / f"{stage}.ipynb"
+        start = time.time()
+        log.info("%s: running (%s) -> %s", stage, state, dst)
+        try:
+            pm.execute_notebook(str(src), str(dst), parameters={"params_path": str(path), "overrides": overrides or {}},
+                                cwd=str(src.parent), progress_bar=False, log_output=False, kernel_name="python3")
+        except pm.PapermillExecutionError as exc:
+            append_jsonl(manifest_path(params), {"stage": stage, "status": "failed", "error": f"{exc.ename}: {exc.evalue}",
+                                                 "seconds": round(time.time() - start, 1)})
+            raise StageFailed(
+                f"stage {stage} failed in notebook {src.name}, cell {exc.cell_index + 1} ({exc.ename}: {exc.evalue}).\n"
+                f"The executed copy with the traceback is {dst}"
+            ) from None
+        seconds = round(time.time() - start, 1)
+        report.append({"stage": stage, "action": "ran", "seconds": seconds})
+        log.info("%s: finished in %.1fs", stage, seconds)
+    return report
+
+
+def status(params_path: str, overrides: dict | None = None) -> list[dict]:
+    params = load_params(params_path, overrides)
+    lines = last_lines(params)
+    return [{"stage": s, "state": stage_state(params, s), "seconds": lines.get(s, {}).get("seconds"),
+             "finished": lines.get(s, {}).get("finished")} for s in active_stages(params)]
+
+
+def summary_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    lines = ["  ".join(k.ljust(widths[k]) for k in keys)]
+    lines += ["  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
+    return "\n".join(lines)
+

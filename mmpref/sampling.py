@@ -1,0 +1,145 @@
+"""Generation: k samples per prompt for preference data, and greedy answers for benchmarks.
+
+One `Policy` wraps either a VLM (AutoModelForImageTextToText + AutoProcessor, optionally with a PEFT adapter) or a
+text-only LM (the base LLM). Prompts are rendered with the checkpoint's own chat template and generated in batches
+with HF `generate` (left padding).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+from pydantic import BaseModel
+from tqdm.auto import tqdm
+
+from mmpref.io import append_jsonl, read_jsonl
+from mmpref.models import chat_messages, load_text_lm, load_vlm
+
+log = logging.getLogger(__name__)
+
+
+class ChatRequest(BaseModel):
+    turns: list[str]
+    answers: list[str] = []
+    image: str | None = None
+
+
+GenerateFn = Callable[[list[ChatRequest]], list[str]]
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open an image as RGB; a corrupt or missing file raises ValueError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as exc:  # PIL raises several types for bad files
+        raise ValueError(f"cannot read image {path}: {exc}") from None
+
+
+class Policy:
+    """A loaded checkpoint that answers ChatRequests."""
+
+    def __init__(self, model, processor, name: str, is_vlm: bool, question_transform: Callable[[str], str] | None = None):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.tokenizer.padding_side = "left"
+        self.name = name
+        self.is_vlm = is_vlm
+        self.question_transform = question_transform
+
+    @classmethod
+    def load(cls, ref: str, name: str, adapter: str | Path | None = None, text_only: bool = False,
+             dtype: str = "bfloat16", device: str = "auto", question_transform=None) -> "Policy":
+        if text_only:
+            model, tok = load_text_lm(ref, dtype=dtype, device=device)
+            return cls(model, tok, name, is_vlm=False, question_transform=question_transform)
+        model, proc = load_vlm(ref, adapter=adapter, dtype=dtype, device=device)
+        return cls(model, proc, name, is_vlm=True, question_transform=question_transform)
+
+    def _render(self, req: ChatRequest) -> str:
+        turns = list(req.turns)
+        if self.question_transform is not None:
+            turns = [self.question_transform(t) for t in turns]
+        has_image = req.image is not None
+        if has_image and not self.is_vlm:
+            raise ValueError(f"{self.name} is a text-only model and cannot take an image ({req.image})")
+        return self.processor.apply_chat_template(
+            chat_messages(turns, req.answers, has_image), add_generation_prompt=True, tokenize=False
+        )
+
+    @torch.no_grad()
+    def generate(self, requests: list[ChatRequest], *, num_return_sequences: int = 1, temperature: float = 0.0,
+                 top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 16, seed: int = 0,
+                 desc: str | None = None) -> list[list[str]]:
+        """Answers per request (num_return_sequences each). temperature 0 means greedy."""
+        torch.manual_seed(seed)
+        out: list[list[str]] = []
+        batches = range(0, len(requests), batch_size)
+        for start in tqdm(batches, desc=desc or f"generate {self.name}", disable=desc is False):
+            chunk = requests[start:start + batch_size]
+            texts = [self._render(r) for r in chunk]
+            with_images = [r.image is not None for r in chunk]
+            if any(with_images) and not all(with_images):
+                # mixed batch: split so each call is uniform
+                for r in chunk:
+                    out += self.generate([r], num_return_sequences=num_return_sequences, temperature=temperature,
+                                         top_p=top_p, max_new_tokens=max_new_tokens, batch_size=1,
+                                         seed=seed + start, desc=False)
+                continue
+            if all(with_images) and chunk:
+                images = [open_image(r.image) for r in chunk]
+                enc = self.processor(images=images, text=texts, padding=True, add_special_tokens=False,
+                                     return_tensors="pt")
+            else:
+                enc = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+            enc = {k: v.to(self.model.device) for k, v in enc.items()}
+            if "pixel_values" in enc:
+                enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+            sample = temperature > 0
+            gen = self.model.generate(
+                **enc,
+                do_sample=sample,
+                temperature=temperature if sample else None,
+                top_p=top_p if sample else None,
+                top_k=None,
+                num_return_sequences=num_return_sequences,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+            new = gen[:, enc["input_ids"].shape[1]:]
+            decoded = [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            for i in range(len(chunk)):
+                out.append(decoded[i * num_return_sequences:(i + 1) * num_return_sequences])
+        return out
+
+    def greedy_fn(self, max_new_tokens: int = 128, batch_size: int = 16) -> GenerateFn:
+        """The GenerateFn benchmarks use: one greedy answer per request."""
+
+        def generate(requests: list[ChatRequest]) -> list[str]:
+            return [a[0] for a in self.generate(requests, max_new_tokens=max_new_tokens, batch_size=batch_size)]
+
+        return generate
+
+
+def sample_responses(policy: Policy, prompts: list[dict], run_dir: Path, out_path: Path, *, k: int,
+                     temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int) -> list[dict]:
+    """k samples per prompt into samples.jsonl; prompts already sampled are kept (an interrupted stage resumes)."""
+    done = {r["prompt_id"] for r in read_jsonl(out_path)} if out_path.exists() else set()
+    todo = [p for p in prompts if p["id"] not in done]
+    log.info("sampling %d prompts x %d (already done: %d)", len(todo), k, len(done))
+    for start in tqdm(range(0, len(todo), batch_size), desc="sample"):
+        chunk = todo[start:start + batch_size]
+        reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"])) for p in chunk]
+        outs = policy.generate(reqs, num_return_sequences=k, temperature=temperature, top_p=top_p,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + start, desc=False)
+        for p, responses in zip(chunk, outs):
+            append_jsonl(out_path, {"prompt_id": p["id"], "responses": responses, "model": policy.name,
+                                    "temperature": temperature, "seed": seed + start})
+    rows = read_jsonl(out_path)
+    return rows

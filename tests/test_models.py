@@ -1,0 +1,113 @@
+"""The tiny LLaVA checkpoint, the LLaVA-1.5 chat template and what TRL's collators feed the trainers."""
+
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from mmpref.models import (build_base_lm, build_processor, build_tiny_llava, chat_messages, encode_example,
+                           train_tokenizer)
+from mmpref.sampling import ChatRequest, Policy
+
+TEXTS = ["What is 3 plus 5?", "3 plus 5 is 8.", "Is there a red circle in the image?", "Yes, there is a red circle.",
+         "What color is the square?", "The square is blue.", "USER: ASSISTANT:"] * 20
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    tok = train_tokenizer(TEXTS, 300, root / "tok")
+    shape = SimpleNamespace(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, max_positions=128)
+    vision = SimpleNamespace(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, patch_size=8)
+    base = build_base_lm(tok, shape)
+    base.save_pretrained(root / "base-lm")
+    tok.save_pretrained(root / "base-lm")
+    proc = build_processor(tok, 16, 8)
+    vlm = build_tiny_llava(base, tok, 16, vision)
+    vlm.save_pretrained(root / "vit")
+    proc.save_pretrained(root / "vit")
+    img = root / "img.png"
+    Image.new("RGB", (16, 16), "red").save(img)
+    return SimpleNamespace(root=root, vit=str(root / "vit"), base=str(root / "base-lm"), image=img, proc=proc)
+
+
+def test_chat_template_matches_llava_15(checkpoint):
+    proc = checkpoint.proc
+    text = proc.apply_chat_template(chat_messages(["What is it?", "And now?"], ["A cat."], True),
+                                    add_generation_prompt=True, tokenize=False)
+    assert text == "<s>USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: And now? ASSISTANT:"
+    plain = proc.apply_chat_template(chat_messages(["Hi"], [], False), add_generation_prompt=True, tokenize=False)
+    assert plain == "<s>USER: Hi ASSISTANT:"
+
+
+def test_encode_example_labels_only_answers_with_eos(checkpoint):
+    proc = checkpoint.proc
+    tok = proc.tokenizer
+    ex = encode_example(tok, ["What is 3 plus 5?", "Now add 2."], ["3 plus 5 is 8.", "8 plus 2 is 10."])
+    assert ex["input_ids"][0] == tok.bos_token_id
+    learned = [t for t, l in zip(ex["input_ids"], ex["labels"]) if l != -100]
+    assert tok.decode(learned) == " 3 plus 5 is 8.</s> 8 plus 2 is 10.</s>"  # the space after "ASSISTANT:" opens the answer
+
+
+def test_trl_sft_batch_has_bos_and_eos(checkpoint):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from mmpref.train import TrainSettings, lora_config
+
+    proc = AutoProcessor.from_pretrained(checkpoint.vit)
+    model = AutoModelForImageTextToText.from_pretrained(checkpoint.vit)
+    img = Image.open(checkpoint.image).convert("RGB")
+    data = Dataset.from_dict({"images": [[img]], "prompt": [[{"role": "user", "content": "What color is the square?"}]],
+                              "completion": [[{"role": "assistant", "content": "The square is blue."}]]})
+    settings = TrainSettings(method="sft", learning_rate=1e-3, batch_size=1, grad_accum=1, epochs=1, max_length=128,
+                             lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                             train_projector=True)
+    trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(checkpoint.root / "t"), use_cpu=True, report_to=[],
+                                                     max_length=128),
+                         train_dataset=data, processing_class=proc, peft_config=lora_config(settings))
+    batch = trainer.data_collator([dict(data[0])])
+    ids = batch["input_ids"][0].tolist()
+    tok = proc.tokenizer
+    assert ids[0] == tok.bos_token_id and ids.count(tok.bos_token_id) == 1
+    assert ids[-1] == tok.eos_token_id
+    n_image = ids.count(tok.convert_tokens_to_ids("<image>"))
+    assert n_image == (16 // 8) ** 2
+    labelled = [t for t, l in zip(ids, batch["labels"][0].tolist()) if l != -100]
+    assert tok.decode(labelled).strip() == "The square is blue.</s>"
+    # LoRA on the language model only; the projector is trained in full
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert any("language_model" in n and "lora_A" in n for n in names)
+    assert not any("vision_tower" in n for n in names)
+    assert any("multi_modal_projector" in n for n in names)
+
+
+def test_check_lengths_refuses_to_cut_image_tokens(checkpoint):
+    from mmpref.train import check_lengths
+
+    rows = [{"prompt_id": "p1", "question": "What color is the square? " * 10, "response": "Blue."}]
+    with pytest.raises(ValueError, match="p1.*image tokens.*max_length"):
+        check_lengths(checkpoint.proc, rows, checkpoint.root, 20, ["response"])
+    check_lengths(checkpoint.proc, rows, checkpoint.root, 128, ["response"])
+
+
+def test_policy_generates_from_auto_classes(checkpoint):
+    vlm = Policy.load(checkpoint.vit, "vit", dtype="float32", device="cpu")
+    reqs = [ChatRequest(turns=["What color is the square?"], image=str(checkpoint.image)),
+            ChatRequest(turns=["Is there a red circle in the image?"], image=str(checkpoint.image))]
+    outs = vlm.generate(reqs, num_return_sequences=3, temperature=0.7, max_new_tokens=5, batch_size=2)
+    assert len(outs) == 2 and all(len(o) == 3 and all(isinstance(a, str) for a in o) for o in outs)
+    text = Policy.load(checkpoint.base, "base-lm", text_only=True, dtype="float32", device="cpu")
+    assert len(text.greedy_fn(max_new_tokens=4)([ChatRequest(turns=["What is 3 plus 5?"])])) == 1
+    with pytest.raises(ValueError, match="text-only"):
+        text.generate([ChatRequest(turns=["x"], image=str(checkpoint.image))])
+
+
+def test_corrupt_image_is_a_clear_error(tmp_path):
+    from mmpref.sampling import open_image
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="bad.png"):
+        open_image(bad)
