@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run STAGE even if complete")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a param, e.g. --set train.dpo.beta=0.2 (repeatable)")
+    p_train = sub.add_parser("train", help="train one method from a run's datasets (e.g. under accelerate launch)")
+    p_train.add_argument("params")
+    p_train.add_argument("method", choices=["sft_gold", "steerlm", "rejection_sampling", "dpo"])
+    p_train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p_status = sub.add_parser("status", help="show which stages of a run are complete")
     p_status.add_argument("params")
     p_status.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
@@ -30,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
             report = runner.run(args.params, stages=args.stages, force=args.force, overrides=overrides)
             print(runner.summary_table(report))
             print(f"total {sum(r['seconds'] for r in report):.1f}s")
+        elif args.command == "train":
+            from mmpref.config import load_params
+            from mmpref.train import train_method
+
+            runner.setup_logging()
+            for name, info in train_method(load_params(args.params, overrides), args.method).items():
+                print(f"{name}: {info['rows']} rows, {info['seconds']}s, final loss {info['final_loss']}")
         else:
             print(runner.summary_table(runner.status(args.params, overrides)))
     except (ParamsError, ValueError) as exc:

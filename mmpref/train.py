@@ -308,3 +308,26 @@ def settings_from_params(params, method: str) -> TrainSettings:
     s = t.sft
     return TrainSettings(learning_rate=s.learning_rate, batch_size=s.batch_size, grad_accum=s.grad_accum,
                          epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector, **common)
+
+
+def train_method(params, method: str) -> dict[str, dict]:
+    """Train one method from the run's datasets/ into adapters/; DPO also trains its data-fraction runs.
+
+    Notebooks 05-08 call this in-process; on a multi-GPU node the same call runs under accelerate:
+    `accelerate launch --config_file params/accelerate/zero3-4gpu.yaml -m mmpref.cli train PARAMS METHOD`.
+    """
+    from mmpref.pairing import subsample
+
+    run_dir = params.run_dir
+    policy_ref = params.model_ref(params.models.policy)
+    rows = read_jsonl(run_dir / "datasets" / f"{method}.jsonl")
+    settings = settings_from_params(params, method)
+    if method != "dpo":
+        return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings)}
+    ref_cache = run_dir / "adapters" / "reference_logps.jsonl"
+    infos = {"dpo": train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / "dpo", settings, ref_cache=ref_cache)}
+    for fraction in params.train.dpo.fractions:
+        name = f"dpo_frac{fraction:g}"
+        infos[name] = train_dpo(policy_ref, subsample(rows, fraction, seed=params.run.seed), run_dir,
+                                run_dir / "adapters" / name, settings, ref_cache=ref_cache)
+    return infos

@@ -1,0 +1,48 @@
+"""Stage 10: the paper's tables and figures from one run, saved into the run (and, for the repo's own tiny run,
+into the repository's figures/)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from mmpref import figures
+from mmpref.io import read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+def analyse_run(params, run_dir: Path) -> dict:
+    """Table 2, Table 3, paper-vs-run, Figure 2 and Figure 3; returns the frames and the files written."""
+    results = figures.load_results(run_dir / "eval" / "results.csv")
+    paper = figures.load_paper_results(params.path("params/paper_results.yaml"))
+    tables_dir, figures_dir = run_dir / "tables", run_dir / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    out: dict = {"tables": {}, "figures": {}}
+    for name, frame in [("table2", figures.table2(results, paper)), ("table3", figures.table3(results, paper)),
+                        ("paper_vs_run", figures.paper_vs_run(results, paper))]:
+        out[name] = frame
+        out["tables"][name] = figures.save_table(frame, tables_dir, name)
+    fig2 = figures_dir / "figure2_dpo_data_scaling.png"
+    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper)
+    out["figures"]["figure2"] = fig2
+    if params.world is not None:
+        prefs = figures.noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"),
+                                                read_jsonl(run_dir / "samples.jsonl"), seed=params.run.seed,
+                                                flip_prob=params.world.human_flip_prob)
+        pairs = figures.attribute_diff_frame(read_jsonl(run_dir / "annotations.jsonl"), prefs)
+        fig3 = figures_dir / "figure3_attribute_correlation.png"
+        out["figure3_corr"] = figures.figure3(pairs, fig3)
+        out["figures"]["figure3"] = fig3
+        figures.save_table(out["figure3_corr"].round(3), tables_dir, "figure3_correlations")
+    else:
+        log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
+                 "run has none configured, so it is skipped")
+    repo_figures = params.path("figures")
+    if run_dir.resolve().is_relative_to(params.path(".")) and params.world is not None:
+        repo_figures.mkdir(exist_ok=True)
+        for path in out["figures"].values():
+            shutil.copy2(path, repo_figures / path.name)
+        log.info("copied the figures of this repository run into %s", repo_figures)
+    return out

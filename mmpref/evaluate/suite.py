@@ -1,0 +1,90 @@
+"""Stage 09: every model of a run on every configured benchmark, into eval/results.csv.
+
+Models: the base LM (text benchmarks only), the visually tuned policy ("vit"), one adapter per trained method, and
+the DPO data-fraction adapters (MT-Bench only, for Figure 2). A (model, benchmark) pair whose rows were computed for
+the same checkpoint, data and judge is not recomputed; inside a benchmark, items already answered are reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from mmpref.io import sha256_json
+
+log = logging.getLogger(__name__)
+
+TEXT_ONLY = ("mt_bench", "alpaca_eval")
+
+
+def plan(params, run_dir: Path) -> list[tuple[str, str | None, list[str]]]:
+    """(model name, adapter dir or None, benchmarks) for this run."""
+    configured = list(params.evaluate.benchmarks)
+    out: list[tuple[str, str | None, list[str]]] = []
+    if params.models.base_lm:
+        out.append(("base-lm", None, [b for b in configured if b in TEXT_ONLY]))
+    out.append(("vit", None, configured))
+    for method in params.train.methods:
+        out.append((method, str(run_dir / "adapters" / method), configured))
+    if "dpo" in params.train.methods and "mt_bench" in configured:
+        for f in params.train.dpo.fractions:
+            out.append((f"dpo_frac{f:g}", str(run_dir / "adapters" / f"dpo_frac{f:g}"), ["mt_bench"]))
+    return [p for p in out if p[2]]
+
+
+def _checkpoint_id(params, name: str, adapter: str | None) -> str:
+    if name == "base-lm":
+        return params.model_ref(params.models.base_lm)
+    ref = params.model_ref(params.models.policy)
+    if adapter is None:
+        return ref
+    info = Path(adapter) / "mmpref_train.json"
+    if not info.exists():
+        raise ValueError(f"model {name}: no trained adapter in {adapter}; run its training stage first")
+    return f"{ref}+{json.loads(info.read_text())['fingerprint']}"
+
+
+def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
+    from mmpref.evaluate import run_benchmark
+    from mmpref.judges import make_judge
+    from mmpref.pairing import steerlm_inference_question
+    from mmpref.sampling import Policy
+
+    ev = params.evaluate
+    j = ev.judge
+    judge = make_judge(j.backend, j.model, cache_dir=run_dir / "judge_cache", base_url=j.base_url,
+                       max_workers=j.max_workers, requests_per_minute=j.requests_per_minute)
+    templates = {k: str(params.path(v)) for k, v in ev.judge_templates.items()}
+    noise = str(params.path(ev.noise_images)) if ev.noise_images else None
+    rows: list[dict] = []
+    for name, adapter, benchmarks in plan(params, run_dir):
+        fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
+                       "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates}
+        policy = None
+        for bench in benchmarks:
+            data_path = params.path(ev.benchmarks[bench])
+            key = sha256_json({**fingerprint, "data": str(data_path), "noise": noise if bench == "mt_bench_noisy" else None})
+            done = run_dir / "eval" / name / f"{bench}.rows.json"
+            if done.exists() and json.loads(done.read_text()).get("key") == key:
+                rows += json.loads(done.read_text())["rows"]
+                continue
+            if policy is None:
+                log.info("loading %s", name)
+                ref = params.model_ref(params.models.base_lm if name == "base-lm" else params.models.policy)
+                policy = Policy.load(ref, name, adapter=adapter,
+                                     text_only=name == "base-lm", dtype=params.models.dtype,
+                                     device=params.models.device,
+                                     question_transform=steerlm_inference_question if name == "steerlm" else None)
+            log.info("%s on %s", name, bench)
+            got = run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size), judge,
+                                run_dir / "eval" / name / f"{bench}.jsonl", model=name, judge_templates=templates,
+                                noise_images_dir=noise, limit=ev.limit)
+            done.write_text(json.dumps({"key": key, "rows": got}))
+            rows += got
+        del policy
+    frame = pd.DataFrame(rows, columns=["model", "benchmark", "metric", "value", "n", "judge"])
+    frame.to_csv(run_dir / "eval" / "results.csv", index=False)
+    return frame
