@@ -112,7 +112,7 @@ class SamplingParams(Strict):
 
 class JudgeParams(Strict):
     backend: Literal["rubric", "gemini", "openai"] = "gemini"
-    model: str | None = "gemini-pro-vision"
+    model: str | None = "gemini-2.5-pro"
     base_url: str | None = None
     max_workers: int = Field(4, ge=1)
     requests_per_minute: float | None = None

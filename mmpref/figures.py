@@ -1,0 +1,434 @@
+"""Regenerate the paper's tables and figures from a run's ``eval/results.csv`` and annotations.
+
+- :func:`table2` / :func:`table3`: the paper's Table 2 (alignment methods x six benchmarks) and Table 3
+  (noisy-image MT-Bench) from the HEADLINE metric of each benchmark, optionally with the paper's rows beside them.
+- :func:`figure2`: MT-Bench vs the share of DPO data (0 % = "vit", 100 % = "dpo"), base LM as a reference line.
+- :func:`figure3`: Pearson correlations among the judge's attribute differences (response A - B) and a human
+  preference label; :func:`noisy_human_preferences` simulates LLaVA-RLHF's noisy crowd labels in the miniature world.
+- :func:`paper_vs_run`: the run's numbers next to the paper's, with the direction of change against the
+  visual-instruction-tuned model.
+
+Values are shown in the units results.csv holds them (no rescaling); the paper's units are listed in
+``params/paper_results.yaml``. Figures are drawn on a bare ``matplotlib.figure.Figure`` (Agg, no pyplot state).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import string
+import warnings
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from mmpref.io import read_jsonl
+from mmpref.pairing import ATTRIBUTES, prompt_seed
+
+log = logging.getLogger(__name__)
+
+HEADLINE = {"mmvet": "total", "llava_bench": "relative_score", "pope": "f1", "mmbench": "circular_accuracy",
+            "mt_bench": "overall", "alpaca_eval": "win_rate", "mt_bench_noisy": "overall"}
+MODEL_ORDER = ["base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo"]
+MODEL_NAMES = {"base-lm": "Vicuna (base LM)", "vit": "LLaVA-1.5 (visual instruction tuned)",
+               "sft_gold": "Standard SFT", "steerlm": "SteerLM", "rejection_sampling": "Rejection-sampling",
+               "dpo": "DPO"}
+TABLE2_COLUMNS = {"mmvet": "MM-Vet", "llava_bench": "LLaVA-bench", "pope": "PoPe", "mmbench": "MM-Bench",
+                  "mt_bench": "MT-bench", "alpaca_eval": "AlpacaEval"}
+TEXT_BENCHMARKS = ["mt_bench", "alpaca_eval"]
+RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "n", "judge"]
+DIFF_COLUMNS = [f"d_{a}" for a in ATTRIBUTES]
+PREFERENCE_COLUMN = "human_preference"
+
+RunModel = Literal["base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo"]
+
+
+# ----------------------------------------------------------------------------------------------- paper numbers
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PaperTable2Row(_Strict):
+    name: str
+    run_model: RunModel | None
+    mmvet: float | None
+    llava_bench: float | None
+    pope: float | None
+    mmbench: float | None
+    mt_bench: float | None
+    alpaca_eval: float | None
+
+
+class PaperTable3Row(_Strict):
+    name: str
+    llm: str
+    run_model: RunModel | None
+    mt_bench_noisy: float
+
+
+class PaperFigure2(_Strict):
+    points: dict[float, float]
+    base_lm: float
+
+    @field_validator("points")
+    @classmethod
+    def _fractions(cls, v: dict[float, float]) -> dict[float, float]:
+        bad = [f for f in v if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ValueError(f"fractions must lie in [0, 1]: {bad}")
+        return dict(sorted(v.items()))
+
+
+class PaperResults(_Strict):
+    source: str
+    table2: list[PaperTable2Row]
+    table3: list[PaperTable3Row]
+    figure2: PaperFigure2
+
+    def table2_for(self, run_model: str) -> PaperTable2Row | None:
+        return next((r for r in self.table2 if r.run_model == run_model), None)
+
+    def table3_for(self, run_model: str) -> PaperTable3Row | None:
+        return next((r for r in self.table3 if r.run_model == run_model), None)
+
+
+def load_paper_results(path: str | Path) -> PaperResults:
+    """Read and validate ``params/paper_results.yaml``; errors name the file and the bad key."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    try:
+        return PaperResults.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(f"{path}: invalid paper results:\n{exc}") from None
+
+
+# ----------------------------------------------------------------------------------------------- results frame
+def load_results(path: str | Path) -> pd.DataFrame:
+    """Read ``eval/results.csv`` and check its columns."""
+    df = pd.read_csv(path)
+    return _check_results(df, str(path))
+
+
+def _check_results(results: pd.DataFrame, where: str = "results") -> pd.DataFrame:
+    missing = [c for c in ["model", "benchmark", "metric", "value"] if c not in results.columns]
+    if missing:
+        raise ValueError(f"{where}: missing columns {missing}; expected {RESULT_COLUMNS}")
+    return results
+
+
+def headline_values(results: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """{(model, benchmark): headline value}; conflicting duplicate rows raise ValueError."""
+    _check_results(results)
+    out: dict[tuple[str, str], float] = {}
+    for row in results.itertuples(index=False):
+        if HEADLINE.get(row.benchmark) != row.metric:
+            continue
+        key, value = (row.model, row.benchmark), float(row.value)
+        if key in out and not (out[key] == value or (math.isnan(out[key]) and math.isnan(value))):
+            raise ValueError(f"results: two different {row.benchmark}/{row.metric} values for model {row.model}: "
+                             f"{out[key]} and {value}")
+        out[key] = value
+    return out
+
+
+def table2(results: pd.DataFrame, paper: PaperResults | None = None) -> pd.DataFrame:
+    """Table 2: one row per run model (paper order, display names) x the six benchmarks' headline metrics.
+
+    The base LM gets only the text benchmarks (blank elsewhere, as in the paper). With ``paper``, the paper's seven
+    rows follow, named "<row> (paper)".
+    """
+    values = headline_values(results)
+    models = [m for m in MODEL_ORDER if any(k[0] == m for k in values)]
+    rows = []
+    for m in models:
+        benches = TEXT_BENCHMARKS if m == "base-lm" else list(TABLE2_COLUMNS)
+        rows.append({"Model": MODEL_NAMES[m],
+                     **{TABLE2_COLUMNS[b]: values.get((m, b), math.nan) if b in benches else math.nan
+                        for b in TABLE2_COLUMNS}})
+    if paper is not None:
+        for r in paper.table2:
+            rows.append({"Model": f"{r.name} (paper)",
+                         **{TABLE2_COLUMNS[b]: math.nan if getattr(r, b) is None else getattr(r, b)
+                            for b in TABLE2_COLUMNS}})
+    return pd.DataFrame(rows, columns=["Model", *TABLE2_COLUMNS.values()]).set_index("Model")
+
+
+def table3(results: pd.DataFrame, paper: PaperResults | None = None) -> pd.DataFrame:
+    """Table 3: noisy-image MT-Bench per model, with the same model's MT-bench without an image and the change.
+
+    The base LM (text-only) usually has no noisy-image score; its plain MT-bench is the reference, as in the paper.
+    """
+    values = headline_values(results)
+    cols = ["Noisy-image MT-Bench", "MT-bench (no image)", "Change (noisy - no image)"]
+    rows = []
+    for m in MODEL_ORDER:
+        noisy, clean = values.get((m, "mt_bench_noisy"), math.nan), values.get((m, "mt_bench"), math.nan)
+        if math.isnan(noisy) and not (m == "base-lm" and not math.isnan(clean)):
+            continue
+        rows.append({"Model": MODEL_NAMES[m], cols[0]: noisy, cols[1]: clean, cols[2]: noisy - clean})
+    if paper is not None:
+        for r in paper.table3:
+            rows.append({"Model": f"{r.name} (paper)", cols[0]: r.mt_bench_noisy, cols[1]: math.nan,
+                         cols[2]: math.nan})
+    return pd.DataFrame(rows, columns=["Model", *cols]).set_index("Model")
+
+
+def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataFrame:
+    """The run's headline numbers beside the paper's, per (model, benchmark).
+
+    ``run_change`` / ``paper_change`` are the differences to the visual-instruction-tuned model (run "vit", paper
+    LLaVA-1.5-13b); ``same_direction`` says whether the run moves the same way as the paper (blank when either
+    change is zero or missing). Units differ where results.csv uses fractions and the paper percentages.
+    """
+    values = headline_values(results)
+    rows = []
+
+    def add(model: str, paper_name: str, bench: str, display: str, paper_value: float | None,
+            paper_base: float | None) -> None:
+        if model == "base-lm" and bench not in (*TEXT_BENCHMARKS, "mt_bench_noisy"):
+            return  # the base LM is text-only: its visual scores are blank in Table 2
+        run, run_base = values.get((model, bench), math.nan), values.get(("vit", bench), math.nan)
+        pv = math.nan if paper_value is None else paper_value
+        pb = math.nan if paper_base is None else paper_base
+        if math.isnan(run) and math.isnan(pv):
+            return
+        rc, pc = run - run_base, pv - pb
+        same = None
+        if not (math.isnan(rc) or math.isnan(pc)) and rc != 0 and pc != 0:
+            same = (rc > 0) == (pc > 0)
+        rows.append({"model": model, "paper_model": paper_name, "benchmark": display, "run": run, "paper": pv,
+                     "run_change": rc, "paper_change": pc, "same_direction": same})
+
+    base2 = paper_results.table2_for("vit")
+    for r in paper_results.table2:
+        if r.run_model is None:
+            continue
+        for b, display in TABLE2_COLUMNS.items():
+            add(r.run_model, r.name, b, display, getattr(r, b), getattr(base2, b) if base2 else None)
+    base3 = paper_results.table3_for("vit")
+    for r in paper_results.table3:
+        if r.run_model is not None:
+            add(r.run_model, r.name, "mt_bench_noisy", "Noisy-image MT-Bench", r.mt_bench_noisy,
+                base3.mt_bench_noisy if base3 else None)
+    return pd.DataFrame(rows, columns=["model", "paper_model", "benchmark", "run", "paper", "run_change",
+                                       "paper_change", "same_direction"])
+
+
+# ----------------------------------------------------------------------------------------------- saving tables
+def _cell(v: object) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
+    """A GitHub Markdown table (blank for missing values; floats to 4 significant digits)."""
+    frame = df.reset_index() if index and (df.index.name is not None or not isinstance(df.index, pd.RangeIndex)) \
+        else df
+    header = [str(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> dict[str, Path]:
+    """Write ``<name>.csv`` and ``<name>.md`` into out_dir; returns their paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep_index = df.index.name is not None or not isinstance(df.index, pd.RangeIndex)
+    csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    df.to_csv(csv, index=keep_index)
+    md.write_text(to_markdown(df, index=keep_index), encoding="utf-8")
+    return {"csv": csv, "md": md}
+
+
+# ----------------------------------------------------------------------------------------------- figure 2
+def fraction_model(fraction: float) -> str:
+    """Run model name for a DPO data fraction: 0 -> "vit", 1 -> "dpo", else "dpo_frac<f>"."""
+    if fraction == 0:
+        return "vit"
+    if fraction == 1:
+        return "dpo"
+    if not 0 < fraction < 1:
+        raise ValueError(f"DPO data fraction must lie in [0, 1], got {fraction}")
+    return f"dpo_frac{fraction:g}"
+
+
+def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Path,
+            paper: PaperResults | PaperFigure2 | None = None) -> pd.DataFrame:
+    """MT-Bench overall vs share of DPO data (0 % = vit, 100 % = dpo) with the base LM as a reference line.
+
+    ``fractions`` are the intermediate data-fraction runs (0 and 1 are always added). With ``paper``, a second
+    panel shows the paper's reported points and Vicuna line. Returns the run's plotted points.
+    """
+    values = headline_values(results)
+    fr = sorted({0.0, 1.0, *(float(f) for f in fractions)})
+    points = []
+    for f in fr:
+        m = fraction_model(f)
+        if (m, "mt_bench") in values:
+            points.append({"fraction": f, "model": m, "mt_bench": values[(m, "mt_bench")]})
+        else:
+            log.warning("figure2: no MT-Bench result for %s (fraction %g); point left out", m, f)
+    if not points:
+        raise ValueError(f"figure2: results hold no MT-Bench 'overall' for any of {[fraction_model(f) for f in fr]}")
+    pts = pd.DataFrame(points)
+    base = values.get(("base-lm", "mt_bench"))
+    fig2 = paper.figure2 if isinstance(paper, PaperResults) else paper
+
+    fig = Figure(figsize=(11 if fig2 else 6, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2 if fig2 else 1, squeeze=False)[0]
+    ax = axes[0]
+    ax.plot(pts.fraction * 100, pts.mt_bench, marker="o", color="tab:blue", label="DPO-aligned model (this run)")
+    for x, y in zip(pts.fraction * 100, pts.mt_bench):
+        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+    if base is not None:
+        ax.axhline(base, color="tab:red", linestyle="--", label=f"{MODEL_NAMES['base-lm']}: {base:.2f}")
+    ax.set(title="This run", xlabel="share of DPO preference data (%)", ylabel="MT-Bench score (overall)",
+           xticks=[f * 100 for f in fr])
+    ax.margins(y=0.12)
+    ax.legend(loc="best", fontsize=8)
+    if fig2:
+        ax2 = axes[1]
+        px, py = [f * 100 for f in fig2.points], list(fig2.points.values())
+        ax2.plot(px, py, marker="s", linestyle=":", color="tab:gray", label="LLaVA-1.5-13b + DPO (paper)")
+        for x, y in zip(px, py):
+            ax2.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        ax2.axhline(fig2.base_lm, color="tab:red", linestyle="--", label=f"Vicuna-1.5-13b (paper): {fig2.base_lm:.2f}")
+        ax2.set(title="Paper (reported endpoints)", xlabel="share of DPO preference data (%)",
+                ylabel="MT-Bench score (overall)", xticks=[0, 25, 50, 75, 100])
+        ax2.margins(y=0.12)
+        ax2.legend(loc="best", fontsize=8)
+    fig.suptitle("MT-Bench vs DPO data scaling (paper Figure 2)")
+    _save(fig, out_png)
+    return pts
+
+
+def _save(fig: Figure, out_png: str | Path) -> None:
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+
+
+# ----------------------------------------------------------------------------------------------- figure 3
+_PUNCT = str.maketrans("", "", string.punctuation)
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_NEGATIONS = {"no", "not", "none"}
+
+
+def _normalise(text: str) -> list[str]:
+    return " ".join(str(text).lower().translate(_PUNCT).split()).split()
+
+
+def key_answer_correct(response: str, key: str) -> bool:
+    """The miniature world's key-answer rule (SPEC): is ``response`` right for the key answer ``key``?
+
+    yes/no keys: the first yes/no word must equal the key; "absent": a negation (no/not/none) and no leading
+    "yes"; otherwise the key's tokens must occur as a contiguous token sequence, and for numeric keys the last
+    number in the response must equal the key.
+    """
+    tokens, ktoks = _normalise(response), _normalise(key)
+    if not ktoks:
+        raise ValueError(f"empty key answer {key!r}")
+    k = " ".join(ktoks)
+    if k in ("yes", "no"):
+        return next((t for t in tokens if t in ("yes", "no")), None) == k
+    if k == "absent":
+        return bool(_NEGATIONS & set(tokens)) and not (tokens and tokens[0] == "yes")
+    n = len(ktoks)
+    if not any(tokens[i:i + n] == ktoks for i in range(len(tokens) - n + 1)):
+        return False
+    try:
+        key_number = float(str(key).strip())
+    except ValueError:
+        return True
+    numbers = _NUMBER.findall(str(response))
+    return bool(numbers) and float(numbers[-1]) == key_number
+
+
+def noisy_human_preferences(prompts: Iterable[dict], samples: Iterable[dict], seed: int,
+                            flip_prob: float) -> list[dict]:
+    """One simulated crowd label per prompt between responses 0 (A) and 1 (B).
+
+    The label follows ground truth (the response whose key answer is right); when both or neither are right it is
+    a coin flip; then it is flipped with probability ``flip_prob`` (LLaVA-RLHF's noisy labels). Prompts without a
+    key answer or with fewer than two responses are skipped. Rows: prompt_id, preferred (0 = A, 1 = B),
+    basis ("truth" | "coin"), flipped. Draws are seeded per prompt, so they do not depend on record order.
+    """
+    if not 0.0 <= flip_prob <= 1.0:
+        raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
+    by_prompt = {s["prompt_id"]: s for s in samples}
+    out = []
+    for p in prompts:
+        key, s = p.get("answer"), by_prompt.get(p.get("id"))
+        if key is None or s is None or len(s.get("responses") or []) < 2:
+            continue
+        rng = random.Random(prompt_seed(seed, p["id"]))
+        coin, flip = rng.randrange(2), rng.random() < flip_prob
+        a_ok, b_ok = (key_answer_correct(r, key) for r in s["responses"][:2])
+        if a_ok != b_ok:
+            preferred, basis = (0 if a_ok else 1), "truth"
+        else:
+            preferred, basis = coin, "coin"
+        if flip:
+            preferred = 1 - preferred
+        out.append({"prompt_id": p["id"], "preferred": preferred, "basis": basis, "flipped": flip})
+    return out
+
+
+def attribute_diff_frame(annotations: Iterable[dict] | str | Path,
+                         human_prefs: Iterable[dict]) -> pd.DataFrame:
+    """Pairs frame for Figure 3: per prompt, d_<attribute> = score(A) - score(B) for the five attributes and
+    ``human_preference`` = 1 when A (response 0) is preferred, 0 when B is. Failed annotations are left out."""
+    if isinstance(annotations, (str, Path)):
+        annotations = read_jsonl(annotations)
+    prefs = {h["prompt_id"]: int(h["preferred"]) for h in human_prefs}
+    rows = []
+    for a in annotations:
+        pid = a.get("prompt_id")
+        if pid not in prefs or a.get("status") != "ok" or not a.get("scores") or len(a["scores"]) < 2:
+            continue
+        sa, sb = a["scores"][0], a["scores"][1]
+        rows.append({"prompt_id": pid, **{f"d_{k}": sa[k] - sb[k] for k in ATTRIBUTES},
+                     PREFERENCE_COLUMN: 1 - prefs[pid]})
+    return pd.DataFrame(rows, columns=["prompt_id", *DIFF_COLUMNS, PREFERENCE_COLUMN])
+
+
+def figure3(pairs_df: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
+    """Pearson correlation heatmap among the attribute differences and the human preference (paper Figure 3).
+
+    Returns the correlation matrix (NaN where a column is constant)."""
+    import seaborn as sns
+
+    cols = [*DIFF_COLUMNS, PREFERENCE_COLUMN]
+    missing = [c for c in cols if c not in pairs_df.columns]
+    if missing:
+        raise ValueError(f"figure3: pairs frame lacks columns {missing}")
+    if len(pairs_df) < 3:
+        raise ValueError(f"figure3: need at least 3 pairs for a correlation, got {len(pairs_df)}")
+    labels = [f"Δ {a}" for a in ATTRIBUTES] + ["human preference (A = 1)"]
+    corr = pairs_df[cols].astype(float).corr(method="pearson")
+    shown = corr.copy()
+    shown.index, shown.columns = labels, labels
+    fig = Figure(figsize=(7, 5.8), layout="constrained")
+    ax = fig.subplots()
+    with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib 3.11 plans to deprecate
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        sns.heatmap(shown, ax=ax, vmin=-1, vmax=1, center=0, cmap="coolwarm", annot=True, fmt=".2f", square=True,
+                    cbar_kws={"label": "Pearson r"})
+    ax.set(title=f"Judge attribute differences (A − B) vs human preference (n={len(pairs_df)})",
+           xlabel="variable", ylabel="variable")
+    _save(fig, out_png)
+    return corr

@@ -1,0 +1,52 @@
+"""Judges: one small interface (`Judge.complete`), three backends (rubric, gemini, openai), shared task functions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError
+from mmpref.judges.parsing import AttributeScores, ParseError
+from mmpref.judges.rubric import RubricJudge
+from mmpref.judges.tasks import (
+    Annotation,
+    annotate_responses,
+    gold_answer,
+    grade_llava_bench,
+    grade_mmvet,
+    grade_pairwise_alpaca,
+    grade_single,
+)
+
+BACKENDS = ("rubric", "gemini", "openai")
+_API_ONLY_OPTIONS = {"base_url", "api_version", "temperature", "max_output_tokens", "timeout_s", "structured_output"}
+
+
+def make_judge(backend: str, model: str | None = None, cache_dir: str | Path | None = None, **limits) -> Judge:
+    """Build a judge. backend: "rubric" (model ignored), "gemini" or "openai" (model required).
+
+    `limits` go to the backend: max_concurrency (alias max_workers), requests_per_minute, max_retries, backoff_initial_s, backoff_max_s,
+    price_input_per_mtok, price_output_per_mtok, and for API backends base_url, temperature, max_output_tokens,
+    timeout_s (gemini also api_version; openai also structured_output).
+    """
+    if "max_workers" in limits:  # params call it max_workers: the number of judge calls in flight
+        workers = limits.pop("max_workers")
+        limits.setdefault("max_concurrency", workers)
+    if backend == "rubric":
+        limits = {k: v for k, v in limits.items() if k not in _API_ONLY_OPTIONS}  # one params block fits all
+        return RubricJudge(cache_dir=cache_dir, **limits)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown judge backend {backend!r}; choose one of {list(BACKENDS)}")
+    if not model:
+        raise ValueError(f"judge backend {backend!r} needs a pinned model id")
+    if backend == "gemini":
+        from mmpref.judges.gemini import GeminiJudge
+
+        return GeminiJudge(model=model, cache_dir=cache_dir, **limits)
+    from mmpref.judges.openai_compat import OpenAIJudge
+
+    return OpenAIJudge(model=model, cache_dir=cache_dir, **limits)
+
+
+__all__ = ["Judge", "JudgeError", "JudgeReply", "JudgeRequest", "RetryableJudgeError", "AttributeScores",
+           "ParseError", "RubricJudge", "Annotation", "annotate_responses", "gold_answer", "grade_single",
+           "grade_pairwise_alpaca", "grade_mmvet", "grade_llava_bench", "make_judge", "BACKENDS"]

@@ -1,0 +1,247 @@
+"""The judge interface: requests, replies, and the machinery every backend shares.
+
+`Judge.complete` wraps a backend's `_call` with a content-hash disk cache (never pay twice), bounded concurrency, a
+requests-per-minute limiter, retries with exponential backoff on 429/5xx honouring Retry-After, and running totals
+of tokens and cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from mmpref.io import sha256_file, sha256_json
+
+log = logging.getLogger(__name__)
+
+Task = Literal["annotate", "answer", "grade_single", "grade_pairwise", "grade_mmvet", "grade_llava_bench"]
+
+
+class JudgeRequest(BaseModel):
+    task: Task
+    system: str | None = None
+    prompt: str
+    images: list[str] = []
+    inputs: dict = {}
+    truth: dict = {}
+    json_schema: str | None = None
+    attempt: int = 0
+
+
+class JudgeReply(BaseModel):
+    text: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: bool = False
+    judge_id: str
+
+
+class JudgeError(RuntimeError):
+    """A judge call that failed for good (bad request, auth, retries exhausted)."""
+
+
+class RetryableJudgeError(JudgeError):
+    """A transient failure (429, 5xx, connection); `retry_after` is the server's Retry-After in seconds, if any."""
+
+    def __init__(self, message: str, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After header value in seconds (delta-seconds form, or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def is_retryable_status(code: int | None) -> bool:
+    return code is not None and (code in (408, 409, 429) or code >= 500)
+
+
+class RateLimiter:
+    """Spaces request starts at least 60/rpm seconds apart (thread-safe). rpm None or <= 0: no limit."""
+
+    def __init__(self, requests_per_minute: float | None):
+        self.interval = 60.0 / requests_per_minute if requests_per_minute and requests_per_minute > 0 else 0.0
+        self._lock = threading.Lock()
+        self._next = 0.0
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
+class Judge:
+    """Base class. Backends set `judge_id` and `model` and implement `_call(req) -> JudgeReply`."""
+
+    judge_id: str = "judge"
+    model: str = ""
+    uses_truth: bool = False  # only the rubric judge reads req.truth / req.inputs; they enter its cache key
+
+    def __init__(
+        self,
+        cache_dir: str | Path | None = None,
+        max_concurrency: int = 4,
+        requests_per_minute: float | None = None,
+        max_retries: int = 6,
+        backoff_initial_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        price_input_per_mtok: float = 0.0,
+        price_output_per_mtok: float = 0.0,
+    ):
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_concurrency = max_concurrency
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._limiter = RateLimiter(requests_per_minute)
+        self.max_retries = max_retries
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.price_input_per_mtok = price_input_per_mtok
+        self.price_output_per_mtok = price_output_per_mtok
+        self._totals_lock = threading.Lock()
+        self.totals = {"calls": 0, "cache_hits": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0,
+                       "cost_usd": 0.0}
+
+    # ---- to implement -------------------------------------------------------------------------------------
+    def _call(self, req: JudgeRequest) -> JudgeReply:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ---- cache --------------------------------------------------------------------------------------------
+    def cache_key(self, req: JudgeRequest) -> str:
+        images = []
+        for img in req.images:
+            if not Path(img).is_file():
+                raise ValueError(f"judge request image not found: {img}")
+            images.append(sha256_file(img))
+        material = {
+            "judge_id": self.judge_id,
+            "model": self.model,
+            "task": req.task,
+            "system": req.system,
+            "prompt": req.prompt,
+            "images": images,
+            "json_schema": req.json_schema,
+            "attempt": req.attempt,
+        }
+        if self.uses_truth:
+            material["inputs"] = req.inputs
+            material["truth"] = req.truth
+        return sha256_json(material)
+
+    def _cache_path(self, key: str) -> Path | None:
+        return self.cache_dir / key[:2] / f"{key}.json" if self.cache_dir is not None else None
+
+    def _cache_get(self, key: str) -> JudgeReply | None:
+        path = self._cache_path(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            reply = JudgeReply.model_validate(data["reply"])
+        except (json.JSONDecodeError, KeyError, ValueError) as exc:
+            log.warning("ignoring unreadable judge cache file %s (%s)", path, exc)
+            return None
+        return reply.model_copy(update={"cached": True})
+
+    def _cache_put(self, key: str, req: JudgeRequest, reply: JudgeReply) -> None:
+        path = self._cache_path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"key": key, "judge_id": self.judge_id, "model": self.model, "task": req.task,
+                  "attempt": req.attempt, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  "reply": reply.model_dump(exclude={"cached"})}
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, ensure_ascii=False)
+        os.replace(tmp, path)
+
+    # ---- the call -----------------------------------------------------------------------------------------
+    def _wait(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        retry_after = getattr(exc, "retry_after", None)
+        if retry_after is not None:
+            delay = min(float(retry_after), self.backoff_max_s)
+        else:
+            delay = min(self.backoff_initial_s * 2 ** (state.attempt_number - 1), self.backoff_max_s)
+            delay *= 0.5 + random.random() / 2
+        with self._totals_lock:
+            self.totals["retries"] += 1
+        log.warning("%s: transient error (%s); retry %d in %.1fs", self.judge_id, exc, state.attempt_number, delay)
+        return delay
+
+    def _call_once(self, req: JudgeRequest) -> JudgeReply:
+        with self._slots:
+            self._limiter.acquire()
+            return self._call(req)
+
+    def complete(self, req: JudgeRequest) -> JudgeReply:
+        """Answer one request: from the cache when possible, otherwise by calling the backend (retried)."""
+        key = self.cache_key(req)
+        hit = self._cache_get(key)
+        if hit is not None:
+            with self._totals_lock:
+                self.totals["cache_hits"] += 1
+            return hit
+        retrying = Retrying(
+            retry=retry_if_exception_type(RetryableJudgeError),
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=self._wait,
+            reraise=True,
+        )
+        try:
+            reply = retrying(self._call_once, req)
+        except RetryableJudgeError as exc:
+            raise JudgeError(f"{self.judge_id}: giving up after {self.max_retries} retries: {exc}") from exc
+        cost = (reply.input_tokens * self.price_input_per_mtok + reply.output_tokens * self.price_output_per_mtok) / 1e6
+        reply = reply.model_copy(update={"cost_usd": cost, "cached": False, "judge_id": self.judge_id})
+        with self._totals_lock:
+            self.totals["calls"] += 1
+            self.totals["input_tokens"] += reply.input_tokens
+            self.totals["output_tokens"] += reply.output_tokens
+            self.totals["cost_usd"] += cost
+        self._cache_put(key, req, reply)
+        return reply
+
+    def complete_many(self, reqs: list[JudgeRequest], max_workers: int | None = None) -> list[JudgeReply]:
+        """Answer many requests concurrently (order kept); concurrency is still bounded by max_concurrency."""
+        workers = max_workers or self.max_concurrency
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(self.complete, reqs))
+
+    def usage(self) -> dict:
+        """Totals so far: calls, cache hits, retries, input/output tokens, cost in USD."""
+        with self._totals_lock:
+            return dict(self.totals, judge_id=self.judge_id)

@@ -1,0 +1,280 @@
+"""The miniature world's deterministic judge.
+
+`RubricJudge` scores responses against the ground truth carried in `req.truth` (key answer + reference sentence,
+see the key-answer conventions in the build spec) and writes its verdict as TEXT in the same format an LLM judge
+would: step-by-step reasoning, then the JSON object / `[[rating]]` / ranking list / "s1 s2" line / MM-Vet number.
+The ordinary parsers then read it, so the rubric exercises exactly the code path of a real judge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
+
+_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
+NEGATIONS = {"no", "not", "none", "nothing", "neither", "nor", "never"}
+_ODD_CHARS = re.compile(r"[^\w\s.,;:!?'\"()\-%/+=*<>]")
+
+
+def tokens(text: str) -> list[str]:
+    """Normalised word tokens: lowercase, punctuation dropped, "n't" read as "not", decimals kept."""
+    text = text.lower().replace("n't", " not").replace("’", "'")
+    return _TOKEN.findall(text)
+
+
+def _as_number(tok: str) -> float | None:
+    return float(tok) if _NUMBER.match(tok) else None
+
+
+def _contains(seq: list[str], sub: list[str]) -> bool:
+    n = len(sub)
+    return n > 0 and any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
+
+
+def key_match(response: str, key: str) -> tuple[bool, float, str]:
+    """Decide correctness by the key convention. Returns (correct, partial credit 0..1, what the response claims)."""
+    toks = tokens(response)
+    key_n = " ".join(tokens(key))
+    if not toks:
+        return False, 0.0, "nothing"
+    if key_n in ("yes", "no"):
+        first = next((t for t in toks if t in ("yes", "no")), None)
+        return first == key_n, float(first == key_n), f'"{first}"' if first else "neither yes nor no"
+    if key_n == "absent":
+        negated = any(t in NEGATIONS for t in toks)
+        ok = negated and toks[0] != "yes"
+        return ok, float(ok), "that it is absent" if ok else "that it is present"
+    if "," in key:
+        items = [tokens(part) for part in key.split(",") if tokens(part)]
+        found = sum(_contains(toks, item) for item in items)
+        frac = found / len(items) if items else 0.0
+        return frac == 1.0, frac, f"{found} of the {len(items)} listed items"
+    key_toks = tokens(key)
+    present = _contains(toks, key_toks)
+    key_num = _as_number(key_n) if len(key_toks) == 1 else None
+    if key_num is not None:
+        nums = [float(t) for t in toks if _as_number(t) is not None]
+        last = nums[-1] if nums else None
+        ok = present and last == key_num
+        claim = f"{toks[[i for i, t in enumerate(toks) if _as_number(t) is not None][-1]]}" if nums else "no number"
+        return ok, float(ok), claim  # a wrong final number gets no credit (the key may echo the question)
+    return present, float(present), f'"{key}"' if present else f'something other than "{key}"'
+
+
+@dataclass
+class Assessment:
+    """The rubric's view of one response."""
+
+    correct: bool | None  # None when there is no key to check against
+    partial: float
+    claim: str
+    form: float  # overlap with the reference's words, 0..1
+    coherence: int
+    coherence_notes: list[str]
+    complexity: int
+    verbosity: int
+    helpfulness: int
+    correctness: int
+    n_words: int
+    ref_words: int
+
+    def scores(self) -> dict:
+        return {"helpfulness": self.helpfulness, "correctness": self.correctness, "coherence": self.coherence,
+                "complexity": self.complexity, "verbosity": self.verbosity}
+
+    def quality(self) -> int:
+        return self.helpfulness + self.correctness + self.coherence
+
+
+def coherence_score(response: str) -> tuple[int, list[str]]:
+    """4 minus penalties for repeated n-grams, stuttering, garbage characters and unfinished text."""
+    text = response.strip()
+    toks = tokens(text)
+    if not toks:
+        return 0, ["it is empty"]
+    score, notes = 4, []
+    trigrams = [tuple(toks[i : i + 3]) for i in range(len(toks) - 2)]
+    if len(trigrams) >= 3:
+        dup = 1 - len(set(trigrams)) / len(trigrams)
+        if dup > 0.3:
+            score, notes = score - 2, notes + [f"it repeats itself heavily ({dup:.0%} repeated phrases)"]
+        elif dup > 0.1:
+            score, notes = score - 1, notes + [f"it repeats some phrases ({dup:.0%})"]
+    if any(toks[i] == toks[i + 1] == toks[i + 2] for i in range(len(toks) - 2)):
+        score, notes = score - 1, notes + ["it stutters (a word three times in a row)"]
+    odd = len(_ODD_CHARS.findall(text)) / max(1, len(text))
+    if odd > 0.3:
+        score, notes = score - 3, notes + ["it is mostly garbled text"]
+    elif odd > 0.1 or sum(len(t) == 1 and not t.isdigit() for t in toks) > 0.5 * len(toks):
+        score, notes = score - 2, notes + ["it contains garbled text"]
+    if len(toks) >= 4 and not re.search(r"[.!?)\"'\]]$", text):
+        score, notes = score - 1, notes + ["it is unfinished"]
+    return max(0, score), notes
+
+
+def complexity_score(response: str) -> int:
+    toks = tokens(response)
+    n = len(toks)
+    score = 0 if n < 4 else 1 if n < 9 else 2 if n < 20 else 3 if n < 40 else 4
+    if n >= 6 and len(set(toks)) / n < 0.5:
+        score -= 1
+    if n >= 4 and sum(len(t) for t in toks) / n > 6.5:
+        score += 1
+    return max(0, min(4, score))
+
+
+def verbosity_score(n_words: int, ref_words: int) -> int:
+    ratio = n_words / max(1, ref_words)
+    return 0 if ratio < 0.34 else 1 if ratio < 0.67 else 2 if ratio <= 1.6 else 3 if ratio <= 3.0 else 4
+
+
+def assess(response: str, key: str | None, reference: str | None) -> Assessment:
+    """Score one response 0..4 on the five HelpSteer attributes against the key answer and reference sentence."""
+    toks = tokens(response)
+    ref_toks = tokens(reference) if reference else []
+    coherence, notes = coherence_score(response)
+    form = len(set(toks) & set(ref_toks)) / len(set(ref_toks)) if ref_toks else 0.0
+    ref_words = len(ref_toks) if ref_toks else 10
+    verbosity = verbosity_score(len(toks), ref_words)
+    if key is not None:
+        correct, partial, claim = key_match(response, key)
+    else:
+        correct, partial, claim = None, 0.0, "an answer that cannot be checked"
+    if correct:
+        correctness = 4 if coherence >= 2 else 3
+        helpfulness = 2 + (form >= 0.4) + (form >= 0.7 and coherence >= 3)
+        if coherence <= 1:
+            helpfulness = min(helpfulness, 2)
+        if verbosity == 4:
+            helpfulness -= 1
+    elif correct is None:
+        correctness = 2
+        helpfulness = min(coherence, 2 + (form >= 0.4))
+    else:
+        correctness = 2 if partial >= 0.5 else 1 if partial > 0 else 0
+        helpfulness = 1 if (coherence >= 3 and (form >= 0.4 or partial > 0)) else 0
+    return Assessment(
+        correct=correct, partial=partial, claim=claim, form=form, coherence=coherence, coherence_notes=notes,
+        complexity=complexity_score(response), verbosity=verbosity, helpfulness=max(0, min(4, helpfulness)),
+        correctness=correctness, n_words=len(toks), ref_words=ref_words,
+    )
+
+
+def rating_1_10(a: Assessment) -> int:
+    """An MT-Bench style 1..10 rating from correctness, coherence and answer form."""
+    if a.correct is None:
+        return max(1, min(10, 2 + 2 * a.coherence))
+    base = 6 if a.correct else 1 + round(3 * a.partial)
+    return max(1, min(10, base + round(0.75 * a.coherence) + (a.form >= 0.4)))
+
+
+def _explain(a: Assessment, key: str | None) -> str:
+    if a.correct is None:
+        verdict = "There is no key answer to check it against."
+    elif a.correct:
+        verdict = f'It gives {a.claim}, which matches the key answer "{key}", so it is correct.'
+    else:
+        verdict = f'It gives {a.claim}, but the key answer is "{key}", so it is wrong.'
+    form = ("It follows the reference's form" if a.form >= 0.4 else "It does not follow the reference's form") + (
+        f" (word overlap {a.form:.2f}).")
+    coh = "It reads clearly." if not a.coherence_notes else "Coherence suffers: " + "; ".join(a.coherence_notes) + "."
+    length = f"It has {a.n_words} words against {a.ref_words} in the reference."
+    return " ".join([verdict, form, coh, length])
+
+
+class RubricJudge(Judge):
+    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v1')."""
+
+    judge_id = "rubric-v1"
+    model = "rubric-v1"
+    uses_truth = True
+
+    def __init__(self, cache_dir=None, **limits):
+        limits.setdefault("max_concurrency", 8)
+        super().__init__(cache_dir=cache_dir, **limits)
+
+    def _call(self, req: JudgeRequest) -> JudgeReply:
+        handler = getattr(self, f"_{req.task}", None)
+        if handler is None:
+            raise ValueError(f"rubric judge: unknown task {req.task!r}")
+        text = handler(req.inputs, req.truth)
+        n_in, n_out = len(req.prompt.split()), len(text.split())
+        return JudgeReply(text=text, input_tokens=n_in, output_tokens=n_out, judge_id=self.judge_id)
+
+    @staticmethod
+    def _need(inputs: dict, *names: str) -> list:
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise ValueError(f"rubric judge: request inputs lack {missing} (have {sorted(inputs)})")
+        return [inputs[n] for n in names]
+
+    def _annotate(self, inputs: dict, truth: dict) -> str:
+        (responses,) = self._need(inputs, "responses")
+        key, ref = truth.get("answer"), truth.get("reference")
+        if key is None:
+            raise ValueError("rubric judge: annotation needs truth['answer'] (the key answer)")
+        lines = ["Let me work through this step by step.",
+                 f'The correct answer is "{key}"' + (f' (reference: "{ref}").' if ref else ".")]
+        scores = []
+        for i, resp in enumerate(responses, 1):
+            a = assess(resp, key, ref)
+            lines.append(f"Response {i}: {_explain(a, key)}")
+            scores.append(a.scores())
+        body = json.dumps({"responses": scores})
+        return "\n".join(lines) + f"\n\n```json\n{body}\n```"
+
+    def _answer(self, inputs: dict, truth: dict) -> str:
+        if truth.get("reference"):
+            return truth["reference"]
+        if truth.get("answer"):
+            key = str(truth["answer"])
+            return f"The answer is {key}."
+        raise ValueError("rubric judge: a gold answer needs truth['reference'] or truth['answer']")
+
+    def _grade_single(self, inputs: dict, truth: dict) -> str:
+        (answers,) = self._need(inputs, "answers")
+        if not answers:
+            raise ValueError("rubric judge: grade_single got no answers")
+        answer = answers[-1] if inputs.get("multi_turn") else answers[0]
+        key, ref = truth.get("answer"), truth.get("reference")
+        a = assess(answer, key, ref)
+        return f"{_explain(a, key)}\n\nRating: [[{rating_1_10(a)}]]"
+
+    def _grade_pairwise(self, inputs: dict, truth: dict) -> str:
+        out1, out2 = self._need(inputs, "output_1", "output_2")
+        key, ref = truth.get("answer"), truth.get("reference")
+        a1, a2 = assess(out1, key, ref), assess(out2, key, ref)
+        q1, q2 = a1.quality(), a2.quality()
+        if q1 != q2:
+            first_wins, why = q1 > q2, f"quality {q1} vs {q2}"
+        elif abs(a1.verbosity - 2) != abs(a2.verbosity - 2):
+            first_wins, why = abs(a1.verbosity - 2) < abs(a2.verbosity - 2), "equal quality; length fits better"
+        else:
+            digest = hashlib.sha256(f"{out1}\x00{out2}".encode("utf-8")).digest()
+            first_wins, why = digest[0] % 2 == 0, "equal quality; fixed tie-break"
+        r1, r2 = (1, 2) if first_wins else (2, 1)
+        reasoning = f"model_1: {_explain(a1, key)}\nmodel_2: {_explain(a2, key)}\nDecision: {why}."
+        ranking = f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
+        return f"{reasoning}\n{ranking}"
+
+    def _grade_mmvet(self, inputs: dict, truth: dict) -> str:
+        (prediction,) = self._need(inputs, "prediction")
+        key = truth.get("answer") or inputs.get("gt_answer")
+        if not key:
+            raise ValueError("rubric judge: MM-Vet grading needs truth['answer'] or inputs['gt_answer']")
+        correct, partial, _ = key_match(prediction, str(key))
+        score = 1.0 if correct else round(partial, 1)
+        return f"{score:.1f}"
+
+    def _grade_llava_bench(self, inputs: dict, truth: dict) -> str:
+        ref_answer, answer = self._need(inputs, "reference_answer", "answer")
+        key = truth.get("answer")
+        ref = truth.get("reference") or ref_answer
+        a_ref, a_model = assess(ref_answer, key, ref), assess(answer, key, ref)
+        s1, s2 = rating_1_10(a_ref), rating_1_10(a_model)
+        return f"{s1} {s2}\nAssistant 1: {_explain(a_ref, key)}\nAssistant 2: {_explain(a_model, key)}"

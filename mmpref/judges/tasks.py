@@ -1,0 +1,176 @@
+"""High-level judge tasks shared by annotation and evaluation.
+
+Each function renders the prompt, asks the judge, parses the reply with the matching parser and retries a malformed
+reply as a NEW call (attempt number + 1, so it is not answered from the cache).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from mmpref.judges import prompts
+from mmpref.judges.base import Judge, JudgeRequest
+from mmpref.judges.parsing import (
+    AttributeScores,
+    ParseError,
+    parse_alpaca_ranking,
+    parse_annotation,
+    parse_fastchat_rating,
+    parse_llava_score,
+    parse_mmvet_score,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AttributeScores", "Annotation", "annotate_responses", "gold_answer", "grade_single",
+           "grade_pairwise_alpaca", "grade_mmvet", "grade_llava_bench"]
+
+
+class Annotation(BaseModel):
+    status: Literal["ok", "failed"]
+    reasoning: str
+    scores: list[AttributeScores] | None
+    raw: str
+    judge: str
+    error: str | None = None
+
+
+def _images(image: str | Path | None) -> list[str]:
+    return [str(image)] if image else []
+
+
+def annotate_responses(
+    judge: Judge,
+    question: str,
+    image: str | Path | None,
+    responses: list[str],
+    truth: dict | None = None,
+    max_retries: int = 2,
+) -> Annotation:
+    """Rate every response 0..4 on the five HelpSteer attributes in one judge call (reasoning first).
+
+    A malformed reply is retried up to `max_retries` times; after that the result has status "failed" and keeps the
+    raw text and the parse error (it is never scored 0).
+    """
+    if not responses:
+        raise ValueError("annotate_responses: no responses to rate")
+    prompt = prompts.render_annotation_prompt(question, responses)
+    raw, error = "", None
+    for attempt in range(max_retries + 1):
+        req = JudgeRequest(task="annotate", system=prompts.ANNOTATION_SYSTEM, prompt=prompt, images=_images(image),
+                           inputs={"question": question, "responses": list(responses)}, truth=truth or {},
+                           json_schema="annotation", attempt=attempt)
+        reply = judge.complete(req)
+        raw = reply.text
+        try:
+            reasoning, scores = parse_annotation(raw, len(responses))
+        except ParseError as exc:
+            error = f"attempt {attempt}: {exc}"
+            log.info("%s: malformed annotation (%s)", judge.judge_id, error)
+            continue
+        return Annotation(status="ok", reasoning=reasoning, scores=scores, raw=raw, judge=judge.judge_id)
+    return Annotation(status="failed", reasoning="", scores=None, raw=raw, judge=judge.judge_id, error=error)
+
+
+def gold_answer(judge: Judge, question: str, image: str | Path | None, truth: dict | None = None) -> str:
+    """The judge's own answer to the question (SFT-gold data)."""
+    req = JudgeRequest(task="answer", system=prompts.GOLD_SYSTEM, prompt=prompts.render_gold_prompt(question),
+                       images=_images(image), inputs={"question": question}, truth=truth or {})
+    text = judge.complete(req).text.strip()
+    if not text:
+        raise ValueError(f"{judge.judge_id} gave an empty gold answer to {question[:80]!r}")
+    return text
+
+
+def grade_single(
+    judge: Judge,
+    question_turns: list[str],
+    answers: list[str],
+    reference: list[str] | None = None,
+    truth: dict | None = None,
+    templates: dict[str, dict] | None = None,
+    multi_turn: bool = False,
+    image: str | Path | None = None,
+) -> tuple[float, str]:
+    """FastChat single-answer grading (MT-Bench). Returns (rating 1..10, judgment); rating -1 when unparsable,
+    as FastChat records it. `truth` ({"answer", "reference"}) is about the graded turn (turn 2 when multi_turn)."""
+    system, prompt, _ = prompts.render_fastchat_single(question_turns, answers, reference, multi_turn, templates)
+    req = JudgeRequest(task="grade_single", system=system, prompt=prompt, images=_images(image),
+                       inputs={"question_turns": list(question_turns), "answers": list(answers),
+                               "reference": reference, "multi_turn": multi_turn},
+                       truth=truth or {})
+    judgment = judge.complete(req).text
+    return parse_fastchat_rating(judgment), judgment
+
+
+def grade_pairwise_alpaca(
+    judge: Judge,
+    instruction: str,
+    output_1: str,
+    output_2: str,
+    truth: dict | None = None,
+    template: str | None = None,
+    max_retries: int = 2,
+) -> tuple[float, str]:
+    """AlpacaEval pairwise preference: 1.0 (output_1 better), 2.0 (output_2 better), 1.5 (tie);
+    NaN after `max_retries` unparsable replies (AlpacaEval drops those)."""
+    system, prompt = prompts.render_alpaca(instruction, output_1, output_2, template)
+    text = ""
+    for attempt in range(max_retries + 1):
+        req = JudgeRequest(task="grade_pairwise", system=system, prompt=prompt,
+                           inputs={"instruction": instruction, "output_1": output_1, "output_2": output_2},
+                           truth=truth or {}, attempt=attempt)
+        text = judge.complete(req).text
+        try:
+            return parse_alpaca_ranking(text), text
+        except ParseError as exc:
+            log.info("%s: unparsable AlpacaEval ranking (%s)", judge.judge_id, exc)
+    return float("nan"), text
+
+
+def grade_mmvet(
+    judge: Judge,
+    question: str,
+    gt_answer: str,
+    prediction: str,
+    truth: dict | None = None,
+    max_tries: int = 5,
+) -> tuple[float, str]:
+    """MM-Vet grading 0.0..1.0. Like the MM-Vet grader: up to `max_tries` calls, then 0.0."""
+    prompt = prompts.render_mmvet_prompt(question, gt_answer, prediction)
+    text = ""
+    for attempt in range(max_tries):
+        req = JudgeRequest(task="grade_mmvet", system=prompts.MMVET_SYSTEM, prompt=prompt,
+                           inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
+                           truth=truth or {}, attempt=attempt)
+        text = judge.complete(req).text
+        try:
+            return parse_mmvet_score(text), text
+        except ParseError as exc:
+            log.info("%s: unparsable MM-Vet grade (%s)", judge.judge_id, exc)
+    return 0.0, text
+
+
+def grade_llava_bench(
+    judge: Judge,
+    question: str,
+    context: str,
+    reference_answer: str,
+    answer: str,
+    rule: dict | None = None,
+    truth: dict | None = None,
+) -> tuple[float, float, str]:
+    """LLaVA-Bench review: (reference score, model score) on 1..10, the reference being Assistant 1;
+    (-1, -1) when the first line does not hold two scores, as LLaVA's parse_score returns."""
+    system, prompt = prompts.render_llava_bench(question, context, reference_answer, answer, rule)
+    req = JudgeRequest(task="grade_llava_bench", system=system, prompt=prompt,
+                       inputs={"question": question, "context": context, "reference_answer": reference_answer,
+                               "answer": answer},
+                       truth=truth or {})
+    text = judge.complete(req).text
+    s_ref, s_model = parse_llava_score(text)
+    return s_ref, s_model, text

@@ -1,0 +1,140 @@
+"""One real `mmpref run params/tiny.yaml` in a temp dir, its artifacts checked, then nbval over the notebooks."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+ATTRS = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
+
+
+def _env(run_dir: Path) -> dict:
+    env = dict(os.environ, MMPREF_RUN_DIR=str(run_dir), PYTHONUNBUFFERED="1")
+    env.pop("GEMINI_API_KEY", None)
+    return env
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    rd = tmp_path_factory.mktemp("tiny-run")
+    start = time.time()
+    proc = subprocess.run([str(BIN / "mmpref"), "run", "params/tiny.yaml"], cwd=ROOT, env=_env(rd),
+                          capture_output=True, text=True, timeout=1800)
+    (rd / "mmpref-run.log").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, f"mmpref run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    print(f"\nmmpref run params/tiny.yaml: {time.time() - start:.0f}s\n{proc.stdout[-1500:]}")
+    return rd
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_every_stage_recorded(run_dir):
+    lines = _jsonl(run_dir / "manifest.jsonl")
+    ok = {l["stage"] for l in lines if l["status"] == "ok"}
+    assert ok == {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    for l in lines:
+        assert l["params_hash"] and "versions" in l and l["seconds"] >= 0
+    for stage in ok:
+        assert (run_dir / "notebooks" / f"{stage}.ipynb").exists()
+
+
+def test_prompts_and_samples(run_dir):
+    prompts = _jsonl(run_dir / "prompts.jsonl")
+    assert len(prompts) >= 200
+    sources = [p["source"] for p in prompts]
+    assert sources.count("scigraphqa") == sources.count("lrv")
+    assert any(p["negative"] for p in prompts)
+    assert all((run_dir / p["image"]).exists() for p in prompts)
+    samples = _jsonl(run_dir / "samples.jsonl")
+    assert {s["prompt_id"] for s in samples} == {p["id"] for p in prompts}
+    assert all(len(s["responses"]) == 4 and s["temperature"] == 0.7 for s in samples)
+    # temperature 0.7 must give varied answers, or there is nothing to prefer
+    assert sum(len(set(s["responses"])) > 1 for s in samples) > len(samples) / 2
+    assert len(_jsonl(run_dir / "gold.jsonl")) == len(prompts)
+
+
+def test_annotations_have_five_scores_in_range(run_dir):
+    annotations = _jsonl(run_dir / "annotations.jsonl")
+    ok = [a for a in annotations if a["status"] == "ok"]
+    assert len(ok) >= 0.95 * len(annotations)
+    for a in ok:
+        assert a["reasoning"] and a["raw"] and a["judge"]
+        assert len(a["scores"]) == 4
+        for s in a["scores"]:
+            assert set(s) == set(ATTRS) and all(isinstance(v, int) and 0 <= v <= 4 for v in s.values())
+
+
+def test_datasets_follow_the_pairing_rules(run_dir):
+    ds = run_dir / "datasets"
+    dpo = _jsonl(ds / "dpo.jsonl")
+    assert len(dpo) >= 20, "too few DPO pairs: the tiny policy's samples do not vary in quality"
+    for p in dpo:
+        assert p["chosen_quality"] >= p["rejected_quality"] + 2 and p["chosen"] != p["rejected"]
+    steer = _jsonl(ds / "steerlm.jsonl")
+    assert steer and all("in 5-point Likert scale:\nHelpfulness:" in r["question"] for r in steer)
+    assert _jsonl(ds / "rejection_sampling.jsonl") and _jsonl(ds / "sft_gold.jsonl")
+    card = (ds / "card.md").read_text()
+    assert "dpo" in card.lower() and "|" in card
+
+
+def test_adapters_saved(run_dir):
+    for name in ["sft_gold", "steerlm", "rejection_sampling", "dpo", "dpo_frac0.25", "dpo_frac0.5", "dpo_frac0.75"]:
+        d = run_dir / "adapters" / name
+        assert (d / "adapter_config.json").exists() and (d / "adapter_model.safetensors").exists(), name
+        assert (d / "loss.png").stat().st_size > 1000 and (d / "trainer_state.json").exists()
+        info = json.loads((d / "mmpref_train.json").read_text())
+        assert info["rows"] > 0 and info["final_loss"] is not None
+    assert (run_dir / "adapters" / "reference_logps.jsonl").exists()
+
+
+def test_results_cover_every_model_and_benchmark(run_dir):
+    rows = list(csv.DictReader((run_dir / "eval" / "results.csv").open()))
+    assert set(rows[0]) == {"model", "benchmark", "metric", "value", "n", "judge"}
+    have = {(r["model"], r["benchmark"]) for r in rows}
+    visual = ["pope", "mmbench", "mmvet", "llava_bench", "mt_bench", "alpaca_eval", "mt_bench_noisy"]
+    for model in ["vit", "sft_gold", "steerlm", "rejection_sampling", "dpo"]:
+        for bench in visual:
+            assert (model, bench) in have, (model, bench)
+    assert ("base-lm", "mt_bench") in have and ("base-lm", "alpaca_eval") in have
+    for f in ["0.25", "0.5", "0.75"]:
+        assert (f"dpo_frac{f}", "mt_bench") in have
+    for r in rows:
+        float(r["value"])
+        assert int(float(r["n"])) > 0
+    mt = {r["model"]: float(r["value"]) for r in rows if r["benchmark"] == "mt_bench" and r["metric"] == "overall"}
+    assert all(1.0 <= v <= 10.0 for v in mt.values())
+
+
+def test_tables_and_figures(run_dir):
+    for name in ["table2", "table3", "paper_vs_run"]:
+        assert (run_dir / "tables" / f"{name}.csv").exists() and (run_dir / "tables" / f"{name}.md").exists()
+    table2 = list(csv.DictReader((run_dir / "tables" / "table2.csv").open()))
+    assert len(table2) >= 6
+    for fig in ["figure2_dpo_data_scaling.png", "figure3_attribute_correlation.png"]:
+        assert (run_dir / "figures" / fig).stat().st_size > 5000
+
+
+def test_rerun_does_no_stage_work(run_dir):
+    start = time.time()
+    proc = subprocess.run([str(BIN / "mmpref"), "run", "params/tiny.yaml"], cwd=ROOT, env=_env(run_dir),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("skipped (complete)") == 11, proc.stdout
+    assert time.time() - start < 60
+
+
+def test_notebooks_run_under_nbval(run_dir):
+    """nbval executes every notebook cell by cell against the finished run (stages find their work done)."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q",
+                           str(ROOT / "notebooks")], cwd=ROOT, env=_env(run_dir), capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-5000:]

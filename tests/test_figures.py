@@ -1,0 +1,217 @@
+"""Tables, figures and paper numbers on small hand-made results."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mmpref.figures import (
+    attribute_diff_frame,
+    figure2,
+    figure3,
+    key_answer_correct,
+    load_paper_results,
+    noisy_human_preferences,
+    paper_vs_run,
+    save_table,
+    table2,
+    table3,
+)
+
+PAPER = Path(__file__).resolve().parents[1] / "params" / "paper_results.yaml"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _results() -> pd.DataFrame:
+    rows = []
+    add = lambda m, b, metric, v: rows.append({"model": m, "benchmark": b, "metric": metric, "value": v, "n": 10,
+                                               "judge": "rubric-v1"})
+    add("base-lm", "mt_bench", "overall", 6.0)
+    add("base-lm", "mt_bench", "turn1", 7.0)          # not a headline metric: ignored
+    add("base-lm", "alpaca_eval", "win_rate", 70.0)
+    add("base-lm", "pope", "f1", 0.5)                 # a stray visual score for the base LM stays blank
+    for m, mt in [("vit", 5.0), ("dpo", 6.5), ("dpo_frac0.25", 5.2), ("dpo_frac0.5", 5.8), ("dpo_frac0.75", 6.2)]:
+        add(m, "mt_bench", "overall", mt)
+    add("vit", "mmvet", "total", 30.0)
+    add("vit", "pope", "f1", 0.8)
+    add("vit", "pope", "accuracy", 0.9)
+    add("vit", "alpaca_eval", "win_rate", 60.0)
+    add("vit", "mt_bench_noisy", "overall", 4.0)
+    add("dpo", "mmvet", "total", 35.0)
+    add("dpo", "mmbench", "circular_accuracy", 0.6)
+    add("dpo", "mt_bench_noisy", "overall", 6.0)
+    return pd.DataFrame(rows)
+
+
+def test_table2_cells_and_blanks():
+    t = table2(_results())
+    assert list(t.index) == ["Vicuna (base LM)", "LLaVA-1.5 (visual instruction tuned)", "DPO"]
+    assert list(t.columns) == ["MM-Vet", "LLaVA-bench", "PoPe", "MM-Bench", "MT-bench", "AlpacaEval"]
+    assert t.loc["Vicuna (base LM)", "MT-bench"] == 6.0
+    assert t.loc["Vicuna (base LM)", "AlpacaEval"] == 70.0
+    assert math.isnan(t.loc["Vicuna (base LM)", "PoPe"])       # blank as in the paper
+    assert t.loc["LLaVA-1.5 (visual instruction tuned)", "PoPe"] == 0.8
+    assert math.isnan(t.loc["LLaVA-1.5 (visual instruction tuned)", "MM-Bench"])
+    assert t.loc["DPO", "MM-Bench"] == 0.6 and t.loc["DPO", "MT-bench"] == 6.5
+
+
+def test_table2_with_paper_rows_and_markdown(tmp_path):
+    paper = load_paper_results(PAPER)
+    t = table2(_results(), paper)
+    assert t.loc["DPO (paper)", "MT-bench"] == 6.73
+    assert t.loc["LLaVA-RLHF-13b (paper)", "MM-Bench"] == 60.1
+    assert math.isnan(t.loc["Vicuna-1.5-13b (paper)", "MM-Vet"])
+    paths = save_table(t, tmp_path, "table2")
+    md = paths["md"].read_text()
+    assert md.splitlines()[0] == "| Model | MM-Vet | LLaVA-bench | PoPe | MM-Bench | MT-bench | AlpacaEval |"
+    assert "| Vicuna (base LM) |  |  |  |  | 6 | 70 |" in md
+    back = pd.read_csv(paths["csv"], index_col="Model")
+    assert back.loc["DPO (paper)", "AlpacaEval"] == 86.4
+
+
+def test_conflicting_duplicates_raise():
+    r = _results()
+    r = pd.concat([r, pd.DataFrame([{"model": "dpo", "benchmark": "mt_bench", "metric": "overall", "value": 1.0,
+                                     "n": 1, "judge": "x"}])])
+    with pytest.raises(ValueError, match="dpo"):
+        table2(r)
+    with pytest.raises(ValueError, match="missing columns"):
+        table2(pd.DataFrame({"model": ["dpo"]}))
+
+
+def test_table3_noisy_rows():
+    t = table3(_results(), load_paper_results(PAPER))
+    assert t.loc["DPO", "Noisy-image MT-Bench"] == 6.0
+    assert t.loc["DPO", "Change (noisy - no image)"] == pytest.approx(-0.5)
+    assert math.isnan(t.loc["Vicuna (base LM)", "Noisy-image MT-Bench"])
+    assert t.loc["Vicuna (base LM)", "MT-bench (no image)"] == 6.0
+    assert t.loc["DPO (ours) (paper)", "Noisy-image MT-Bench"] == 6.63
+    assert len([i for i in t.index if i.endswith("(paper)")]) == 6
+
+
+def test_paper_results_load_and_validate(tmp_path):
+    paper = load_paper_results(PAPER)
+    assert paper.table2_for("dpo").mt_bench == 6.73
+    assert len(paper.table2) == 7 and len(paper.table3) == 6
+    assert paper.figure2.points == {0.0: 5.99, 1.0: 6.73} and paper.figure2.base_lm == 6.57
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(PAPER.read_text().replace("mt_bench: 6.73", "mt_bench: 6.73, mt_bnech: 1"))
+    with pytest.raises(ValueError, match="bad.yaml"):
+        load_paper_results(bad)
+
+
+def test_paper_vs_run_directions():
+    pvr = paper_vs_run(_results(), load_paper_results(PAPER))
+    row = pvr[(pvr.model == "dpo") & (pvr.benchmark == "MT-bench")].iloc[0]
+    assert row.run == 6.5 and row.paper == 6.73
+    assert row.run_change == pytest.approx(1.5) and row.paper_change == pytest.approx(0.74)
+    assert bool(row.same_direction)
+    noisy = pvr[(pvr.model == "dpo") & (pvr.benchmark == "Noisy-image MT-Bench")].iloc[0]
+    assert noisy.run == 6.0 and noisy.paper == 6.63
+    assert "LLaVA-RLHF-13b" not in set(pvr.paper_model)
+    base = pvr[pvr.model == "base-lm"]
+    assert set(base.benchmark) == {"MT-bench", "AlpacaEval", "Noisy-image MT-Bench"}  # text-only: no PoPe row
+    assert bool(base[base.benchmark == "MT-bench"].iloc[0].same_direction)  # base LM above vit, as in the paper
+
+
+def test_figure2_writes_png_and_points(tmp_path):
+    out = tmp_path / "fig" / "figure2.png"
+    pts = figure2(_results(), [0.25, 0.5, 0.75], out, paper=load_paper_results(PAPER))
+    assert list(pts.fraction) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert list(pts.mt_bench) == [5.0, 5.2, 5.8, 6.2, 6.5]
+    assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
+    out2 = tmp_path / "figure2_run_only.png"
+    pts2 = figure2(_results()[lambda d: d.model != "dpo_frac0.5"], [0.25, 0.5, 0.75], out2)
+    assert list(pts2.fraction) == [0.0, 0.25, 0.75, 1.0]
+    assert out2.read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(ValueError, match="MT-Bench"):
+        figure2(_results()[lambda d: d.benchmark != "mt_bench"], [0.5], tmp_path / "x.png")
+
+
+def test_key_answer_rule():
+    assert key_answer_correct("3 plus 5 is 8.", "8")
+    assert not key_answer_correct("It is 8, no wait, 9.", "8")
+    assert not key_answer_correct("3 plus 5 is 7.", "8")
+    assert key_answer_correct("Yes, there is a red circle.", "yes")
+    assert not key_answer_correct("No, yes.", "yes")
+    assert key_answer_correct("There is no triangle in the image.", "absent")
+    assert not key_answer_correct("Yes, there is no doubt.", "absent")
+    assert not key_answer_correct("There is a triangle.", "absent")
+    assert key_answer_correct("The tallest bar is bar 3.", "3")
+    assert key_answer_correct("The circle is Red!", "red")
+    assert not key_answer_correct("The circle is reddish.", "red")
+    assert key_answer_correct("The values are 1, 2, 3.", "1, 2, 3")
+
+
+def _pref_world(n=200):
+    prompts = [{"id": f"p{i}", "answer": "8", "question": "q"} for i in range(n)]
+    prompts.append({"id": "nokey", "answer": None, "question": "q"})
+    samples = []
+    for i in range(n):
+        right, wrong = "It is 8.", "It is 7."
+        samples.append({"prompt_id": f"p{i}", "responses": [right, wrong] if i % 2 else [wrong, right]})
+    samples.append({"prompt_id": "nokey", "responses": ["a", "b"]})
+    return prompts, samples
+
+
+def test_noisy_human_preferences_follow_truth_and_flip():
+    prompts, samples = _pref_world()
+    clean = noisy_human_preferences(prompts, samples, seed=0, flip_prob=0.0)
+    assert len(clean) == 200  # the prompt without a key answer is skipped
+    assert all(r["preferred"] == (0 if int(r["prompt_id"][1:]) % 2 else 1) and r["basis"] == "truth" for r in clean)
+    noisy = noisy_human_preferences(prompts, samples, seed=0, flip_prob=0.3)
+    assert noisy == noisy_human_preferences(prompts, samples, seed=0, flip_prob=0.3)
+    flipped = sum(r["flipped"] for r in noisy)
+    assert 30 < flipped < 90
+    assert all((a["preferred"] != b["preferred"]) == b["flipped"] for a, b in zip(clean, noisy))
+    both_right = [{"prompt_id": "p0", "responses": ["8", "8."]}]
+    coin = noisy_human_preferences(prompts[:1], both_right, seed=1, flip_prob=0.0)
+    assert coin[0]["basis"] == "coin"
+    with pytest.raises(ValueError):
+        noisy_human_preferences(prompts, samples, seed=0, flip_prob=1.5)
+
+
+def _s(h, c, o, x, v):
+    return {"helpfulness": h, "correctness": c, "coherence": o, "complexity": x, "verbosity": v}
+
+
+def test_figure3_correlation_on_constructed_case(tmp_path):
+    # correctness difference decides the label exactly; verbosity difference is unrelated noise
+    annotations, prefs = [], []
+    for i in range(40):
+        c_a, c_b = (4, 1) if i % 2 else (1, 4)
+        annotations.append({"prompt_id": f"p{i}", "status": "ok",
+                            "scores": [_s(3, c_a, 3, i % 3, i % 5), _s(3, c_b, 2, 1, (i * 7) % 5)]})
+        prefs.append({"prompt_id": f"p{i}", "preferred": 0 if c_a > c_b else 1})
+    annotations.append({"prompt_id": "failed", "status": "failed", "scores": None})
+    prefs.append({"prompt_id": "failed", "preferred": 0})
+    pairs = attribute_diff_frame(annotations, prefs)
+    assert len(pairs) == 40
+    assert set(pairs.human_preference) == {0, 1}
+    out = tmp_path / "figure3.png"
+    corr = figure3(pairs, out)
+    assert corr.loc["d_correctness", "human_preference"] == pytest.approx(1.0)
+    assert abs(corr.loc["d_verbosity", "human_preference"]) < 0.5
+    assert math.isnan(corr.loc["d_helpfulness", "human_preference"])  # constant difference: undefined
+    assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
+    with pytest.raises(ValueError, match="lacks columns"):
+        figure3(pairs.drop(columns=["d_coherence"]), out)
+
+
+def test_figure3_noisy_labels_weaken_correlation(tmp_path):
+    """The miniature Figure 3 pipeline end to end: judge diffs vs truth-based labels, clean vs heavily flipped."""
+    prompts, samples = _pref_world(300)
+    annotations = []
+    for s in samples[:-1]:
+        ok = [key_answer_correct(r, "8") for r in s["responses"]]
+        annotations.append({"prompt_id": s["prompt_id"], "status": "ok",
+                            "scores": [_s(3, 4 if k else 0, 3, 1, 1) for k in ok]})
+    clean = figure3(attribute_diff_frame(annotations, noisy_human_preferences(prompts, samples, 0, 0.0)),
+                    tmp_path / "a.png")
+    noisy = figure3(attribute_diff_frame(annotations, noisy_human_preferences(prompts, samples, 0, 0.45)),
+                    tmp_path / "b.png")
+    assert clean.loc["d_correctness", "human_preference"] == pytest.approx(1.0)
+    assert abs(noisy.loc["d_correctness", "human_preference"]) < 0.35

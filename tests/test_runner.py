@@ -1,0 +1,53 @@
+import json
+
+import pytest
+
+from mmpref import runner
+from mmpref.config import load_params
+
+
+def test_stage_ranges():
+    stages = runner.active_stages(load_params("params/tiny.yaml"))
+    assert runner.parse_stage_range("02-04", stages) == ["02_sample", "03_annotate", "04_pair"]
+    assert runner.parse_stage_range("5,08", stages) == ["05_train_sft_gold", "08_train_dpo"]
+    assert runner.parse_stage_range("08_train_dpo", stages) == ["08_train_dpo"]
+    assert runner.parse_stage_range(None, stages) == stages
+    with pytest.raises(ValueError, match="unknown stage '42'"):
+        runner.parse_stage_range("42", stages)
+
+
+def test_active_stages_follow_params():
+    tiny = load_params("params/tiny.yaml", {"train": {"methods": ["dpo"]}})
+    stages = runner.active_stages(tiny)
+    assert "00_world" in stages and "05_train_sft_gold" not in stages and "08_train_dpo" in stages
+    assert "00_world" not in runner.active_stages(load_params("params/paper-13b.yaml"))
+
+
+def test_stage_state_tracks_params_and_inputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMPREF_RUN_DIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    params_file = runner.resolve_params_path("params/tiny.yaml")
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a"}\n')
+    stage = runner.Stage(str(params_file), {}, "01_collect")
+    assert runner.stage_state(stage.params, "01_collect") == "not run"
+    stage.done(prompts=1)
+    assert runner.stage_state(stage.params, "01_collect") == "complete"
+    # params of another section do not matter; its own do
+    assert runner.stage_state(load_params(params_file, {"sampling": {"k": 5}}), "01_collect") == "complete"
+    assert runner.stage_state(load_params(params_file, {"prompts": {"sources": []}}), "01_collect") == "stale"
+    # changed outputs make it stale, and downstream stages see new inputs
+    (tmp_path / "prompts.jsonl").write_text('{"id": "b"}\n')
+    assert runner.stage_state(stage.params, "01_collect") == "stale"
+    lines = [json.loads(l) for l in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert lines[0]["stage"] == "01_collect" and lines[0]["status"] == "ok" and "torch" in lines[0]["versions"]
+
+
+def test_failed_notebook_names_notebook_and_cell(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMPREF_RUN_DIR", str(tmp_path))
+    with pytest.raises(runner.StageFailed) as err:
+        # 04_pair without annotations fails inside its first work cell
+        runner.run("params/tiny.yaml", stages="04")
+    msg = str(err.value)
+    assert "04_pair.ipynb" in msg and "cell" in msg and str(tmp_path / "notebooks" / "04_pair.ipynb") in msg
+    status = runner.status("params/tiny.yaml")
+    assert {r["stage"]: r["state"] for r in status}["04_pair"] == "failed"
