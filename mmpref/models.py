@@ -265,7 +265,7 @@ def train_from_scratch(model, examples: list[dict], pad_id: int, epochs: float, 
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.item())
     model.eval()
     log.info("%s: %d steps in %.1fs, final loss %.3f", desc, total, time.time() - start, sum(losses[-20:]) / len(losses[-20:]))
     return losses

@@ -1,0 +1,282 @@
+"""The miniature world's data: deterministic, truthful, held out, and in the official benchmark formats."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import io
+import json
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmpref import world
+from mmpref.io import read_jsonl
+
+SMALL = dict(image_size=48, n_visual_train=60, n_text_train=80, n_pool=20, n_bench=12)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    counts = world.build_world_data(out, seed=3, **SMALL)
+    return out, counts
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _pixels(path: Path) -> str:
+    with Image.open(path) as im:
+        return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
+
+
+def test_deterministic_for_a_seed_and_different_across_seeds(built, tmp_path):
+    out, counts = built
+    again = world.build_world_data(tmp_path / "a", seed=3, **SMALL)
+    assert {k: v for k, v in again.items() if k not in ("seconds", "ms_per_image")} == \
+        {k: v for k, v in counts.items() if k not in ("seconds", "ms_per_image")}
+    assert _files(out) == _files(tmp_path / "a")
+    world.build_world_data(tmp_path / "b", seed=4, **SMALL)
+    assert (out / "visual_train.jsonl").read_bytes() != (tmp_path / "b" / "visual_train.jsonl").read_bytes()
+
+
+def test_counts_and_images_decode(built):
+    out, counts = built
+    assert counts["visual_train"] == 60 and counts["text_train"] == 80
+    assert counts["pool_scigraphqa"] == counts["pool_lrv"] == 20
+    pngs = list(out.rglob("*.png"))
+    assert len(pngs) == counts["images"]
+    for p in pngs:
+        with Image.open(p) as im:
+            im.load()
+            assert im.size == (48, 48) and im.mode == "RGB"
+
+
+def test_visual_train_has_truth_and_negatives(built):
+    out, _ = built
+    rows = read_jsonl(out / "visual_train.jsonl")
+    assert {r["source"] for r in rows} == {"chart", "scene"}
+    for r in rows:
+        assert r["answer"] and r["reference"] and r["question"]
+        assert (out / r["image"]).is_file()
+        if r["negative"]:
+            assert r["answer"] in ("no", "absent") and r["source"] == "scene"
+    assert 0 < sum(r["negative"] for r in rows) < len(rows)
+
+
+def test_text_train_rows(built):
+    out, _ = built
+    rows = read_jsonl(out / "text_train.jsonl")
+    assert {r["task"] for r in rows} == set(world.TEXT_TASKS)
+    assert any(len(r["turns"]) == 2 for r in rows) and any(len(r["turns"]) == 1 for r in rows)
+    for r in rows:
+        assert len(r["turns"]) == len(r["references"]) == len(r["answers"])
+
+
+def test_arithmetic_and_follow_ups_are_true():
+    rng = random.Random(0)
+    ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
+    for _ in range(300):
+        item = world.task_arithmetic(rng, two_turn=True)
+        for ref, key in zip(item["references"], item["answers"]):
+            m = re.fullmatch(r"(\d+) (plus|minus|times) (\d+) is (\d+)\.", ref)
+            if m:
+                assert ops[m[2]](int(m[1]), int(m[3])) == int(m[4]) == int(key)
+            else:
+                assert ref == f"{key}."
+        # turn 2 builds on turn 1's answer
+        assert item["references"][1].startswith(item["answers"][0] + " ")
+
+
+def test_word_list_and_fact_tasks_are_true():
+    rng = random.Random(1)
+    for _ in range(200):
+        w = world.task_word(rng, two_turn=True)
+        assert all(k in ref for k, ref in zip(w["answers"], w["references"]))
+        m = re.fullmatch(r"The word (\w+) reversed is (\w+)\.", w["references"][0])
+        if m:
+            assert m[1][::-1] == m[2]
+        lst = world.task_list(rng, two_turn=False)
+        nums = [int(x) for x in re.findall(r"\d+", lst["turns"][0])]
+        if "order" in lst["turns"][0] or "Sort" in lst["turns"][0]:
+            assert lst["answers"][0] == ", ".join(str(x) for x in sorted(nums))
+        elif "largest" in lst["turns"][0]:
+            assert lst["answers"][0] == str(max(nums))
+        elif "smallest" in lst["turns"][0]:
+            assert lst["answers"][0] == str(min(nums))
+        f = world.task_facts(rng, two_turn=False)
+        assert f["answers"][0] in set(world.CAPITALS.values()) | set(world.SOUNDS.values())
+
+
+def test_bar_heights_follow_values():
+    chart = world.Chart("bar", [1, 5, 9], (40, 90, 200))
+    arr = np.asarray(world.draw_chart(chart, 48))
+    colored = np.all(arr == np.array(chart.color, dtype=np.uint8), axis=-1)
+    heights = []
+    for i in range(3):
+        slot = (48 - 2 - 5) / 3
+        col = round(5 + 1 + i * slot + 0.5 * slot)
+        heights.append(int(colored[:, col].sum()))
+    assert heights[0] < heights[1] < heights[2] and heights[0] > 0
+
+
+def test_scene_truth_and_negative_questions_are_absent():
+    rng = random.Random(2)
+    for _ in range(200):
+        scene = world.sample_scene(rng, 48)
+        types = [s.shape for s in scene.shapes]
+        assert len(types) == len(set(types)) and 1 <= len(types) <= 3
+        for a in scene.shapes:
+            for b in scene.shapes:
+                if a is not b:
+                    assert abs(a.cx - b.cx) > 2 * a.r or abs(a.cy - b.cy) > 2 * a.r
+        for qa in world.scene_negative_qas(scene, rng):
+            assert qa.negative
+            m = re.search(r"(red|green|blue|yellow) (circle|square|triangle)", qa.question)
+            if m:
+                assert not scene.has(m[1], m[2]) and qa.answer == "no"
+            else:
+                assert qa.answer == "absent" and not any(s in qa.question for s in scene.shape_types())
+        for qa in world.scene_positive_qas(scene, rng):
+            if qa.qtype == "color":
+                shape = next(s for s in world.SHAPES if s in qa.question)
+                assert scene.has(qa.answer, shape)
+            if qa.qtype == "count":
+                assert qa.answer == str(len(scene.shapes))
+
+
+def test_pools_are_in_official_formats(built):
+    out, counts = built
+    sci = json.loads((out / "pools" / "scigraphqa.json").read_text())
+    for r in sci:
+        assert {"image_file", "id", "caption", "conversations", "q_a_pairs", "title", "abstract"} <= set(r)
+        assert r["conversations"][0]["from"] == "human" and r["conversations"][1]["from"] == "gpt"
+        assert (out / "pools" / r["image_file"]).is_file()
+    lrv = json.loads((out / "pools" / "lrv.json").read_text())
+    for r in lrv:
+        assert {"image_id", "question", "answer", "task"} <= set(r)
+        assert (out / "pools" / r["image_id"]).is_file()
+        assert (r["task"] == "negative") == (r["answer_key"] in ("no", "absent"))
+    assert 0 < counts["pool_lrv_negative"] < len(lrv)
+
+
+def test_pope_splits(built):
+    out, _ = built
+    pope = out / "benchmarks" / "pope"
+    splits = {s: read_jsonl(pope / f"coco_pope_{s}.json") for s in ("random", "popular", "adversarial")}
+    for rows in splits.values():
+        labels = Counter(r["label"] for r in rows)
+        assert labels["yes"] == labels["no"] >= 6
+        assert [r["question_id"] for r in rows] == list(range(1, len(rows) + 1))
+        for r in rows:
+            assert (pope / "images" / r["image"]).is_file()
+            assert re.fullmatch(r"Is there a \w+ \w+ in the image\?", r["text"])
+    yes = [[(r["image"], r["text"]) for r in rows if r["label"] == "yes"] for rows in splits.values()]
+    assert yes[0] == yes[1] == yes[2]
+    obj = lambda t: tuple(t.split()[3:5])  # noqa: E731
+    present: dict[str, list] = {}
+    for r in splits["random"]:
+        if r["label"] == "yes":
+            present.setdefault(r["image"], []).append(obj(r["text"]))
+    # adversarial negatives share a colour or a shape with something present
+    for r in splits["adversarial"]:
+        if r["label"] == "no":
+            c, s = obj(r["text"])
+            assert any(c == p[0] or s == p[1] for p in present[r["image"]])
+    # popular negatives are the most frequent objects of the benchmark
+    freq = Counter(o for objs in present.values() for o in objs)
+    mean = lambda split: np.mean([freq[obj(r["text"])] for r in splits[split] if r["label"] == "no"])  # noqa: E731
+    assert mean("popular") >= mean("random")
+
+
+def test_mmbench_tsv(built):
+    out, counts = built
+    with (out / "benchmarks" / "mmbench" / "mmbench_dev.tsv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t"))
+    assert len(rows) == counts["mmbench"]
+    assert list(rows[0]) == ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category",
+                             "split", "image"]
+    for r in rows:
+        options = [r[k] for k in "ABCD" if r[k]]
+        assert 2 <= len(options) <= 4 and [r[k] for k in "ABCD"][: len(options)] == options
+        assert r["answer"] in "ABCD"[: len(options)]
+        with Image.open(io.BytesIO(base64.b64decode(r["image"]))) as im:
+            assert im.format == "PNG" and im.size == (48, 48)
+
+
+def test_mmvet_and_llava_bench(built):
+    out, _ = built
+    mmvet = json.loads((out / "benchmarks" / "mmvet" / "mm-vet.json").read_text())
+    for key, item in mmvet.items():
+        assert re.fullmatch(r"v1_\d+", key) and item["imagename"] == f"{key}.png"
+        assert set(item["capability"]) <= {"rec", "ocr", "know", "gen", "spat", "math"}
+        assert item["question"] and item["answer"] and item["answer_key"]
+        assert (out / "benchmarks" / "mmvet" / "images" / item["imagename"]).is_file()
+    lb = out / "benchmarks" / "llava_bench"
+    qs, ans, ctx = (read_jsonl(lb / f"{n}.jsonl") for n in ("questions", "answers_gpt4", "context"))
+    assert [q["question_id"] for q in qs] == [a["question_id"] for a in ans]
+    assert {q["category"] for q in qs} == {"conv", "detail", "complex"}
+    assert {q["image"] for q in qs} <= {c["image"] for c in ctx}
+    assert all((lb / "images" / c["image"]).is_file() and c["caption"] for c in ctx)
+
+
+def test_text_benchmarks(built):
+    out, _ = built
+    mt = read_jsonl(out / "benchmarks" / "mt_bench" / "question.jsonl")
+    for q in mt:
+        assert len(q["turns"]) == len(q["reference"]) == len(q["answer_keys"]) == 2
+        assert q["category"] in {"math", "reasoning", "extraction", "humanities"}
+    alpaca = json.loads((out / "benchmarks" / "alpaca_eval" / "eval.json").read_text())
+    assert all(a["generator"] == "text_davinci_003" and a["instruction"] and a["output"] for a in alpaca)
+    noise = {p.name for p in (out / "benchmarks" / "noise_images").iterdir()}
+    assert "blank.png" in noise and any(n.startswith("noise_") for n in noise)
+
+
+def test_reference_outputs_are_imperfect():
+    rng = random.Random(0)
+    right = 0
+    for _ in range(1000):
+        item = world.sample_text_item(rng, two_turn=False)
+        out = world.imperfect_output(item, rng)
+        right += out == item["references"][0]
+        assert out
+    assert 0.52 < right / 1000 < 0.68
+    for task in world.TEXT_TASKS:     # a "wrong" answer never equals the reference
+        for _ in range(100):
+            item = world.sample_text_item(rng, two_turn=False, task=task)
+            assert world._wrong_reference(item, rng) != item["references"][0]
+
+
+def test_held_out_images_and_text(built):
+    out, _ = built
+    train = {_pixels(p) for p in (out / "images").glob("*.png")}
+    others = [p for d in ("pools", "benchmarks") for p in (out / d).rglob("*.png")]
+    assert others and not train & {_pixels(p) for p in others}
+    trained_first_turns = {r["turns"][0] for r in read_jsonl(out / "text_train.jsonl")}
+    bench_turns = {q["turns"][0] for q in read_jsonl(out / "benchmarks" / "mt_bench" / "question.jsonl")}
+    bench_turns |= {a["instruction"] for a in json.loads((out / "benchmarks" / "alpaca_eval" / "eval.json").read_text())}
+    assert not trained_first_turns & bench_turns
+
+
+def test_vocabulary_corpus_covers_all_texts(built):
+    out, _ = built
+    texts = list(world.vocabulary_corpus(out))
+    assert all(isinstance(t, str) for t in texts)
+    joined = "\n".join(texts)
+    for probe in ("Is there a", "The value of bar", "Helpfulness:4", "capital", "plus"):
+        assert probe in joined
+
+
+def test_bad_arguments_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="image_size"):
+        world.build_world_data(tmp_path, seed=0, image_size=8)
+    with pytest.raises(ValueError, match="n_pool"):
+        world.build_world_data(tmp_path, seed=0, n_pool=0)
