@@ -122,7 +122,8 @@ class Policy:
         """The GenerateFn benchmarks use: one greedy answer per request."""
 
         def generate(requests: list[ChatRequest]) -> list[str]:
-            return [a[0] for a in self.generate(requests, max_new_tokens=max_new_tokens, batch_size=batch_size)]
+            return [a[0] for a in self.generate(requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                desc=False)]
 
         return generate
 

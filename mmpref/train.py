@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -53,7 +53,6 @@ class TrainSettings:
     deepspeed: str | None = None
     logging_steps: int = 10
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def lora_config(s: TrainSettings):

@@ -16,7 +16,8 @@ Ground truth follows the spec's conventions: every item carries ``answer`` (the 
 
 Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
 
-    visual_train.jsonl        {"image", "question", "answer", "reference", "source": "chart"|"scene", "negative"}
+    visual_train.jsonl        {"image", "question", "answer", "reference", "source": "chart"|"scene", "negative",
+                               "qtype", "format": "open"|"short"|"multiple_choice"}
     text_train.jsonl          {"turns", "references", "answers", "task"}
     images/                   training images (paths in visual_train.jsonl are relative to out_dir)
     pools/scigraphqa.json     SciGraphQA-295K records (image_file, id, caption, title, abstract, first_mention,
@@ -52,6 +53,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mmpref.evaluate.benchmarks import POPE_PROMPT_SUFFIX, mmbench_prompt
 from mmpref.io import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -600,12 +602,49 @@ def _write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def build_visual_train(imgs: _Images, rng: random.Random, n: int, per_image: int = 3,
-                       negative_rate: float = 0.25) -> list[dict]:
-    """Visual instruction-tuning data: half charts, half scenes, per_image questions per picture."""
+def short_answer_qas(scene: Scene, rng: random.Random) -> list[QA]:
+    """VQAv2/GQA-style short-answer questions for a scene, in random order: a present object (yes), an absent one
+    (no; half the time a present shape in another colour, like POPE's adversarial split), a colour and a count.
+    The question carries the evaluation's POPE suffix; the reference is the single word ("Yes", "No", "Red", "3")."""
+    s = rng.choice(scene.shapes)
+    absent = absent_objects(scene)
+    manipulated = [o for o in absent if o[1] in scene.shape_types()]
+    c_no, s_no = rng.choice(manipulated if manipulated and rng.random() < 0.5 else absent)
+    n = len(scene.shapes)
+    qas = [
+        QA(rng.choice(EXIST_Q).format(c=s.color, s=s.shape), "yes", "Yes", "exist"),
+        QA(rng.choice(EXIST_Q).format(c=c_no, s=s_no), "no", "No", "exist_absent", negative=True),
+        QA(rng.choice(COLOR_Q).format(s=s.shape), s.color, s.color.capitalize(), "color"),
+        QA(rng.choice(COUNT_Q), str(n), str(n), "count"),
+    ]
+    rng.shuffle(qas)
+    for qa in qas:
+        qa.question += POPE_PROMPT_SUFFIX
+    return qas
+
+
+def build_visual_train(imgs: _Images, rng: random.Random, n: int, per_image: int = 3, negative_rate: float = 0.25,
+                       short_rate: float = 0.15, mc_rate: float = 0.10) -> list[dict]:
+    """Visual instruction-tuning data, n rows in random order, in three formats (the "format" field):
+
+    - "open" (the rest): half charts, half scenes, per_image free-form questions per picture;
+    - "short" (round(n * short_rate) rows): LLaVA-1.5's VQAv2/GQA-style items — a yes/no presence (balanced),
+      colour or count question with the POPE suffix, answered by a single word; per_image questions per scene;
+    - "multiple_choice" (round(n * mc_rate) rows): A-OKVQA-style items built like the MMBench benchmark's, rendered
+      with the evaluation's ``mmbench_prompt``; reference and answer key are the option letter. One per picture.
+    """
+    if short_rate < 0 or mc_rate < 0 or short_rate + mc_rate > 1:
+        raise ValueError(f"short_rate and mc_rate must be >= 0 and sum to at most 1, got {short_rate}, {mc_rate}")
+    n_short, n_mc = round(n * short_rate), round(n * mc_rate)
+    n_open = n - n_short - n_mc
+
+    def row(rel: str, qa: QA, source: str, fmt: str) -> dict:
+        return {"image": rel, "question": qa.question, "answer": qa.answer, "reference": qa.reference,
+                "source": source, "negative": qa.negative, "qtype": qa.qtype, "format": fmt}
+
     rows: list[dict] = []
     i = 0
-    while len(rows) < n:
+    while len(rows) < n_open:
         if i % 2 == 0:
             chart, im = imgs.chart(rng)
             qas = rng.sample(chart_qas(chart, rng), per_image)
@@ -615,10 +654,22 @@ def build_visual_train(imgs: _Images, rng: random.Random, n: int, per_image: int
             qas = scene_qas(scene, rng, per_image, negative_rate)
             source = "scene"
         rel = imgs.save(im, f"images/{source}_{i:05d}.png")
-        for qa in qas[: n - len(rows)]:
-            rows.append({"image": rel, "question": qa.question, "answer": qa.answer, "reference": qa.reference,
-                         "source": source, "negative": qa.negative, "qtype": qa.qtype})
+        rows.extend(row(rel, qa, source, "open") for qa in qas[: n_open - len(rows)])
         i += 1
+    i = 0
+    while len(rows) < n_open + n_short:
+        scene, im = imgs.scene(rng)
+        rel = imgs.save(im, f"images/short_{i:05d}.png")
+        qas = short_answer_qas(scene, rng)[:per_image]
+        rows.extend(row(rel, qa, "scene", "short") for qa in qas[: n_open + n_short - len(rows)])
+        i += 1
+    for i in range(n_mc):
+        item = _mmbench_item(rng, imgs)
+        letters, letter = _lettered(item, rng)
+        rel = imgs.save(item.image, f"images/mc_{i:05d}.png")
+        qa = QA(mmbench_prompt(item.question, None, letters), letter, letter, "multiple_choice")
+        rows.append(row(rel, qa, item.source, "multiple_choice"))
+    rng.shuffle(rows)
     return rows
 
 
@@ -696,8 +747,20 @@ def build_pope(imgs: _Images, rng: random.Random, bench: Path, n_per_split: int)
     return counts
 
 
-def _mmbench_item(rng: random.Random, imgs: _Images) -> tuple[Image.Image, str, str, list[str], str, str]:
-    """(image, question, correct option, options, category, l2-category) for one MMBench-style question."""
+@dataclass
+class McItem:
+    """One MMBench-style multiple-choice question; ``options`` unshuffled, the correct one first."""
+    image: Image.Image
+    question: str
+    correct: str
+    options: list[str]
+    category: str
+    l2_category: str
+    source: str               # "chart" | "scene"
+
+
+def _mmbench_item(rng: random.Random, imgs: _Images) -> McItem:
+    """One MMBench-style question about a fresh picture: a chart question or a scene colour/count/existence one."""
     if rng.random() < 0.5:
         chart, im = imgs.chart(rng)
         v = chart.values
@@ -712,23 +775,30 @@ def _mmbench_item(rng: random.Random, imgs: _Images) -> tuple[Image.Image, str, 
         else:
             correct = "up" if v[-1] > v[0] else "down"
             q, opts = "Does the line go up or down?", ["up", "down"]
-        return im, q, correct, opts, "structuralized_imagetext_understanding", "logic_reasoning"
+        return McItem(im, q, correct, opts, "structuralized_imagetext_understanding", "logic_reasoning", "chart")
     scene, im = imgs.scene(rng)
     kind = rng.choice(["color", "count", "exist"])
     if kind == "color":
         s = rng.choice(scene.shapes)
         opts = [s.color] + rng.sample([c for c in COLORS if c != s.color], rng.choice([1, 2, 3]))
-        return im, f"What color is the {s.shape}?", s.color, opts, "attribute_recognition", \
-            "finegrained_perception (instance-level)"
+        return McItem(im, f"What color is the {s.shape}?", s.color, opts, "attribute_recognition",
+                      "finegrained_perception (instance-level)", "scene")
     if kind == "count":
         n = len(scene.shapes)
         opts = [str(n)] + rng.sample([str(x) for x in range(1, 5) if x != n], rng.choice([1, 2, 3]))
-        return im, "How many shapes are there?", str(n), opts, "object_localization", \
-            "finegrained_perception (instance-level)"
+        return McItem(im, "How many shapes are there?", str(n), opts, "object_localization",
+                      "finegrained_perception (instance-level)", "scene")
     present = rng.random() < 0.5
     obj = rng.choice(scene.objects()) if present else rng.choice(absent_objects(scene))
-    return im, f"Is there a {obj[0]} {obj[1]} in the image?", "yes" if present else "no", ["yes", "no"], \
-        "image_scene", "coarse_perception"
+    return McItem(im, f"Is there a {obj[0]} {obj[1]} in the image?", "yes" if present else "no", ["yes", "no"],
+                  "image_scene", "coarse_perception", "scene")
+
+
+def _lettered(item: McItem, rng: random.Random) -> tuple[dict[str, str], str]:
+    """Shuffle the options into letters A, B, ... (as many as there are options); return them and the right letter."""
+    opts = list(item.options)
+    rng.shuffle(opts)
+    return dict(zip("ABCD", opts)), "ABCD"[opts.index(item.correct)]
 
 
 def build_mmbench(imgs: _Images, rng: random.Random, bench: Path, n: int) -> int:
@@ -739,12 +809,10 @@ def build_mmbench(imgs: _Images, rng: random.Random, bench: Path, n: int) -> int
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(cols)
         for i in range(n):
-            im, q, correct, opts, cat, l2 = _mmbench_item(rng, imgs)
-            rng.shuffle(opts)
-            letters = dict(zip("ABCD", opts + [""] * (4 - len(opts))))
-            answer = "ABCD"[opts.index(correct)]
-            w.writerow([i, q, "", letters["A"], letters["B"], letters["C"], letters["D"], answer, cat, l2, "dev",
-                        _png_b64(im)])
+            item = _mmbench_item(rng, imgs)
+            letters, answer = _lettered(item, rng)
+            w.writerow([i, item.question, "", *(letters.get(k, "") for k in "ABCD"), answer, item.category,
+                        item.l2_category, "dev", _png_b64(item.image)])
     return n
 
 
@@ -911,6 +979,8 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     write_jsonl(out / "text_train.jsonl", text)
     counts["visual_train"], counts["text_train"] = len(visual), len(text)
     counts["visual_train_negative"] = sum(r["negative"] for r in visual)
+    for fmt in ("short", "multiple_choice"):
+        counts[f"visual_train_{fmt}"] = sum(r["format"] == fmt for r in visual)
     counts["images"] = imgs.written
     counts["seconds"] = round(time.perf_counter() - start, 2)
     counts["ms_per_image"] = round(1000 * imgs.draw_seconds / max(1, imgs.written), 3)

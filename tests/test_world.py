@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from mmpref import world
+from mmpref.evaluate.benchmarks import MMBENCH_PROMPT_SUFFIX, POPE_PROMPT_SUFFIX
 from mmpref.io import read_jsonl
 
 SMALL = dict(image_size=48, n_visual_train=60, n_text_train=80, n_pool=20, n_bench=12)
@@ -271,7 +272,8 @@ def test_vocabulary_corpus_covers_all_texts(built):
     texts = list(world.vocabulary_corpus(out))
     assert all(isinstance(t, str) for t in texts)
     joined = "\n".join(texts)
-    for probe in ("Is there a", "The value of bar", "Helpfulness:4", "capital", "plus"):
+    for probe in ("Is there a", "The value of bar", "Helpfulness:4", "capital", "plus", POPE_PROMPT_SUFFIX,
+                  MMBENCH_PROMPT_SUFFIX, "\nA. "):
         assert probe in joined
 
 
@@ -280,3 +282,97 @@ def test_bad_arguments_are_rejected(tmp_path):
         world.build_world_data(tmp_path, seed=0, image_size=8)
     with pytest.raises(ValueError, match="n_pool"):
         world.build_world_data(tmp_path, seed=0, n_pool=0)
+
+
+def _mc_options(question: str) -> tuple[str, dict[str, str]]:
+    """Split an MMBench-style prompt into its question and lettered options; asserts the evaluation's layout."""
+    assert question.endswith(MMBENCH_PROMPT_SUFFIX)
+    lines = question.removesuffix(MMBENCH_PROMPT_SUFFIX).split("\n")
+    options = dict(re.fullmatch(r"([A-D])\. (.+)", line).groups() for line in lines[1:])
+    assert list(options) == list("ABCD"[: len(options)]) and 2 <= len(options) <= 4
+    return lines[0], options
+
+
+def test_visual_train_mixes_in_format_items_at_the_chosen_rates(built):
+    out, counts = built
+    rows = read_jsonl(out / "visual_train.jsonl")
+    by_format = Counter(r["format"] for r in rows)
+    assert by_format == {"short": 9, "multiple_choice": 6, "open": 45}          # 15 % and 10 % of 60
+    assert counts["visual_train_short"] == 9 and counts["visual_train_multiple_choice"] == 6
+    images = {p.stem.split("_")[0] for p in (out / "images").glob("*.png")}
+    assert images == {"chart", "scene", "short", "mc"}
+    big = world.build_visual_train(world._Images(out / "rates", 48), random.Random(5), 400)
+    assert len(big) == 400 and Counter(r["format"] for r in big) == {"short": 60, "multiple_choice": 40, "open": 300}
+    assert [r["format"] for r in big[:60]].count("open") < 60       # mixed in, not appended as a block
+    with pytest.raises(ValueError, match="mc_rate"):
+        world.build_visual_train(world._Images(out / "bad", 48), random.Random(0), 10, short_rate=0.6, mc_rate=0.5)
+
+
+def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
+    out, _ = built
+    rows = [r for r in read_jsonl(out / "visual_train.jsonl") if r["format"] == "short"]
+    for r in rows:
+        assert r["question"].endswith(POPE_PROMPT_SUFFIX)
+        assert "\n" not in r["question"].removesuffix(POPE_PROMPT_SUFFIX)
+        assert r["source"] == "scene" and (r["answer"] == "no") == r["negative"]
+    for r in read_jsonl(out / "visual_train.jsonl"):
+        assert (POPE_PROMPT_SUFFIX in r["question"]) == (r["format"] == "short")
+    rng = random.Random(7)
+    presence = Counter()
+    for _ in range(300):
+        scene = world.sample_scene(rng, 48)
+        for qa in world.short_answer_qas(scene, rng):
+            q = qa.question.removesuffix(POPE_PROMPT_SUFFIX)
+            assert qa.question.endswith(POPE_PROMPT_SUFFIX) and len(qa.reference.split()) == 1
+            assert qa.reference.lower() == qa.answer
+            m = re.search(r"(red|green|blue|yellow) (circle|square|triangle)", q)
+            if m:
+                assert qa.answer == ("yes" if scene.has(m[1], m[2]) else "no") and qa.negative == (qa.answer == "no")
+                presence[qa.answer] += 1
+            elif qa.qtype == "color":
+                assert scene.has(qa.answer, next(s for s in world.SHAPES if s in q))
+            else:
+                assert qa.qtype == "count" and qa.answer == str(len(scene.shapes))
+    assert presence["yes"] == presence["no"] == 300
+
+
+def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch):
+    truth: dict[str, world.McItem] = {}
+    make = world._mmbench_item
+
+    def recording(rng, imgs):
+        item = make(rng, imgs)
+        truth[hashlib.sha256(item.image.tobytes()).hexdigest()] = item
+        return item
+
+    monkeypatch.setattr(world, "_mmbench_item", recording)
+    rows = world.build_visual_train(world._Images(tmp_path, 48), random.Random(11), 300)
+    mc = [r for r in rows if r["format"] == "multiple_choice"]
+    assert len(mc) == 30 == len(truth)
+    letters = Counter()
+    for r in mc:
+        question, options = _mc_options(r["question"])
+        item = truth[_pixels(tmp_path / r["image"])]
+        assert question == item.question and sorted(options.values()) == sorted(item.options)
+        assert r["answer"] == r["reference"] == r["answer"].strip() and r["answer"] in options
+        assert options[r["answer"]] == item.correct
+        assert r["source"] == item.source and not r["negative"]
+        letters[r["answer"]] += 1
+    assert len(letters) >= 2                                       # the right answer is not always "A"
+
+
+def test_training_and_benchmark_multiple_choice_prompts_share_one_layout(built, tmp_path):
+    out, _ = built
+    from mmpref.evaluate.benchmarks import mmbench_prompt
+    from mmpref.evaluate.loaders import load_mmbench
+    bench = load_mmbench(out / "benchmarks" / "mmbench" / "mmbench_dev.tsv", image_dir=tmp_path)
+    for it in bench:      # what the evaluation asks, parsed by the same rule as the training prompts
+        question, options = _mc_options(mmbench_prompt(it.question, it.hint, dict(zip("ABCD", it.options))))
+        assert question == it.question and list(options.values()) == it.options
+    templates = lambda q: re.sub(r"\b(\d|red|green|blue|yellow|circle|square|triangle)\b", "_", q)  # noqa: E731
+    bench_templates = {templates(it.question) for it in bench}
+    train = [r for r in read_jsonl(out / "visual_train.jsonl") if r["format"] == "multiple_choice"]
+    for r in train:
+        question, options = _mc_options(r["question"])
+        assert r["question"] == mmbench_prompt(question, None, options)
+    assert {templates(_mc_options(r["question"])[0]) for r in train} & bench_templates
