@@ -57,7 +57,7 @@ class VisionShape(Strict):
     intermediate_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
-    patch_size: int = 8
+    patch_size: int = 12
 
 
 class WorldParams(Strict):
@@ -73,7 +73,9 @@ class WorldParams(Strict):
     vision: VisionShape = VisionShape()
     lm_epochs: float = 3.0
     lm_lr: float = 2e-3
-    vit_epochs: float = 2.0
+    vision_pretrain_steps: int = Field(800, ge=0)   # tag pretraining of the tower (CLIP's stand-in); 0 skips it
+    vision_pretrain_lr: float = 3e-3
+    vit_epochs: float = 4.0
     vit_lr: float = 1e-3
     batch_size: int = 32
     human_flip_prob: float = Field(0.3, ge=0.0, le=0.5)

@@ -245,7 +245,7 @@ def train_from_scratch(model, examples: list[dict], pad_id: int, epochs: float, 
     model.train()
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = max(1, int(steps_per_epoch * epochs))
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     warmup = max(1, total // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))
@@ -271,13 +271,58 @@ def train_from_scratch(model, examples: list[dict], pad_id: int, epochs: float, 
     return losses
 
 
+def pretrain_vision_tower(tower, pixel_values: torch.Tensor, tags: list[list[str]], steps: int, lr: float,
+                          batch_size: int, seed: int) -> list[float]:
+    """Teach a from-scratch CLIP-architecture tower the world's visual concepts before visual instruction tuning.
+
+    LLaVA starts from a CLIP tower pretrained on image-text pairs; the miniature world's stand-in is multi-label tag
+    prediction (`world.image_tags`: "red circle", "3 shapes", "value 2 is 7", ...) read off the patch features by a
+    linear head with a max over patches, so every patch feature says what it shows. The head is dropped afterwards.
+    """
+    from tqdm.auto import tqdm
+
+    vocab = sorted({t for ts in tags for t in ts})
+    index = {t: i for i, t in enumerate(vocab)}
+    targets = torch.zeros(len(tags), len(vocab))
+    for row, ts in enumerate(tags):
+        targets[row, [index[t] for t in ts]] = 1.0
+    gen = torch.Generator().manual_seed(seed)
+    head = torch.nn.Linear(tower.config.hidden_size, len(vocab))
+    params = list(tower.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps)))
+    )
+    tower.train()
+    losses: list[float] = []
+    start = time.time()
+    for _ in tqdm(range(steps), desc="vision tower on image tags"):
+        idx = torch.randint(0, len(tags), (batch_size,), generator=gen)
+        patches = tower(pixel_values=pixel_values[idx]).last_hidden_state[:, 1:]
+        logits = head(patches).max(dim=1).values
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    tower.eval()
+    if steps:
+        log.info("vision tower: %d tags, %d steps in %.1fs, final loss %.4f", len(vocab), steps, time.time() - start,
+                 sum(losses[-20:]) / len(losses[-20:]))
+    return losses
+
+
 def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list[dict], text_rows: list[dict],
-                       world, seed: int) -> dict:
+                       tag_rows: list[dict], world, seed: int) -> dict:
     """Build the miniature world's checkpoints: tokenizer, base LM ("Vicuna") and visually tuned LLaVA.
 
     The base LM learns the text tasks. The tiny LLaVA starts from that LM, adds a CLIP-architecture tower and a
     projector, and is instruction-tuned on visual data only, with the whole LM trainable, as LLaVA-1.5's second
-    stage does. Both are saved with `save_pretrained` to `world/base-lm` and `world/vit`.
+    stage does; its tower is first pretrained on the pictures' tags (`pretrain_vision_tower`) and then frozen, as
+    LLaVA-1.5 keeps CLIP frozen. Both are saved with `save_pretrained` to `world/base-lm` and `world/vit`.
     """
     from PIL import Image
 
@@ -294,19 +339,27 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
     processor = build_processor(tokenizer, world.image_size, world.vision.patch_size)
     vlm = build_tiny_llava(base, tokenizer, world.image_size, world.vision)
     cache: dict[str, torch.Tensor] = {}
-    visual_examples = []
-    for r in visual_rows:
-        path = str(world_dir / r["image"])
-        if path not in cache:
-            with Image.open(path) as im:
-                cache[path] = processor.image_processor(images=[im.convert("RGB")], return_tensors="pt")["pixel_values"][0]
-        visual_examples.append(encode_text_with_image(processor, r["question"], r["reference"], cache[path], max_len))
+
+    def pixels(rel: str) -> torch.Tensor:
+        if rel not in cache:
+            with Image.open(world_dir / rel) as im:
+                cache[rel] = processor.image_processor(images=[im.convert("RGB")], return_tensors="pt")["pixel_values"][0]
+        return cache[rel]
+
+    tower_losses = pretrain_vision_tower(
+        vlm.model.vision_tower, torch.stack([pixels(r["image"]) for r in tag_rows]), [r["tags"] for r in tag_rows],
+        world.vision_pretrain_steps, world.vision_pretrain_lr, 2 * world.batch_size, seed + 2,
+    )
+    vlm.model.vision_tower.requires_grad_(False)
+    visual_examples = [encode_text_with_image(processor, r["question"], r["reference"], pixels(r["image"]), max_len)
+                       for r in visual_rows]
     vit_losses = train_from_scratch(vlm, visual_examples, tokenizer.pad_token_id, world.vit_epochs, world.vit_lr,
                                     world.batch_size, seed + 1, desc="visual instruction tuning")
     vlm.save_pretrained(world_dir / "vit")
     processor.save_pretrained(world_dir / "vit")
     return {"vocab": len(tokenizer), "base_lm_params": sum(p.numel() for p in base.parameters()),
             "vit_params": sum(p.numel() for p in vlm.parameters()), "lm_losses": lm_losses, "vit_losses": vit_losses,
+            "tower_losses": tower_losses,
             "text_examples": len(text_examples), "visual_examples": len(visual_examples)}
 
 

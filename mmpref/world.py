@@ -19,6 +19,7 @@ Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
     visual_train.jsonl        {"image", "question", "answer", "reference", "source": "chart"|"scene", "negative",
                                "qtype", "format": "open"|"short"|"multiple_choice"}
     text_train.jsonl          {"turns", "references", "answers", "task"}
+    image_tags.jsonl          {"image", "tags"} for the training pictures (see image_tags)
     images/                   training images (paths in visual_train.jsonl are relative to out_dir)
     pools/scigraphqa.json     SciGraphQA-295K records (image_file, id, caption, title, abstract, first_mention,
                               response, conversations, q_a_pairs) + miniature extra "answer_key"
@@ -237,6 +238,18 @@ class QA:
     reference: str            # house-style sentence
     qtype: str
     negative: bool = False
+
+
+def image_tags(picture: Chart | Scene) -> list[str]:
+    """The visual concepts a picture shows, as short labels: what the tiny vision tower learns before visual
+    instruction tuning (the stand-in for CLIP's image-text pretraining; LLaVA starts from a pretrained tower)."""
+    if isinstance(picture, Scene):
+        return (["scene", f"{len(picture.shapes)} shapes"] + [f"{c} {s}" for c, s in picture.objects()]
+                + sorted(picture.shape_types()) + sorted({c for c, _ in picture.objects()}))
+    v = picture.values
+    return (["chart", picture.kind, f"{len(v)} values", "up" if v[-1] > v[0] else "down",
+             f"highest {v.index(max(v)) + 1}", f"lowest {v.index(min(v)) + 1}"]
+            + [f"value {i + 1} is {x}" for i, x in enumerate(v)])
 
 
 def _shapes_sentence(n: int) -> str:
@@ -546,6 +559,7 @@ class _Images:
         self.seen: set[str] = set()
         self.written = 0
         self.draw_seconds = 0.0
+        self.tags: list[dict] = []
 
     def _claim(self, im: Image.Image) -> bool:
         h = hashlib.sha256(im.tobytes()).hexdigest()
@@ -575,7 +589,10 @@ class _Images:
     def unique(self, im: Image.Image) -> bool:
         return self._claim(im)
 
-    def save(self, im: Image.Image, rel: str) -> str:
+    def save(self, im: Image.Image, rel: str, tags: list[str] | None = None) -> str:
+        """Write the picture under out_dir; `tags` (see image_tags) are kept in self.tags for the tower's pretraining."""
+        if tags is not None:
+            self.tags.append({"image": rel, "tags": tags})
         t = time.perf_counter()
         path = self.out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -653,13 +670,13 @@ def build_visual_train(imgs: _Images, rng: random.Random, n: int, per_image: int
             scene, im = imgs.scene(rng)
             qas = scene_qas(scene, rng, per_image, negative_rate)
             source = "scene"
-        rel = imgs.save(im, f"images/{source}_{i:05d}.png")
+        rel = imgs.save(im, f"images/{source}_{i:05d}.png", tags=image_tags(chart if source == "chart" else scene))
         rows.extend(row(rel, qa, source, "open") for qa in qas[: n_open - len(rows)])
         i += 1
     i = 0
     while len(rows) < n_open + n_short:
         scene, im = imgs.scene(rng)
-        rel = imgs.save(im, f"images/short_{i:05d}.png")
+        rel = imgs.save(im, f"images/short_{i:05d}.png", tags=image_tags(scene))
         qas = short_answer_qas(scene, rng)[:per_image]
         rows.extend(row(rel, qa, "scene", "short") for qa in qas[: n_open + n_short - len(rows)])
         i += 1
@@ -975,6 +992,7 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
 
     visual = build_visual_train(imgs, _rng(seed, "visual-train"), n_visual_train)
     write_jsonl(out / "visual_train.jsonl", visual)
+    write_jsonl(out / "image_tags.jsonl", imgs.tags)
     text = build_text_train(_rng(seed, "text-train"), n_text_train, held)
     write_jsonl(out / "text_train.jsonl", text)
     counts["visual_train"], counts["text_train"] = len(visual), len(text)
@@ -997,12 +1015,11 @@ def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
     """Every text the world contains (training files, pools, benchmarks) — what the tiny tokenizer is trained on."""
     out = Path(out_dir)
     yield STEERLM_TEXT
+    # Training conversations as the chat template renders them, so the role words become tokens of their own.
     for r in read_jsonl(out / "visual_train.jsonl"):
-        yield r["question"]
-        yield r["reference"]
+        yield f"USER: {r['question']} ASSISTANT: {r['reference']}"
     for r in read_jsonl(out / "text_train.jsonl"):
-        yield from r["turns"]
-        yield from r["references"]
+        yield " ".join(f"USER: {t} ASSISTANT: {a}" for t, a in zip(r["turns"], r["references"]))
     for r in json.loads((out / "pools" / "scigraphqa.json").read_text(encoding="utf-8")):
         yield r["caption"]
         yield r["title"]

@@ -33,7 +33,7 @@ def build_world(world_dir: Path, world_params, seed: int) -> dict:
     start = time.time()
     trained = train_world_models(world_dir, world_data.vocabulary_corpus(world_dir),
                                  read_jsonl(world_dir / "visual_train.jsonl"), read_jsonl(world_dir / "text_train.jsonl"),
-                                 world_params, seed)
+                                 read_jsonl(world_dir / "image_tags.jsonl"), world_params, seed)
     timings["models_seconds"] = round(time.time() - start, 1)
     info = {"fingerprint": fingerprint, **{f"n_{k}": v for k, v in counts.items() if isinstance(v, int)},
             **timings, **trained}

@@ -111,3 +111,25 @@ def test_corrupt_image_is_a_clear_error(tmp_path):
     bad.write_bytes(b"not a png")
     with pytest.raises(ValueError, match="bad.png"):
         open_image(bad)
+
+
+def test_vision_tower_pretraining_learns_the_tags():
+    import random
+
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from mmpref import world
+    from mmpref.models import pretrain_vision_tower
+
+    rng = random.Random(0)
+    scenes = [world.sample_scene(rng, 32) for _ in range(64)]
+    pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(world.draw_scene(s, 32), dtype="float32"))
+                          .permute(2, 0, 1) / 127.5 - 1 for s in scenes])
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=32, patch_size=8))
+    losses = pretrain_vision_tower(tower, pixels, [world.image_tags(s) for s in scenes], steps=150, lr=3e-3,
+                                   batch_size=32, seed=0)
+    assert len(losses) == 150
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+    assert not tower.training

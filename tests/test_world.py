@@ -376,3 +376,23 @@ def test_training_and_benchmark_multiple_choice_prompts_share_one_layout(built, 
         question, options = _mc_options(r["question"])
         assert r["question"] == mmbench_prompt(question, None, options)
     assert {templates(_mc_options(r["question"])[0]) for r in train} & bench_templates
+
+
+def test_image_tags_describe_the_pictures():
+    scene = world.Scene([world.Shape("red", "circle", 10, 10, 5), world.Shape("blue", "square", 30, 30, 5)])
+    tags = world.image_tags(scene)
+    assert {"scene", "2 shapes", "red circle", "blue square", "circle", "square", "red", "blue"} == set(tags)
+    chart = world.Chart("bar", [3, 7, 1], (0, 0, 0))
+    assert set(world.image_tags(chart)) == {"chart", "bar", "3 values", "down", "highest 2", "lowest 3",
+                                           "value 1 is 3", "value 2 is 7", "value 3 is 1"}
+
+
+def test_tags_cover_the_training_pictures_only(built):
+    out, _ = built
+    tagged = {r["image"]: r["tags"] for r in read_jsonl(out / "image_tags.jsonl")}
+    visual = read_jsonl(out / "visual_train.jsonl")
+    assert {r["image"] for r in visual if r["format"] != "multiple_choice"} == set(tagged)
+    assert all(rel.startswith("images/") for rel in tagged)
+    for r in visual:
+        if r["qtype"] == "color" and r["image"] in tagged:
+            assert any(t.startswith(r["answer"] + " ") for t in tagged[r["image"]])
