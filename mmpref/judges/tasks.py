@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel
 
@@ -43,6 +43,20 @@ def _images(image: str | Path | None) -> list[str]:
     return [str(image)] if image else []
 
 
+def _ask_until_parsed(judge: Judge, request: JudgeRequest, parse: Callable[[str], Any], tries: int, what: str):
+    """Ask up to `tries` times until `parse` accepts the reply; each retry is a new call (attempt + 1, so it is not
+    answered from the cache). Returns (parsed value or None, last reply text, last parse error or None)."""
+    text, error = "", None
+    for attempt in range(tries):
+        text = judge.complete(request.model_copy(update={"attempt": attempt})).text
+        try:
+            return parse(text), text, None
+        except ParseError as exc:
+            error = f"attempt {attempt}: {exc}"
+            log.info("%s: unparsable %s (%s)", judge.judge_id, what, error)
+    return None, text, error
+
+
 def annotate_responses(
     judge: Judge,
     question: str,
@@ -58,22 +72,16 @@ def annotate_responses(
     """
     if not responses:
         raise ValueError("annotate_responses: no responses to rate")
-    prompt = prompts.render_annotation_prompt(question, responses)
-    raw, error = "", None
-    for attempt in range(max_retries + 1):
-        req = JudgeRequest(task="annotate", system=prompts.ANNOTATION_SYSTEM, prompt=prompt, images=_images(image),
-                           inputs={"question": question, "responses": list(responses)}, truth=truth or {},
-                           json_schema="annotation", attempt=attempt)
-        reply = judge.complete(req)
-        raw = reply.text
-        try:
-            reasoning, scores = parse_annotation(raw, len(responses))
-        except ParseError as exc:
-            error = f"attempt {attempt}: {exc}"
-            log.info("%s: malformed annotation (%s)", judge.judge_id, error)
-            continue
-        return Annotation(status="ok", reasoning=reasoning, scores=scores, raw=raw, judge=judge.judge_id)
-    return Annotation(status="failed", reasoning="", scores=None, raw=raw, judge=judge.judge_id, error=error)
+    req = JudgeRequest(task="annotate", system=prompts.ANNOTATION_SYSTEM,
+                       prompt=prompts.render_annotation_prompt(question, responses), images=_images(image),
+                       inputs={"question": question, "responses": list(responses)}, truth=truth or {},
+                       json_schema="annotation")
+    parsed, raw, error = _ask_until_parsed(judge, req, lambda t: parse_annotation(t, len(responses)),
+                                           max_retries + 1, "annotation")
+    if parsed is None:
+        return Annotation(status="failed", reasoning="", scores=None, raw=raw, judge=judge.judge_id, error=error)
+    reasoning, scores = parsed
+    return Annotation(status="ok", reasoning=reasoning, scores=scores, raw=raw, judge=judge.judge_id)
 
 
 def gold_answer(judge: Judge, question: str, image: str | Path | None, truth: dict | None = None) -> str:
@@ -119,17 +127,11 @@ def grade_pairwise_alpaca(
     """AlpacaEval pairwise preference: 1.0 (output_1 better), 2.0 (output_2 better), 1.5 (tie);
     NaN after `max_retries` unparsable replies (AlpacaEval drops those)."""
     system, prompt = prompts.render_alpaca(instruction, output_1, output_2, template)
-    text = ""
-    for attempt in range(max_retries + 1):
-        req = JudgeRequest(task="grade_pairwise", system=system, prompt=prompt,
-                           inputs={"instruction": instruction, "output_1": output_1, "output_2": output_2},
-                           truth=truth or {}, attempt=attempt)
-        text = judge.complete(req).text
-        try:
-            return parse_alpaca_ranking(text), text
-        except ParseError as exc:
-            log.info("%s: unparsable AlpacaEval ranking (%s)", judge.judge_id, exc)
-    return float("nan"), text
+    req = JudgeRequest(task="grade_pairwise", system=system, prompt=prompt,
+                       inputs={"instruction": instruction, "output_1": output_1, "output_2": output_2},
+                       truth=truth or {})
+    preference, text, _ = _ask_until_parsed(judge, req, parse_alpaca_ranking, max_retries + 1, "AlpacaEval ranking")
+    return (float("nan") if preference is None else preference), text
 
 
 def grade_mmvet(
@@ -141,18 +143,12 @@ def grade_mmvet(
     max_tries: int = 5,
 ) -> tuple[float, str]:
     """MM-Vet grading 0.0..1.0. Like the MM-Vet grader: up to `max_tries` calls, then 0.0."""
-    prompt = prompts.render_mmvet_prompt(question, gt_answer, prediction)
-    text = ""
-    for attempt in range(max_tries):
-        req = JudgeRequest(task="grade_mmvet", system=prompts.MMVET_SYSTEM, prompt=prompt,
-                           inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
-                           truth=truth or {}, attempt=attempt)
-        text = judge.complete(req).text
-        try:
-            return parse_mmvet_score(text), text
-        except ParseError as exc:
-            log.info("%s: unparsable MM-Vet grade (%s)", judge.judge_id, exc)
-    return 0.0, text
+    req = JudgeRequest(task="grade_mmvet", system=prompts.MMVET_SYSTEM,
+                       prompt=prompts.render_mmvet_prompt(question, gt_answer, prediction),
+                       inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
+                       truth=truth or {})
+    score, text, _ = _ask_until_parsed(judge, req, parse_mmvet_score, max_tries, "MM-Vet grade")
+    return (0.0 if score is None else score), text
 
 
 def grade_llava_bench(
