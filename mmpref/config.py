@@ -41,6 +41,9 @@ class Strict(BaseModel):
 class RunParams(Strict):
     name: str = "run"
     run_dir: str = "runs/{name}"
+    # Downloaded datasets and benchmarks live apart from the run directory, so `make clean-runs` or a new run.name
+    # never loses them; `{data_dir}` in any path expands to this folder (see README "Get the data").
+    data_dir: str = "data"
     seed: int = 0
 
 
@@ -84,10 +87,17 @@ class WorldParams(Strict):
 class ModelParams(Strict):
     """Checkpoints: hub ids or paths. `{run_dir}` expands to the run directory."""
 
-    policy: str = "liuhaotian/llava-v1.5-13b"
+    policy: str = "llava-hf/llava-1.5-13b-hf"
     base_lm: str | None = "lmsys/vicuna-13b-v1.5"
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     device: str = "auto"
+    # The VLM family (mmpref/families.py: LoRA targets, projector, image token, chat templates); "auto" reads the
+    # checkpoint's config.model_type.
+    family: Literal["auto", "llava", "llava_next", "qwen2_vl", "qwen2_5_vl"] = "auto"
+    # "family": sample, train and evaluate in the prompt format the family was trained with (LLaVA-1.5: vicuna_v1
+    # with its system prompt, BOS, </s> after each answer; the base LLM: Vicuna v1.1); "checkpoint": the template
+    # the checkpoint ships (the miniature world's own).
+    chat_template: Literal["family", "checkpoint"] = "family"
 
 
 class PromptSource(Strict):
@@ -119,6 +129,9 @@ class JudgeParams(Strict):
     max_workers: int = Field(4, ge=1)
     requests_per_minute: float | None = None
     max_retries: int = Field(2, ge=0)
+    # USD per million tokens, for `mmpref check`'s estimate and the spend recorded in the manifest (None: unknown)
+    price_input_per_mtok: float | None = Field(None, ge=0)
+    price_output_per_mtok: float | None = Field(None, ge=0)
 
 
 class PairingParams(Strict):
@@ -133,23 +146,34 @@ class LoraParams(Strict):
 
 
 class SFTParams(Strict):
+    """SFT-gold, SteerLM, rejection sampling. Defaults: the paper's Table 5 and the authors' finetune_steer*.sh
+    (findalexli/mllm-dpo scripts/v1_5/: lr 4e-4, batch 16 x grad-accum 2 per GPU, 3 epochs, model_max_length 2048,
+    mm_projector_lr 2e-5, freeze_mm_mlp_adapter False)."""
+
     learning_rate: float = 4e-4
     batch_size: int = 16
-    grad_accum: int = 1
-    epochs: float = 1.0
+    grad_accum: int = 2
+    epochs: float = 3.0
     max_length: int = 2048
     train_projector: bool = True
+    projector_learning_rate: float | None = 2e-5   # None: the projector uses learning_rate
 
 
 class DPOParams(Strict):
+    """Defaults: Table 5 and the authors' finetune_dpo.sh (beta 0.1, lr 5e-5, batch 8 x grad-accum 4, 3 epochs,
+    dpo_use_average False, model_max_length 3000, mm_projector_lr 2e-5; their llava_arch.py leaves the projector
+    trainable under LoRA, so DPO tunes it too)."""
+
     beta: float = 0.1
     learning_rate: float = 5e-5
     batch_size: int = 8
     grad_accum: int = 4
     epochs: float = 3.0
-    max_length: int = 300
+    max_length: int = 3000
     average_log_prob: bool = False
     precompute_ref_log_probs: bool = True
+    train_projector: bool = True
+    projector_learning_rate: float | None = 2e-5
     fractions: list[float] = [0.25, 0.5, 0.75]
 
     @field_validator("fractions")
@@ -167,12 +191,16 @@ class TrainParams(Strict):
     sft: SFTParams = SFTParams()
     dpo: DPOParams = DPOParams()
     lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
+    # Table 5 prints 0.003; every training script of the authors (and LLaVA-1.5's own) passes --warmup_ratio 0.03
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = 0.0
     bf16: bool = True
     gradient_checkpointing: bool = True
     deepspeed: str | None = None
     logging_steps: int = 10
+    # checkpoints every save_steps optimizer steps (None: none); a killed training stage resumes from the last one
+    save_steps: int | None = Field(200, ge=1)
+    save_total_limit: int = Field(2, ge=1)
 
 
 class EvalParams(Strict):
@@ -183,6 +211,9 @@ class EvalParams(Strict):
     limit: int | None = None
     max_new_tokens: int = 512
     batch_size: int = 8
+    # MT-Bench answers: "fastchat" samples with FastChat's per-category temperatures (gen_model_answer.py, as the
+    # authors' LLaVA port does); "greedy" decodes every category greedily
+    mt_bench_decoding: Literal["fastchat", "greedy"] = "fastchat"
 
     @field_validator("benchmarks")
     @classmethod
@@ -220,17 +251,26 @@ class Params(Strict):
     def run_dir(self) -> Path:
         return self.path(self.run.run_dir)
 
+    @property
+    def data_dir(self) -> Path:
+        return self.path(self.run.data_dir)
+
     def path(self, value: str) -> Path:
-        """Expand `{run_dir}`/`{name}` and resolve a relative path against the project root."""
+        """Expand `{run_dir}`/`{data_dir}`/`{name}` and resolve a relative path against the project root."""
         text = value.replace("{name}", self.run.name)
         if "{run_dir}" in text:
             text = text.replace("{run_dir}", str(self.run_dir))
+        if "{data_dir}" in text:
+            if "{data_dir}" in self.run.data_dir:
+                raise ParamsError("run.data_dir cannot refer to {data_dir}")
+            text = text.replace("{data_dir}", str(self.data_dir))
         p = Path(text).expanduser()
         return p if p.is_absolute() else (self._root / p).resolve()
 
     def model_ref(self, value: str) -> str:
         """A checkpoint reference: a local path when it names one (or uses {run_dir}), else a hub id as given."""
-        if "{run_dir}" in value or value.startswith((".", "/", "~")) or self.path(value).exists():
+        if ("{run_dir}" in value or "{data_dir}" in value or value.startswith((".", "/", "~"))
+                or self.path(value).exists()):
             return str(self.path(value))
         return value
 
@@ -343,6 +383,8 @@ def load_params(params_path: str | Path, overrides: dict | None = None) -> Param
     data = deep_merge(data, overrides or {})
     if os.environ.get("MMPREF_RUN_DIR"):
         data = deep_merge(data, {"run": {"run_dir": os.environ["MMPREF_RUN_DIR"]}})
+    if os.environ.get("MMPREF_DATA_DIR"):
+        data = deep_merge(data, {"run": {"data_dir": os.environ["MMPREF_DATA_DIR"]}})
     try:
         params = Params.model_validate(data)
     except ValidationError as exc:
