@@ -16,22 +16,15 @@ from typing import Iterable
 
 import torch
 
+from mmpref.families import apply_chat_template_choice, family_for_checkpoint, vicuna_v1_template
+from mmpref.io import sha256_file, sha256_json
+
 log = logging.getLogger(__name__)
 
-# LLaVA-1.5 conversation format ("vicuna_v1" with a space separator and </s> after each assistant turn), with BOS.
-# The same template renders text-only turns (no <image> line), so the base LM and the VLM share it.
-LLAVA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}"
-    "{% if m['role'] == 'user' %}USER: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %} "
-    "{% elif m['role'] == 'assistant' %}ASSISTANT: "
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}"
-    "{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{{ eos_token }}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+# The miniature world's template: LLaVA-1.5's conv_vicuna_v1 without the system prompt (its tiny models are trained
+# on it from scratch, so the system prompt would only cost tokens). Real checkpoints get their family's format
+# (mmpref/families.py). The same template renders text-only turns, so the base LM and the VLM share it.
+LLAVA_CHAT_TEMPLATE = vicuna_v1_template(None)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 
 
@@ -60,12 +53,59 @@ def torch_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_vlm(ref: str, adapter: str | Path | None = None, dtype: str = "bfloat16", device: str = "auto"):
-    """Load a VLM checkpoint (+ optional PEFT adapter, merged for fast generation) and its processor."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def chat_templates(params) -> tuple[str | None, str | None]:
+    """(VLM template, base-LM template) that params ask for; None keeps the checkpoint's own (`checkpoint`)."""
+    if params.models.chat_template == "checkpoint":
+        return None, None
+    fam = family_for_checkpoint(params.model_ref(params.models.policy), params.models.family)
+    return fam.chat_template, fam.text_chat_template
+
+
+def load_processor(ref: str, chat_template: str | None = None):
+    """AutoProcessor of a VLM checkpoint with the chosen chat template installed (None: the checkpoint's)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(ref)
+    apply_chat_template_choice(processor, chat_template, ref)
+    return processor
+
+
+_IDENTITIES: dict[tuple, str] = {}
+_WEIGHT_FILES = ("*.json", "*.safetensors", "*.bin", "*.model", "*.txt", "*.jinja")
+
+
+def checkpoint_identity(ref: str) -> str:
+    """Content identity of a checkpoint, independent of where it lies: a hash of its config, tokenizer and weight
+    files for a local folder; `hub id@commit` for a hub checkpoint in the local cache (hub snapshots are immutable).
+    Memoised per process by (path, sizes, mtimes), so a 26 GB checkpoint is hashed once."""
+    path = Path(ref)
+    if not path.is_dir():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(ref, "config.json")
+        except Exception:  # noqa: BLE001 - not a hub id either
+            found = None
+        if isinstance(found, str):
+            return f"{ref}@{Path(found).parent.name}"
+        raise ValueError(f"checkpoint {ref!r} is neither a local folder nor in the hub cache")
+    files = sorted({f for pat in _WEIGHT_FILES for f in path.glob(pat) if f.is_file()})
+    stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    memo_key = (str(path.resolve()), stamp)
+    if memo_key not in _IDENTITIES:
+        _IDENTITIES[memo_key] = sha256_json({f.name: sha256_file(f) for f in files})[:16]
+    return _IDENTITIES[memo_key]
+
+
+def load_vlm(ref: str, adapter: str | Path | None = None, dtype: str = "bfloat16", device: str = "auto",
+             chat_template: str | None = None):
+    """Load a VLM checkpoint (+ optional PEFT adapter, merged for fast generation) and its processor, with the
+    chosen chat template (None: the one saved with the adapter or the checkpoint)."""
+    from transformers import AutoModelForImageTextToText
 
     dev = pick_device(device)
-    processor = AutoProcessor.from_pretrained(str(adapter) if adapter and Path(adapter, "processor_config.json").exists() else ref)
+    saved = adapter and Path(adapter, "processor_config.json").exists()
+    processor = load_processor(str(adapter) if saved else ref, chat_template)
     model = AutoModelForImageTextToText.from_pretrained(ref, dtype=torch_dtype(dtype, dev))
     if adapter is not None:
         from peft import PeftModel
@@ -75,12 +115,16 @@ def load_vlm(ref: str, adapter: str | Path | None = None, dtype: str = "bfloat16
     return model, processor
 
 
-def load_text_lm(ref: str, dtype: str = "bfloat16", device: str = "auto"):
-    """Load a text-only causal LM (the base LLM, e.g. Vicuna) and its tokenizer."""
+def load_text_lm(ref: str, dtype: str = "bfloat16", device: str = "auto", chat_template: str | None = None):
+    """Load a text-only causal LM (the base LLM, e.g. Vicuna) and its tokenizer, with the chosen chat template
+    (lmsys/vicuna-13b-v1.5 ships none: the family's Vicuna v1.1 format is installed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dev = pick_device(device)
     tokenizer = AutoTokenizer.from_pretrained(ref)
+    apply_chat_template_choice(tokenizer, chat_template, ref)
+    if tokenizer.pad_token is None:  # Llama/Vicuna tokenizers have none; left-padded generation needs one
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(ref, dtype=torch_dtype(dtype, dev)).to(dev).eval()
     return model, tokenizer
 

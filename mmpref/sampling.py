@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from tqdm.auto import tqdm
 
 from mmpref.io import append_jsonl, read_jsonl
-from mmpref.models import chat_messages, load_text_lm, load_vlm
+from mmpref.models import chat_messages, chat_templates, load_text_lm, load_vlm
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ class ChatRequest(BaseModel):
     turns: list[str]
     answers: list[str] = []
     image: str | None = None
+    temperature: float | None = None  # None: the generate function's default (greedy for benchmarks)
 
 
 GenerateFn = Callable[[list[ChatRequest]], list[str]]
@@ -54,12 +55,23 @@ class Policy:
 
     @classmethod
     def load(cls, ref: str, name: str, adapter: str | Path | None = None, text_only: bool = False,
-             dtype: str = "bfloat16", device: str = "auto", question_transform=None) -> "Policy":
+             dtype: str = "bfloat16", device: str = "auto", question_transform=None,
+             chat_template: str | None = None) -> "Policy":
         if text_only:
-            model, tok = load_text_lm(ref, dtype=dtype, device=device)
+            model, tok = load_text_lm(ref, dtype=dtype, device=device, chat_template=chat_template)
             return cls(model, tok, name, is_vlm=False, question_transform=question_transform)
-        model, proc = load_vlm(ref, adapter=adapter, dtype=dtype, device=device)
+        model, proc = load_vlm(ref, adapter=adapter, dtype=dtype, device=device, chat_template=chat_template)
         return cls(model, proc, name, is_vlm=True, question_transform=question_transform)
+
+    @classmethod
+    def from_params(cls, params, name: str, adapter: str | Path | None = None, base_lm: bool = False,
+                    question_transform=None) -> "Policy":
+        """The run's policy (or its base LLM), in the prompt format `models.chat_template` asks for."""
+        vlm_template, text_template = chat_templates(params)
+        ref = params.model_ref(params.models.base_lm if base_lm else params.models.policy)
+        return cls.load(ref, name, adapter=adapter, text_only=base_lm, dtype=params.models.dtype,
+                        device=params.models.device, question_transform=question_transform,
+                        chat_template=text_template if base_lm else vlm_template)
 
     def _render(self, req: ChatRequest) -> str:
         turns = list(req.turns)
@@ -100,7 +112,7 @@ class Policy:
             enc = {k: v.to(self.model.device) for k, v in enc.items()}
             if "pixel_values" in enc:
                 enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-            sample = temperature > 0
+            sample = temperature >= 1e-4  # FastChat gen_model_answer.py: below 1e-4 is greedy
             gen = self.model.generate(
                 **enc,
                 do_sample=sample,
@@ -118,12 +130,21 @@ class Policy:
                 out.append(decoded[i * num_return_sequences:(i + 1) * num_return_sequences])
         return out
 
-    def greedy_fn(self, max_new_tokens: int = 128, batch_size: int = 16) -> GenerateFn:
-        """The GenerateFn benchmarks use: one greedy answer per request."""
+    def greedy_fn(self, max_new_tokens: int = 128, batch_size: int = 16, seed: int = 0) -> GenerateFn:
+        """The GenerateFn benchmarks use: one answer per request, greedy unless the request sets a temperature
+        (MT-Bench's per-category temperatures); requests are grouped by temperature, answers keep request order."""
 
         def generate(requests: list[ChatRequest]) -> list[str]:
-            return [a[0] for a in self.generate(requests, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                                desc=False)]
+            out: list[str | None] = [None] * len(requests)
+            groups: dict[float, list[int]] = {}
+            for i, r in enumerate(requests):
+                groups.setdefault(float(r.temperature or 0.0), []).append(i)
+            for temperature, idx in sorted(groups.items()):
+                answers = self.generate([requests[i] for i in idx], temperature=temperature,
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc=False)
+                for i, a in zip(idx, answers):
+                    out[i] = a[0]
+            return [str(a) for a in out]
 
         return generate
 

@@ -1,27 +1,39 @@
 """LoRA fine-tuning of the VLM by the paper's four methods, with TRL.
 
 SFT-gold, SteerLM and rejection sampling are `SFTTrainer` runs on (image, question, response) rows; DPO is a
-`DPOTrainer` run on (image, question, chosen, rejected) rows. LoRA goes on the language model's linear layers; for
-the SFT methods the multi-modal projector is trained too (as LLaVA's instruction tuning does).
+`DPOTrainer` run on (image, question, chosen, rejected) rows. LoRA goes on the language model's linear layers; the
+projector (per family: mmpref/families.py) is trained in full where params say so, at its own learning rate, as the
+authors' scripts do (`--mm_projector_lr 2e-5`).
 
-TRL refuses `precompute_ref_log_probs` for vision datasets. The paper precomputes the reference model's log-probs
-once, so `DPOWithCachedReference` adds it: reference log-probs are computed with the adapter disabled, stored on disk
-keyed by pair and reference checkpoint (so the data-fraction runs reuse them), and fed through the collator.
-Multi-GPU: the same functions run under `accelerate launch --config_file params/accelerate/<cfg>.yaml`.
+Prompt format: every processor gets the chat template `models.chat_template` asks for before TRL sees it, so the
+batches carry BOS, the family's system prompt and an EOS after every answer (TRL renders prompt and completion with
+the processor's template and tokenizes with add_special_tokens=False).
+
+TRL refuses `precompute_ref_log_probs` for vision data. The paper's trainer reads precomputed reference log-probs,
+so `DPOWithCachedReference` adds it: reference log-probs (the policy with the adapter disabled) are stored in
+`adapters/reference_logps.jsonl` under a content key (reference checkpoint identity, processor and template,
+max_length, dtype, image bytes, prompt, both responses), so the data-fraction runs reuse them and any change of those
+misses the cache. They are computed the way TRL's own `_precompute_ref_logps` does: a dataloader prepared by
+accelerate (each rank its share), a DeepSpeed inference engine under ZeRO-3, `gather_for_metrics`, and one writer.
+
+Training writes checkpoints every `train.save_steps` steps; a killed training stage resumes from the last checkpoint
+made for the same data and settings. Multi-GPU: the same functions run under `accelerate launch`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mmpref.io import read_jsonl, sha256_json, write_jsonl
-from mmpref.models import chat_messages
+from mmpref.families import Family, family_for_checkpoint, processor_identity
+from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
+from mmpref.models import chat_messages, chat_templates, checkpoint_identity, load_processor
 from mmpref.sampling import open_image
 
 log = logging.getLogger(__name__)
@@ -41,7 +53,10 @@ class TrainSettings:
     lora_alpha: int
     lora_dropout: float
     target_modules: list[str]
+    family: str = "llava"
+    chat_template: str | None = None
     train_projector: bool = False
+    projector_learning_rate: float | None = None
     beta: float = 0.1
     average_log_prob: bool = False
     precompute_ref_log_probs: bool = True
@@ -52,19 +67,32 @@ class TrainSettings:
     gradient_checkpointing: bool = True
     deepspeed: str | None = None
     logging_steps: int = 10
+    save_steps: int | None = None
+    save_total_limit: int = 2
     seed: int = 0
+
+    @property
+    def family_row(self) -> Family:
+        from mmpref.families import FAMILIES
+
+        return FAMILIES[self.family]
+
+    def fingerprint_fields(self) -> dict:
+        """The settings that change what is learned (not how often it is logged or checkpointed)."""
+        skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
 def lora_config(s: TrainSettings):
     from peft import LoraConfig
 
-    names = "|".join(s.target_modules)
+    fam = s.family_row
     return LoraConfig(
         r=s.lora_r,
         lora_alpha=s.lora_alpha,
         lora_dropout=s.lora_dropout,
-        target_modules=rf".*language_model.*\.({names})",
-        modules_to_save=["multi_modal_projector"] if s.train_projector else None,
+        target_modules=fam.lora_target_regex(s.target_modules),
+        modules_to_save=[fam.projector] if s.train_projector else None,
         task_type="CAUSAL_LM",
     )
 
@@ -73,17 +101,23 @@ def _images(rows: list[dict], run_dir: Path) -> list:
     return [open_image(run_dir / r["image"]) for r in rows]
 
 
-def check_lengths(processor, rows: list[dict], run_dir: Path, max_length: int, completion_keys: list[str]) -> None:
-    """Fail clearly, before training, if max_length would cut into a prompt (and so into its image tokens)."""
-    from PIL import Image
+def check_lengths(processor, rows: list[dict], images: list, max_length: int, completion_keys: list[str],
+                  image_token: str = "<image>") -> None:
+    """Fail clearly, before training, if max_length would cut into a prompt (and so into its image tokens).
 
+    Each prompt is rendered with the processor's chat template and processed with its own image, so the count is
+    right for processors whose image token count depends on the picture (Qwen2-VL)."""
     tok = processor.tokenizer
-    probe = Image.new("RGB", (8, 8))
-    n_image = len(processor(images=[probe], text=["<image>"], add_special_tokens=False)["input_ids"][0])
-    for r in rows:
+    image_id = tok.convert_tokens_to_ids(image_token)
+    for r, image in zip(rows, images):
         prompt = processor.apply_chat_template(chat_messages([r["question"]], [], True), add_generation_prompt=True,
                                                tokenize=False)
-        n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"]) - 1 + n_image
+        ids = processor(images=[image], text=[prompt], add_special_tokens=False)["input_ids"][0]
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        n_prompt, n_image = len(ids), ids.count(image_id)
+        if n_image == 0:
+            raise ValueError(f"prompt {r.get('prompt_id')}: the chat template rendered no {image_token!r} for the "
+                             f"image; the template does not fit this processor")
         if n_prompt >= max_length:
             raise ValueError(
                 f"prompt {r.get('prompt_id')} needs {n_prompt} tokens ({n_image} of them image tokens) but max_length "
@@ -103,13 +137,15 @@ def _common_args(s: TrainSettings, out_dir: Path) -> dict:
         num_train_epochs=s.epochs,
         learning_rate=s.learning_rate,
         lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup_ratio,
+        warmup_steps=s.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         weight_decay=s.weight_decay,
         bf16=bool(s.bf16 and cuda),
         activation_checkpointing=bool(s.gradient_checkpointing and cuda),
         use_cpu=not cuda,
         logging_steps=s.logging_steps,
-        save_strategy="no",
+        save_strategy="steps" if s.save_steps else "no",
+        save_steps=s.save_steps or 500,
+        save_total_limit=s.save_total_limit,
         report_to=[],
         seed=s.seed,
         max_length=s.max_length,
@@ -126,26 +162,45 @@ def _finished(out_dir: Path, fingerprint: str) -> bool:
     ).exists()
 
 
-def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprint: str, n_rows: int, seconds: float):
+def resume_checkpoint(out_dir: Path, fingerprint: str) -> str | None:
+    """The last checkpoint a killed run of the same data and settings left, else None (stale ones are removed)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    trainer_dir = out_dir / "trainer"
+    stamp = trainer_dir / "mmpref_fingerprint.json"
+    if trainer_dir.is_dir():
+        same = stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+        if not same:
+            shutil.rmtree(trainer_dir)
+        else:
+            last = get_last_checkpoint(str(trainer_dir))
+            if last is not None:
+                return last
+    trainer_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    return None
+
+
+def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprint: str, n_rows: int, seconds: float,
+          resumed_from: str | None = None):
     trainer.model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     history = trainer.state.log_history
     (out_dir / "trainer_state.json").write_text(json.dumps(history, indent=1))
     plot_loss(history, out_dir / "loss.png", title=settings.method)
     info = {"fingerprint": fingerprint, "settings": settings.__dict__, "rows": n_rows, "seconds": round(seconds, 1),
-            "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None)}
+            "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+            "resumed_from": resumed_from}
     (out_dir / "mmpref_train.json").write_text(json.dumps(info, indent=1))
     return info
 
 
 def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a kernel's backend is never switched
 
     pts = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    fig, ax = plt.subplots(figsize=(5, 3))
+    fig = Figure(figsize=(5, 3))
+    ax = fig.subplots()
     if pts:
         ax.plot(*zip(*pts), marker=".")
     ax.set_xlabel("optimizer step")
@@ -153,37 +208,91 @@ def plot_loss(history: list[dict], path: Path, title: str) -> None:
     ax.set_title(f"{title}: training loss")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+
+
+def _with_projector_lr(trainer_cls):
+    """A trainer class whose optimizer gives the projector its own learning rate (LLaVA's `mm_projector_lr`)."""
+
+    class WithProjectorLR(trainer_cls):
+        projector_key: str | None = None
+        projector_lr: float | None = None
+
+        def create_optimizer(self, model=None):
+            opt_model = self.model if model is None else model
+            if self.optimizer is not None or self.projector_lr is None or self.projector_key is None:
+                return super().create_optimizer(model)
+            decay = set(self.get_decay_parameter_names(opt_model))
+            groups: dict[tuple[bool, bool], list] = {}
+            for name, p in opt_model.named_parameters():
+                if p.requires_grad:
+                    groups.setdefault((self.projector_key in name, name in decay), []).append(p)
+            param_groups = [{"params": ps, "weight_decay": self.args.weight_decay if d else 0.0,
+                             **({"lr": self.projector_lr} if proj else {})} for (proj, d), ps in groups.items()]
+            cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            self.optimizer = cls(param_groups, **kwargs)
+            return self.optimizer
+
+    WithProjectorLR.__name__ = trainer_cls.__name__
+    return WithProjectorLR
+
+
+def _load_policy(policy_ref: str, settings: TrainSettings):
+    from transformers import AutoModelForImageTextToText
+
+    dtype = torch.bfloat16 if settings.bf16 and torch.cuda.is_available() else torch.float32
+    return AutoModelForImageTextToText.from_pretrained(policy_ref, dtype=dtype)
+
+
+def _fingerprint(policy_ref: str, processor, rows: list[dict], run_dir: Path, settings: TrainSettings) -> str:
+    images = {r["image"]: sha256_file(run_dir / r["image"]) for r in rows}
+    return sha256_json({"policy": checkpoint_identity(policy_ref), "processor": processor_identity(processor),
+                        "rows": rows, "images": images, "settings": settings.fingerprint_fields()})[:16]
 
 
 def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings) -> dict:
     """SFT with LoRA on (image, question, response) rows: SFT-gold, SteerLM or rejection sampling."""
     from datasets import Dataset
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
 
     if not rows:
         raise ValueError(f"{settings.method}: the training set is empty; nothing to train")
-    fingerprint = sha256_json({"policy": policy_ref, "rows": rows, "settings": settings.__dict__})[:16]
+    processor = load_processor(policy_ref, settings.chat_template)
+    fingerprint = _fingerprint(policy_ref, processor, rows, run_dir, settings)
     if _finished(out_dir, fingerprint):
         log.info("%s: adapter for these rows and settings exists in %s; skipping", settings.method, out_dir)
         return json.loads((out_dir / "mmpref_train.json").read_text())
-    processor = AutoProcessor.from_pretrained(policy_ref)
-    check_lengths(processor, rows, run_dir, settings.max_length, ["response"])
+    images = _images(rows, run_dir)
+    check_lengths(processor, rows, images, settings.max_length, ["response"], settings.family_row.image_token)
     data = Dataset.from_dict({
-        "images": [[im] for im in _images(rows, run_dir)],
+        "images": [[im] for im in images],
         "prompt": [[{"role": "user", "content": r["question"]}] for r in rows],
         "completion": [[{"role": "assistant", "content": r["response"]}] for r in rows],
     })
-    model = AutoModelForImageTextToText.from_pretrained(policy_ref, dtype=torch.bfloat16 if settings.bf16 and torch.cuda.is_available() else torch.float32)
-    args = SFTConfig(**_common_args(settings, out_dir))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=processor,
-                         peft_config=lora_config(settings))
+    model = _load_policy(policy_ref, settings)
+    trainer_cls = _with_projector_lr(SFTTrainer)
+    trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
+    trainer_cls.projector_lr = settings.projector_learning_rate
+    trainer = trainer_cls(model=model, args=SFTConfig(**_common_args(settings, out_dir)), train_dataset=data,
+                          processing_class=processor, peft_config=lora_config(settings))
     start = time.time()
-    trainer.train()
-    info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start)
+    resumed = resume_checkpoint(out_dir, fingerprint)
+    _fit_from(trainer, resumed, settings.method)
+    info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start, resumed)
     log.info("%s: trained on %d rows in %.1fs (final loss %s)", settings.method, len(rows), info["seconds"], info["final_loss"])
     return info
+
+
+def _fit_from(trainer, checkpoint: str | None, what: str) -> None:
+    if checkpoint is not None:
+        log.info("%s: resuming from %s", what, checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def reference_key(reference: str, processor_id: str, max_length: int, dtype: str, image_hash: str, row: dict) -> str:
+    """Content key of one pair's reference log-probs: a change of any input misses the cache."""
+    return sha256_json({"reference": reference, "processor": processor_id, "max_length": max_length, "dtype": dtype,
+                        "image": image_hash, "prompt": row["question"], "chosen": row["chosen"],
+                        "rejected": row["rejected"]})[:24]
 
 
 def _dpo_trainer_class():
@@ -201,8 +310,8 @@ def _dpo_trainer_class():
                 out["ref_chosen_logps"], out["ref_rejected_logps"] = ref
             return out
 
-    class DPOWithCachedReference(DPOTrainer):
-        """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk."""
+    class DPOWithCachedReference(_with_projector_lr(DPOTrainer)):
+        """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk by content."""
 
         def __init__(self, *args, ref_cache: Path | None = None, pair_keys: list[str] | None = None, **kwargs):
             targs = kwargs["args"]
@@ -212,6 +321,7 @@ def _dpo_trainer_class():
             super().__init__(*args, **kwargs)
             targs.precompute_ref_log_probs = want
             self.data_collator = CollatorWithReference(processor=self.processing_class, max_length=targs.max_length)
+            self.reference_stats = {"computed": 0, "cached": 0}
             if want:
                 self.train_dataset = self._with_reference(self.train_dataset, ref_cache, pair_keys)
                 self.precompute_ref_logps = True
@@ -221,26 +331,52 @@ def _dpo_trainer_class():
             self._signature_columns = list(self._signature_columns) + ["ref_chosen_logps", "ref_rejected_logps"]
 
         @torch.no_grad()
-        def _with_reference(self, dataset, cache_path: Path | None, keys: list[str] | None):
+        def _compute_reference(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+            """TRL's `_precompute_ref_logps` loop (trl 1.16 dpo_trainer.py): each rank its share of the batches,
+            gathered in order; under DeepSpeed an inference engine places and gathers the (ZeRO-3 sharded) weights."""
+            from torch.utils.data import DataLoader
             from tqdm.auto import tqdm
 
+            loader = DataLoader(dataset, batch_size=self.args.precompute_ref_batch_size or
+                                self.args.per_device_train_batch_size, collate_fn=self.data_collator, shuffle=False,
+                                num_workers=self.args.dataloader_num_workers)
+            loader = self.accelerator.prepare(loader)
+            model = self.model
+            if self.is_deepspeed_enabled:
+                from trl.models import prepare_deepspeed
+
+                model = prepare_deepspeed(self.model, self.accelerator)
+            chosen, rejected = [], []
+            for batch in tqdm(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
+                c, r = self.compute_ref_log_probs(model, batch)
+                c, r = self.accelerator.gather_for_metrics((c, r))
+                chosen.append(c.float().cpu())
+                rejected.append(r.float().cpu())
+            return torch.cat(chosen), torch.cat(rejected)
+
+        def _with_reference(self, dataset, cache_path: Path | None, keys: list[str] | None):
             cache: dict[str, list[float]] = {}
             if cache_path is not None and cache_path.exists():
                 cache = {r["key"]: r["logps"] for r in read_jsonl(cache_path)}
             keys = keys or [str(i) for i in range(len(dataset))]
-            todo = [i for i, k in enumerate(keys) if k not in cache]
-            bs = self.args.per_device_train_batch_size
-            self.model.eval()
-            for start in tqdm(range(0, len(todo), bs), desc="reference log-probs"):
-                idx = todo[start:start + bs]
-                batch = self.data_collator([dict(dataset[i]) for i in idx])
-                batch = self._prepare_inputs(batch)
-                chosen, rejected = self.compute_ref_log_probs(self.model, batch)
-                for j, i in enumerate(idx):
-                    cache[keys[i]] = [float(chosen[j]), float(rejected[j])]
-            self.model.train()
-            if cache_path is not None and todo:
-                write_jsonl(cache_path, [{"key": k, "logps": v} for k, v in cache.items()])
+            first: dict[str, int] = {}  # one computation per distinct missing key
+            for i, k in enumerate(keys):
+                if k not in cache and k not in first:
+                    first[k] = i
+            todo = list(first.values())
+            if todo:
+                was_training = self.model.training
+                self.model.eval()
+                chosen, rejected = self._compute_reference(dataset.select(todo))
+                if was_training:
+                    self.model.train()
+                fresh = {keys[i]: [float(c), float(r)] for i, c, r in zip(todo, chosen.tolist(), rejected.tolist())}
+                if cache_path is not None and self.accelerator.is_main_process:  # one writer
+                    for k, v in fresh.items():
+                        append_jsonl(cache_path, {"key": k, "logps": v})
+                self.accelerator.wait_for_everyone()
+                cache.update(fresh)
+            self.reference_stats = {"computed": len(todo), "cached": len(keys) - len(todo)}
             log.info("reference log-probs: %d computed, %d from cache", len(todo), len(keys) - len(todo))
             dataset = dataset.add_column("ref_chosen_logps", [cache[k][0] for k in keys])
             return dataset.add_column("ref_rejected_logps", [cache[k][1] for k in keys])
@@ -252,25 +388,27 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
               ref_cache: Path | None = None) -> dict:
     """DPO with LoRA on (image, question, chosen, rejected) rows; the reference is the policy without the adapter."""
     from datasets import Dataset
-    from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import DPOConfig
 
     if not rows:
         raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
-    fingerprint = sha256_json({"policy": policy_ref, "rows": rows, "settings": settings.__dict__})[:16]
+    processor = load_processor(policy_ref, settings.chat_template)
+    fingerprint = _fingerprint(policy_ref, processor, rows, run_dir, settings)
     if _finished(out_dir, fingerprint):
         log.info("dpo: adapter for these pairs and settings exists in %s; skipping", out_dir)
         return json.loads((out_dir / "mmpref_train.json").read_text())
-    processor = AutoProcessor.from_pretrained(policy_ref)
-    check_lengths(processor, rows, run_dir, settings.max_length, ["chosen", "rejected"])
+    images = _images(rows, run_dir)
+    check_lengths(processor, rows, images, settings.max_length, ["chosen", "rejected"], settings.family_row.image_token)
     data = Dataset.from_dict({
-        "images": [[im] for im in _images(rows, run_dir)],
+        "images": [[im] for im in images],
         "prompt": [[{"role": "user", "content": r["question"]}] for r in rows],
         "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
-    keys = [f"{r['prompt_id']}:{r['chosen_index']}:{r['rejected_index']}" for r in rows]
-    model = AutoModelForImageTextToText.from_pretrained(policy_ref, dtype=torch.bfloat16 if settings.bf16 and torch.cuda.is_available() else torch.float32)
+    model = _load_policy(policy_ref, settings)
+    reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
+    keys = [reference_key(reference, proc_id, settings.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
+            for r in rows]
     args = DPOConfig(
         **_common_args(settings, out_dir),
         beta=settings.beta,
@@ -279,34 +417,44 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
         precompute_ref_log_probs=settings.precompute_ref_log_probs,
     )
     trainer_cls = _dpo_trainer_class()
+    trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
+    trainer_cls.projector_lr = settings.projector_learning_rate
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=processor,
                           peft_config=lora_config(settings), ref_cache=ref_cache, pair_keys=keys)
     start = time.time()
-    trainer.train()
-    info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start)
+    resumed = resume_checkpoint(out_dir, fingerprint)
+    _fit_from(trainer, resumed, "dpo")
+    info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start, resumed)
+    info["reference_logps"] = trainer.reference_stats
+    (out_dir / "mmpref_train.json").write_text(json.dumps(info, indent=1))
     log.info("dpo: trained on %d pairs in %.1fs (final loss %s)", len(rows), info["seconds"], info["final_loss"])
     return info
 
 
 def settings_from_params(params, method: str) -> TrainSettings:
-    """Translate the `train` params section into the settings of one method."""
+    """Translate the `train` params section into the settings of one method (family and template included)."""
     t = params.train
+    policy_ref = params.model_ref(params.models.policy)
     common = dict(
         method=method, lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
         target_modules=list(t.lora.target_modules), lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio,
         weight_decay=t.weight_decay, bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing,
         deepspeed=str(params.path(t.deepspeed)) if t.deepspeed else None, logging_steps=t.logging_steps,
-        seed=params.run.seed,
+        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=params.run.seed,
+        family=family_for_checkpoint(policy_ref, params.models.family).name,
+        chat_template=chat_templates(params)[0],
     )
     if method.startswith("dpo"):
         d = t.dpo
         return TrainSettings(learning_rate=d.learning_rate, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              epochs=d.epochs, max_length=d.max_length, beta=d.beta,
-                             average_log_prob=d.average_log_prob,
-                             precompute_ref_log_probs=d.precompute_ref_log_probs, train_projector=False, **common)
+                             average_log_prob=d.average_log_prob, precompute_ref_log_probs=d.precompute_ref_log_probs,
+                             train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
+                             **common)
     s = t.sft
     return TrainSettings(learning_rate=s.learning_rate, batch_size=s.batch_size, grad_accum=s.grad_accum,
-                         epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector, **common)
+                         epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector,
+                         projector_learning_rate=s.projector_learning_rate, **common)
 
 
 def train_method(params, method: str) -> dict[str, dict]:
@@ -321,6 +469,12 @@ def train_method(params, method: str) -> dict[str, dict]:
     policy_ref = params.model_ref(params.models.policy)
     rows = read_jsonl(run_dir / "datasets" / f"{method}.jsonl")
     settings = settings_from_params(params, method)
+    if settings.deepspeed:
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ValueError(f"train.deepspeed is {settings.deepspeed} but deepspeed is not installed; on GPU nodes "
+                             f"install with: pip install -e '.[gpu]'")
     if method != "dpo":
         return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings)}
     ref_cache = run_dir / "adapters" / "reference_logps.jsonl"

@@ -87,9 +87,12 @@ def test_check_lengths_refuses_to_cut_image_tokens(checkpoint):
     from mmpref.train import check_lengths
 
     rows = [{"prompt_id": "p1", "question": "What color is the square? " * 10, "response": "Blue."}]
-    with pytest.raises(ValueError, match="p1.*image tokens.*max_length"):
-        check_lengths(checkpoint.proc, rows, checkpoint.root, 20, ["response"])
-    check_lengths(checkpoint.proc, rows, checkpoint.root, 128, ["response"])
+    images = [Image.open(checkpoint.image).convert("RGB")]
+    with pytest.raises(ValueError, match=r"p1 needs \d+ tokens \(4 of them image tokens\).*max_length"):
+        check_lengths(checkpoint.proc, rows, images, 20, ["response"])
+    check_lengths(checkpoint.proc, rows, images, 128, ["response"])
+    with pytest.raises(ValueError, match="rendered no"):  # a template that drops the image is caught too
+        check_lengths(checkpoint.proc, rows, images, 128, ["response"], image_token="<unk>")
 
 
 def test_policy_generates_from_auto_classes(checkpoint):

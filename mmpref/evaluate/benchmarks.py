@@ -35,6 +35,11 @@ RULE_JUDGE = "rule"  # the "judge" of rows scored by rule (POPE, MMBench)
 # Prompt suffixes of LLaVA-1.5's evaluation question files (llava_pope_test.jsonl, model_vqa_mmbench.py).
 POPE_PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
 MMBENCH_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+# FastChat llm_judge/common.py temperature_config (lm-sys/FastChat commit 81785d7e), used by its gen_model_answer.py
+# and by the authors' LLaVA port (findalexli/mllm-dpo llava/eval/gen_model_answer.py); other categories get 0.7.
+MT_BENCH_TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+MT_BENCH_DEFAULT_TEMPERATURE = 0.7
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 DEFAULT_CHUNK = 64
 
@@ -54,7 +59,7 @@ def _need_judge(judge: Any, benchmark: str) -> str:
 
 def _signature(requests: Sequence[ChatRequest], extra: Any = None) -> str:
     """Hash of what the model is asked (turns and the image's file name), so a changed item is not reused."""
-    return sha256_json({"requests": [{"turns": r.turns, "answers": r.answers,
+    return sha256_json({"requests": [{"turns": r.turns, "answers": r.answers, "temperature": r.temperature,
                                       "image": Path(r.image).name if r.image else None} for r in requests],
                         "extra": extra})
 
@@ -307,11 +312,14 @@ def noise_image_for(question_id: Any, images: Sequence[Path]) -> Path:
 
 def run_mt_bench(items: Sequence[loaders.MTBenchItem], generate: GenerateFn, judge: Any, out_jsonl: str | Path,
                  model: str, templates_path: str | Path | None = None, noise_images_dir: str | Path | None = None,
-                 chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
+                 chunk_size: int = DEFAULT_CHUNK, decoding: str = "fastchat") -> list[dict]:
     """MT-Bench: two turns (turn 2 sees turn 1 and the model's answer), FastChat single-answer grading of each turn
     (single-v1 / single-math-v1 with the reference for math, reasoning, coding; the multi-turn templates for turn 2).
     With `noise_images_dir` it is the noisy-image MT-Bench: every request carries an irrelevant image chosen by the
-    question id; the judge sees text only."""
+    question id; the judge sees text only. `decoding="fastchat"` answers with FastChat's per-category temperatures
+    (MT_BENCH_TEMPERATURES), "greedy" greedily."""
+    if decoding not in ("fastchat", "greedy"):
+        raise ValueError(f"MT-Bench decoding must be 'fastchat' or 'greedy', got {decoding!r}")
     benchmark = "mt_bench_noisy" if noise_images_dir is not None else "mt_bench"
     judge_id = _need_judge(judge, benchmark)
     import mmpref.judges as judges
@@ -325,6 +333,11 @@ def run_mt_bench(items: Sequence[loaders.MTBenchItem], generate: GenerateFn, jud
 
     def image(it: loaders.MTBenchItem) -> str | None:
         return str(noise_image_for(it.question_id, pool)) if pool is not None else None
+
+    def temperature(it: loaders.MTBenchItem) -> float:
+        if decoding == "greedy":
+            return 0.0
+        return MT_BENCH_TEMPERATURES.get(it.category, MT_BENCH_DEFAULT_TEMPERATURE)
 
     def truth(it: loaders.MTBenchItem, t: int) -> dict:
         out = {}
@@ -342,11 +355,13 @@ def run_mt_bench(items: Sequence[loaders.MTBenchItem], generate: GenerateFn, jud
         return {"scores": [s1, s2], "judge_raw": [j1, j2]}
 
     recs = _run(benchmark, items, [str(it.question_id) for it in items],
-                lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it))], generate, out_jsonl, model, judge_id,
+                lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), temperature=temperature(it))], generate,
+                out_jsonl, model, judge_id,
                 grade, lambda it: {"question_id": it.question_id, "category": it.category,
                                    "image": Path(image(it)).name if pool is not None else None,
                                    "turns": it.turns[:2]},
-                second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it)),
+                second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
+                                                       temperature=temperature(it)),
                 chunk_size=chunk_size, judge=judge)
     scores = metrics.mt_bench_scores([r["scores"][0] for r in recs], [r["scores"][1] for r in recs])
     return _rows(model, benchmark, scores, judge_id)

@@ -36,9 +36,11 @@ def plan(params, run_dir: Path) -> list[tuple[str, str | None, list[str]]]:
 
 
 def _checkpoint_id(params, name: str, adapter: str | None) -> str:
+    from mmpref.models import checkpoint_identity
+
     if name == "base-lm":
-        return params.model_ref(params.models.base_lm)
-    ref = params.model_ref(params.models.policy)
+        return checkpoint_identity(params.model_ref(params.models.base_lm))
+    ref = checkpoint_identity(params.model_ref(params.models.policy))
     if adapter is None:
         return ref
     info = Path(adapter) / "mmpref_train.json"
@@ -49,20 +51,21 @@ def _checkpoint_id(params, name: str, adapter: str | None) -> str:
 
 def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     from mmpref.evaluate import run_benchmark
-    from mmpref.judges import make_judge
+    from mmpref.judges import judge_from_params
+    from mmpref.models import chat_templates
     from mmpref.pairing import steerlm_inference_question
     from mmpref.sampling import Policy
 
     ev = params.evaluate
-    j = ev.judge
-    judge = make_judge(j.backend, j.model, cache_dir=run_dir / "judge_cache", base_url=j.base_url,
-                       max_workers=j.max_workers, requests_per_minute=j.requests_per_minute)
+    judge = judge_from_params(ev.judge, run_dir / "judge_cache")
     templates = {k: str(params.path(v)) for k, v in ev.judge_templates.items()}
     noise = str(params.path(ev.noise_images)) if ev.noise_images else None
     rows: list[dict] = []
     for name, adapter, benchmarks in plan(params, run_dir):
         fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
-                       "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates}
+                       "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
+                       "chat_templates": sha256_json(list(chat_templates(params)))[:16], "decoding": ev.mt_bench_decoding,
+                       "seed": params.run.seed}
         policy = None
         for bench in benchmarks:
             data_path = params.path(ev.benchmarks[bench])
@@ -73,18 +76,17 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                 continue
             if policy is None:
                 log.info("loading %s", name)
-                ref = params.model_ref(params.models.base_lm if name == "base-lm" else params.models.policy)
-                policy = Policy.load(ref, name, adapter=adapter,
-                                     text_only=name == "base-lm", dtype=params.models.dtype,
-                                     device=params.models.device,
-                                     question_transform=steerlm_inference_question if name == "steerlm" else None)
+                policy = Policy.from_params(params, name, adapter=adapter, base_lm=name == "base-lm",
+                                            question_transform=steerlm_inference_question if name == "steerlm" else None)
             log.info("%s on %s", name, bench)
-            got = run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size), judge,
-                                run_dir / "eval" / name / f"{bench}.jsonl", model=name, judge_templates=templates,
-                                noise_images_dir=noise, limit=ev.limit)
+            options = {"decoding": ev.mt_bench_decoding} if bench in ("mt_bench", "mt_bench_noisy") else {}
+            got = run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed),
+                                judge, run_dir / "eval" / name / f"{bench}.jsonl", model=name, judge_templates=templates,
+                                noise_images_dir=noise, limit=ev.limit, **options)
             done.write_text(json.dumps({"key": key, "rows": got}))
             rows += got
         del policy
     frame = pd.DataFrame(rows, columns=["model", "benchmark", "metric", "value", "n", "judge"])
     frame.to_csv(run_dir / "eval" / "results.csv", index=False)
+    frame.attrs["judge_usage"] = {"judge": judge.judge_id, **judge.usage()}  # for the stage's manifest line
     return frame

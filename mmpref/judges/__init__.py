@@ -47,6 +47,13 @@ def make_judge(backend: str, model: str | None = None, cache_dir: str | Path | N
     return OpenAIJudge(model=model, cache_dir=cache_dir, **limits)
 
 
+def judge_from_params(j, cache_dir: str | Path | None) -> Judge:
+    """The judge a params `judge` block (annotation's, or `evaluate.judge`) describes, prices included."""
+    prices = {k: getattr(j, k) for k in ("price_input_per_mtok", "price_output_per_mtok") if getattr(j, k) is not None}
+    return make_judge(j.backend, j.model, cache_dir=cache_dir, base_url=j.base_url, max_workers=j.max_workers,
+                      requests_per_minute=j.requests_per_minute, **prices)
+
+
 __all__ = ["Judge", "JudgeError", "JudgeReply", "JudgeRequest", "RetryableJudgeError", "AttributeScores",
            "ParseError", "RubricJudge", "Annotation", "annotate_responses", "gold_answer", "grade_single",
-           "grade_pairwise_alpaca", "grade_mmvet", "grade_llava_bench", "make_judge", "BACKENDS"]
+           "grade_pairwise_alpaca", "grade_mmvet", "grade_llava_bench", "make_judge", "judge_from_params", "BACKENDS"]
