@@ -24,6 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     p_status = sub.add_parser("status", help="show which stages of a run are complete")
     p_status.add_argument("params")
     p_status.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p_check = sub.add_parser("check", help="before a run: missing or malformed data, the environment, judge cost")
+    p_check.add_argument("params")
+    p_check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     args = parser.parse_args(argv)
 
     from mmpref import runner
@@ -41,6 +44,14 @@ def main(argv: list[str] | None = None) -> int:
             runner.setup_logging()
             for name, info in train_method(load_params(args.params, overrides), args.method).items():
                 print(f"{name}: {info['rows']} rows, {info['seconds']}s, final loss {info['final_loss']}")
+        elif args.command == "check":
+            from mmpref.config import load_params
+            from mmpref.preflight import report
+
+            text, missing = report(load_params(args.params, overrides))
+            print(text)
+            if missing:
+                return 1
         else:
             print(runner.summary_table(runner.status(args.params, overrides)))
     except (ParamsError, ValueError) as exc:

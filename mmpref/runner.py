@@ -166,6 +166,43 @@ class Stage:
         return line
 
 
+def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None) -> dict:
+    """What the judge calls of `tasks` ("answer", "annotate", "grade_*") have cost this run, for a manifest line.
+
+    Every paid call leaves one file in run_dir/judge_cache (cache hits leave none), so summing those files counts the
+    run's spend once, however often the stage was interrupted and resumed. USD at the params' prices
+    (`judge_params.price_*_per_mtok`; None when a price is unknown and tokens were spent; 0 for the rubric judge). With `judge`, its
+    in-process totals (this session's calls, cache hits, retries) are added as "session"."""
+    import json
+
+    calls, tokens_in, tokens_out, ids = 0, 0, 0, set()
+    cache = Path(run_dir) / "judge_cache"
+    for path in sorted(cache.glob("*/*.json")) if cache.is_dir() else []:
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if rec.get("task") not in tasks:
+            continue
+        reply = rec.get("reply") or {}
+        calls += 1
+        tokens_in += int(reply.get("input_tokens") or 0)
+        tokens_out += int(reply.get("output_tokens") or 0)
+        ids.add(str(rec.get("judge_id", "")))
+    p_in, p_out = judge_params.price_input_per_mtok, judge_params.price_output_per_mtok
+    if judge_params.backend == "rubric":
+        cost = 0.0  # the miniature's local judge: its token counts are simulated
+    elif p_in is not None and p_out is not None:
+        cost = (tokens_in * p_in + tokens_out * p_out) / 1e6
+    else:
+        cost = 0.0 if tokens_in + tokens_out == 0 else None
+    out = {"judge_ids": sorted(ids), "tasks": list(tasks), "calls": calls, "input_tokens": tokens_in,
+           "output_tokens": tokens_out, "cost_usd": cost, "price_input_per_mtok": p_in, "price_output_per_mtok": p_out}
+    if judge is not None:
+        out["session"] = judge.usage()
+    return out
+
+
 def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
     """'02-04', '3', '05_train_sft_gold', '02,04' -> stage names (in run order)."""
     if not spec:

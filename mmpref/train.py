@@ -249,18 +249,14 @@ def _fingerprint(policy_ref: str, processor, rows: list[dict], run_dir: Path, se
                         "rows": rows, "images": images, "settings": settings.fingerprint_fields()})[:16]
 
 
-def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings) -> dict:
-    """SFT with LoRA on (image, question, response) rows: SFT-gold, SteerLM or rejection sampling."""
+def sft_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings):
+    """The configured TRL SFTTrainer (LoRA, projector LR, the family's prompt format) and its processor."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     if not rows:
         raise ValueError(f"{settings.method}: the training set is empty; nothing to train")
     processor = load_processor(policy_ref, settings.chat_template)
-    fingerprint = _fingerprint(policy_ref, processor, rows, run_dir, settings)
-    if _finished(out_dir, fingerprint):
-        log.info("%s: adapter for these rows and settings exists in %s; skipping", settings.method, out_dir)
-        return json.loads((out_dir / "mmpref_train.json").read_text())
     images = _images(rows, run_dir)
     check_lengths(processor, rows, images, settings.max_length, ["response"], settings.family_row.image_token)
     data = Dataset.from_dict({
@@ -268,12 +264,24 @@ def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
         "prompt": [[{"role": "user", "content": r["question"]}] for r in rows],
         "completion": [[{"role": "assistant", "content": r["response"]}] for r in rows],
     })
-    model = _load_policy(policy_ref, settings)
     trainer_cls = _with_projector_lr(SFTTrainer)
     trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
     trainer_cls.projector_lr = settings.projector_learning_rate
-    trainer = trainer_cls(model=model, args=SFTConfig(**_common_args(settings, out_dir)), train_dataset=data,
-                          processing_class=processor, peft_config=lora_config(settings))
+    trainer = trainer_cls(model=_load_policy(policy_ref, settings), args=SFTConfig(**_common_args(settings, out_dir)),
+                          train_dataset=data, processing_class=processor, peft_config=lora_config(settings))
+    return trainer, processor
+
+
+def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings) -> dict:
+    """SFT with LoRA on (image, question, response) rows: SFT-gold, SteerLM or rejection sampling."""
+    if not rows:
+        raise ValueError(f"{settings.method}: the training set is empty; nothing to train")
+    fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template), rows, run_dir,
+                               settings)
+    if _finished(out_dir, fingerprint):
+        log.info("%s: adapter for these rows and settings exists in %s; skipping", settings.method, out_dir)
+        return json.loads((out_dir / "mmpref_train.json").read_text())
+    trainer, processor = sft_trainer(policy_ref, rows, run_dir, out_dir, settings)
     start = time.time()
     resumed = resume_checkpoint(out_dir, fingerprint)
     _fit_from(trainer, resumed, settings.method)
@@ -384,19 +392,15 @@ def _dpo_trainer_class():
     return DPOWithCachedReference
 
 
-def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
-              ref_cache: Path | None = None) -> dict:
-    """DPO with LoRA on (image, question, chosen, rejected) rows; the reference is the policy without the adapter."""
+def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
+                ref_cache: Path | None = None):
+    """The configured DPO trainer (LoRA, projector LR, the family's prompt format, cached reference) and processor."""
     from datasets import Dataset
     from trl import DPOConfig
 
     if not rows:
         raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
     processor = load_processor(policy_ref, settings.chat_template)
-    fingerprint = _fingerprint(policy_ref, processor, rows, run_dir, settings)
-    if _finished(out_dir, fingerprint):
-        log.info("dpo: adapter for these pairs and settings exists in %s; skipping", out_dir)
-        return json.loads((out_dir / "mmpref_train.json").read_text())
     images = _images(rows, run_dir)
     check_lengths(processor, rows, images, settings.max_length, ["chosen", "rejected"], settings.family_row.image_token)
     data = Dataset.from_dict({
@@ -421,6 +425,20 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
     trainer_cls.projector_lr = settings.projector_learning_rate
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=processor,
                           peft_config=lora_config(settings), ref_cache=ref_cache, pair_keys=keys)
+    return trainer, processor
+
+
+def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
+              ref_cache: Path | None = None) -> dict:
+    """DPO with LoRA on (image, question, chosen, rejected) rows; the reference is the policy without the adapter."""
+    if not rows:
+        raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
+    fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template), rows, run_dir,
+                               settings)
+    if _finished(out_dir, fingerprint):
+        log.info("dpo: adapter for these pairs and settings exists in %s; skipping", out_dir)
+        return json.loads((out_dir / "mmpref_train.json").read_text())
+    trainer, processor = dpo_trainer(policy_ref, rows, run_dir, out_dir, settings, ref_cache)
     start = time.time()
     resumed = resume_checkpoint(out_dir, fingerprint)
     _fit_from(trainer, resumed, "dpo")
