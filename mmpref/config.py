@@ -389,5 +389,8 @@ def load_params(params_path: str | Path, overrides: dict | None = None) -> Param
         params = Params.model_validate(data)
     except ValidationError as exc:
         raise ParamsError(_format_errors(exc, str(path))) from None
-    params._root = find_project_root(path.parent)
+    root = find_project_root(path.parent)
+    if not (root / "pyproject.toml").exists():  # a params file outside the project: paths resolve against mmpref's
+        root = find_project_root(Path(__file__).resolve().parent)
+    params._root = root
     return params

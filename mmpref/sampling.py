@@ -73,6 +73,13 @@ class Policy:
                         device=params.models.device, question_transform=question_transform,
                         chat_template=text_template if base_lm else vlm_template)
 
+    def _clean(self, text: str) -> str:
+        """A decoded answer, stripped, without image placeholders spelled out as text (a processor would read one
+        in a training completion as an image with no picture)."""
+        for token in {getattr(self.processor, "image_token", None), "<image>"} - {None}:
+            text = text.replace(token, "")
+        return text.strip()
+
     def _render(self, req: ChatRequest) -> str:
         turns = list(req.turns)
         if self.question_transform is not None:
@@ -125,7 +132,7 @@ class Policy:
                 eos_token_id=self.tokenizer.eos_token_id,
             )
             new = gen[:, enc["input_ids"].shape[1]:]
-            decoded = [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            decoded = [self._clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
             for i in range(len(chunk)):
                 out.append(decoded[i * num_return_sequences:(i + 1) * num_return_sequences])
         return out

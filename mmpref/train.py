@@ -123,6 +123,10 @@ def check_lengths(processor, rows: list[dict], images: list, max_length: int, co
                 f"prompt {r.get('prompt_id')} needs {n_prompt} tokens ({n_image} of them image tokens) but max_length "
                 f"is {max_length}: truncation would cut the prompt; raise max_length or drop the prompt"
             )
+        spelled = [k for k in completion_keys if image_token in r[k]]
+        if spelled:
+            raise ValueError(f"prompt {r.get('prompt_id')}: the {spelled} text contains the image placeholder "
+                             f"{image_token!r}, which the processor would expand without a picture; remove it")
         longest = max(len(tok(r[k], add_special_tokens=False)["input_ids"]) for k in completion_keys)
         if n_prompt + longest + 1 > max_length:
             log.warning("prompt %s: a completion will be truncated to fit max_length %d", r.get("prompt_id"), max_length)

@@ -1,0 +1,877 @@
+"""Loopback stand-ins for the Gemini and OpenAI chat APIs, and a guard that keeps tests off the network.
+
+Both servers speak the real wire format, so mmpref's judges are exercised through the REAL SDKs (google-genai,
+openai) by pointing their base URL at the server:
+
+    with GeminiServer(api_key="k") as g:            # make_judge("gemini", "m", base_url=g.url)
+    with OpenAIServer(api_key="sk-k") as o:         # make_judge("openai", "m", base_url=o.url)   (url ends in /v1)
+
+Each server records every request in `.requests` ({"method", "path", "query", "headers" (lower-case names), "body",
+"model"}), checks the API key, validates the request the way the real API would (400 in the API's error format for
+a malformed request), and answers from a FIFO `.script` of canned replies when one is queued (`ok`, `error`, `raw`,
+`blocked`), otherwise from `.responder(request_json) -> str` (default: `gemini_default_responder` /
+`openai_default_responder`, which recognise what mmpref asks and answer in a format its parsers accept:
+see `classify_prompt` and `judge_reply`).
+
+`only_loopback()` (context manager) and the `no_network_but_loopback` pytest fixture make every socket connect,
+connect_ex, create_connection, sendto and getaddrinfo to anything but 127.0.0.0/8, ::1, "localhost" or a unix
+socket raise `NetworkBlocked`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import ipaddress
+import json
+import math
+import re
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+__all__ = [
+    "GeminiServer", "OpenAIServer", "NetworkBlocked", "only_loopback", "no_network_but_loopback",
+    "gemini_server", "openai_server", "classify_prompt", "judge_reply", "annotation_scores",
+    "gemini_default_responder", "openai_default_responder", "gemini_request_text", "openai_request_text",
+    "gemini_inline_images", "openai_image_urls", "decode_data_url", "is_loopback_address",
+]
+
+ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+Responder = Callable[[dict], str]
+
+
+# ==================================================================================================================
+# What mmpref asks, and what a judge would answer
+
+def _h(*parts: Any) -> int:
+    """A stable integer from any JSON-able parts (same on every run and machine)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8")
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big")
+
+
+_RESPONSE_MARK = re.compile(r"\[Response (\d+)\]\n(.*?)\n\[End of Response \1\]", re.DOTALL)
+_N_RESPONSES = re.compile(r"There (?:are|is) (\d+) responses?\.")
+_ROLE_BLOCK = re.compile(r"\[(\w[\w ]*?) 1\]\n.*?\[End of \1 1\].*?\[\1 2\]\n.*?\[End of \1 2\]", re.DOTALL)
+
+
+def classify_prompt(system: str | None, prompt: str, schema: dict | None = None) -> str:
+    """Which judge task a request is (what the default responders key on):
+
+    - "annotate": `[Response 1] ... [End of Response 1]` blocks or "There are N responses." (mmpref's annotation
+      prompt), or a response schema with a top-level "responses" property;
+    - "alpaca": mentions both model_1 and model_2 and a 'rank' (AlpacaEval's alpaca_eval_gpt4 and mmpref's fallback);
+    - "mt_bench_pair": FastChat pairwise verdict format "[[A]]" ... "[[B]]" (not used by mmpref; answered anyway);
+    - "mt_bench": FastChat single grading: "[[rating]]" or "Rating: [[" in system or prompt;
+    - "llava_bench": LLaVA's eval_gpt_review layout: `[X 1]...[End of X 1]` and `[X 2]...[End of X 2]` blocks
+      (X = the rule's role, "Assistant") followed by a `[System]` section;
+    - "mmvet": "correctness score" together with "ground truth" (mmpref's MM-Vet prompt and MM-Vet's own);
+    - "answer": "Answer the question" (mmpref's gold-answer prompt);
+    - "generic": anything else.
+    """
+    text = f"{system or ''}\n{prompt}"
+    low = text.lower()
+    props = (schema or {}).get("properties") or {}
+    if _RESPONSE_MARK.search(prompt) or _N_RESPONSES.search(prompt) or "responses" in props:
+        return "annotate"
+    if "model_1" in text and "model_2" in text and "rank" in low:
+        return "alpaca"
+    if "[[A]]" in text and "[[B]]" in text:
+        return "mt_bench_pair"
+    if "[[rating]]" in text or "Rating: [[" in text:
+        return "mt_bench"
+    if _ROLE_BLOCK.search(prompt) and "[System]" in prompt:
+        return "llava_bench"
+    if "correctness score" in low and "ground truth" in low:
+        return "mmvet"
+    if "answer the question" in low:
+        return "answer"
+    return "generic"
+
+
+def _n_responses(prompt: str) -> tuple[int, list[str]]:
+    marks = _RESPONSE_MARK.findall(prompt)
+    m = _N_RESPONSES.search(prompt)
+    n = int(m.group(1)) if m else len(marks)
+    texts = [t for _, t in marks]
+    texts += [f"<response {i + 1}>" for i in range(len(texts), n)]
+    return max(n, 1), texts[: max(n, 1)]
+
+
+def annotation_scores(texts: list[str], salt: Any) -> list[dict]:
+    """Ratings 0..4 for each response, deterministic in (salt, texts), equal for identical texts and spread so that
+    the best and the worst distinct response differ by >= 2 in quality (helpfulness + correctness + coherence)."""
+    distinct = sorted(set(texts), key=lambda t: _h("rank", salt, t))
+    lo = _h("lo", salt) % 2  # 0 or 1
+    hi = 3 + _h("hi", salt) % 2  # 3 or 4
+    tier = {}
+    for r, t in enumerate(distinct):
+        tier[t] = hi if len(distinct) == 1 else lo + round(r * (hi - lo) / (len(distinct) - 1))
+    out = []
+    for t in texts:
+        base, j = tier[t], _h("jitter", salt, t)
+
+        def clamp(v: int) -> int:
+            return max(0, min(4, v))
+
+        out.append({
+            "helpfulness": base,
+            "correctness": clamp(base + (j % 3) - 1),
+            "coherence": clamp(base + ((j // 3) % 3) - 1),
+            "complexity": (j // 9) % 3,
+            "verbosity": 1 + (j // 27) % 3,
+        })
+    return out
+
+
+def _schema_instance(schema: Any, root: dict | None = None, depth: int = 0) -> Any:
+    """A small value that satisfies a JSON Schema or Gemini Schema (types in either case)."""
+    root = root if root is not None else (schema if isinstance(schema, dict) else {})
+    if not isinstance(schema, dict) or depth > 12:
+        return None
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        target: Any = root
+        for part in ref[2:].split("/"):
+            target = target.get(part, {}) if isinstance(target, dict) else {}
+        return _schema_instance(target, root, depth + 1)
+    for key in ("anyOf", "any_of", "oneOf", "one_of"):
+        options = [o for o in schema.get(key) or [] if str(o.get("type", "")).lower() != "null"]
+        if options:
+            return _schema_instance(options[0], root, depth + 1)
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if str(k).lower() != "null"), "null")
+    kind = str(kind or ("object" if "properties" in schema else "string")).lower()
+    if kind == "object":
+        props = schema.get("properties") or {}
+        return {k: _schema_instance(v, root, depth + 1) for k, v in props.items()}
+    if kind == "array":
+        n = max(1, int(schema.get("minItems", schema.get("min_items", 1)) or 1))
+        return [_schema_instance(schema.get("items") or {}, root, depth + 1) for _ in range(n)]
+    if kind in ("integer", "number"):
+        lo = schema.get("minimum", 0)
+        return int(lo) if kind == "integer" else float(lo)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "loopback"
+
+
+def judge_reply(system: str | None, prompt: str, salt: Any, json_mode: bool = False,
+                schema: dict | None = None) -> str:
+    """The default judge's reply to one request (`salt`: a digest of the whole request, images included).
+
+    annotate -> reasoning then ratings for exactly N responses (pure JSON with a "reasoning" field when the request
+    asks for JSON, else reasoning text followed by a fenced ```json block); alpaca -> a python list of
+    {'model', 'rank'} dicts; mt_bench -> explanation then "Rating: [[N]]", N in 1..10; llava_bench -> first line
+    "s1 s2" (1..10) then an explanation; mmvet -> a bare number 0.0..1.0; answer -> one short sentence;
+    generic -> a short sentence (or a schema-shaped JSON object when JSON is required).
+    """
+    task = classify_prompt(system, prompt, schema)
+    h = _h(task, salt)
+    if task == "annotate":
+        n, texts = _n_responses(prompt)
+        scores = annotation_scores(texts, salt)
+        best = max(range(n), key=lambda i: sum(scores[i][a] for a in ATTRIBUTES[:3]))
+        reasoning = (f"Step by step: I looked at the image and worked out the answer, then checked each of the {n} "
+                     f"responses against it. Response {best + 1} is the most accurate and helpful; "
+                     + "; ".join(f"response {i + 1} rates helpfulness {s['helpfulness']}" for i, s in
+                                 enumerate(scores)) + ".")
+        if json_mode:
+            return json.dumps({"reasoning": reasoning, "responses": scores})
+        return f"{reasoning}\n\n```json\n{json.dumps({'responses': scores}, indent=1)}\n```"
+    if json_mode and schema:
+        return json.dumps(_schema_instance(schema))
+    if task == "alpaca":
+        first = 1 + h % 2
+        ranking = [{"model": "model_1", "rank": first}, {"model": "model_2", "rank": 3 - first}]
+        return repr(sorted(ranking, key=lambda r: r["rank"]))
+    if task == "mt_bench_pair":
+        return f"Both assistants answer; one is clearer.\n\n[[{'ABC'[h % 3]}]]"
+    if task == "mt_bench":
+        rating = 1 + h % 10
+        return (f"The response addresses the user's question; its accuracy and depth are judged against the "
+                f"question{' and the reference' if 'reference' in prompt.lower() else ''}. Rating: [[{rating}]]")
+    if task == "llava_bench":
+        s1, s2 = 1 + h % 10, 1 + (h // 10) % 10
+        return (f"{s1} {s2}\nAssistant 1 gives {'a better' if s1 >= s2 else 'a weaker'} answer than Assistant 2, "
+                f"judged on helpfulness, relevance, accuracy and level of detail.")
+    if task == "mmvet":
+        return f"{(h % 11) / 10:.1f}"
+    if task == "answer":
+        return ["The image shows the object the question asks about, and the answer is visible in it.",
+                "The answer is the one shown in the picture: a single clear object on a plain background.",
+                "Looking at the image, the correct answer is the main object in the centre."][h % 3]
+    if json_mode:
+        return json.dumps({"answer": "loopback"})
+    return "This is a loopback reply to your request."
+
+
+def _approx_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+# ==================================================================================================================
+# Request bodies: text and images
+
+def _get(d: dict, camel: str, snake: str, default: Any = None) -> Any:
+    """Proto JSON accepts both lowerCamel and snake_case field names."""
+    if not isinstance(d, dict):
+        return default
+    return d[camel] if camel in d else d.get(snake, default)
+
+
+def _b64decode(data: str) -> bytes:
+    """Standard or URL-safe base64 (the API accepts both), padding optional."""
+    if not isinstance(data, str):
+        raise ValueError("base64 data must be a string")
+    s = data.strip()
+    s += "=" * (-len(s) % 4)
+    alt = b"-_" if ("-" in s or "_" in s) else None
+    return base64.b64decode(s, altchars=alt, validate=True)
+
+
+def gemini_request_text(body: dict) -> tuple[str, str]:
+    """(system instruction text, user text) of a generateContent request body."""
+    sys_inst = _get(body, "systemInstruction", "system_instruction") or {}
+    if isinstance(sys_inst, str):
+        system = sys_inst
+    else:
+        system = "\n".join(p.get("text", "") for p in sys_inst.get("parts", []) if isinstance(p, dict))
+    texts = []
+    for content in body.get("contents") or []:
+        for part in content.get("parts") or []:
+            if isinstance(part, dict) and "text" in part:
+                texts.append(part["text"])
+    return system, "\n".join(texts)
+
+
+def gemini_inline_images(body: dict) -> list[tuple[str, bytes]]:
+    """(mime type, bytes) of every inline_data part of a generateContent request body."""
+    out = []
+    for content in body.get("contents") or []:
+        for part in content.get("parts") or []:
+            inline = _get(part, "inlineData", "inline_data")
+            if inline:
+                out.append((_get(inline, "mimeType", "mime_type"), _b64decode(inline.get("data", ""))))
+    return out
+
+
+_DATA_URL = re.compile(r"^data:([\w.+-]+/[\w.+-]+);base64,(.*)$", re.DOTALL)
+_MAGIC = {"image/png": (b"\x89PNG",), "image/jpeg": (b"\xff\xd8\xff",), "image/gif": (b"GIF87a", b"GIF89a"),
+          "image/webp": (b"RIFF",)}
+
+
+def decode_data_url(url: str) -> tuple[str, bytes]:
+    """(mime type, bytes) of a base64 data URL; ValueError when it is not one."""
+    m = _DATA_URL.match(url or "")
+    if not m:
+        raise ValueError("not a base64 data URL")
+    return m.group(1), _b64decode(m.group(2))
+
+
+def openai_request_text(body: dict) -> tuple[str, str]:
+    """(system/developer text, user text) of a chat.completions request body."""
+    system, user = [], []
+    for msg in body.get("messages") or []:
+        content = msg.get("content")
+        if isinstance(content, list):
+            content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        (system if msg.get("role") in ("system", "developer") else user).append(content or "")
+    return "\n".join(system), "\n".join(user)
+
+
+def openai_image_urls(body: dict) -> list[str]:
+    """Every image_url.url in a chat.completions request body."""
+    return [p["image_url"]["url"] for msg in body.get("messages") or [] if isinstance(msg.get("content"), list)
+            for p in msg["content"] if isinstance(p, dict) and p.get("type") == "image_url"]
+
+
+def _salt(body: dict) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def gemini_default_responder(body: dict) -> str:
+    system, prompt = gemini_request_text(body)
+    gen = _get(body, "generationConfig", "generation_config") or {}
+    mime = _get(gen, "responseMimeType", "response_mime_type") or ""
+    schema = (_get(gen, "responseSchema", "response_schema") or _get(gen, "responseJsonSchema", "response_json_schema")
+              or gen.get("_responseJsonSchema"))
+    return judge_reply(system, prompt, _salt(body), json_mode=mime == "application/json", schema=schema)
+
+
+def openai_default_responder(body: dict) -> str:
+    system, prompt = openai_request_text(body)
+    fmt = body.get("response_format") or {}
+    schema = (fmt.get("json_schema") or {}).get("schema") if fmt.get("type") == "json_schema" else None
+    return judge_reply(system, prompt, _salt(body), json_mode=fmt.get("type") in ("json_schema", "json_object"),
+                       schema=schema)
+
+
+# ==================================================================================================================
+# The HTTP machinery both servers share
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, payload: dict, headers: dict | None = None):
+        super().__init__(str(payload))
+        self.status, self.payload, self.headers = status, payload, headers or {}
+
+
+class _LoopbackServer:
+    """A ThreadingHTTPServer on 127.0.0.1 (free port) in a daemon thread; subclasses implement `_handle`."""
+
+    url_suffix = ""
+
+    def __init__(self, api_key: str | None = None, responder: Responder | None = None,
+                 prompt_tokens: int | None = None, output_tokens: int | None = None, latency_s: float = 0.0):
+        self.api_key = api_key
+        self.responder: Responder = responder or self._default_responder
+        self.prompt_tokens = prompt_tokens  # fixed usage figures for responder replies (None: estimated)
+        self.output_tokens = output_tokens
+        self.latency_s = latency_s
+        self.script: list[tuple[int, Any, dict]] = []
+        self.requests: list[dict] = []
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            timeout = 30  # idle keep-alive connections are closed after this
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                server._dispatch(self, "GET")
+
+            def do_POST(self):
+                server._dispatch(self, "POST")
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}{self.url_suffix}"
+        self.base_url = self.url
+        self._thread = threading.Thread(target=self._server.serve_forever, name=type(self).__name__, daemon=True)
+        self._thread.start()
+
+    # ---- scripting --------------------------------------------------------------------------------------------
+    def raw(self, status: int, body: bytes | str | dict, headers: dict | None = None) -> None:
+        """Queue a reply sent verbatim (a dict is sent as JSON)."""
+        with self._lock:
+            self.script.append((status, body, dict(headers or {})))
+
+    def _next_scripted(self):
+        with self._lock:
+            return self.script.pop(0) if self.script else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self.script.clear()
+            self.requests.clear()
+
+    # ---- life cycle -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- request handling -------------------------------------------------------------------------------------
+    def _dispatch(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        split = urlsplit(handler.path)
+        length = int(handler.headers.get("content-length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        try:
+            body = json.loads(raw) if raw else {}
+            bad_json = None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            body, bad_json = {"_unparsable": raw.decode("utf-8", "replace")}, exc
+        record = {"method": method, "path": split.path, "query": parse_qs(split.query), "headers": headers,
+                  "body": body, "model": None, "time": time.time()}
+        with self._lock:
+            self.requests.append(record)
+        if self.latency_s:
+            time.sleep(self.latency_s)
+        try:
+            status, payload, extra = self._handle(method, split.path, headers, body, bad_json, record)
+        except _BadRequest as exc:
+            status, payload, extra = exc.status, exc.payload, exc.headers
+        self._send(handler, status, payload, extra)
+
+    @staticmethod
+    def _send(handler: BaseHTTPRequestHandler, status: int, payload: Any, headers: dict | None = None) -> None:
+        if isinstance(payload, (dict, list)):
+            data = json.dumps(payload).encode("utf-8")
+        elif isinstance(payload, str):
+            data = payload.encode("utf-8")
+        else:
+            data = bytes(payload)
+        handler.send_response(status)
+        names = {k.lower() for k in (headers or {})}
+        if "content-type" not in names:
+            handler.send_header("content-type", "application/json; charset=UTF-8")
+        handler.send_header("content-length", str(len(data)))
+        for k, v in (headers or {}).items():
+            handler.send_header(k, v)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _handle(self, method, path, headers, body, bad_json, record):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _default_responder(self, body: dict) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+# ==================================================================================================================
+# Gemini (generativelanguage.googleapis.com REST)
+
+_GEMINI_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|countTokens)$")
+_GEMINI_TOP_LEVEL = {"contents", "systemInstruction", "system_instruction", "generationConfig", "generation_config",
+                     "safetySettings", "safety_settings", "tools", "toolConfig", "tool_config", "cachedContent",
+                     "cached_content", "labels", "model"}
+_GEMINI_PART_KINDS = {"text", "inlineData", "inline_data", "fileData", "file_data", "functionCall", "function_call",
+                      "functionResponse", "function_response", "executableCode", "executable_code",
+                      "codeExecutionResult", "code_execution_result"}
+_GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                  408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
+                  500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
+GEMINI_IMAGE_TOKENS = 258  # what the Gemini API counts for one small image
+
+
+def gemini_error(code: int, message: str, status: str | None = None, details: list | None = None) -> dict:
+    err = {"code": code, "message": message, "status": status or _GEMINI_STATUS.get(code, "UNKNOWN")}
+    if details:
+        err["details"] = details
+    return {"error": err}
+
+
+class GeminiServer(_LoopbackServer):
+    """`POST /{v1,v1beta,v1alpha}/models/{model}:generateContent` (and `:countTokens`) in the Gemini REST format.
+
+    api_key: the key `x-goog-api-key` must carry (None: any non-empty key). Without the header the reply is
+    401 UNAUTHENTICATED; with a wrong key, 400 INVALID_ARGUMENT "API key not valid" (reason API_KEY_INVALID), as
+    Google answers. `responder(request_json) -> str` gives the reply text when nothing is scripted.
+    Usage: promptTokenCount ~ characters/4 + 258 per image, candidatesTokenCount ~ characters/4 (or the fixed
+    `prompt_tokens` / `output_tokens`). `generationConfig.maxOutputTokens` truncates with finishReason MAX_TOKENS.
+    """
+
+    model_version_suffix = "-loopback"
+
+    def _default_responder(self, body: dict) -> str:
+        return gemini_default_responder(body)
+
+    # ---- scripting --------------------------------------------------------------------------------------------
+    def ok(self, text: str, prompt_tokens: int = 120, out_tokens: int = 40, finish_reason: str = "STOP",
+           headers: dict | None = None) -> None:
+        """Queue a 200 reply with this text (e.g. a malformed judge reply)."""
+        self.raw(200, self.response_json(text, "gemini-fake", prompt_tokens, out_tokens, finish_reason), headers)
+
+    malformed = ok
+
+    def error(self, code: int, status: str | None = None, headers: dict | None = None, message: str | None = None):
+        """Queue an error reply in Google's format, e.g. error(429, "RESOURCE_EXHAUSTED", {"Retry-After": "1"})."""
+        status = status or _GEMINI_STATUS.get(code, "UNKNOWN")
+        self.raw(code, gemini_error(code, message or f"fake {status}", status), headers)
+
+    def blocked(self, reason: str = "SAFETY") -> None:
+        """Queue a 200 reply whose candidate was stopped with no content (finishReason SAFETY, RECITATION, ...)."""
+        self.raw(200, {"candidates": [{"finishReason": reason, "index": 0}],
+                       "usageMetadata": {"promptTokenCount": 10, "totalTokenCount": 10},
+                       "modelVersion": "gemini-fake"})
+
+    @staticmethod
+    def response_json(text: str, model: str, prompt_tokens: int, out_tokens: int, finish_reason: str = "STOP",
+                      image_tokens: int = 0) -> dict:
+        usage = {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
+                 "totalTokenCount": prompt_tokens + out_tokens,
+                 "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens - image_tokens}]}
+        if image_tokens:
+            usage["promptTokensDetails"].append({"modality": "IMAGE", "tokenCount": image_tokens})
+        return {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": finish_reason,
+                            "index": 0}],
+            "usageMetadata": usage,
+            "modelVersion": model,
+            "responseId": hashlib.sha256(f"{time.time_ns()}:{text}".encode()).hexdigest()[:22],
+        }
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _invalid(message: str):
+        raise _BadRequest(400, gemini_error(400, message))
+
+    def validate(self, body: dict) -> None:
+        """Raise 400 INVALID_ARGUMENT for what the real API rejects (a sensible subset)."""
+        if not isinstance(body, dict):
+            self._invalid("Invalid JSON payload received. Expected an object.")
+        for key in body:
+            if key not in _GEMINI_TOP_LEVEL:
+                self._invalid(f'Invalid JSON payload received. Unknown name "{key}": Cannot find field.')
+        contents = body.get("contents")
+        if not isinstance(contents, list) or not contents:
+            self._invalid("* GenerateContentRequest.contents: contents is not specified")
+        for ci, content in enumerate(contents):
+            parts = content.get("parts") if isinstance(content, dict) else None
+            if not isinstance(parts, list) or not parts:
+                self._invalid(f"* GenerateContentRequest.contents[{ci}].parts: contents.parts must not be empty.")
+            if content.get("role") not in (None, "user", "model", "function"):
+                self._invalid(f"Please use a valid role: user, model. (contents[{ci}].role={content.get('role')!r})")
+            for pi, part in enumerate(parts):
+                kinds = [k for k in part if k in _GEMINI_PART_KINDS] if isinstance(part, dict) else []
+                if len(kinds) != 1:
+                    self._invalid(f"* GenerateContentRequest.contents[{ci}].parts[{pi}].data: required oneof field "
+                                  f"'data' must have one initialized field")
+                inline = _get(part, "inlineData", "inline_data")
+                if inline is not None:
+                    mime = _get(inline, "mimeType", "mime_type")
+                    if not mime:
+                        self._invalid(f"* contents[{ci}].parts[{pi}].inline_data.mime_type: required field")
+                    try:
+                        data = _b64decode(inline.get("data", ""))
+                    except (ValueError, binascii.Error):
+                        self._invalid(f"Invalid value at 'contents[{ci}].parts[{pi}].inline_data.data' (TYPE_BYTES), "
+                                      f"Base64 decoding failed")
+                    if not data:
+                        self._invalid(f"* contents[{ci}].parts[{pi}].inline_data.data: empty")
+        gen = _get(body, "generationConfig", "generation_config") or {}
+        mime = _get(gen, "responseMimeType", "response_mime_type")
+        schema = _get(gen, "responseSchema", "response_schema")
+        json_schema = _get(gen, "responseJsonSchema", "response_json_schema") or gen.get("_responseJsonSchema")
+        if schema and json_schema:
+            self._invalid("response_schema and response_json_schema cannot both be set.")
+        if (schema or json_schema) and mime not in ("application/json", "text/x.enum"):
+            self._invalid("* GenerateContentRequest.generation_config.response_mime_type: "
+                          "response_mime_type must be application/json or text/x.enum when response_schema is set.")
+        temp = gen.get("temperature")
+        if temp is not None and not 0 <= temp <= 2:
+            self._invalid("* GenerateContentRequest.generation_config.temperature: must be in [0.0, 2.0]")
+
+    # ---- the route --------------------------------------------------------------------------------------------
+    def _handle(self, method, path, headers, body, bad_json, record):
+        m = _GEMINI_PATH.match(path)
+        if not m or method != "POST":
+            return 404, gemini_error(404, f"Method not found: {method} {path}", "NOT_FOUND"), {}
+        record["model"] = m.group(2)
+        key = headers.get("x-goog-api-key")
+        if not key:
+            return 401, gemini_error(401, "Method doesn't allow unregistered callers (callers without established "
+                                          "identity). Please use API Key or other form of API consumer identity to "
+                                          "call this API.", "UNAUTHENTICATED"), {}
+        if self.api_key is not None and key != self.api_key:
+            return 400, gemini_error(400, "API key not valid. Please pass a valid API key.", "INVALID_ARGUMENT",
+                                     [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                       "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]), {}
+        if bad_json is not None:
+            return 400, gemini_error(400, f"Invalid JSON payload received. {bad_json}"), {}
+        self.validate(body)  # a malformed request is refused even when a reply is scripted, as the API would
+        scripted = self._next_scripted()
+        if scripted is not None:
+            return scripted
+        system, prompt = gemini_request_text(body)
+        n_images = len(gemini_inline_images(body))
+        image_tokens = GEMINI_IMAGE_TOKENS * n_images
+        n_in = self.prompt_tokens if self.prompt_tokens is not None else \
+            _approx_tokens(system) + _approx_tokens(prompt) + image_tokens
+        if m.group(3) == "countTokens":
+            return 200, {"totalTokens": n_in}, {}
+        text = self.responder(body)
+        gen = _get(body, "generationConfig", "generation_config") or {}
+        limit = _get(gen, "maxOutputTokens", "max_output_tokens")
+        finish = "STOP"
+        if limit and _approx_tokens(text) > limit:
+            text, finish = text[: 4 * int(limit)], "MAX_TOKENS"
+        n_out = self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
+        return 200, self.response_json(text, m.group(2) + self.model_version_suffix, n_in, n_out, finish,
+                                       min(image_tokens, n_in)), {}
+
+
+# ==================================================================================================================
+# OpenAI chat completions
+
+_OPENAI_ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+_OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 403: "permission_denied",
+                 404: "invalid_request_error", 429: "rate_limit_exceeded", 500: "server_error", 503: "server_error"}
+OPENAI_IMAGE_TOKENS = 85  # a low-detail image tile
+
+
+def openai_error(code: int, message: str, type_: str | None = None, param: str | None = None,
+                 err_code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_ or _OPENAI_TYPES.get(code, "api_error"), "param": param,
+                      "code": err_code}}
+
+
+class OpenAIServer(_LoopbackServer):
+    """`POST /v1/chat/completions` in OpenAI's format (`.url` ends in /v1, as openai's base_url does).
+
+    api_key: the key `Authorization: Bearer ...` must carry (None: any key, as a local vLLM server accepts).
+    Missing header: 401; wrong key: 401 invalid_api_key. `responder(request_json) -> str` gives the reply text when
+    nothing is scripted. `max_tokens` / `max_completion_tokens` truncate with finish_reason "length".
+    """
+
+    url_suffix = "/v1"
+
+    def _default_responder(self, body: dict) -> str:
+        return openai_default_responder(body)
+
+    # ---- scripting --------------------------------------------------------------------------------------------
+    def ok(self, text: str, prompt_tokens: int = 50, out_tokens: int = 7, finish_reason: str = "stop",
+           headers: dict | None = None) -> None:
+        self.raw(200, self.response_json(text, "m", prompt_tokens, out_tokens, finish_reason), headers)
+
+    malformed = ok
+
+    def error(self, code: int, headers: dict | None = None, message: str = "fake", type_: str | None = None):
+        """Queue an error reply in OpenAI's format, e.g. error(429, {"retry-after": "1"})."""
+        self.raw(code, openai_error(code, message, type_, err_code=str(code)), headers)
+
+    def no_choices(self) -> None:
+        self.raw(200, {"id": "chatcmpl-empty", "object": "chat.completion", "created": int(time.time()),
+                       "model": "m", "choices": [], "usage": None})
+
+    @staticmethod
+    def response_json(text: str, model: str, prompt_tokens: int, out_tokens: int,
+                      finish_reason: str = "stop") -> dict:
+        return {
+            "id": "chatcmpl-" + hashlib.sha256(f"{time.time_ns()}:{text}".encode()).hexdigest()[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+                         "logprobs": None, "finish_reason": finish_reason}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": out_tokens,
+                      "total_tokens": prompt_tokens + out_tokens},
+            "system_fingerprint": "fp_loopback",
+        }
+
+    # ---- validation -------------------------------------------------------------------------------------------
+    @staticmethod
+    def _invalid(message: str, param: str | None = None, code: str | None = None):
+        raise _BadRequest(400, openai_error(400, message, "invalid_request_error", param, code))
+
+    def validate(self, body: dict) -> None:
+        if not isinstance(body, dict):
+            self._invalid("We could not parse the JSON body of your request.")
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            self._invalid("you must provide a model parameter", "model")
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            self._invalid("[] is too short - 'messages'", "messages", "empty_array")
+        for i, msg in enumerate(messages):
+            if not isinstance(msg, dict) or msg.get("role") not in _OPENAI_ROLES:
+                self._invalid(f"Invalid value for 'messages[{i}].role'.", f"messages[{i}].role")
+            content = msg.get("content")
+            if isinstance(content, str) or (content is None and msg["role"] == "assistant"):
+                continue
+            if not isinstance(content, list) or not content:
+                self._invalid(f"Invalid type for 'messages[{i}].content'.", f"messages[{i}].content")
+            for j, part in enumerate(content):
+                kind = part.get("type") if isinstance(part, dict) else None
+                where = f"messages[{i}].content[{j}]"
+                if kind == "text":
+                    if not isinstance(part.get("text"), str):
+                        self._invalid(f"Missing required parameter: '{where}.text'.", f"{where}.text")
+                elif kind == "image_url":
+                    if msg["role"] != "user":
+                        self._invalid(f"Image URLs are only allowed for messages with role 'user' ({where}).", where)
+                    url = (part.get("image_url") or {}).get("url", "")
+                    if url.startswith("data:"):
+                        try:
+                            mime, data = decode_data_url(url)
+                        except (ValueError, binascii.Error):
+                            self._invalid(f"Invalid 'image_url'. Expected a base64-encoded data URL with an image "
+                                          f"MIME type ({where}).", f"{where}.image_url", "invalid_image_url")
+                        if mime not in _MAGIC or not data.startswith(_MAGIC[mime]):
+                            self._invalid("You uploaded an unsupported image. Please make sure your image has of "
+                                          "one the following formats: ['png', 'jpeg', 'gif', 'webp'].",
+                                          f"{where}.image_url", "invalid_image_format")
+                    elif not re.match(r"^https?://", url):
+                        self._invalid(f"Invalid 'image_url' ({where}).", f"{where}.image_url", "invalid_image_url")
+                else:
+                    self._invalid(f"Invalid value: '{kind}'. Supported values are: 'text', 'image_url', "
+                                  f"'input_audio', 'refusal', 'audio' and 'file'.", f"{where}.type")
+        temp = body.get("temperature")
+        if temp is not None and not 0 <= temp <= 2:
+            self._invalid(f"Invalid 'temperature': decimal above maximum value. Expected a value <= 2, got {temp}.",
+                          "temperature")
+        fmt = body.get("response_format")
+        if fmt is not None:
+            kind = fmt.get("type") if isinstance(fmt, dict) else None
+            if kind not in ("text", "json_object", "json_schema"):
+                self._invalid(f"Invalid value: '{kind}'. Supported values are: 'json_object', 'json_schema', and "
+                              f"'text'.", "response_format.type")
+            if kind == "json_schema":
+                spec = fmt.get("json_schema") or {}
+                if not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", str(spec.get("name", ""))):
+                    self._invalid("Invalid 'response_format.json_schema.name'.", "response_format.json_schema.name")
+                if not isinstance(spec.get("schema"), dict):
+                    self._invalid("Missing 'response_format.json_schema.schema'.", "response_format.json_schema")
+            if kind == "json_object":
+                system, prompt = openai_request_text(body)
+                if "json" not in (system + prompt).lower():
+                    self._invalid("'messages' must contain the word 'json' in some form, to use 'response_format' "
+                                  "of type 'json_object'.", "messages")
+
+    # ---- the route --------------------------------------------------------------------------------------------
+    def _handle(self, method, path, headers, body, bad_json, record):
+        if path != "/v1/chat/completions" or method != "POST":
+            return 404, openai_error(404, f"Invalid URL ({method} {path})"), {}
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            return 401, openai_error(401, "You didn't provide an API key. You need to provide your API key in an "
+                                          "Authorization header using Bearer auth (i.e. Authorization: Bearer "
+                                          "YOUR_KEY)."), {}
+        if self.api_key is not None and auth[7:] != self.api_key:
+            return 401, openai_error(401, "Incorrect API key provided.", err_code="invalid_api_key"), {}
+        if bad_json is not None:
+            return 400, openai_error(400, "We could not parse the JSON body of your request."), {}
+        record["model"] = body.get("model") if isinstance(body, dict) else None
+        self.validate(body)  # a malformed request is refused even when a reply is scripted, as the API would
+        scripted = self._next_scripted()
+        if scripted is not None:
+            return scripted
+        system, prompt = openai_request_text(body)
+        n_in = self.prompt_tokens if self.prompt_tokens is not None else \
+            _approx_tokens(system) + _approx_tokens(prompt) + OPENAI_IMAGE_TOKENS * len(openai_image_urls(body))
+        text = self.responder(body)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        finish = "stop"
+        if limit and _approx_tokens(text) > limit:
+            text, finish = text[: 4 * int(limit)], "length"
+        n_out = self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
+        return 200, self.response_json(text, body["model"], n_in, n_out, finish), {}
+
+
+# ==================================================================================================================
+# No network but loopback
+
+class NetworkBlocked(RuntimeError):
+    """A test tried to reach a non-loopback address. Not an OSError, so no client mistakes it for a transient
+    connection failure and retries it quietly."""
+
+
+def is_loopback_address(family: int | None, address: Any) -> bool:
+    """True for 127.0.0.0/8, ::1 (and ::ffff:127.x), "localhost" and unix-socket addresses."""
+    if family == getattr(socket, "AF_UNIX", object()) or isinstance(address, (str, bytes)):
+        return True
+    if not isinstance(address, tuple) or not address:
+        return False
+    host = address[0]
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    host = str(host).split("%")[0].strip("[]")
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a host name: connecting would resolve it over the network
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+class _Guard:
+    def __init__(self):
+        self.blocked: list[tuple[str, Any]] = []
+        self.allowed: list[tuple[str, Any]] = []
+
+    def check(self, what: str, family: int | None, address: Any) -> None:
+        if is_loopback_address(family, address):
+            self.allowed.append((what, address))
+            return
+        self.blocked.append((what, address))
+        raise NetworkBlocked(f"{what} to {address!r} refused: tests may only reach loopback addresses")
+
+
+@contextlib.contextmanager
+def only_loopback():
+    """Within the block every socket connect / connect_ex / sendto, socket.create_connection and
+    socket.getaddrinfo of a non-loopback address raises NetworkBlocked. Yields a guard whose `.blocked` and
+    `.allowed` list the attempts seen."""
+    guard = _Guard()
+    orig = {"connect": socket.socket.connect, "connect_ex": socket.socket.connect_ex,
+            "sendto": socket.socket.sendto, "create_connection": socket.create_connection,
+            "getaddrinfo": socket.getaddrinfo}
+
+    def connect(self, address):
+        guard.check("connect", self.family, address)
+        return orig["connect"](self, address)
+
+    def connect_ex(self, address):
+        guard.check("connect_ex", self.family, address)
+        return orig["connect_ex"](self, address)
+
+    def sendto(self, data, *args):
+        address = args[-1]
+        if address is not None:
+            guard.check("sendto", self.family, address)
+        return orig["sendto"](self, data, *args)
+
+    def create_connection(address, *args, **kwargs):
+        guard.check("create_connection", None, address)
+        return orig["create_connection"](address, *args, **kwargs)
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host is not None:
+            guard.check("getaddrinfo", None, (host, port))
+        return orig["getaddrinfo"](host, port, *args, **kwargs)
+
+    own = {name: name in vars(socket.socket) for name in ("connect", "connect_ex", "sendto")}
+    socket.socket.connect = connect
+    socket.socket.connect_ex = connect_ex
+    socket.socket.sendto = sendto
+    socket.create_connection = create_connection
+    socket.getaddrinfo = getaddrinfo
+    try:
+        yield guard
+    finally:
+        for name, defined_here in own.items():  # socket.socket inherits these from _socket.socket
+            if defined_here:
+                setattr(socket.socket, name, orig[name])
+            else:
+                delattr(socket.socket, name)
+        socket.create_connection = orig["create_connection"]
+        socket.getaddrinfo = orig["getaddrinfo"]
+
+
+# ==================================================================================================================
+# pytest fixtures (registered for every test module by tests/conftest.py)
+
+@pytest.fixture()
+def no_network_but_loopback():
+    """Every non-loopback connect in the test raises NetworkBlocked; yields the guard (`.blocked`, `.allowed`)."""
+    with only_loopback() as guard:
+        yield guard
+
+
+@pytest.fixture()
+def gemini_server():
+    """A GeminiServer accepting any API key, default responder."""
+    with GeminiServer() as server:
+        yield server
+
+
+@pytest.fixture()
+def openai_server():
+    """An OpenAIServer accepting any API key, default responder."""
+    with OpenAIServer() as server:
+        yield server
