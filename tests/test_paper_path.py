@@ -29,7 +29,8 @@ from test_benchmarks import make_llava_bench, make_mmbench, make_mmvet, make_pop
 from mmpref.config import deep_merge, load_params
 from mmpref.families import FAMILIES, VICUNA_SYSTEM
 from mmpref.io import read_jsonl, write_jsonl
-from mmpref.shapes import build_llava15_shaped, build_vicuna_shaped, write_image
+from mmpref.shapes import (build_llava15_shaped, build_llava_next_shaped, build_qwen2vl_shaped,
+                           build_vicuna_shaped, write_image)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "benchmarks"
@@ -79,13 +80,14 @@ def write_prompt_sources(data: Path, n: int = 6) -> None:
 
 
 def paper_shaped_params(root: Path, data: Path, gemini_url: str, openai_url: str, *, name: str, policy: str,
-                        methods=("sft_gold", "steerlm", "rejection_sampling", "dpo"), fractions=(0.5,)) -> Path:
+                        methods=("sft_gold", "steerlm", "rejection_sampling", "dpo"), fractions=(0.5,),
+                        family: str = "llava", base_lm: str | None = "{data_dir}/checkpoints/vicuna-shaped",
+                        extra: dict | None = None) -> Path:
     """params/paper-13b.yaml with only sizes, paths and the judges' base URLs changed."""
     params = yaml.safe_load((ROOT / "params" / "paper-13b.yaml").read_text())
     over = {
         "run": {"name": name, "run_dir": str(root / "runs" / "{name}"), "data_dir": str(data)},
-        "models": {"policy": policy, "base_lm": "{data_dir}/checkpoints/vicuna-shaped", "dtype": "float32",
-                   "device": "cpu"},
+        "models": {"policy": policy, "base_lm": base_lm, "family": family, "dtype": "float32", "device": "cpu"},
         "prompts": {"sources": [
             {"name": "scigraphqa", "path": "{data_dir}/scigraphqa/train.parquet",
              "image_root": "{data_dir}/scigraphqa/imgs", "n": 6},
@@ -110,7 +112,7 @@ def paper_shaped_params(root: Path, data: Path, gemini_url: str, openai_url: str
             "limit": 2, "max_new_tokens": 12, "batch_size": 8},
     }
     path = root / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(deep_merge(params, over), sort_keys=False))
+    path.write_text(yaml.safe_dump(deep_merge(deep_merge(params, over), extra or {}), sort_keys=False))
     return path
 
 
@@ -343,3 +345,43 @@ def test_base_lm_speaks_vicuna_v11_and_vlm_conv_vicuna_v1(paper):
     vlm = Policy.from_params(params, "vit")
     assert vlm._render(ChatRequest(turns=["What is it?"], image="x.png")) == (
         f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:")
+
+
+# ---- a second VLM family, by params only --------------------------------------------------------------------------
+
+def _torchvision_works() -> bool:
+    try:
+        import torchvision  # noqa: F401  (transformers' Qwen2-VL processor builds a video processor with it)
+    except Exception:  # noqa: BLE001 - a CUDA-only build next to CPU torch fails at import
+        return False
+    return True
+
+
+@pytest.mark.parametrize("family", [
+    "llava_next",
+    pytest.param("qwen2_vl", marks=pytest.mark.skipif(
+        not _torchvision_works(), reason="transformers' Qwen2VLProcessor needs torchvision, which has no CPU build "
+                                         "for this torch on PyPI; runs where torchvision imports (GPU nodes)")),
+])
+def test_second_family_runs_stages_01_to_09_by_params_only(paper, family):
+    builders = {"llava_next": build_llava_next_shaped, "qwen2_vl": build_qwen2vl_shaped}
+    root, data = paper["root"], paper["data"]
+    builders[family](data / "checkpoints" / f"{family}-shaped")
+    with GeminiServer(api_key=GEMINI_KEY) as gemini, OpenAIServer(api_key=OPENAI_KEY) as openai:
+        params = paper_shaped_params(root, data, gemini.url, openai.url, name=f"rehearsal-{family}",
+                                     policy=f"{{data_dir}}/checkpoints/{family}-shaped", family=family,
+                                     base_lm=None, methods=("sft_gold", "dpo"), fractions=(),
+                                     # LLaVA-NeXT's anyres turns a 480x360 picture into 2,340 image tokens: the
+                                     # paper's SFT max_length 2048 would cut them (mmpref refuses), so raise it
+                                     extra={"train": {"sft": {"max_length": 4096}}})
+        run_mmpref(root, params, "01-09")
+    run = root / "runs" / f"rehearsal-{family}"
+    ok = {line["stage"] for line in read_jsonl(run / "manifest.jsonl") if line["status"] == "ok"}
+    assert ok == {"01_collect", "02_sample", "03_annotate", "04_pair", "05_train_sft_gold", "08_train_dpo",
+                  "09_evaluate"}
+    info = json.loads((run / "adapters" / "dpo" / "mmpref_train.json").read_text())
+    assert info["settings"]["family"] == family
+    assert info["settings"]["chat_template"] == FAMILIES[family].chat_template
+    results = pd.read_csv(run / "eval" / "results.csv")
+    assert set(results["model"]) == {"vit", "sft_gold", "dpo"}
+    assert not (root / "guard.log").exists()
