@@ -80,15 +80,16 @@ def checkpoint_identity(ref: str) -> str:
     Memoised per process by (path, sizes, mtimes), so a 26 GB checkpoint is hashed once."""
     path = Path(ref)
     if not path.is_dir():
-        try:
-            from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+        try:
             found = try_to_load_from_cache(ref, "config.json")
-        except Exception:  # noqa: BLE001 - not a hub id either
-            found = None
-        if isinstance(found, str):
-            return f"{ref}@{Path(found).parent.name}"
-        raise ValueError(f"checkpoint {ref!r} is neither a local folder nor in the hub cache")
+            if not isinstance(found, str):  # not downloaded yet: fetch its config, which names the commit
+                found = hf_hub_download(ref, "config.json")
+        except Exception as exc:  # noqa: BLE001 - offline, unknown id, not a hub id at all
+            raise ValueError(f"checkpoint {ref!r} is neither a local folder nor a hub checkpoint that can be "
+                             f"resolved ({type(exc).__name__}: {exc})") from None
+        return f"{ref}@{Path(found).parent.name}"
     files = sorted({f for pat in _WEIGHT_FILES for f in path.glob(pat) if f.is_file()})
     stamp = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files)
     memo_key = (str(path.resolve()), stamp)

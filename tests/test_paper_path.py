@@ -347,6 +347,43 @@ def test_base_lm_speaks_vicuna_v11_and_vlm_conv_vicuna_v1(paper):
         f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT:")
 
 
+def test_reference_log_probs_under_two_processes_one_writer(paper, tmp_path):
+    """`torchrun` with 2 CPU processes (gloo): each rank scores its share of the pairs, rank 0 alone writes the cache,
+    and every rank ends with the same values a single process computes."""
+    import socket
+
+    from mmpref.train import dpo_trainer, settings_from_params
+
+    params = _params(paper)
+    base = _pairs(paper, 1)[0]
+    rows = [{**base, "chosen": f"Answer number {i}.", "rejected": "No."} for i in range(5)]
+    settings = settings_from_params(params, "dpo")
+    settings.batch_size = 2
+    ref = params.model_ref(params.models.policy)
+    single, _ = dpo_trainer(ref, rows, params.run_dir, tmp_path / "single", settings, ref_cache=tmp_path / "one.jsonl")
+    expected = list(single.train_dataset["ref_chosen_logps"])
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    (tmp_path / "settings.json").write_text(json.dumps(settings.__dict__))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMPREF_RUN_DIR", "MMPREF_DATA_DIR"))}
+    out = tmp_path / "dist"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), str(Path(__file__).parent / "dist_reference.py"), ref, str(params.run_dir),
+         str(tmp_path / "rows.json"), str(tmp_path / "two.jsonl"), str(out), str(tmp_path / "settings.json")],
+        cwd=ROOT, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["processes"] == 2 for r in ranks)
+    assert all(0 < r["pairs_scored"] < 5 for r in ranks)  # a share each (the last batch is padded by accelerate)
+    lines = read_jsonl(tmp_path / "two.jsonl")
+    assert len(lines) == 5 and len({line["key"] for line in lines}) == 5  # one writer, no duplicates
+    for r in ranks:
+        assert r["ref_chosen"] == pytest.approx(expected, abs=1e-4)
+
+
 # ---- a second VLM family, by params only --------------------------------------------------------------------------
 
 def _torchvision_works() -> bool:

@@ -1,0 +1,118 @@
+"""Model families, prompt formats, MT-Bench decoding and the projector's learning rate."""
+
+import pytest
+import torch
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+import mmpref.judges
+from mmpref.config import load_params
+from mmpref.evaluate import run_benchmark
+from mmpref.evaluate.benchmarks import MT_BENCH_TEMPERATURES
+from mmpref.families import CHATML_TEMPLATE, FAMILIES, VICUNA_SYSTEM, family_of, vicuna_v1_template
+from mmpref.models import chat_messages
+from mmpref.sampling import ChatRequest, Policy
+from test_benchmarks import FakeJudge, fake_grade_single, make_mt_bench
+
+
+def render(template, messages, generation=True):
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, bos_token="<s>", eos_token="</s>",
+                                            add_generation_prompt=generation)
+
+
+def test_conv_vicuna_v1_as_llava_get_prompt_builds_it():
+    # LLaVA conversation.py, SeparatorStyle.TWO: system + " " + "USER: <image>\nq" + " " + "ASSISTANT: a" + "</s>" ...
+    text = render(FAMILIES["llava"].chat_template, chat_messages(["What is it?", "And now?"], ["A cat."], True))
+    assert text == f"<s>{VICUNA_SYSTEM} USER: <image>\nWhat is it? ASSISTANT: A cat.</s>USER: And now? ASSISTANT:"
+    custom = render(FAMILIES["llava"].chat_template, [{"role": "system", "content": "Be brief."},
+                                                      {"role": "user", "content": "Hi"}])
+    assert custom == "<s>Be brief. USER: Hi ASSISTANT:"
+    assert render(vicuna_v1_template(None), chat_messages(["Hi"], [], False)) == "<s>USER: Hi ASSISTANT:"
+
+
+def test_chatml_ends_every_turn_with_im_end():
+    text = render(CHATML_TEMPLATE, chat_messages(["What is it?"], ["A cat."], True), generation=False)
+    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+                    "<|vision_start|><|image_pad|><|vision_end|>What is it?<|im_end|>\n"
+                    "<|im_start|>assistant\nA cat.<|im_end|>\n")
+
+
+def test_family_lookup_and_clear_errors():
+    assert family_of("llava").name == "llava" and family_of("qwen2_5_vl").projector == "merger"
+    with pytest.raises(ValueError, match="no model family for model_type 'idefics3'"):
+        family_of("idefics3")
+    with pytest.raises(ValueError, match="models.family is 'qwen2_vl' but the checkpoint's model_type is 'llava'"):
+        family_of("llava", "qwen2_vl")
+    regex = FAMILIES["llava"].lora_target_regex(["q_proj", "v_proj"])
+    import re
+
+    assert re.fullmatch(regex, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(regex, "model.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj")
+
+
+def test_paper_params_cite_the_authors_scripts():
+    p = load_params("params/paper-13b.yaml")
+    assert p.train.warmup_ratio == 0.03 and p.train.sft.epochs == 3 and p.train.sft.grad_accum == 2
+    assert p.train.sft.projector_learning_rate == 2e-5 and p.train.dpo.train_projector
+    assert p.evaluate.mt_bench_decoding == "fastchat" and p.models.chat_template == "family"
+    assert str(p.path(p.evaluate.benchmarks["pope"])).startswith(str(p.data_dir))
+    assert not str(p.data_dir).startswith(str(p.run_dir))
+    moved = load_params("params/paper-13b.yaml", {"run": {"name": "other"}})
+    assert moved.path(moved.evaluate.benchmarks["pope"]) == p.path(p.evaluate.benchmarks["pope"])
+
+
+def test_mt_bench_uses_fastchat_temperatures_per_category(tmp_path, monkeypatch):
+    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    path = make_mt_bench(tmp_path)
+    seen = []
+
+    def generate(requests):
+        seen.extend(requests)
+        return ["an answer"] * len(requests)
+
+    run_benchmark("mt_bench", path, generate, FakeJudge(), tmp_path / "a.jsonl", "vit")
+    by_turn = {r.turns[0]: r.temperature for r in seen}
+    assert by_turn == {"What is 3 plus 5?": MT_BENCH_TEMPERATURES["math"],
+                       "Name a colour.": MT_BENCH_TEMPERATURES["humanities"],
+                       "List 1 to 3.": MT_BENCH_TEMPERATURES["reasoning"]}
+    assert by_turn["Name a colour."] == 0.1
+    seen.clear()
+    run_benchmark("mt_bench", path, generate, FakeJudge(), tmp_path / "b.jsonl", "vit", decoding="greedy")
+    assert {r.temperature for r in seen} == {0.0}
+
+
+def test_greedy_fn_groups_by_temperature_and_keeps_order():
+    calls = []
+
+    class Fake(Policy):
+        def __init__(self):
+            pass
+
+        def generate(self, requests, *, temperature=0.0, **kw):
+            calls.append((temperature, [r.turns[0] for r in requests]))
+            return [[f"{r.turns[0]}@{temperature}"] for r in requests]
+
+    reqs = [ChatRequest(turns=["a"], temperature=0.7), ChatRequest(turns=["b"]), ChatRequest(turns=["c"], temperature=0.7)]
+    assert Fake().greedy_fn()(reqs) == ["a@0.7", "b@0.0", "c@0.7"]
+    assert sorted(calls) == [(0.0, ["b"]), (0.7, ["a", "c"])]
+
+
+def test_projector_gets_its_own_learning_rate():
+    from transformers import Trainer, TrainingArguments
+
+    from mmpref.train import _with_projector_lr
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.multi_modal_projector = torch.nn.Linear(2, 2)
+            self.lm = torch.nn.Linear(2, 2)
+
+    cls = _with_projector_lr(Trainer)
+    cls.projector_key, cls.projector_lr = "multi_modal_projector", 2e-5
+    trainer = cls(model=Tiny(), args=TrainingArguments(output_dir="/tmp/unused-mmpref", learning_rate=5e-5,
+                                                       use_cpu=True, report_to=[]))
+    opt = trainer.create_optimizer()
+    lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lrs[id(trainer.model.multi_modal_projector.weight)] == 2e-5
+    assert lrs[id(trainer.model.lm.weight)] == 5e-5
