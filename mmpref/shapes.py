@@ -177,23 +177,38 @@ def build_vicuna_shaped(out_dir, hidden_size: int = 64, intermediate_size: int =
     return out
 
 
+# llava-hf's preprocessor_config.json for CLIP ViT-L/14-336 (LLaVA-1.5 and -NeXT alike)
+CLIP_336_PREPROCESSING = dict(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
+                              do_center_crop=True, do_resize=True, resample=3, do_rescale=True, rescale_factor=1 / 255,
+                              do_normalize=True, image_mean=CLIP_MEAN, image_std=CLIP_STD, do_convert_rgb=True)
+
+
+def _llava_parts(hidden_size, intermediate_size, num_layers, num_heads, vision_hidden_size, vision_intermediate_size,
+                 vision_layers, vision_heads):
+    """What llava-hf's LLaVA-1.5 and -NeXT share: the Llama-style tokenizer with "<image>" and "<pad>" added (left
+    padding), CLIP ViT-L/14-336 geometry (336 px, 14 px patches) and the Llama text config."""
+    from transformers import CLIPVisionConfig
+
+    tok = llama_style_tokenizer(extra_special=("<image>", "<pad>"), pad_token="<pad>", padding_side="left")
+    vision = CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=vision_intermediate_size,
+                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=336,
+                              patch_size=14, hidden_act="quick_gelu", projection_dim=vision_hidden_size,
+                              layer_norm_eps=1e-5)
+    return tok, vision, _llama_config(tok, hidden_size, intermediate_size, num_layers, num_heads, tok.pad_token_id)
+
+
 def build_llava15_shaped(out_dir, hidden_size: int = 64, intermediate_size: int = 128, num_layers: int = 2,
                          num_heads: int = 4, vision_hidden_size: int = 32, vision_intermediate_size: int = 64,
                          vision_layers: int = 2, vision_heads: int = 2, seed: int = 0) -> Path:
     """llava-hf/llava-1.5-13b-hf layout: CLIP ViT-L/14-336 geometry (336 px, 14 px patches -> 576 image tokens,
     penultimate layer, CLS dropped), 2-layer GELU projector, Llama text model; LlavaProcessor with the hub's
     CLIP preprocessing, "<image>" and "<pad>" added after the vocabulary, left padding and the hub chat template."""
-    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration,
-                              LlavaProcessor)
+    from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     out = Path(out_dir)
-    tok = llama_style_tokenizer(extra_special=("<image>", "<pad>"), pad_token="<pad>", padding_side="left")
+    tok, vision, text = _llava_parts(hidden_size, intermediate_size, num_layers, num_heads, vision_hidden_size,
+                                     vision_intermediate_size, vision_layers, vision_heads)
     image_id, pad_id = tok.convert_tokens_to_ids("<image>"), tok.pad_token_id
-    vision = CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=vision_intermediate_size,
-                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=336,
-                              patch_size=14, hidden_act="quick_gelu", projection_dim=vision_hidden_size,
-                              layer_norm_eps=1e-5)
-    text = _llama_config(tok, hidden_size, intermediate_size, num_layers, num_heads, pad_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_id, image_seq_length=576,
                          projector_hidden_act="gelu", vision_feature_layer=-2,
                          vision_feature_select_strategy="default", tie_word_embeddings=False)
@@ -201,10 +216,7 @@ def build_llava15_shaped(out_dir, hidden_size: int = 64, intermediate_size: int 
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config)
     _set_generation_ids(model, tok.bos_token_id, tok.eos_token_id, pad_id)
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True, do_resize=True,
-        resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN,
-        image_std=CLIP_STD, do_convert_rgb=True)
+    image_processor = CLIPImageProcessorPil(**CLIP_336_PREPROCESSING)
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                vision_feature_select_strategy="default", chat_template=LLAVA_HF_HUB_TEMPLATE,
                                image_token="<image>", num_additional_image_tokens=1)
@@ -228,17 +240,13 @@ def build_llava_next_shaped(out_dir, hidden_size: int = 64, intermediate_size: i
     336x336 -> 576 + 24x24 + 24 = 1176 image tokens; 500x300 -> 576 + 24x40 + 24 = 1560.
     The chat template is LLAVA_HF_HUB_TEMPLATE (llava-hf's 1.5 template, same USER:/ASSISTANT: style), used here for
     the v1.6-vicuna hub template, which was not verified verbatim offline."""
-    from transformers import (CLIPVisionConfig, LlavaNextConfig, LlavaNextForConditionalGeneration,
-                              LlavaNextImageProcessorPil, LlavaNextProcessor)
+    from transformers import (LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessorPil,
+                              LlavaNextProcessor)
 
     out = Path(out_dir)
-    tok = llama_style_tokenizer(extra_special=("<image>", "<pad>"), pad_token="<pad>", padding_side="left")
+    tok, vision, text = _llava_parts(hidden_size, intermediate_size, num_layers, num_heads, vision_hidden_size,
+                                     vision_intermediate_size, vision_layers, vision_heads)
     image_id, pad_id = tok.convert_tokens_to_ids("<image>"), tok.pad_token_id
-    vision = CLIPVisionConfig(hidden_size=vision_hidden_size, intermediate_size=vision_intermediate_size,
-                              num_hidden_layers=vision_layers, num_attention_heads=vision_heads, image_size=336,
-                              patch_size=14, hidden_act="quick_gelu", projection_dim=vision_hidden_size,
-                              layer_norm_eps=1e-5)
-    text = _llama_config(tok, hidden_size, intermediate_size, num_layers, num_heads, pad_id)
     config = LlavaNextConfig(vision_config=vision, text_config=text, image_token_index=image_id,
                              image_grid_pinpoints=[list(p) for p in LLAVA_NEXT_GRID_PINPOINTS],
                              projector_hidden_act="gelu", vision_feature_layer=-2,
@@ -249,9 +257,7 @@ def build_llava_next_shaped(out_dir, hidden_size: int = 64, intermediate_size: i
     model = LlavaNextForConditionalGeneration(config)
     _set_generation_ids(model, tok.bos_token_id, tok.eos_token_id, pad_id)
     image_processor = LlavaNextImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_center_crop=True, do_resize=True,
-        resample=3, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=CLIP_MEAN,
-        image_std=CLIP_STD, do_convert_rgb=True, do_pad=True,
+        **CLIP_336_PREPROCESSING, do_pad=True,
         image_grid_pinpoints=[list(p) for p in LLAVA_NEXT_GRID_PINPOINTS])
     processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tok, patch_size=14,
                                    vision_feature_select_strategy="default", chat_template=LLAVA_HF_HUB_TEMPLATE,
