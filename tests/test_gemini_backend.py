@@ -3,81 +3,20 @@
 from __future__ import annotations
 
 import json
-import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from mmpref.judges import annotate_responses, make_judge
 from mmpref.judges.base import JudgeError, JudgeRequest
+from tests.loopback import GeminiServer
 
 API_KEY = "test-key-not-a-secret-7f3a9c"
-PATH_RE = re.compile(r"^/v1(beta)?/models/([^/:]+):generateContent$")
-
-
-class FakeGemini:
-    """Scripted replies: each item is (status, body_dict_or_text, headers)."""
-
-    def __init__(self):
-        self.script: list[tuple[int, object, dict]] = []
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):  # keep test output quiet
-                pass
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                m = PATH_RE.match(self.path.split("?")[0])
-                fake.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
-                                      "body": json.loads(body or b"{}"), "model": m.group(2) if m else None})
-                if not m:
-                    return self._send(404, {"error": {"code": 404, "message": "no such route", "status": "NOT_FOUND"}})
-                if not fake.script:
-                    return self._send(500, {"error": {"code": 500, "message": "script empty", "status": "INTERNAL"}})
-                status, payload, headers = fake.script.pop(0)
-                self._send(status, payload, headers)
-
-            def _send(self, status, payload, headers=None):
-                data = json.dumps(payload).encode() if not isinstance(payload, bytes) else payload
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def ok(self, text: str, prompt_tokens: int = 120, out_tokens: int = 40):
-        self.script.append((200, {
-            "candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "finishReason": "STOP",
-                            "index": 0}],
-            "usageMetadata": {"promptTokenCount": prompt_tokens, "candidatesTokenCount": out_tokens,
-                              "totalTokenCount": prompt_tokens + out_tokens},
-            "modelVersion": "gemini-fake",
-        }, {}))
-
-    def error(self, code: int, status: str, headers: dict | None = None):
-        self.script.append((code, {"error": {"code": code, "message": f"fake {status}", "status": status}},
-                            headers or {}))
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture()
 def fake():
-    f = FakeGemini()
-    yield f
-    f.close()
+    with GeminiServer(api_key=API_KEY) as f:  # scripted replies first, else the default judge responder
+        yield f
 
 
 @pytest.fixture()

@@ -6,7 +6,6 @@ import json
 import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from mmpref.judges import (
 from mmpref.judges import prompts
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RateLimiter, RetryableJudgeError
 from mmpref.judges.base import parse_retry_after
+from tests.loopback import OpenAIServer
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
 
@@ -259,49 +259,10 @@ def test_bad_template_files(tmp_path):
 
 # ---- OpenAI-compatible backend against a loopback fake ----------------------------------------------------------
 
-class FakeOpenAI:
-    def __init__(self):
-        self.script: list[tuple[int, dict, dict]] = []
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))))
-                fake.requests.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body})
-                status, payload, headers = fake.script.pop(0) if fake.script else (500, {"error": {}}, {})
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def ok(self, text):
-        self.script.append((200, {"id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-                                  "choices": [{"index": 0, "finish_reason": "stop",
-                                               "message": {"role": "assistant", "content": text}}],
-                                  "usage": {"prompt_tokens": 50, "completion_tokens": 7, "total_tokens": 57}}, {}))
-
-    def error(self, code, headers=None):
-        self.script.append((code, {"error": {"message": "fake", "type": "x", "code": str(code)}}, headers or {}))
-
-
 @pytest.fixture()
 def fake_openai():
-    f = FakeOpenAI()
-    yield f
-    f.server.shutdown()
-    f.server.server_close()
+    with OpenAIServer() as f:  # any key (a local server accepts "EMPTY"); scripted replies first
+        yield f
 
 
 def test_openai_backend_roundtrip(fake_openai, tmp_path, monkeypatch):
