@@ -116,3 +116,41 @@ def test_projector_gets_its_own_learning_rate():
     lrs = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
     assert lrs[id(trainer.model.multi_modal_projector.weight)] == 2e-5
     assert lrs[id(trainer.model.lm.weight)] == 5e-5
+
+
+def test_qwen2vl_family_row_places_lora_and_projector_on_a_qwen2vl_shaped_model(tmp_path):
+    """What the family table decides for Qwen2-VL, checked on a Qwen2-VL-shaped checkpoint (its processor needs
+    torchvision; this runs without it): LoRA on the language model only, the `merger` projector trained in full,
+    and one optimizer step that moves exactly those weights."""
+    from peft import get_peft_model
+    from PIL import Image
+    from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
+
+    from mmpref.families import family_for_checkpoint
+    from mmpref.shapes import build_qwen2vl_shaped, write_image
+    from mmpref.train import TrainSettings, lora_config
+
+    path = build_qwen2vl_shaped(tmp_path / "qwen2-vl")
+    fam = family_for_checkpoint(str(path))
+    assert fam.name == "qwen2_vl" and fam.image_token == "<|image_pad|>"
+    settings = TrainSettings(method="dpo", learning_rate=1e-2, batch_size=1, grad_accum=1, epochs=1, max_length=512,
+                             lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
+                             family=fam.name, train_projector=True)
+    model = get_peft_model(AutoModelForImageTextToText.from_pretrained(path), lora_config(settings))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("language_model" in n and "lora_A" in n for n in trainable)
+    assert not any("lora" in n and "visual" in n for n in trainable)
+    assert any("merger" in n and "modules_to_save" in n for n in trainable)
+    tok, images = AutoTokenizer.from_pretrained(path), AutoImageProcessor.from_pretrained(path)
+    pix = images(images=Image.open(write_image(tmp_path / "i.png")), return_tensors="pt")
+    text = tok.apply_chat_template(chat_messages(["What is shown?"], ["A chart."], True), tokenize=False)
+    assert text.endswith("A chart.<|im_end|>\n")  # the family's ChatML ends answers with the EOS
+    n = int(pix["image_grid_thw"].prod()) // 4
+    enc = tok(text.replace(fam.image_token, fam.image_token * n), return_tensors="pt")
+    enc["mm_token_type_ids"] = (enc["input_ids"] == tok.convert_tokens_to_ids(fam.image_token)).long()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = model(**enc, **pix, labels=enc["input_ids"]).loss
+    loss.backward()
+    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(("lora_B" in n or "merger" in n) for n in moved)  # lora_A gets no grad while B is zero
