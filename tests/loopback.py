@@ -41,7 +41,7 @@ __all__ = [
     "GeminiServer", "OpenAIServer", "NetworkBlocked", "only_loopback", "no_network_but_loopback",
     "gemini_server", "openai_server", "classify_prompt", "judge_reply", "annotation_scores",
     "gemini_default_responder", "openai_default_responder", "gemini_request_text", "openai_request_text",
-    "gemini_inline_images", "openai_image_urls", "decode_data_url", "is_loopback_address",
+    "gemini_inline_images", "openai_image_urls", "decode_data_url", "is_loopback_address", "gemini_schema_problems",
 ]
 
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
@@ -455,6 +455,33 @@ _GEMINI_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISS
                   408: "DEADLINE_EXCEEDED", 409: "ABORTED", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
                   500: "INTERNAL", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}
 GEMINI_IMAGE_TOKENS = 258  # what the Gemini API counts for one small image
+# Fields of the API's `Schema` message (responseSchema), in both JSON spellings. Anything else (additionalProperties,
+# $defs, $ref, ...) is refused with 400 "Unknown name" by the real API; only responseJsonSchema takes JSON Schema.
+_GEMINI_SCHEMA_FIELDS = {
+    "type", "format", "title", "description", "nullable", "enum", "items", "properties", "required", "example",
+    "default", "minimum", "maximum", "pattern", "anyOf", "any_of", "maxItems", "max_items", "minItems", "min_items",
+    "minProperties", "min_properties", "maxProperties", "max_properties", "minLength", "min_length", "maxLength",
+    "max_length", "propertyOrdering", "property_ordering",
+}
+
+
+def gemini_schema_problems(schema: Any, where: str = "generation_config.response_schema") -> list[str]:
+    """The "Unknown name" complaints the Gemini API makes about a responseSchema (empty when it is acceptable)."""
+    out: list[str] = []
+    if not isinstance(schema, dict):
+        return out
+    for key, value in schema.items():
+        if key not in _GEMINI_SCHEMA_FIELDS:
+            out.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
+        elif key == "properties" and isinstance(value, dict):
+            for name, sub in value.items():
+                out += gemini_schema_problems(sub, f"{where}.properties[{name}].value")
+        elif key == "items":
+            out += gemini_schema_problems(value, f"{where}.items")
+        elif key in ("anyOf", "any_of") and isinstance(value, list):
+            for i, sub in enumerate(value):
+                out += gemini_schema_problems(sub, f"{where}.any_of[{i}]")
+    return out
 
 
 def gemini_error(code: int, message: str, status: str | None = None, details: list | None = None) -> dict:
@@ -472,9 +499,16 @@ class GeminiServer(_LoopbackServer):
     Google answers. `responder(request_json) -> str` gives the reply text when nothing is scripted.
     Usage: promptTokenCount ~ characters/4 + 258 per image, candidatesTokenCount ~ characters/4 (or the fixed
     `prompt_tokens` / `output_tokens`). `generationConfig.maxOutputTokens` truncates with finishReason MAX_TOKENS.
+    strict_schema: refuse (400) a responseSchema with fields the API's Schema message lacks, such as
+    `additionalProperties` (which the real API refuses). Off by default; see `gemini_schema_problems`.
     """
 
     model_version_suffix = "-loopback"
+
+    def __init__(self, api_key: str | None = None, responder: Responder | None = None, *,
+                 strict_schema: bool = False, **kwargs):
+        self.strict_schema = strict_schema
+        super().__init__(api_key=api_key, responder=responder, **kwargs)
 
     def _default_responder(self, body: dict) -> str:
         return gemini_default_responder(body)
@@ -564,6 +598,10 @@ class GeminiServer(_LoopbackServer):
         temp = gen.get("temperature")
         if temp is not None and not 0 <= temp <= 2:
             self._invalid("* GenerateContentRequest.generation_config.temperature: must be in [0.0, 2.0]")
+        if self.strict_schema and schema:
+            problems = gemini_schema_problems(schema)
+            if problems:
+                self._invalid(" ".join(problems))
 
     # ---- the route --------------------------------------------------------------------------------------------
     def _handle(self, method, path, headers, body, bad_json, record):

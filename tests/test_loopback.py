@@ -289,6 +289,17 @@ def test_max_output_tokens_truncates(tmp_path, monkeypatch, no_network_but_loopb
         assert server.requests[0]["body"]["generationConfig"]["maxOutputTokens"] == 5
 
 
+def test_gemini_annotation_schema_is_one_the_api_accepts(tmp_path, monkeypatch, image, no_network_but_loopback):
+    monkeypatch.setenv("GEMINI_API_KEY", GEMINI_KEY)
+    with GeminiServer(strict_schema=True) as server:
+        judge = make_judge("gemini", "m", None, base_url=server.url)
+        ann = annotate_responses(judge, "Which fruit?", image, RESPONSES[:2])
+    assert ann.status == "ok"
+    config = server.requests[0]["body"]["generationConfig"]
+    assert "responseSchema" not in config  # its OpenAPI subset refuses additionalProperties
+    assert config["responseJsonSchema"]["$defs"]["AttributeScores"]["additionalProperties"] is False
+
+
 def test_custom_responder_sees_request_json(monkeypatch, no_network_but_loopback):
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     seen = []

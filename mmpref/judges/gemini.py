@@ -86,7 +86,9 @@ class GeminiJudge(Judge):
             if req.json_schema not in SCHEMAS:
                 raise ValueError(f"unknown json_schema {req.json_schema!r} (known: {sorted(SCHEMAS)})")
             kwargs["response_mime_type"] = "application/json"
-            kwargs["response_schema"] = SCHEMAS[req.json_schema]
+            # JSON Schema via responseJsonSchema: the pydantic models forbid extra keys, and the older responseSchema
+            # (OpenAPI subset) rejects their `additionalProperties` with 400 "Unknown name"
+            kwargs["response_json_schema"] = SCHEMAS[req.json_schema].model_json_schema()
         return types.GenerateContentConfig(**kwargs)
 
     def _call(self, req: JudgeRequest) -> JudgeReply:
