@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mmpref import figures
 from mmpref.io import read_jsonl
+from mmpref.world.truth import noisy_human_preferences
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def analyse_run(params, run_dir: Path) -> dict:
     out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper)
     out["figures"]["figure2"] = fig2
     if params.world is not None:
-        prefs = figures.noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"),
+        prefs = noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"),
                                                 read_jsonl(run_dir / "samples.jsonl"), seed=params.run.seed,
                                                 flip_prob=params.world.human_flip_prob)
         pairs = figures.attribute_diff_frame(read_jsonl(run_dir / "annotations.jsonl"), prefs)

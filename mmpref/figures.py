@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
-import re
-import string
 import warnings
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
@@ -29,7 +26,7 @@ from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from mmpref.io import read_jsonl
-from mmpref.pairing import ATTRIBUTES, prompt_seed
+from mmpref.pairing import ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
@@ -323,71 +320,6 @@ def _save(fig: Figure, out_png: str | Path) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- figure 3
-_PUNCT = str.maketrans("", "", string.punctuation)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_NEGATIONS = {"no", "not", "none"}
-
-
-def _normalise(text: str) -> list[str]:
-    return " ".join(str(text).lower().translate(_PUNCT).split()).split()
-
-
-def key_answer_correct(response: str, key: str) -> bool:
-    """The miniature world's key-answer rule (SPEC): is ``response`` right for the key answer ``key``?
-
-    yes/no keys: the first yes/no word must equal the key; "absent": a negation (no/not/none) and no leading
-    "yes"; otherwise the key's tokens must occur as a contiguous token sequence, and for numeric keys the last
-    number in the response must equal the key.
-    """
-    tokens, ktoks = _normalise(response), _normalise(key)
-    if not ktoks:
-        raise ValueError(f"empty key answer {key!r}")
-    k = " ".join(ktoks)
-    if k in ("yes", "no"):
-        return next((t for t in tokens if t in ("yes", "no")), None) == k
-    if k == "absent":
-        return bool(_NEGATIONS & set(tokens)) and not (tokens and tokens[0] == "yes")
-    n = len(ktoks)
-    if not any(tokens[i:i + n] == ktoks for i in range(len(tokens) - n + 1)):
-        return False
-    try:
-        key_number = float(str(key).strip())
-    except ValueError:
-        return True
-    numbers = _NUMBER.findall(str(response))
-    return bool(numbers) and float(numbers[-1]) == key_number
-
-
-def noisy_human_preferences(prompts: Iterable[dict], samples: Iterable[dict], seed: int,
-                            flip_prob: float) -> list[dict]:
-    """One simulated crowd label per prompt between responses 0 (A) and 1 (B).
-
-    The label follows ground truth (the response whose key answer is right); when both or neither are right it is
-    a coin flip; then it is flipped with probability ``flip_prob`` (LLaVA-RLHF's noisy labels). Prompts without a
-    key answer or with fewer than two responses are skipped. Rows: prompt_id, preferred (0 = A, 1 = B),
-    basis ("truth" | "coin"), flipped. Draws are seeded per prompt, so they do not depend on record order.
-    """
-    if not 0.0 <= flip_prob <= 1.0:
-        raise ValueError(f"flip_prob must lie in [0, 1], got {flip_prob}")
-    by_prompt = {s["prompt_id"]: s for s in samples}
-    out = []
-    for p in prompts:
-        key, s = p.get("answer"), by_prompt.get(p.get("id"))
-        if key is None or s is None or len(s.get("responses") or []) < 2:
-            continue
-        rng = random.Random(prompt_seed(seed, p["id"]))
-        coin, flip = rng.randrange(2), rng.random() < flip_prob
-        a_ok, b_ok = (key_answer_correct(r, key) for r in s["responses"][:2])
-        if a_ok != b_ok:
-            preferred, basis = (0 if a_ok else 1), "truth"
-        else:
-            preferred, basis = coin, "coin"
-        if flip:
-            preferred = 1 - preferred
-        out.append({"prompt_id": p["id"], "preferred": preferred, "basis": basis, "flipped": flip})
-    return out
-
-
 def attribute_diff_frame(annotations: Iterable[dict] | str | Path,
                          human_prefs: Iterable[dict]) -> pd.DataFrame:
     """Pairs frame for Figure 3: per prompt, d_<attribute> = score(A) - score(B) for the five attributes and

@@ -60,3 +60,13 @@ def sha256_file(path: str | Path) -> str:
 def sha256_json(obj: Any) -> str:
     """Hash of the canonical JSON form (sorted keys) of obj."""
     return sha256_bytes(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write one JSON document atomically (temp file + rename), indented for reading."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, ensure_ascii=False, indent=1))
+    os.replace(tmp, path)

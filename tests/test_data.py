@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from mmpref import data, world
+from mmpref import data
+from mmpref.world import build
 from mmpref.io import read_jsonl, sha256_file
 
 
@@ -152,7 +153,7 @@ def test_collect_reencodes_jpeg_to_png(tmp_path):
 def test_miniature_pools_round_trip(tmp_path):
     """The world's pools load with the official loaders (as stage 01 calls them) and split half/half."""
     wd = tmp_path / "world"
-    world.build_world_data(wd, seed=0, n_visual_train=10, n_text_train=10, n_pool=30, n_bench=6)
+    build.build_world_data(wd, seed=0, n_visual_train=10, n_text_train=10, n_pool=30, n_bench=6)
     records = {"scigraphqa": data.load_scigraphqa(str(wd / "pools" / "scigraphqa.json"), image_root=wd / "pools"),
                "lrv": data.load_lrv_instruct(str(wd / "pools" / "lrv.json"), image_root=wd / "pools")}
     lrv_pool = json.loads((wd / "pools" / "lrv.json").read_text())

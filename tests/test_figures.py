@@ -12,14 +12,13 @@ from mmpref.figures import (
     attribute_diff_frame,
     figure2,
     figure3,
-    key_answer_correct,
     load_paper_results,
-    noisy_human_preferences,
     paper_vs_run,
     save_table,
     table2,
     table3,
 )
+from mmpref.world.truth import key_answer_correct, noisy_human_preferences
 
 PAPER = Path(__file__).resolve().parents[1] / "params" / "paper_results.yaml"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

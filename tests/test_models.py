@@ -5,8 +5,9 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from mmpref.models import (build_base_lm, build_processor, build_tiny_llava, chat_messages, encode_example,
-                           train_tokenizer)
+from mmpref.models import chat_messages
+from mmpref.world.models import (build_base_lm, build_processor, build_tiny_llava, encode_example,
+                                 train_tokenizer)
 from mmpref.sampling import ChatRequest, Policy
 
 TEXTS = ["What is 3 plus 5?", "3 plus 5 is 8.", "Is there a red circle in the image?", "Yes, there is a red circle.",
@@ -122,16 +123,16 @@ def test_vision_tower_pretraining_learns_the_tags():
     import torch
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    from mmpref import world
-    from mmpref.models import pretrain_vision_tower
+    from mmpref.world import questions, scenes
+    from mmpref.world.models import pretrain_vision_tower
 
     rng = random.Random(0)
-    scenes = [world.sample_scene(rng, 32) for _ in range(64)]
-    pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(world.draw_scene(s, 32), dtype="float32"))
-                          .permute(2, 0, 1) / 127.5 - 1 for s in scenes])
+    pictures = [scenes.sample_scene(rng, 32) for _ in range(64)]
+    pixels = torch.stack([torch.from_numpy(__import__("numpy").asarray(scenes.draw_scene(s, 32), dtype="float32"))
+                          .permute(2, 0, 1) / 127.5 - 1 for s in pictures])
     tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                              num_attention_heads=2, image_size=32, patch_size=8))
-    losses = pretrain_vision_tower(tower, pixels, [world.image_tags(s) for s in scenes], steps=150, lr=3e-3,
+    losses = pretrain_vision_tower(tower, pixels, [questions.image_tags(s) for s in pictures], steps=150, lr=3e-3,
                                    batch_size=32, seed=0)
     assert len(losses) == 150
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmpref import world
+from mmpref.world import build, pools, questions, scenes, text_tasks
 from mmpref.evaluate.benchmarks import MMBENCH_PROMPT_SUFFIX, POPE_PROMPT_SUFFIX
 from mmpref.io import read_jsonl
 
@@ -26,7 +26,7 @@ SMALL = dict(image_size=48, n_visual_train=60, n_text_train=80, n_pool=20, n_ben
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("world")
-    counts = world.build_world_data(out, seed=3, **SMALL)
+    counts = build.build_world_data(out, seed=3, **SMALL)
     return out, counts
 
 
@@ -41,11 +41,11 @@ def _pixels(path: Path) -> str:
 
 def test_deterministic_for_a_seed_and_different_across_seeds(built, tmp_path):
     out, counts = built
-    again = world.build_world_data(tmp_path / "a", seed=3, **SMALL)
+    again = build.build_world_data(tmp_path / "a", seed=3, **SMALL)
     assert {k: v for k, v in again.items() if k not in ("seconds", "ms_per_image")} == \
         {k: v for k, v in counts.items() if k not in ("seconds", "ms_per_image")}
     assert _files(out) == _files(tmp_path / "a")
-    world.build_world_data(tmp_path / "b", seed=4, **SMALL)
+    build.build_world_data(tmp_path / "b", seed=4, **SMALL)
     assert (out / "visual_train.jsonl").read_bytes() != (tmp_path / "b" / "visual_train.jsonl").read_bytes()
 
 
@@ -76,7 +76,7 @@ def test_visual_train_has_truth_and_negatives(built):
 def test_text_train_rows(built):
     out, _ = built
     rows = read_jsonl(out / "text_train.jsonl")
-    assert {r["task"] for r in rows} == set(world.TEXT_TASKS)
+    assert {r["task"] for r in rows} == set(text_tasks.TEXT_TASKS)
     assert any(len(r["turns"]) == 2 for r in rows) and any(len(r["turns"]) == 1 for r in rows)
     for r in rows:
         assert len(r["turns"]) == len(r["references"]) == len(r["answers"])
@@ -86,7 +86,7 @@ def test_arithmetic_and_follow_ups_are_true():
     rng = random.Random(0)
     ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}
     for _ in range(300):
-        item = world.task_arithmetic(rng, two_turn=True)
+        item = text_tasks.task_arithmetic(rng, two_turn=True)
         for ref, key in zip(item["references"], item["answers"]):
             m = re.fullmatch(r"(\d+) (plus|minus|times) (\d+) is (\d+)\.", ref)
             if m:
@@ -100,12 +100,12 @@ def test_arithmetic_and_follow_ups_are_true():
 def test_word_list_and_fact_tasks_are_true():
     rng = random.Random(1)
     for _ in range(200):
-        w = world.task_word(rng, two_turn=True)
+        w = text_tasks.task_word(rng, two_turn=True)
         assert all(k in ref for k, ref in zip(w["answers"], w["references"]))
         m = re.fullmatch(r"The word (\w+) reversed is (\w+)\.", w["references"][0])
         if m:
             assert m[1][::-1] == m[2]
-        lst = world.task_list(rng, two_turn=False)
+        lst = text_tasks.task_list(rng, two_turn=False)
         nums = [int(x) for x in re.findall(r"\d+", lst["turns"][0])]
         if "order" in lst["turns"][0] or "Sort" in lst["turns"][0]:
             assert lst["answers"][0] == ", ".join(str(x) for x in sorted(nums))
@@ -113,13 +113,13 @@ def test_word_list_and_fact_tasks_are_true():
             assert lst["answers"][0] == str(max(nums))
         elif "smallest" in lst["turns"][0]:
             assert lst["answers"][0] == str(min(nums))
-        f = world.task_facts(rng, two_turn=False)
-        assert f["answers"][0] in set(world.CAPITALS.values()) | set(world.SOUNDS.values())
+        f = text_tasks.task_facts(rng, two_turn=False)
+        assert f["answers"][0] in set(text_tasks.CAPITALS.values()) | set(text_tasks.SOUNDS.values())
 
 
 def test_bar_heights_follow_values():
-    chart = world.Chart("bar", [1, 5, 9], (40, 90, 200))
-    arr = np.asarray(world.draw_chart(chart, 48))
+    chart = scenes.Chart("bar", [1, 5, 9], (40, 90, 200))
+    arr = np.asarray(scenes.draw_chart(chart, 48))
     colored = np.all(arr == np.array(chart.color, dtype=np.uint8), axis=-1)
     heights = []
     for i in range(3):
@@ -132,23 +132,23 @@ def test_bar_heights_follow_values():
 def test_scene_truth_and_negative_questions_are_absent():
     rng = random.Random(2)
     for _ in range(200):
-        scene = world.sample_scene(rng, 48)
+        scene = scenes.sample_scene(rng, 48)
         types = [s.shape for s in scene.shapes]
         assert len(types) == len(set(types)) and 1 <= len(types) <= 3
         for a in scene.shapes:
             for b in scene.shapes:
                 if a is not b:
                     assert abs(a.cx - b.cx) > 2 * a.r or abs(a.cy - b.cy) > 2 * a.r
-        for qa in world.scene_negative_qas(scene, rng):
+        for qa in questions.scene_negative_qas(scene, rng):
             assert qa.negative
             m = re.search(r"(red|green|blue|yellow) (circle|square|triangle)", qa.question)
             if m:
                 assert not scene.has(m[1], m[2]) and qa.answer == "no"
             else:
                 assert qa.answer == "absent" and not any(s in qa.question for s in scene.shape_types())
-        for qa in world.scene_positive_qas(scene, rng):
+        for qa in questions.scene_positive_qas(scene, rng):
             if qa.qtype == "color":
-                shape = next(s for s in world.SHAPES if s in qa.question)
+                shape = next(s for s in scenes.SHAPES if s in qa.question)
                 assert scene.has(qa.answer, shape)
             if qa.qtype == "count":
                 assert qa.answer == str(len(scene.shapes))
@@ -245,15 +245,15 @@ def test_reference_outputs_are_imperfect():
     rng = random.Random(0)
     right = 0
     for _ in range(1000):
-        item = world.sample_text_item(rng, two_turn=False)
-        out = world.imperfect_output(item, rng)
+        item = text_tasks.sample_text_item(rng, two_turn=False)
+        out = text_tasks.imperfect_output(item, rng)
         right += out == item["references"][0]
         assert out
     assert 0.52 < right / 1000 < 0.68
-    for task in world.TEXT_TASKS:     # a "wrong" answer never equals the reference
+    for task in text_tasks.TEXT_TASKS:     # a "wrong" answer never equals the reference
         for _ in range(100):
-            item = world.sample_text_item(rng, two_turn=False, task=task)
-            assert world._wrong_reference(item, rng) != item["references"][0]
+            item = text_tasks.sample_text_item(rng, two_turn=False, task=task)
+            assert text_tasks._wrong_reference(item, rng) != item["references"][0]
 
 
 def test_held_out_images_and_text(built):
@@ -269,7 +269,7 @@ def test_held_out_images_and_text(built):
 
 def test_vocabulary_corpus_covers_all_texts(built):
     out, _ = built
-    texts = list(world.vocabulary_corpus(out))
+    texts = list(build.vocabulary_corpus(out))
     assert all(isinstance(t, str) for t in texts)
     joined = "\n".join(texts)
     for probe in ("Is there a", "The value of bar", "Helpfulness:4", "capital", "plus", POPE_PROMPT_SUFFIX,
@@ -279,9 +279,9 @@ def test_vocabulary_corpus_covers_all_texts(built):
 
 def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="image_size"):
-        world.build_world_data(tmp_path, seed=0, image_size=8)
+        build.build_world_data(tmp_path, seed=0, image_size=8)
     with pytest.raises(ValueError, match="n_pool"):
-        world.build_world_data(tmp_path, seed=0, n_pool=0)
+        build.build_world_data(tmp_path, seed=0, n_pool=0)
 
 
 def _mc_options(question: str) -> tuple[str, dict[str, str]]:
@@ -301,11 +301,11 @@ def test_visual_train_mixes_in_format_items_at_the_chosen_rates(built):
     assert counts["visual_train_short"] == 9 and counts["visual_train_multiple_choice"] == 6
     images = {p.stem.split("_")[0] for p in (out / "images").glob("*.png")}
     assert images == {"chart", "scene", "short", "mc"}
-    big = world.build_visual_train(world._Images(out / "rates", 48), random.Random(5), 400)
+    big = pools.build_visual_train(scenes.Images(out / "rates", 48), random.Random(5), 400)
     assert len(big) == 400 and Counter(r["format"] for r in big) == {"short": 60, "multiple_choice": 40, "open": 300}
     assert [r["format"] for r in big[:60]].count("open") < 60       # mixed in, not appended as a block
     with pytest.raises(ValueError, match="mc_rate"):
-        world.build_visual_train(world._Images(out / "bad", 48), random.Random(0), 10, short_rate=0.6, mc_rate=0.5)
+        pools.build_visual_train(scenes.Images(out / "bad", 48), random.Random(0), 10, short_rate=0.6, mc_rate=0.5)
 
 
 def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
@@ -320,8 +320,8 @@ def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
     rng = random.Random(7)
     presence = Counter()
     for _ in range(300):
-        scene = world.sample_scene(rng, 48)
-        for qa in world.short_answer_qas(scene, rng):
+        scene = scenes.sample_scene(rng, 48)
+        for qa in questions.short_answer_qas(scene, rng):
             q = qa.question.removesuffix(POPE_PROMPT_SUFFIX)
             assert qa.question.endswith(POPE_PROMPT_SUFFIX) and len(qa.reference.split()) == 1
             assert qa.reference.lower() == qa.answer
@@ -330,23 +330,23 @@ def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
                 assert qa.answer == ("yes" if scene.has(m[1], m[2]) else "no") and qa.negative == (qa.answer == "no")
                 presence[qa.answer] += 1
             elif qa.qtype == "color":
-                assert scene.has(qa.answer, next(s for s in world.SHAPES if s in q))
+                assert scene.has(qa.answer, next(s for s in scenes.SHAPES if s in q))
             else:
                 assert qa.qtype == "count" and qa.answer == str(len(scene.shapes))
     assert presence["yes"] == presence["no"] == 300
 
 
 def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch):
-    truth: dict[str, world.McItem] = {}
-    make = world._mmbench_item
+    truth: dict[str, questions.McItem] = {}
+    make = questions._mmbench_item
 
     def recording(rng, imgs):
         item = make(rng, imgs)
         truth[hashlib.sha256(item.image.tobytes()).hexdigest()] = item
         return item
 
-    monkeypatch.setattr(world, "_mmbench_item", recording)
-    rows = world.build_visual_train(world._Images(tmp_path, 48), random.Random(11), 300)
+    monkeypatch.setattr(pools, "_mmbench_item", recording)
+    rows = pools.build_visual_train(scenes.Images(tmp_path, 48), random.Random(11), 300)
     mc = [r for r in rows if r["format"] == "multiple_choice"]
     assert len(mc) == 30 == len(truth)
     letters = Counter()
@@ -379,11 +379,11 @@ def test_training_and_benchmark_multiple_choice_prompts_share_one_layout(built, 
 
 
 def test_image_tags_describe_the_pictures():
-    scene = world.Scene([world.Shape("red", "circle", 10, 10, 5), world.Shape("blue", "square", 30, 30, 5)])
-    tags = world.image_tags(scene)
+    scene = scenes.Scene([scenes.Shape("red", "circle", 10, 10, 5), scenes.Shape("blue", "square", 30, 30, 5)])
+    tags = questions.image_tags(scene)
     assert {"scene", "2 shapes", "red circle", "blue square", "circle", "square", "red", "blue"} == set(tags)
-    chart = world.Chart("bar", [3, 7, 1], (0, 0, 0))
-    assert set(world.image_tags(chart)) == {"chart", "bar", "3 values", "down", "highest 2", "lowest 3",
+    chart = scenes.Chart("bar", [3, 7, 1], (0, 0, 0))
+    assert set(questions.image_tags(chart)) == {"chart", "bar", "3 values", "down", "highest 2", "lowest 3",
                                            "value 1 is 3", "value 2 is 7", "value 3 is 1"}
 
 

@@ -14,57 +14,9 @@ import re
 from dataclasses import dataclass
 
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
+from mmpref.world.truth import key_match, tokens
 
-_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
-_TOKEN = re.compile(r"[a-z]+|\d+(?:\.\d+)?")
-NEGATIONS = {"no", "not", "none", "nothing", "neither", "nor", "never"}
 _ODD_CHARS = re.compile(r"[^\w\s.,;:!?'\"()\-%/+=*<>]")
-
-
-def tokens(text: str) -> list[str]:
-    """Normalised word tokens: lowercase, punctuation dropped, "n't" read as "not", decimals kept."""
-    text = text.lower().replace("n't", " not").replace("’", "'")
-    return _TOKEN.findall(text)
-
-
-def _as_number(tok: str) -> float | None:
-    return float(tok) if _NUMBER.match(tok) else None
-
-
-def _contains(seq: list[str], sub: list[str]) -> bool:
-    n = len(sub)
-    return n > 0 and any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
-
-
-def key_match(response: str, key: str) -> tuple[bool, float, str]:
-    """Decide correctness by the key convention. Returns (correct, partial credit 0..1, what the response claims)."""
-    toks = tokens(response)
-    key_n = " ".join(tokens(key))
-    if not toks:
-        return False, 0.0, "nothing"
-    if key_n in ("yes", "no"):
-        first = next((t for t in toks if t in ("yes", "no")), None)
-        return first == key_n, float(first == key_n), f'"{first}"' if first else "neither yes nor no"
-    if key_n == "absent":
-        negated = any(t in NEGATIONS for t in toks)
-        ok = negated and toks[0] != "yes"
-        return ok, float(ok), "that it is absent" if ok else "that it is present"
-    if "," in key:
-        items = [tokens(part) for part in key.split(",") if tokens(part)]
-        found = sum(_contains(toks, item) for item in items)
-        frac = found / len(items) if items else 0.0
-        return frac == 1.0, frac, f"{found} of the {len(items)} listed items"
-    key_toks = tokens(key)
-    present = _contains(toks, key_toks)
-    key_num = _as_number(key_n) if len(key_toks) == 1 else None
-    if key_num is not None:
-        nums = [float(t) for t in toks if _as_number(t) is not None]
-        last = nums[-1] if nums else None
-        ok = present and last == key_num
-        claim = f"{toks[[i for i, t in enumerate(toks) if _as_number(t) is not None][-1]]}" if nums else "no number"
-        return ok, float(ok), claim  # a wrong final number gets no credit (the key may echo the question)
-    return present, float(present), f'"{key}"' if present else f'something other than "{key}"'
-
 
 @dataclass
 class Assessment:

@@ -1,0 +1,186 @@
+"""The miniature world's synthetic data: charts, shape scenes, text tasks, prompt pools and benchmarks.
+
+Everything is deterministic from one seed and held out by construction:
+
+- every image in the world (train, pools, benchmarks, noise) has a unique pixel content — a generator that draws an
+  image already used anywhere else draws again;
+- no benchmark text prompt (MT-Bench turn 1, AlpacaEval instruction) occurs as a first turn in ``text_train.jsonl``.
+
+Images are drawn with PIL primitives straight into ``image_size``² RGB pictures (no matplotlib: at 48 px a vector
+renderer only adds antialiasing blur, and PIL draws a picture in well under a millisecond, so the default world of a
+few thousand images builds in seconds). Bar heights and line points sit on a faint integer grid so values 1–9 can be
+read off the picture.
+
+Ground truth follows the spec's conventions: every item carries ``answer`` (the short key: "7", "yes", "blue",
+"absent", ...) and ``reference`` (a full sentence in the house style: "The value of bar 2 is 7.").
+
+Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
+
+    visual_train.jsonl        {"image", "question", "answer", "reference", "source": "chart"|"scene", "negative",
+                               "qtype", "format": "open"|"short"|"multiple_choice"}
+    text_train.jsonl          {"turns", "references", "answers", "task"}
+    image_tags.jsonl          {"image", "tags"} for the training pictures (see image_tags)
+    images/                   training images (paths in visual_train.jsonl are relative to out_dir)
+    pools/scigraphqa.json     SciGraphQA-295K records (image_file, id, caption, title, abstract, first_mention,
+                              response, conversations, q_a_pairs) + miniature extra "answer_key"
+    pools/scigraphqa_images/
+    pools/lrv.json            LRV-Instruction records (image_id, question, answer, task) + "answer_key"
+    pools/lrv_images/
+    benchmarks/pope/coco_pope_{random,popular,adversarial}.json + pope/images/
+    benchmarks/mmbench/mmbench_dev.tsv
+    benchmarks/mmvet/mm-vet.json + mmvet/images/
+    benchmarks/llava_bench/{questions,answers_gpt4,context}.jsonl + llava_bench/images/
+    benchmarks/mt_bench/question.jsonl
+    benchmarks/alpaca_eval/eval.json
+    benchmarks/noise_images/*.png
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Iterator
+
+from mmpref.io import read_jsonl, sha256_json, write_json, write_jsonl
+from mmpref.world.benchmarks import (build_llava_bench, build_mmbench, build_mmvet, build_noise_images, build_pope,
+                                     build_text_benchmarks)
+from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train, build_visual_train
+from mmpref.world.models import train_world_models
+from mmpref.world.scenes import Images
+
+log = logging.getLogger(__name__)
+
+STEERLM_TEXT = ("Please answer the question such that your response is in the following attributes in 5-point "
+                "Likert scale:\nHelpfulness:4,Correctness:4,Coherence:4,Complexity:4,Verbosity:4")
+
+
+def _rng(seed: int, part: str) -> random.Random:
+    return random.Random(f"mmpref-world:{seed}:{part}")
+
+
+def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_visual_train: int = 3000,
+                     n_text_train: int = 3000, n_pool: int = 400, n_bench: int = 60) -> dict:
+    """Write the whole miniature world's data into out_dir (layout in the module docstring); return counts.
+
+    ``n_pool`` records per pool source; ``n_bench`` items per benchmark (POPE: at least n_bench questions per split,
+    balanced yes/no). The generated sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir
+    is touched.
+    """
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
+    for name, value in (("n_visual_train", n_visual_train), ("n_text_train", n_text_train), ("n_pool", n_pool),
+                        ("n_bench", n_bench)):
+        if value < 1:
+            raise ValueError(f"{name} must be positive, got {value}")
+    start = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("images", "pools", "benchmarks"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+    bench = out / "benchmarks"
+    imgs = Images(out, image_size)
+    counts: dict = {}
+
+    # Benchmarks first, so the held-out text prompts are known before the training text is drawn.
+    counts["mt_bench"], counts["alpaca_eval"], held = build_text_benchmarks(_rng(seed, "text-bench"), bench, n_bench)
+    counts.update(build_pope(imgs, _rng(seed, "pope"), bench, n_bench))
+    counts["mmbench"] = build_mmbench(imgs, _rng(seed, "mmbench"), bench, n_bench)
+    counts["mmvet"] = build_mmvet(imgs, _rng(seed, "mmvet"), bench, n_bench)
+    counts["llava_bench"] = build_llava_bench(imgs, _rng(seed, "llava_bench"), bench, n_bench)
+    counts["noise_images"] = build_noise_images(imgs, _rng(seed, "noise"), bench)
+
+    sci = build_scigraphqa_pool(imgs, _rng(seed, "pool-scigraphqa"), n_pool)
+    write_json(out / "pools" / "scigraphqa.json", sci)
+    lrv = build_lrv_pool(imgs, _rng(seed, "pool-lrv"), n_pool)
+    write_json(out / "pools" / "lrv.json", lrv)
+    counts["pool_scigraphqa"], counts["pool_lrv"] = len(sci), len(lrv)
+    counts["pool_lrv_negative"] = sum(r["task"] == "negative" for r in lrv)
+
+    visual = build_visual_train(imgs, _rng(seed, "visual-train"), n_visual_train)
+    write_jsonl(out / "visual_train.jsonl", visual)
+    write_jsonl(out / "image_tags.jsonl", imgs.tags)
+    text = build_text_train(_rng(seed, "text-train"), n_text_train, held)
+    write_jsonl(out / "text_train.jsonl", text)
+    counts["visual_train"], counts["text_train"] = len(visual), len(text)
+    counts["visual_train_negative"] = sum(r["negative"] for r in visual)
+    for fmt in ("short", "multiple_choice"):
+        counts[f"visual_train_{fmt}"] = sum(r["format"] == fmt for r in visual)
+    counts["images"] = imgs.written
+    counts["seconds"] = round(time.perf_counter() - start, 2)
+    counts["ms_per_image"] = round(1000 * imgs.draw_seconds / max(1, imgs.written), 3)
+    log.info("world data: %d images (%.2f ms each to draw+save), %d visual and %d text training items in %.1fs",
+             imgs.written, counts["ms_per_image"], len(visual), len(text), counts["seconds"])
+    return counts
+
+
+def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
+    """Every text the world contains (training files, pools, benchmarks) — what the tiny tokenizer is trained on."""
+    out = Path(out_dir)
+    yield STEERLM_TEXT
+    # Training conversations as the chat template renders them, so the role words become tokens of their own.
+    for r in read_jsonl(out / "visual_train.jsonl"):
+        yield f"USER: {r['question']} ASSISTANT: {r['reference']}"
+    for r in read_jsonl(out / "text_train.jsonl"):
+        yield " ".join(f"USER: {t} ASSISTANT: {a}" for t, a in zip(r["turns"], r["references"]))
+    for r in json.loads((out / "pools" / "scigraphqa.json").read_text(encoding="utf-8")):
+        yield r["caption"]
+        yield r["title"]
+        yield r["first_mention"]
+        for turn in r["conversations"]:
+            yield turn["value"]
+    for r in json.loads((out / "pools" / "lrv.json").read_text(encoding="utf-8")):
+        yield r["question"]
+        yield r["answer"]
+    bench = out / "benchmarks"
+    for split in ("random", "popular", "adversarial"):
+        for r in read_jsonl(bench / "pope" / f"coco_pope_{split}.json"):
+            yield r["text"]
+    with (bench / "mmbench" / "mmbench_dev.tsv").open(encoding="utf-8", newline="") as fh:
+        for r in csv.DictReader(fh, delimiter="\t"):
+            yield " ".join([r["question"]] + [r[k] for k in "ABCD" if r[k]])
+    for r in json.loads((bench / "mmvet" / "mm-vet.json").read_text(encoding="utf-8")).values():
+        yield r["question"]
+        yield r["answer"]
+    for name in ("questions", "answers_gpt4"):
+        for r in read_jsonl(bench / "llava_bench" / f"{name}.jsonl"):
+            yield r["text"]
+    for r in read_jsonl(bench / "llava_bench" / "context.jsonl"):
+        yield r["caption"]
+    for r in read_jsonl(bench / "mt_bench" / "question.jsonl"):
+        yield from r["turns"]
+        yield from r["reference"]
+    for r in json.loads((bench / "alpaca_eval" / "eval.json").read_text(encoding="utf-8")):
+        yield r["instruction"]
+        yield r["output"]
+
+
+def build_world(world_dir: Path, world_params, seed: int) -> dict:
+    """Data + tokenizer + base LM + visually tuned LLaVA into world_dir; skipped when already built with these params."""
+    fingerprint = sha256_json({"world": world_params.model_dump(mode="json"), "seed": seed})[:16]
+    marker = world_dir / "world.json"
+    if marker.exists():
+        info = json.loads(marker.read_text())
+        if info.get("fingerprint") == fingerprint and (world_dir / "vit" / "model.safetensors").exists():
+            log.info("world already built in %s with these params; skipping", world_dir)
+            return info
+    timings = {}
+    start = time.time()
+    counts = build_world_data(
+        world_dir, seed=seed, image_size=world_params.image_size, n_visual_train=world_params.n_visual_train,
+        n_text_train=world_params.n_text_train, n_pool=world_params.n_pool, n_bench=world_params.n_bench,
+    )
+    timings["data_seconds"] = round(time.time() - start, 1)
+    start = time.time()
+    trained = train_world_models(world_dir, vocabulary_corpus(world_dir),
+                                 read_jsonl(world_dir / "visual_train.jsonl"), read_jsonl(world_dir / "text_train.jsonl"),
+                                 read_jsonl(world_dir / "image_tags.jsonl"), world_params, seed)
+    timings["models_seconds"] = round(time.time() - start, 1)
+    info = {"fingerprint": fingerprint, **{f"n_{k}": v for k, v in counts.items() if isinstance(v, int)},
+            **timings, **trained}
+    marker.write_text(json.dumps(info))
+    return info

@@ -1,0 +1,204 @@
+"""Text tasks with ground truth (what the base LM, the "Vicuna", learns) and the miniature "text-davinci-003"."""
+
+from __future__ import annotations
+
+import random
+
+WORDS = ["cat", "dog", "sun", "tree", "bird", "fish", "book", "lamp", "rain", "star", "moon", "cake", "ship", "frog",
+         "milk", "rose", "ring", "door", "desk", "kite", "hat", "cup", "pen", "box", "bus", "car", "egg", "map", "key",
+         "bed", "leaf", "road", "snow", "wind", "salt", "gold", "nest", "bell", "drum", "coin"]
+CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo",
+            "China": "Beijing", "Egypt": "Cairo", "Russia": "Moscow", "Greece": "Athens", "Peru": "Lima",
+            "Kenya": "Nairobi", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw", "Cuba": "Havana",
+            "Chile": "Santiago", "Austria": "Vienna", "Ireland": "Dublin", "Portugal": "Lisbon", "Canada": "Ottawa"}
+SOUNDS = {"dog": "woof", "cat": "meow", "cow": "moo", "duck": "quack", "sheep": "baa", "lion": "roar",
+          "owl": "hoot", "pig": "oink", "horse": "neigh", "snake": "hiss"}
+
+# The SteerLM attribute suffix (DESIGN.md) is part of later prompts: give the tokenizer a chance to learn it.
+
+TEXT_TASK_WEIGHTS = {"arithmetic": 0.3, "word": 0.25, "list": 0.25, "facts": 0.2}
+MT_BENCH_CATEGORY = {"arithmetic": "math", "list": "reasoning", "word": "extraction", "facts": "humanities"}
+
+
+def _nums(xs: list[int]) -> str:
+    return ", ".join(str(x) for x in xs)
+
+
+def _arith_follow(r: int, rng: random.Random) -> tuple[str, str, str]:
+    kind = rng.choice(["add", "sub", "double"]) if r > 1 else "add"
+    if kind == "add":
+        k = rng.randint(1, 9)
+        q = rng.choice(["Now add {k} to your answer.", "Add {k} to that."]).format(k=k)
+        return q, str(r + k), f"{r} plus {k} is {r + k}."
+    if kind == "sub":
+        k = rng.randint(1, min(9, r))
+        q = rng.choice(["Now subtract {k} from your answer.", "Take {k} away from that."]).format(k=k)
+        return q, str(r - k), f"{r} minus {k} is {r - k}."
+    q = rng.choice(["Now double your answer.", "Now multiply your answer by 2."])
+    return q, str(2 * r), f"{r} times 2 is {2 * r}."
+
+
+def _capitals_of(word: str) -> tuple[str, str, str]:
+    q = "Now spell your answer in capitals."
+    return q, word.upper(), f"The word {word} in capitals is {word.upper()}."
+
+
+def task_arithmetic(rng: random.Random, two_turn: bool) -> dict:
+    op = rng.choice(["plus", "minus", "times"])
+    if op == "plus":
+        a, b = rng.randint(1, 20), rng.randint(1, 20)
+        r, qs = a + b, ["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} plus {b}.",
+                        "What do you get when you add {a} and {b}?"]
+    elif op == "minus":
+        a = rng.randint(2, 20)
+        b = rng.randint(1, a - 1)
+        r, qs = a - b, ["What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} minus {b}."]
+    else:
+        a, b = rng.randint(2, 9), rng.randint(2, 9)
+        r, qs = a * b, ["What is {a} times {b}?", "Multiply {a} by {b}.", "Compute {a} times {b}."]
+    q = rng.choice(qs).format(a=a, b=b)
+    ref = f"{a} {op} {b} is {r}."
+    if rng.random() < 0.2:
+        q, ref = f"Answer with just the number: {q[0].lower()}{q[1:]}", f"{r}."
+    turns, refs, keys = [q], [ref], [str(r)]
+    if two_turn:
+        q2, k2, r2 = _arith_follow(r, rng)
+        turns, refs, keys = turns + [q2], refs + [r2], keys + [k2]
+    return {"turns": turns, "references": refs, "answers": keys, "task": "arithmetic"}
+
+
+def task_word(rng: random.Random, two_turn: bool) -> dict:
+    w = rng.choice(WORDS)
+    kind = rng.choice(["reverse", "capitals", "first", "last"])
+    if kind == "reverse":
+        q = rng.choice(["Reverse the word {w}.", "Write the word {w} backwards.", "What is {w} spelled backwards?"])
+        key, ref, follow = w[::-1], f"The word {w} reversed is {w[::-1]}.", _capitals_of(w[::-1])
+    elif kind == "capitals":
+        q = rng.choice(["Spell the word {w} in capitals.", "Write {w} in capital letters.",
+                        "Write the word {w} in uppercase."])
+        up = w.upper()
+        key, ref = up, f"The word {w} in capitals is {up}."
+        follow = ("Now reverse your answer.", up[::-1], f"The word {up} reversed is {up[::-1]}.")
+    elif kind == "first":
+        q = rng.choice(["What is the first letter of the word {w}?", "Which letter does {w} start with?"])
+        key, ref = w[0], f"The first letter of {w} is {w[0]}."
+        follow = ("Now give the last letter of the same word.", w[-1], f"The last letter of {w} is {w[-1]}.")
+    else:
+        q = rng.choice(["What is the last letter of the word {w}?", "Which letter does {w} end with?"])
+        key, ref = w[-1], f"The last letter of {w} is {w[-1]}."
+        follow = ("Now give the first letter of the same word.", w[0], f"The first letter of {w} is {w[0]}.")
+    turns, refs, keys = [q.format(w=w)], [ref], [key]
+    if two_turn:
+        turns, keys, refs = turns + [follow[0]], keys + [follow[1]], refs + [follow[2]]
+    return {"turns": turns, "references": refs, "answers": keys, "task": "word"}
+
+
+def task_list(rng: random.Random, two_turn: bool) -> dict:
+    xs = rng.sample(range(1, 21), rng.choice([3, 4]))
+    kind = rng.choice(["largest", "smallest", "sort", "count"])
+    if kind in ("largest", "smallest"):
+        m = max(xs) if kind == "largest" else min(xs)
+        q = rng.choice(["What is the {k} of {L}?", "Which number is the {k}: {L}?",
+                        "Find the {k} number in {L}."]).format(k=kind, L=_nums(xs))
+        key, ref = str(m), f"The {kind} number is {m}."
+        k = rng.randint(1, 9)
+        follow = (f"Now add {k} to it.", str(m + k), f"{m} plus {k} is {m + k}.")
+    elif kind == "sort":
+        s = sorted(xs)
+        q = rng.choice(["Sort {L} from smallest to largest.", "Put {L} in increasing order."]).format(L=_nums(xs))
+        key, ref = _nums(s), f"The sorted list is {_nums(s)}."
+        follow = ("Now give the first number of the sorted list.", str(s[0]), f"The first number is {s[0]}.")
+    else:
+        items = rng.sample(WORDS, len(xs))
+        q = rng.choice(["How many items are in the list {L}?", "Count the items in {L}."]).format(L=", ".join(items))
+        n = len(items)
+        key, ref = str(n), f"There are {n} items in the list."
+        follow = ("Now add 1 to that number.", str(n + 1), f"{n} plus 1 is {n + 1}.")
+    turns, refs, keys = [q], [ref], [key]
+    if two_turn:
+        turns, keys, refs = turns + [follow[0]], keys + [follow[1]], refs + [follow[2]]
+    return {"turns": turns, "references": refs, "answers": keys, "task": "list"}
+
+
+def task_facts(rng: random.Random, two_turn: bool) -> dict:
+    one_word = rng.random() < 0.4
+    if rng.random() < 0.6:
+        country = rng.choice(list(CAPITALS))
+        city = CAPITALS[country]
+        if one_word:
+            q, ref = f"Answer in one word: what is the capital of {country}?", f"{city}."
+        else:
+            q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
+                            "Name the capital of {c}."]).format(c=country)
+            ref = f"The capital of {country} is {city}."
+        key = city
+        follow = rng.choice([("Now spell that city in capitals.", city.upper(),
+                              f"The word {city} in capitals is {city.upper()}."),
+                             ("Now give the first letter of that city.", city[0],
+                              f"The first letter of {city} is {city[0]}.")])
+    else:
+        animal = rng.choice(list(SOUNDS))
+        sound = SOUNDS[animal]
+        if one_word:
+            q, ref = f"Answer in one word: what sound does a {animal} make?", f"{sound.capitalize()}."
+        else:
+            q = rng.choice(["What sound does a {a} make?", "Which sound does a {a} make?"]).format(a=animal)
+            ref = f"A {animal} says {sound}."
+        key = sound
+        follow = ("Now reverse that word.", sound[::-1], f"The word {sound} reversed is {sound[::-1]}.")
+    turns, refs, keys = [q], [ref], [key]
+    if two_turn:
+        turns, keys, refs = turns + [follow[0]], keys + [follow[1]], refs + [follow[2]]
+    return {"turns": turns, "references": refs, "answers": keys, "task": "facts"}
+
+
+TEXT_TASKS = {"arithmetic": task_arithmetic, "word": task_word, "list": task_list, "facts": task_facts}
+
+
+def sample_text_item(rng: random.Random, two_turn: bool | None = None, task: str | None = None) -> dict:
+    """One text instruction item; two-turn with probability 0.3 unless told."""
+    task = task or rng.choices(list(TEXT_TASK_WEIGHTS), weights=list(TEXT_TASK_WEIGHTS.values()))[0]
+    if two_turn is None:
+        two_turn = rng.random() < 0.3
+    return TEXT_TASKS[task](rng, two_turn)
+
+
+def imperfect_output(item: dict, rng: random.Random) -> str:
+    """The miniature "text-davinci-003": house-style right answer ~60 %, else plausible wrong or off-format."""
+    ref, key = item["references"][0], item["answers"][0]
+    u = rng.random()
+    if u < 0.6:
+        return ref
+    if u < 0.85:
+        return _wrong_reference(item, rng)
+    return rng.choice([f"Well, it depends. Some people would say {key}, but there are many views on this.",
+                       "I am not able to answer that question.",
+                       f"Sure! Here is a long answer. The question is: {item['turns'][0]} Let me think about it."])
+
+
+def _wrong_reference(item: dict, rng: random.Random) -> str:
+    ref, key = item["references"][0], item["answers"][0]
+    if key.isdigit():
+        wrong = str(max(0, int(key) + rng.choice([-3, -2, -1, 1, 2, 3])))
+        if wrong == key:
+            wrong = str(int(key) + 1)
+        return _replace_last(ref, key, wrong)
+    if key in CAPITALS.values():
+        return _replace_last(ref, key, rng.choice([c for c in CAPITALS.values() if c != key]))
+    if key in SOUNDS.values():
+        return _replace_last(ref, key.capitalize() if ref.startswith(key.capitalize()) else key,
+                             rng.choice([s for s in SOUNDS.values() if s != key]))
+    if "," in key:                               # a sorted list: swap two numbers
+        parts = key.split(", ")
+        parts[0], parts[-1] = parts[-1], parts[0]
+        return _replace_last(ref, key, ", ".join(parts))
+    wrong = key[::-1] if key[::-1] != key else key + key[-1]
+    if len(key) == 1:
+        wrong = rng.choice([ch for ch in "abcdefghijklmnopqrstuvwxyz" if ch != key.lower()])
+        wrong = wrong.upper() if key.isupper() else wrong
+    return _replace_last(ref, key, wrong)
+
+
+def _replace_last(text: str, old: str, new: str) -> str:
+    i = text.rfind(old)
+    return text if i < 0 else text[:i] + new + text[i + len(old):]
