@@ -1,21 +1,26 @@
 """Stage 10: the paper's tables and figures from one run, saved into the run (and, for the repo's own tiny run,
-into the repository's figures/)."""
+into the repository's figures/); the 95 % bootstrap intervals of the run's Table 2 / Table 3 cells
+(``eval/intervals.csv``, ``tables/table2_ci``, ``tables/table3_ci``, see :mod:`mmpref.stats`) and the paper's claims
+judged on them (``tables/claims``)."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
 
-from mmpref import figures
+from mmpref import figures, stats
 from mmpref.io import read_jsonl
+from mmpref.world.anatomy import anatomy_table, mt_bench_anatomy
 from mmpref.world.truth import noisy_human_preferences
 
 log = logging.getLogger(__name__)
 
 
 def analyse_run(params, run_dir: Path) -> dict:
-    """Table 2, Table 3, paper-vs-run, Figure 2 and Figure 3; returns the frames and the files written."""
+    """Table 2, Table 3, paper-vs-run, their bootstrap intervals, the claims, Figure 2 and Figure 3; returns the
+    frames and the files written."""
     results = figures.load_results(run_dir / "eval" / "results.csv")
     paper = figures.load_paper_results(params.path("params/paper_results.yaml"))
     tables_dir, figures_dir = run_dir / "tables", run_dir / "figures"
@@ -25,18 +30,31 @@ def analyse_run(params, run_dir: Path) -> dict:
                         ("paper_vs_run", figures.paper_vs_run(results, paper))]:
         out[name] = frame
         out["tables"][name] = figures.save_table(frame, tables_dir, name)
+    items = _mmbench_items(params)
+    out["intervals"] = stats.write_intervals(run_dir, results=results, mmbench_items=items)
+    for name, frame in [("table2_ci", figures.table2_intervals(out["intervals"])),
+                        ("table3_ci", figures.table3_intervals(out["intervals"]))]:
+        out[name] = frame
+        out["tables"][name] = figures.save_interval_table(frame, tables_dir, name)
+    out["claims"] = stats.claims(run_dir, mmbench_items=items)
+    out["tables"]["claims"] = figures.save_table(out["claims"], tables_dir, "claims")
     fig2 = figures_dir / "figure2_dpo_data_scaling.png"
     out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper)
     out["figures"]["figure2"] = fig2
     if params.world is not None:
-        prefs = noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"),
-                                                read_jsonl(run_dir / "samples.jsonl"), seed=params.run.seed,
-                                                flip_prob=params.world.human_flip_prob)
+        prefs = noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"), read_jsonl(run_dir / "samples.jsonl"),
+                                        seed=params.run.seed, flip_prob=params.world.human_flip_prob)
         pairs = figures.attribute_diff_frame(read_jsonl(run_dir / "annotations.jsonl"), prefs)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
         out["figure3_corr"] = figures.figure3(pairs, fig3)
         out["figures"]["figure3"] = fig3
         figures.save_table(out["figure3_corr"].round(3), tables_dir, "figure3_correlations")
+        mt = params.evaluate.benchmarks.get("mt_bench")
+        if mt:
+            out["anatomy"] = mt_bench_anatomy(run_dir, params.path(mt), list(figures.MODEL_ORDER))
+            out["anatomy_table"] = anatomy_table(out["anatomy"])
+            out["tables"]["regression_anatomy"] = figures.save_table(out["anatomy_table"], tables_dir,
+                                                                     "regression_anatomy")
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run has none configured, so it is skipped")
@@ -47,3 +65,17 @@ def analyse_run(params, run_dir: Path) -> dict:
             shutil.copy2(path, repo_figures / path.name)
         log.info("copied the figures of this repository run into %s", repo_figures)
     return out
+
+
+def _mmbench_items(params):
+    """A loader of the MMBench items, for per-item records written before they stored each rotation's correctness;
+    None when the run has no MMBench data configured."""
+    path = params.evaluate.benchmarks.get("mmbench")
+    if not path:
+        return None
+
+    def load():
+        from mmpref.evaluate.loaders import load_mmbench
+
+        return load_mmbench(params.path(path), params.evaluate.limit)
+    return functools.cache(load)

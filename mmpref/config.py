@@ -70,7 +70,8 @@ class WorldParams(Strict):
     n_visual_train: int = 3000
     n_text_train: int = 3000
     n_pool: int = 400
-    n_bench: int = 60
+    n_bench: int = 60                   # items per visual benchmark
+    n_text_bench: int = 60              # MT-Bench questions and AlpacaEval instructions
     vocab_size: int = 700
     lm: LMShape = LMShape()
     vision: VisionShape = VisionShape()
@@ -78,8 +79,20 @@ class WorldParams(Strict):
     lm_lr: float = 2e-3
     vision_pretrain_steps: int = Field(800, ge=0)   # tag pretraining of the tower (CLIP's stand-in); 0 skips it
     vision_pretrain_lr: float = 3e-3
+    align_steps: int = Field(0, ge=0)   # LLaVA-1.5 stage 1: the projector alone learns image captions; 0 skips it
+    align_lr: float = 1e-3
     vit_epochs: float = 4.0
     vit_lr: float = 1e-3
+    # The visual instruction-tuning mixture, in LLaVA-1.5's formats (shares of its rows): short answers with the
+    # "single word or phrase" suffix, lettered multiple choice, and text-only conversations drawn from the base LM's
+    # own text data (LLaVA-1.5 mixed 40K ShareGPT conversations into its 665K); the rest is open-ended.
+    short_share: float = Field(0.15, ge=0.0, le=1.0)
+    mc_share: float = Field(0.10, ge=0.0, le=1.0)
+    # Share of the short-answer rows that carry LLaVA-1.5's format instruction; the rest answer a plain question with
+    # one word, as pre-1.5 VQA mixtures did (the source of InstructBLIP's terse answers).
+    short_prompted: float = Field(1.0, ge=0.0, le=1.0)
+    text_share: float = Field(0.0, ge=0.0, lt=1.0)
+    objects_on_patches: bool = False    # every scene object inside one patch cell of the vision tower
     batch_size: int = 32
     human_flip_prob: float = Field(0.3, ge=0.0, le=0.5)
 
@@ -159,6 +172,18 @@ class SFTParams(Strict):
     projector_learning_rate: float | None = 2e-5   # None: the projector uses learning_rate
 
 
+class DPOSweep(Strict):
+    """The paper's DPO search (its section 4: beta in {0.1, 0.2, 0.3} x summed/averaged log-probs x lr in
+    {5e-5, 5e-6}, chosen on LLaVA-Bench), run on a dev split that is not the reported benchmark: every combination
+    is trained on all pairs, scored on `dev_path` (LLaVA-Bench layout), and the best relative score wins (ties: the
+    earlier combination). The chosen settings then train `dpo` and its data-fraction runs."""
+
+    betas: list[float] = [0.1, 0.2, 0.3]
+    average_log_prob: list[bool] = [False, True]
+    learning_rates: list[float] = [5e-5, 5e-6]
+    dev_path: str
+
+
 class DPOParams(Strict):
     """Defaults: Table 5 and the authors' finetune_dpo.sh (beta 0.1, lr 5e-5, batch 8 x grad-accum 4, 3 epochs,
     dpo_use_average False, model_max_length 3000, mm_projector_lr 2e-5; their llava_arch.py leaves the projector
@@ -175,6 +200,7 @@ class DPOParams(Strict):
     train_projector: bool = True
     projector_learning_rate: float | None = 2e-5
     fractions: list[float] = [0.25, 0.5, 0.75]
+    sweep: DPOSweep | None = None   # the paper's hyper-parameter search; None trains the settings above
 
     @field_validator("fractions")
     @classmethod

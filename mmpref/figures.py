@@ -7,6 +7,9 @@
   preference label; :func:`noisy_human_preferences` simulates LLaVA-RLHF's noisy crowd labels in the miniature world.
 - :func:`paper_vs_run`: the run's numbers next to the paper's, with the direction of change against the
   visual-instruction-tuned model.
+- :func:`table2_intervals` / :func:`table3_intervals`: the run's own rows with 95 % bootstrap intervals from
+  ``eval/intervals.csv`` (computed by :mod:`mmpref.stats`); :func:`save_interval_table` writes them as CSV (value,
+  lo, hi columns) and markdown ("6.12 [5.85, 6.40]" cells).
 
 Values are shown in the units results.csv holds them (no rescaling); the paper's units are listed in
 ``params/paper_results.yaml``. Figures are drawn on a bare ``matplotlib.figure.Figure`` (Agg, no pyplot state).
@@ -218,6 +221,87 @@ def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataF
                 base3.mt_bench_noisy if base3 else None)
     return pd.DataFrame(rows, columns=["model", "paper_model", "benchmark", "run", "paper", "run_change",
                                        "paper_change", "same_direction"])
+
+
+# ----------------------------------------------------------------------------------------------- with intervals
+TABLE3_COLUMNS = ["Noisy-image MT-Bench", "MT-bench (no image)", "Change (noisy - no image)"]
+DECIMALS = {"PoPe": 3}  # display column -> decimals in "value [lo, hi]" cells (others: 2)
+
+
+def _interval_lookup(intervals: pd.DataFrame) -> dict[tuple[str, str, str], tuple[float, float, float]]:
+    missing = [c for c in ["model", "benchmark", "metric", "value", "lo", "hi"] if c not in intervals.columns]
+    if missing:
+        raise ValueError(f"intervals: missing columns {missing}")
+    return {(r.model, r.benchmark, r.metric): (float(r.value), float(r.lo), float(r.hi))
+            for r in intervals.itertuples(index=False)}
+
+
+def _triple(row: dict, col: str, got: tuple[float, float, float] | None) -> None:
+    row[col], row[f"{col} lo"], row[f"{col} hi"] = got if got is not None else (math.nan,) * 3
+
+
+def table2_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
+    """Table 2 for the run's own models from ``eval/intervals.csv``: per benchmark the headline value and its 95 %
+    bootstrap interval as columns "<benchmark>", "<benchmark> lo", "<benchmark> hi" (base LM: text benchmarks only)."""
+    iv = _interval_lookup(intervals)
+    rows = []
+    for m in MODEL_ORDER:
+        if not any(k[0] == m and k[1] in TABLE2_COLUMNS for k in iv):
+            continue
+        benches = TEXT_BENCHMARKS if m == "base-lm" else list(TABLE2_COLUMNS)
+        row: dict = {"Model": MODEL_NAMES[m]}
+        for b, col in TABLE2_COLUMNS.items():
+            _triple(row, col, iv.get((m, b, HEADLINE[b])) if b in benches else None)
+        rows.append(row)
+    cols = [c for col in TABLE2_COLUMNS.values() for c in (col, f"{col} lo", f"{col} hi")]
+    return pd.DataFrame(rows, columns=["Model", *cols]).set_index("Model")
+
+
+def table3_intervals(intervals: pd.DataFrame, change_metric: str = "change_vs_mt_bench") -> pd.DataFrame:
+    """Table 3 for the run's own models with intervals: noisy-image MT-Bench, plain MT-Bench, and the paired change
+    (rows of metric `change_metric` in intervals.csv); value, lo and hi columns as in :func:`table2_intervals`."""
+    iv = _interval_lookup(intervals)
+    rows = []
+    for m in MODEL_ORDER:
+        noisy, clean = iv.get((m, "mt_bench_noisy", HEADLINE["mt_bench_noisy"])), iv.get((m, "mt_bench", "overall"))
+        if noisy is None and not (m == "base-lm" and clean is not None):
+            continue
+        row: dict = {"Model": MODEL_NAMES[m]}
+        for col, got in zip(TABLE3_COLUMNS, (noisy, clean, iv.get((m, "mt_bench_noisy", change_metric)))):
+            _triple(row, col, got)
+        rows.append(row)
+    cols = [c for col in TABLE3_COLUMNS for c in (col, f"{col} lo", f"{col} hi")]
+    return pd.DataFrame(rows, columns=["Model", *cols]).set_index("Model")
+
+
+def interval_cell(value: float, lo: float, hi: float, decimals: int = 2) -> str:
+    """"6.12 [5.85, 6.40]"; blank without a value, the bare value without an interval."""
+    if value is None or math.isnan(value):
+        return ""
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return f"{value:.{decimals}f}"
+    return f"{value:.{decimals}f} [{lo:.{decimals}f}, {hi:.{decimals}f}]"
+
+
+def interval_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """A value/lo/hi table (:func:`table2_intervals`, :func:`table3_intervals`) as one "value [lo, hi]" text cell
+    per column."""
+    base = [c for c in table.columns if f"{c} lo" in table.columns and f"{c} hi" in table.columns]
+    out = pd.DataFrame(index=table.index)
+    for c in base:
+        d = DECIMALS.get(c, 2)
+        out[c] = [interval_cell(v, lo, hi, d) for v, lo, hi in zip(table[c], table[f"{c} lo"], table[f"{c} hi"])]
+    return out
+
+
+def save_interval_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> dict[str, Path]:
+    """``<name>.csv`` with the numeric value / lo / hi columns and ``<name>.md`` with "value [lo, hi]" cells."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
+    table.to_csv(csv)
+    md.write_text(to_markdown(interval_cells(table)), encoding="utf-8")
+    return {"csv": csv, "md": md}
 
 
 # ----------------------------------------------------------------------------------------------- saving tables

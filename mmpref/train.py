@@ -500,9 +500,55 @@ def train_method(params, method: str) -> dict[str, dict]:
     if method != "dpo":
         return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings)}
     ref_cache = run_dir / "adapters" / "reference_logps.jsonl"
-    infos = {"dpo": train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / "dpo", settings, ref_cache=ref_cache)}
+    infos = {}
+    if params.train.dpo.sweep is not None:
+        settings, infos["sweep"] = dpo_sweep(params, rows, settings, ref_cache)
+    infos["dpo"] = train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / "dpo", settings, ref_cache=ref_cache)
     for fraction in params.train.dpo.fractions:
         name = f"dpo_frac{fraction:g}"
         infos[name] = train_dpo(policy_ref, subsample(rows, fraction, seed=params.run.seed), run_dir,
                                 run_dir / "adapters" / name, settings, ref_cache=ref_cache)
     return infos
+
+
+def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path) -> tuple[TrainSettings, dict]:
+    """The paper's DPO search (`train.dpo.sweep`): train every (beta, averaged, lr) combination into
+    adapters/dpo_sweep/<tag>, score each on the dev split with the evaluation judge, and return the winner's settings
+    with the sweep's record (also written to adapters/dpo_sweep/sweep.csv and choice.json)."""
+    import dataclasses
+    import itertools
+
+    import pandas as pd
+
+    from mmpref.evaluate import run_benchmark
+    from mmpref.judges import judge_from_params
+    from mmpref.sampling import Policy
+
+    sweep, ev, run_dir = params.train.dpo.sweep, params.evaluate, params.run_dir
+    policy_ref = params.model_ref(params.models.policy)
+    judge = judge_from_params(ev.judge, run_dir / "judge_cache")
+    rule = ev.judge_templates.get("llava_bench")
+    out_root = run_dir / "adapters" / "dpo_sweep"
+    records = []
+    for beta, average, lr in itertools.product(sweep.betas, sweep.average_log_prob, sweep.learning_rates):
+        tag = f"beta{beta:g}_{'avg' if average else 'sum'}_lr{lr:g}"
+        trial = dataclasses.replace(settings, beta=beta, average_log_prob=average, learning_rate=lr)
+        info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache)
+        policy = Policy.from_params(params, tag, adapter=out_root / tag)
+        got = run_benchmark("llava_bench", params.path(sweep.dev_path),
+                            policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,
+                            out_root / tag / "dev_llava_bench.jsonl", model=tag,
+                            judge_templates={"llava_bench": str(params.path(rule))} if rule else None)
+        del policy
+        score = next(r["value"] for r in got if r["metric"] == "relative_score")
+        records.append({"tag": tag, "beta": beta, "average_log_prob": average, "learning_rate": lr,
+                        "dev_relative_score": score, "final_loss": info.get("final_loss")})
+        log.info("dpo sweep: %s -> dev LLaVA-Bench %.1f", tag, score)
+    table = pd.DataFrame(records)
+    best = records[int(table["dev_relative_score"].values.argmax())]
+    table["chosen"] = table["tag"] == best["tag"]
+    table.to_csv(out_root / "sweep.csv", index=False)
+    (out_root / "choice.json").write_text(json.dumps(best, indent=1))
+    chosen = dataclasses.replace(settings, beta=best["beta"], average_log_prob=best["average_log_prob"],
+                                 learning_rate=best["learning_rate"])
+    return chosen, {"table": records, "chosen": best, "rows": len(rows)}

@@ -175,3 +175,17 @@ def test_rubric_cache_and_unknown_task(tmp_path):
     assert r2.cached and not r3.cached and r3.text == YES["reference"]
     with pytest.raises(ValueError, match="inputs lack"):
         j.complete(JudgeRequest(task="grade_pairwise", prompt="p", inputs={"output_1": "a"}))
+
+
+def test_mt_bench_rating_rewards_answering_as_fully_as_asked(judge):
+    """The behaviour the annotation rewards on visual prompts (a complete answer) is what MT-Bench rewards too."""
+    full, _ = grade_single(judge, ["What is 3 plus 5?"], ["3 plus 5 is 8."], truth=ADD)
+    terse, _ = grade_single(judge, ["What is 3 plus 5?"], ["8."], truth=ADD)
+    wrong, _ = grade_single(judge, ["What is 3 plus 5?"], ["3 plus 5 is 9."], truth=ADD)
+    assert (full, terse) == (10, 7) and wrong < terse
+    # asked for just the number: the bare number is the complete answer, a long ramble costs a point
+    short = {"answer": "8", "reference": "8."}
+    bare, _ = grade_single(judge, ["Answer with just the number: what is 3 plus 5?"], ["8."], truth=short)
+    ramble, _ = grade_single(judge, ["Answer with just the number: what is 3 plus 5?"],
+                             ["Well, when you add 3 and 5 together you get the number 8 as the answer."], truth=short)
+    assert bare == 10 and ramble < bare

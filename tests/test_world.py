@@ -114,7 +114,8 @@ def test_word_list_and_fact_tasks_are_true():
         elif "smallest" in lst["turns"][0]:
             assert lst["answers"][0] == str(min(nums))
         f = text_tasks.task_facts(rng, two_turn=False)
-        assert f["answers"][0] in set(text_tasks.CAPITALS.values()) | set(text_tasks.SOUNDS.values())
+        assert f["answers"][0] in (set(text_tasks.CAPITALS.values()) | set(text_tasks.SOUNDS.values())
+                                   | set(text_tasks.OPPOSITES.values()))
 
 
 def test_bar_heights_follow_values():
@@ -141,11 +142,14 @@ def test_scene_truth_and_negative_questions_are_absent():
                     assert abs(a.cx - b.cx) > 2 * a.r or abs(a.cy - b.cy) > 2 * a.r
         for qa in questions.scene_negative_qas(scene, rng):
             assert qa.negative
-            m = re.search(r"(red|green|blue|yellow) (circle|square|triangle)", qa.question)
-            if m:
-                assert not scene.has(m[1], m[2]) and qa.answer == "no"
+            shape = next(s for s in scenes.SHAPES if s in qa.question)
+            m = re.search(r"(red|green|blue|yellow) " + shape, qa.question)
+            if qa.qtype == "attr_absent":   # a present shape in another colour
+                assert m and shape in scene.shape_types() and not scene.has(m[1], shape) and qa.answer == "no"
+            elif qa.qtype == "exist_absent":
+                assert shape not in scene.shape_types() and qa.answer == "no"
             else:
-                assert qa.answer == "absent" and not any(s in qa.question for s in scene.shape_types())
+                assert qa.answer == "absent" and shape not in scene.shape_types()
         for qa in questions.scene_positive_qas(scene, rng):
             if qa.qtype == "color":
                 shape = next(s for s in scenes.SHAPES if s in qa.question)
@@ -179,19 +183,21 @@ def test_pope_splits(built):
         assert [r["question_id"] for r in rows] == list(range(1, len(rows) + 1))
         for r in rows:
             assert (pope / "images" / r["image"]).is_file()
-            assert re.fullmatch(r"Is there a \w+ \w+ in the image\?", r["text"])
+            assert re.fullmatch(r"Is there a (\w+) in the image\?", r["text"])[1] in scenes.SHAPES
     yes = [[(r["image"], r["text"]) for r in rows if r["label"] == "yes"] for rows in splits.values()]
     assert yes[0] == yes[1] == yes[2]
-    obj = lambda t: tuple(t.split()[3:5])  # noqa: E731
+    obj = lambda t: t.split()[3]  # noqa: E731
     present: dict[str, list] = {}
     for r in splits["random"]:
         if r["label"] == "yes":
             present.setdefault(r["image"], []).append(obj(r["text"]))
-    # adversarial negatives share a colour or a shape with something present
-    for r in splits["adversarial"]:
-        if r["label"] == "no":
-            c, s = obj(r["text"])
-            assert any(c == p[0] or s == p[1] for p in present[r["image"]])
+    # no negative is present; adversarial negatives co-occur with the present objects more than random ones
+    cooc = Counter(frozenset((a, b)) for objs in present.values() for a in objs for b in objs if a != b)
+    together = lambda split: np.mean([sum(cooc[frozenset((obj(r["text"]), p))] for p in present[r["image"]])  # noqa: E731
+                                      for r in splits[split] if r["label"] == "no"])
+    for rows in splits.values():
+        assert all(obj(r["text"]) not in present[r["image"]] for r in rows if r["label"] == "no")
+    assert together("adversarial") > together("random")
     # popular negatives are the most frequent objects of the benchmark
     freq = Counter(o for objs in present.values() for o in objs)
     mean = lambda split: np.mean([freq[obj(r["text"])] for r in splits[split] if r["label"] == "no"])  # noqa: E731
@@ -314,7 +320,9 @@ def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
     for r in rows:
         assert r["question"].endswith(POPE_PROMPT_SUFFIX)
         assert "\n" not in r["question"].removesuffix(POPE_PROMPT_SUFFIX)
-        assert r["source"] == "scene" and (r["answer"] == "no") == r["negative"]
+        assert r["source"] in ("scene", "chart") and (r["answer"] == "no") == r["negative"]
+        assert len(r["reference"].split()) == 1
+    assert Counter(r["source"] for r in rows)["chart"] > 0
     for r in read_jsonl(out / "visual_train.jsonl"):
         assert (POPE_PROMPT_SUFFIX in r["question"]) == (r["format"] == "short")
     rng = random.Random(7)
@@ -325,9 +333,10 @@ def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
             q = qa.question.removesuffix(POPE_PROMPT_SUFFIX)
             assert qa.question.endswith(POPE_PROMPT_SUFFIX) and len(qa.reference.split()) == 1
             assert qa.reference.lower() == qa.answer
-            m = re.search(r"(red|green|blue|yellow) (circle|square|triangle)", q)
+            m = re.fullmatch(r"(?:Is there a|Can you see a|Does the image contain a) (\w+)(?: in the (?:image|picture))?\?", q)
             if m:
-                assert qa.answer == ("yes" if scene.has(m[1], m[2]) else "no") and qa.negative == (qa.answer == "no")
+                assert qa.answer == ("yes" if m[1] in scene.shape_types() else "no")
+                assert qa.negative == (qa.answer == "no")
                 presence[qa.answer] += 1
             elif qa.qtype == "color":
                 assert scene.has(qa.answer, next(s for s in scenes.SHAPES if s in q))
@@ -396,3 +405,60 @@ def test_tags_cover_the_training_pictures_only(built):
     for r in visual:
         if r["qtype"] == "color" and r["image"] in tagged:
             assert any(t.startswith(r["answer"] + " ") for t in tagged[r["image"]])
+
+
+def test_objects_on_patch_cells():
+    rng = random.Random(4)
+    for _ in range(300):
+        scene = scenes.sample_scene(rng, 48, cell=12)
+        cells = []
+        for s in scene.shapes:
+            col, row = (s.cx - s.r) // 12, (s.cy - s.r) // 12
+            assert (s.cx + s.r) // 12 == col and (s.cy + s.r) // 12 == row   # the whole shape in one cell
+            cells.append((row, col))
+        assert len(cells) == len(set(cells)) and len({s.shape for s in scene.shapes}) == len(scene.shapes)
+    with pytest.raises(ValueError, match="cells"):
+        scenes.sample_scene(rng, 24, n_shapes=3, cell=24)
+
+
+def test_shape_families_make_cooccurrence():
+    rng = random.Random(6)
+    same = total = 0
+    fam = {t: i for i, f in enumerate(scenes.SHAPE_FAMILIES) for t in f}
+    for _ in range(2000):
+        types = [s.shape for s in scenes.sample_scene(rng, 48, n_shapes=2, cell=12).shapes]
+        same += fam[types[0]] == fam[types[1]]
+        total += 1
+    assert same / total > 0.5   # about 0.6 + chance; at random two shapes share a family about a quarter of the time
+
+
+def test_short_answers_without_the_instruction(tmp_path):
+    rows = pools.build_visual_train(scenes.Images(tmp_path, 48, 12), random.Random(2), 600, short_rate=0.6,
+                                    short_prompted=0.5)
+    short = [r for r in rows if r["format"] == "short"]
+    plain = sum(not r["question"].endswith(POPE_PROMPT_SUFFIX) for r in short)
+    assert 0.35 < plain / len(short) < 0.65
+    assert all(len(r["reference"].split()) == 1 for r in short)
+
+
+def test_dev_split_has_its_own_pictures(built):
+    out, counts = built
+    dev, test = out / "benchmarks" / "llava_bench_dev", out / "benchmarks" / "llava_bench"
+    assert counts["llava_bench_dev"] == counts["llava_bench"]
+    assert len(read_jsonl(dev / "questions.jsonl")) == len(read_jsonl(test / "questions.jsonl"))
+    dev_px = {_pixels(p) for p in (dev / "images").iterdir()}
+    assert dev_px and not dev_px & {_pixels(p) for p in (test / "images").iterdir()}
+
+
+def test_text_benchmarks_hold_out_prompts_not_facts(tmp_path):
+    build.build_world_data(tmp_path, seed=1, n_visual_train=20, n_text_train=3000, n_pool=10, n_bench=10,
+                           n_text_bench=200)
+    mt = read_jsonl(tmp_path / "benchmarks" / "mt_bench" / "question.jsonl")
+    train = read_jsonl(tmp_path / "text_train.jsonl")
+    first = {r["turns"][0] for r in train}
+    assert not first & {q["turns"][0] for q in mt}
+    topics = {r.get("topic") for r in train}
+    cities = {k for q in mt if q["category"] == "humanities" for k in q["answer_keys"][:1]}
+    known = {r["answers"][0] for r in train if r["task"] == "facts"}
+    assert len(cities - known) <= 2   # nearly every fact the benchmark asks is taught under another phrasing
+    assert len(topics) > 40

@@ -5,6 +5,11 @@ One function per benchmark (`run_pope`, `run_mmbench`, `run_mmvet`, `run_llava_b
 (question id, the model's answer(s), the judge's raw text and score) and returns rows
 {"model", "benchmark", "metric", "value", "n", "judge"}.
 
+Item-level scoring: `score_records(benchmark, records)` is the one place that turns a benchmark's records into the
+metric functions' inputs; the run_* functions score through it, and so does the bootstrap (mmpref.stats). Records
+the latest scoring used carry "scored": true (`scored_records` reads them back); MMBench records also carry "passes",
+the correctness of each rotation.
+
 Resume: records already in `out_jsonl` for the same model and the same request are reused; an answer graded by a
 different judge is graded again (the answer is kept). Work is appended chunk by chunk, so an interrupted run loses at
 most one chunk. Judge calls of a chunk run in parallel (up to the judge's `max_concurrency`).
@@ -97,9 +102,14 @@ class _Records:
         append_jsonl(self.path, rec)
 
     def finish(self, keys: list[str]) -> list[dict]:
-        """Rewrite the file (current items in order, then untouched records) and return the current records."""
+        """Rewrite the file (current items in order, then untouched records) and return the current records.
+        Current records are marked "scored": true, the untouched ones of this model and benchmark false."""
         current = [self.new.get(k) or self.old[k] for k in keys]
         rest = [r for k, r in self.old.items() if k not in set(keys)]
+        for rec in current:
+            rec["scored"] = True
+        for rec in rest:
+            rec["scored"] = False
         write_jsonl(self.path, current + rest + self.others)
         return current
 
@@ -128,11 +138,13 @@ def _run(
     second_turn: Callable[[Any, str], ChatRequest] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     judge: Any = None,
+    derive: Callable[[Any, list[str]], dict] | None = None,
 ) -> list[dict]:
     """Answer and grade every item (reusing finished records); returns the records in item order.
 
     `requests(item)` gives the item's first-stage requests (one answer each); `second_turn(item, first_answer)` adds
-    a dependent second request (MT-Bench); `grade(item, answers)` returns the judge fields of the record."""
+    a dependent second request (MT-Bench); `grade(item, answers)` returns the judge fields of the record;
+    `derive(item, answers)` returns fields scored by rule, recomputed for every current record (not hashed)."""
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"{benchmark}: duplicate item ids {dup}")
@@ -171,6 +183,10 @@ def _run(
         finish(answered)
     for start in range(0, len(todo_grade), chunk_size):
         finish(todo_grade[start:start + chunk_size])
+    if derive is not None:
+        for item, key in zip(items, keys):
+            rec = store.new.get(key) or store.old[key]
+            rec.update(derive(item, rec["answers"]))
     return store.finish(keys)
 
 
@@ -190,13 +206,7 @@ def run_pope(items: Sequence[loaders.PopeItem], generate: GenerateFn, out_jsonl:
                 model, None, None,
                 lambda it: {"question_id": it.question_id, "split": it.split, "label": it.label},
                 chunk_size=chunk_size)
-    by_split: dict[str, tuple[list[str], list[str]]] = {}
-    for rec in recs:
-        answers, labels = by_split.setdefault(rec["split"], ([], []))
-        answers.append(rec["answers"][0])
-        labels.append(rec["label"])
-    order = [s for s in loaders.POPE_SPLITS if s in by_split] + [s for s in by_split if s not in loaders.POPE_SPLITS]
-    return _rows(model, "pope", metrics.pope_scores({s: by_split[s] for s in order}), RULE_JUDGE)
+    return _rows(model, "pope", score_records("pope", recs), RULE_JUDGE)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -224,12 +234,24 @@ def run_mmbench(items: Sequence[loaders.MMBenchItem], generate: GenerateFn, out_
                 "correct": [letter for _, letter in metrics.mmbench_rotations(it.options, it.answer_index)]}
 
     recs = _run("mmbench", items, [str(it.index) for it in items], requests, generate, out_jsonl, model, None,
-                None, describe, chunk_size=chunk_size)
-    passes = []
-    for it, rec in zip(items, recs):
-        rots = metrics.mmbench_rotations(it.options, it.answer_index)
-        passes.append([metrics.mmbench_match(a, opts) == letter for a, (opts, letter) in zip(rec["answers"], rots)])
-    return _rows(model, "mmbench", metrics.mmbench_scores(passes), RULE_JUDGE)
+                None, describe, chunk_size=chunk_size, derive=lambda it, answers: {"passes": mmbench_passes(it, answers)})
+    return _rows(model, "mmbench", score_records("mmbench", recs), RULE_JUDGE)
+
+
+def mmbench_passes(item: loaders.MMBenchItem, answers: Sequence[str]) -> list[bool]:
+    """Correctness of each rotation's answer (matched by letter, then by option text)."""
+    rots = metrics.mmbench_rotations(item.options, item.answer_index)
+    return [metrics.mmbench_match(a, opts) == letter for a, (opts, letter) in zip(answers, rots)]
+
+
+def add_mmbench_passes(records: Sequence[dict], items: Sequence[loaders.MMBenchItem]) -> list[dict]:
+    """Records written before "passes" was stored, with "passes" computed from the benchmark's items (by key)."""
+    by_key = {str(it.index): it for it in items}
+    missing = sorted({r["key"] for r in records if "passes" not in r and r["key"] not in by_key})
+    if missing:
+        raise ValueError(f"mmbench: records {missing[:5]} have no item in the benchmark data")
+    return [r if "passes" in r else {**r, "passes": mmbench_passes(by_key[r["key"]], r["answers"])}
+            for r in records]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -250,8 +272,7 @@ def run_mmvet(items: Sequence[loaders.MMVetItem], generate: GenerateFn, judge: A
                 lambda it: [ChatRequest(turns=[it.question], image=it.image)], generate, out_jsonl, model, judge_id,
                 grade, lambda it: {"question_id": it.id, "capability": it.capabilities}, chunk_size=chunk_size,
                 judge=judge)
-    return _rows(model, "mmvet", metrics.mmvet_scores([r["score"] for r in recs], [r["capability"] for r in recs]),
-                 judge_id)
+    return _rows(model, "mmvet", score_records("mmvet", recs), judge_id)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -286,8 +307,7 @@ def run_llava_bench(items: Sequence[loaders.LlavaBenchItem], generate: GenerateF
     if unparsed:
         log.warning("llava_bench: %d reviews without two scores on the first line (averaged as -1, like LLaVA)",
                     unparsed)
-    scores = metrics.llava_bench_scores([tuple(r["scores"]) for r in recs], [r["category"] for r in recs])
-    return _rows(model, "llava_bench", scores, judge_id)
+    return _rows(model, "llava_bench", score_records("llava_bench", recs), judge_id)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -363,8 +383,7 @@ def run_mt_bench(items: Sequence[loaders.MTBenchItem], generate: GenerateFn, jud
                 second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
                                                        temperature=temperature(it)),
                 chunk_size=chunk_size, judge=judge)
-    scores = metrics.mt_bench_scores([r["scores"][0] for r in recs], [r["scores"][1] for r in recs])
-    return _rows(model, benchmark, scores, judge_id)
+    return _rows(model, benchmark, score_records(benchmark, recs), judge_id)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -400,7 +419,47 @@ def run_alpaca_eval(items: Sequence[loaders.AlpacaItem], generate: GenerateFn, j
                 model, judge_id, grade, lambda it: {"instruction": it.instruction, "dataset": it.dataset,
                                                     "seed": seed},
                 chunk_size=chunk_size, judge=judge)
-    return _rows(model, "alpaca_eval", metrics.alpaca_win_rate([r["preference"] for r in recs]), judge_id)
+    return _rows(model, "alpaca_eval", score_records("alpaca_eval", recs), judge_id)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item-level scoring
+
+def score_records(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
+    """A benchmark's scores from its per-item records (any subset or resample of them), through the metric functions
+    of mmpref.evaluate.metrics: the run_* functions and the bootstrap both score this way."""
+    if benchmark == "pope":
+        by_split: dict[str, tuple[list[str], list[str]]] = {}
+        for rec in recs:
+            answers, labels = by_split.setdefault(rec["split"], ([], []))
+            answers.append(rec["answers"][0])
+            labels.append(rec["label"])
+        order = [s for s in loaders.POPE_SPLITS if s in by_split] + \
+            [s for s in by_split if s not in loaders.POPE_SPLITS]
+        return metrics.pope_scores({s: by_split[s] for s in order})
+    if benchmark == "mmbench":
+        return metrics.mmbench_scores([r["passes"] for r in recs])
+    if benchmark == "mmvet":
+        return metrics.mmvet_scores([r["score"] for r in recs], [r["capability"] for r in recs])
+    if benchmark == "llava_bench":
+        return metrics.llava_bench_scores([tuple(r["scores"]) for r in recs], [r["category"] for r in recs])
+    if benchmark in ("mt_bench", "mt_bench_noisy"):
+        return metrics.mt_bench_scores([r["scores"][0] for r in recs], [r["scores"][1] for r in recs])
+    if benchmark == "alpaca_eval":
+        return metrics.alpaca_win_rate([r["preference"] for r in recs])
+    raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {BENCHMARKS}")
+
+
+def scored_records(path: str | Path, model: str, benchmark: str) -> list[dict]:
+    """The records of (model, benchmark) in a per-item file that its latest scoring used (in item order); files
+    written before records were marked give all of that model's and benchmark's records. [] when there is no file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    recs = [r for r in read_jsonl(path) if r.get("model") == model and r.get("benchmark") == benchmark]
+    if any("scored" in r for r in recs):
+        recs = [r for r in recs if r.get("scored")]
+    return recs
 
 
 # --------------------------------------------------------------------------------------------------------------

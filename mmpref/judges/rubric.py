@@ -118,11 +118,19 @@ def assess(response: str, key: str | None, reference: str | None) -> Assessment:
 
 
 def rating_1_10(a: Assessment) -> int:
-    """An MT-Bench style 1..10 rating from correctness, coherence and answer form."""
+    """An MT-Bench style 1..10 rating, by the criteria FastChat's judge prompt names (helpfulness, relevance,
+    accuracy, depth, level of detail): a correct answer starts at 5 and earns up to 3 points for answering as fully
+    as the reference does (word overlap: 2 at 0.4, 1 more at 0.7) and 2 for reading clearly (coherence 3 and 4);
+    rambling far past what was asked (verbosity 4) costs one. A wrong answer gets 1, plus partial credit and a point
+    each for clarity and form. So "8." to "What is 3 plus 5?" rates 7, "3 plus 5 is 8." rates 10."""
     if a.correct is None:
         return max(1, min(10, 2 + 2 * a.coherence))
-    base = 6 if a.correct else 1 + round(3 * a.partial)
-    return max(1, min(10, base + round(0.75 * a.coherence) + (a.form >= 0.4)))
+    if a.correct:
+        score = 5 + 2 * (a.form >= 0.4) + (a.form >= 0.7) + (a.coherence >= 3) + (a.coherence >= 4)
+        score -= a.verbosity == 4
+    else:
+        score = 1 + round(2 * a.partial) + (a.coherence >= 3) + (a.form >= 0.4)
+    return max(1, min(10, score))
 
 
 def _explain(a: Assessment, key: str | None) -> str:

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from mmpref.io import write_json, write_jsonl
 from mmpref.world.questions import (QA, _lettered, _mmbench_item, chart_qas, describe_chart, describe_scene,
-                                    absent_objects, scene_negative_qas, scene_positive_qas, scene_qas)
-from mmpref.world.scenes import OBJECTS, Images, Scene
+                                    absent_shapes, scene_negative_qas, scene_positive_qas, scene_qas)
+from mmpref.world.scenes import SHAPES, Images, Scene
 from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS, imperfect_output, sample_text_item
 
 
@@ -26,24 +26,23 @@ def _png_b64(im: Image.Image) -> str:
 
 
 def _pope_questions(scene: Scene, strategy: str, freq: Counter, cooc: Counter, rng: random.Random) -> list[tuple]:
-    """POPE: one "yes" per present object and as many "no" objects chosen by the split's strategy."""
-    present = scene.objects()
-    absent = absent_objects(scene)
+    """POPE: one "yes" per present object (shape category) and as many absent ones, chosen by the split's strategy:
+    at random, the most frequent in the benchmark's pictures, or the ones co-occurring most with the present ones."""
+    present = sorted(scene.shape_types(), key=SHAPES.index)
+    absent = absent_shapes(scene)
+    k = min(len(present), len(absent))
     if strategy == "random":
-        negs = rng.sample(absent, len(present))
+        negs = rng.sample(absent, k)
     elif strategy == "popular":
-        negs = sorted(absent, key=lambda o: (-freq[o], OBJECTS.index(o)))[: len(present)]
+        negs = sorted(absent, key=lambda o: (-freq[o], SHAPES.index(o)))[:k]
     else:
-        # Adversarial: absent objects that co-occur most with the present ones; in this world the confusable ones
-        # share a shape or a colour with a present object (LRV's "existent element manipulation").
-        def score(o):
-            similar = sum(o[0] == p[0] or o[1] == p[1] for p in present)
-            return (-similar, -sum(cooc[frozenset((o, p))] for p in present), OBJECTS.index(o))
-        negs = sorted(absent, key=score)[: len(present)]
-    return [(o, "yes") for o in present] + [(o, "no") for o in negs]
+        negs = sorted(absent, key=lambda o: (-sum(cooc[frozenset((o, p))] for p in present), SHAPES.index(o)))[:k]
+    return [(o, "yes") for o in present[:k]] + [(o, "no") for o in negs]
 
 
 def build_pope(imgs: Images, rng: random.Random, bench: Path, n_per_split: int) -> dict[str, int]:
+    """POPE in its official layout (coco_pope_{random,popular,adversarial}.json: question_id, image, text, label),
+    balanced yes/no, at least n_per_split questions per split."""
     scenes = []
     total = 0
     while total < n_per_split:
@@ -51,15 +50,15 @@ def build_pope(imgs: Images, rng: random.Random, bench: Path, n_per_split: int) 
         name = f"pope_{len(scenes):04d}.png"
         imgs.save(im, f"benchmarks/pope/images/{name}")
         scenes.append((name, scene))
-        total += 2 * len(scene.shapes)
-    freq = Counter(o for _, s in scenes for o in s.objects())
-    cooc = Counter(frozenset((a, b)) for _, s in scenes for a in s.objects() for b in s.objects() if a != b)
+        total += 2 * min(len(scene.shapes), len(absent_shapes(scene)))
+    freq = Counter(o for _, s in scenes for o in s.shape_types())
+    cooc = Counter(frozenset((a, b)) for _, s in scenes for a in s.shape_types() for b in s.shape_types() if a != b)
     counts = {}
     for split in ("random", "popular", "adversarial"):
         rows, qid = [], 1
         for name, scene in scenes:
-            for (c, s), label in _pope_questions(scene, split, freq, cooc, rng):
-                rows.append({"question_id": qid, "image": name, "text": f"Is there a {c} {s} in the image?",
+            for shape, label in _pope_questions(scene, split, freq, cooc, rng):
+                rows.append({"question_id": qid, "image": name, "text": f"Is there a {shape} in the image?",
                              "label": label})
                 qid += 1
         write_jsonl(bench / "pope" / f"coco_pope_{split}.json", rows)
@@ -102,8 +101,10 @@ def build_mmvet(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
     return n
 
 
-def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
-    """LLaVA-Bench (in-the-wild) layout: three questions per picture — conv, detail, complex."""
+def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int, name: str = "llava_bench") -> int:
+    """LLaVA-Bench (in-the-wild) layout in ``bench/name``: three questions per picture — conv, detail, complex.
+    ``name="llava_bench_dev"`` writes the dev split that hyper-parameters are chosen on (other pictures)."""
+    folder = name
     questions, answers, contexts = [], [], []
     i = 0
     while len(questions) < n:
@@ -122,7 +123,7 @@ def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int) -> 
             conv = pos["color"]
             detail = QA("Describe the image in detail.", pos["describe"].answer, caption, "describe")
             complex_ = rng.choice([pos["count"], scene_negative_qas(scene, rng)[-1]])
-        imgs.save(im, f"benchmarks/llava_bench/images/{name}")
+        imgs.save(im, f"benchmarks/{folder}/images/{name}")
         contexts.append({"id": name.removesuffix(".png"), "image": name, "caption": caption})
         for cat, qa in (("conv", conv), ("detail", detail), ("complex", complex_)):
             if len(questions) >= n:
@@ -132,7 +133,7 @@ def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int) -> 
                               "answer_key": qa.answer})
             answers.append({"question_id": qid, "text": qa.reference})
         i += 1
-    d = bench / "llava_bench"
+    d = bench / folder
     write_jsonl(d / "questions.jsonl", questions)
     write_jsonl(d / "answers_gpt4.jsonl", answers)
     write_jsonl(d / "context.jsonl", contexts)
@@ -165,26 +166,38 @@ def build_noise_images(imgs: Images, rng: random.Random, bench: Path) -> int:
 
 
 def build_text_benchmarks(rng: random.Random, bench: Path, n: int) -> tuple[int, int, set[str]]:
-    """MT-Bench (two turns, reference + answer keys) and AlpacaEval (imperfect reference outputs).
+    """MT-Bench (two turns, reference + answer keys) and AlpacaEval (imperfect reference outputs), n of each, the
+    four task kinds in turn.
 
-    Returns the counts and the set of first turns that training must not contain."""
+    No first turn occurs twice, and a fact (``topic``) is asked at most twice over both benchmarks, so its other
+    phrasings stay in training: the benchmarks hold out prompts, not knowledge. Returns the counts and the set of
+    first turns that training must not contain."""
     held: set[str] = set()
-    mt = []
+    topics: Counter = Counter()
     tasks = list(TEXT_TASKS)
+
+    def draw(two_turn: bool, task: str) -> dict:
+        for _ in range(10_000):
+            item = sample_text_item(rng, two_turn=two_turn, task=task)
+            topic = item.get("topic")
+            if item["turns"][0] in held or (topic is not None and topics[topic] >= 2):
+                continue
+            held.add(item["turns"][0])
+            if topic is not None:
+                topics[topic] += 1
+            return item
+        raise ValueError(f"the world's {task} tasks cannot give {n} held-out prompts per text benchmark; lower "
+                         f"world.n_text_bench")
+
+    mt = []
     while len(mt) < n:
-        item = sample_text_item(rng, two_turn=True, task=tasks[len(mt) % len(tasks)])
-        if item["turns"][0] in held:
-            continue
-        held.add(item["turns"][0])
+        item = draw(True, tasks[len(mt) % len(tasks)])
         mt.append({"question_id": 81 + len(mt), "category": MT_BENCH_CATEGORY[item["task"]], "turns": item["turns"],
                    "reference": item["references"], "answer_keys": item["answers"]})
     write_jsonl(bench / "mt_bench" / "question.jsonl", mt)
     alpaca = []
     while len(alpaca) < n:
-        item = sample_text_item(rng, two_turn=False, task=tasks[len(alpaca) % len(tasks)])
-        if item["turns"][0] in held:
-            continue
-        held.add(item["turns"][0])
+        item = draw(False, tasks[len(alpaca) % len(tasks)])
         alpaca.append({"instruction": item["turns"][0], "output": imperfect_output(item, rng),
                        "generator": "text_davinci_003", "dataset": "mini", "answer_key": item["answers"][0],
                        "reference": item["references"][0]})

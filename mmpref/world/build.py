@@ -30,6 +30,7 @@ Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
     benchmarks/mmbench/mmbench_dev.tsv
     benchmarks/mmvet/mm-vet.json + mmvet/images/
     benchmarks/llava_bench/{questions,answers_gpt4,context}.jsonl + llava_bench/images/
+    benchmarks/llava_bench_dev/           the same layout, other pictures: the dev split of the DPO search
     benchmarks/mt_bench/question.jsonl
     benchmarks/alpaca_eval/eval.json
     benchmarks/noise_images/*.png
@@ -50,7 +51,7 @@ from mmpref.io import read_jsonl, sha256_json, write_json, write_jsonl
 from mmpref.world.benchmarks import (build_llava_bench, build_mmbench, build_mmvet, build_noise_images, build_pope,
                                      build_text_benchmarks)
 from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train, build_visual_train
-from mmpref.world.models import train_world_models
+from mmpref.world.models import ALIGN_INSTRUCTION, train_world_models
 from mmpref.world.scenes import Images
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,22 @@ def _rng(seed: int, part: str) -> random.Random:
 
 
 def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_visual_train: int = 3000,
-                     n_text_train: int = 3000, n_pool: int = 400, n_bench: int = 60) -> dict:
+                     n_text_train: int = 3000, n_pool: int = 400, n_bench: int = 60, n_text_bench: int | None = None,
+                     cell: int | None = None, short_share: float = 0.15, mc_share: float = 0.10,
+                     short_prompted: float = 1.0) -> dict:
     """Write the whole miniature world's data into out_dir (layout in the module docstring); return counts.
 
-    ``n_pool`` records per pool source; ``n_bench`` items per benchmark (POPE: at least n_bench questions per split,
-    balanced yes/no). The generated sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir
-    is touched.
+    ``n_pool`` records per pool source; ``n_bench`` items per visual benchmark (POPE: at least n_bench questions per
+    split, balanced yes/no); ``n_text_bench`` MT-Bench questions and AlpacaEval instructions (default n_bench).
+    ``cell``: scenes put every shape inside one cell of that many pixels (the tower's patch size). ``short_share`` and
+    ``mc_share``: shares of the visual instruction-tuning rows in LLaVA-1.5's short-answer and multiple-choice
+    formats, ``short_prompted`` the share of short-answer rows that carry its format instruction. The generated sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir is touched.
     """
+    n_text_bench = n_bench if n_text_bench is None else n_text_bench
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
     for name, value in (("n_visual_train", n_visual_train), ("n_text_train", n_text_train), ("n_pool", n_pool),
-                        ("n_bench", n_bench)):
+                        ("n_bench", n_bench), ("n_text_bench", n_text_bench)):
         if value < 1:
             raise ValueError(f"{name} must be positive, got {value}")
     start = time.perf_counter()
@@ -83,15 +89,18 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     for sub in ("images", "pools", "benchmarks"):
         shutil.rmtree(out / sub, ignore_errors=True)
     bench = out / "benchmarks"
-    imgs = Images(out, image_size)
+    imgs = Images(out, image_size, cell)
     counts: dict = {}
 
     # Benchmarks first, so the held-out text prompts are known before the training text is drawn.
-    counts["mt_bench"], counts["alpaca_eval"], held = build_text_benchmarks(_rng(seed, "text-bench"), bench, n_bench)
+    counts["mt_bench"], counts["alpaca_eval"], held = build_text_benchmarks(_rng(seed, "text-bench"), bench,
+                                                                            n_text_bench)
     counts.update(build_pope(imgs, _rng(seed, "pope"), bench, n_bench))
     counts["mmbench"] = build_mmbench(imgs, _rng(seed, "mmbench"), bench, n_bench)
     counts["mmvet"] = build_mmvet(imgs, _rng(seed, "mmvet"), bench, n_bench)
     counts["llava_bench"] = build_llava_bench(imgs, _rng(seed, "llava_bench"), bench, n_bench)
+    counts["llava_bench_dev"] = build_llava_bench(imgs, _rng(seed, "llava_bench_dev"), bench, n_bench,
+                                                  name="llava_bench_dev")
     counts["noise_images"] = build_noise_images(imgs, _rng(seed, "noise"), bench)
 
     sci = build_scigraphqa_pool(imgs, _rng(seed, "pool-scigraphqa"), n_pool)
@@ -101,7 +110,8 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     counts["pool_scigraphqa"], counts["pool_lrv"] = len(sci), len(lrv)
     counts["pool_lrv_negative"] = sum(r["task"] == "negative" for r in lrv)
 
-    visual = build_visual_train(imgs, _rng(seed, "visual-train"), n_visual_train)
+    visual = build_visual_train(imgs, _rng(seed, "visual-train"), n_visual_train, short_rate=short_share,
+                                mc_rate=mc_share, short_prompted=short_prompted)
     write_jsonl(out / "visual_train.jsonl", visual)
     write_jsonl(out / "image_tags.jsonl", imgs.tags)
     text = build_text_train(_rng(seed, "text-train"), n_text_train, held)
@@ -122,6 +132,10 @@ def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
     """Every text the world contains (training files, pools, benchmarks) — what the tiny tokenizer is trained on."""
     out = Path(out_dir)
     yield STEERLM_TEXT
+    yield ALIGN_INSTRUCTION
+    for r in read_jsonl(out / "image_tags.jsonl"):
+        if r.get("caption"):
+            yield r["caption"]
     # Training conversations as the chat template renders them, so the role words become tokens of their own.
     for r in read_jsonl(out / "visual_train.jsonl"):
         yield f"USER: {r['question']} ASSISTANT: {r['reference']}"
@@ -173,6 +187,10 @@ def build_world(world_dir: Path, world_params, seed: int) -> dict:
     counts = build_world_data(
         world_dir, seed=seed, image_size=world_params.image_size, n_visual_train=world_params.n_visual_train,
         n_text_train=world_params.n_text_train, n_pool=world_params.n_pool, n_bench=world_params.n_bench,
+        n_text_bench=world_params.n_text_bench,
+        cell=world_params.vision.patch_size if world_params.objects_on_patches else None,
+        short_share=world_params.short_share, mc_share=world_params.mc_share,
+        short_prompted=world_params.short_prompted,
     )
     timings["data_seconds"] = round(time.time() - start, 1)
     start = time.time()

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # (mmpref/families.py). The same template renders text-only turns, so the base LM and the VLM share it.
 LLAVA_CHAT_TEMPLATE = vicuna_v1_template(None)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+ALIGN_INSTRUCTION = "Describe the image briefly."  # one of LLaVA's stage-1 caption instructions
 
 
 
@@ -168,8 +169,9 @@ def _collate(batch: list[dict], pad_id: int) -> dict:
         labels[i, :n] = torch.tensor(b["labels"])
         mask[i, :n] = 1
     out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
-    if "pixel_values" in batch[0]:
-        out["pixel_values"] = torch.stack([b["pixel_values"] for b in batch])
+    pictures = [b["pixel_values"] for b in batch if "pixel_values" in b]  # text-only rows of a mixture have none
+    if pictures:
+        out["pixel_values"] = torch.stack(pictures)
     return out
 
 
@@ -258,9 +260,11 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
     """Build the miniature world's checkpoints: tokenizer, base LM ("Vicuna") and visually tuned LLaVA.
 
     The base LM learns the text tasks. The tiny LLaVA starts from that LM, adds a CLIP-architecture tower and a
-    projector, and is instruction-tuned on visual data only, with the whole LM trainable, as LLaVA-1.5's second
-    stage does; its tower is first pretrained on the pictures' tags (`pretrain_vision_tower`) and then frozen, as
-    LLaVA-1.5 keeps CLIP frozen. Both are saved with `save_pretrained` to `world/base-lm` and `world/vit`.
+    projector, and is instruction-tuned with the whole LM trainable, as LLaVA-1.5's second stage does, on the visual
+    rows mixed with a ``world.text_share`` of text-only conversations drawn from the base LM's own data (LLaVA-1.5's
+    40K ShareGPT conversations); its tower is first pretrained on the pictures' tags (`pretrain_vision_tower`) and
+    then frozen, as LLaVA-1.5 keeps CLIP frozen. Both are saved with `save_pretrained` to `world/base-lm` and
+    `world/vit`.
     """
     from PIL import Image
 
@@ -289,16 +293,33 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
         world.vision_pretrain_steps, world.vision_pretrain_lr, 2 * world.batch_size, seed + 2,
     )
     vlm.model.vision_tower.requires_grad_(False)
+    # LLaVA-1.5's stage 1 (feature alignment): only the projector learns, on brief image-caption pairs.
+    align_losses: list[float] = []
+    if world.align_steps:
+        captioned = [r for r in tag_rows if r.get("caption")]
+        align_examples = [encode_text_with_image(processor, ALIGN_INSTRUCTION, r["caption"], pixels(r["image"]), max_len)
+                          for r in captioned]
+        vlm.model.language_model.requires_grad_(False)
+        vlm.lm_head.requires_grad_(False)
+        align_losses = train_from_scratch(vlm, align_examples, tokenizer.pad_token_id,
+                                          world.align_steps * world.batch_size / len(align_examples), world.align_lr,
+                                          world.batch_size, seed + 4, desc="projector alignment on captions")
+        vlm.model.language_model.requires_grad_(True)
+        vlm.lm_head.requires_grad_(True)
     visual_examples = [encode_text_with_image(processor, r["question"], r["reference"], pixels(r["image"]), max_len)
                        for r in visual_rows]
-    vit_losses = train_from_scratch(vlm, visual_examples, tokenizer.pad_token_id, world.vit_epochs, world.vit_lr,
-                                    world.batch_size, seed + 1, desc="visual instruction tuning")
+    n_text_mix = round(len(visual_examples) * world.text_share / (1 - world.text_share))
+    mix_rng = random.Random(seed + 3)
+    text_mix = [text_examples[i] for i in mix_rng.sample(range(len(text_examples)), min(n_text_mix, len(text_examples)))]
+    vit_losses = train_from_scratch(vlm, visual_examples + text_mix, tokenizer.pad_token_id, world.vit_epochs,
+                                    world.vit_lr, world.batch_size, seed + 1, desc="visual instruction tuning")
     vlm.save_pretrained(world_dir / "vit")
     processor.save_pretrained(world_dir / "vit")
     return {"vocab": len(tokenizer), "base_lm_params": sum(p.numel() for p in base.parameters()),
             "vit_params": sum(p.numel() for p in vlm.parameters()), "lm_losses": lm_losses, "vit_losses": vit_losses,
-            "tower_losses": tower_losses,
-            "text_examples": len(text_examples), "visual_examples": len(visual_examples)}
+            "tower_losses": tower_losses, "align_losses": align_losses,
+            "text_examples": len(text_examples), "visual_examples": len(visual_examples),
+            "text_examples_in_visual_mixture": len(text_mix)}
 
 
 def encode_text_with_image(processor, question: str, answer: str, pixel_values, max_length: int) -> dict:

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import random
 
-from mmpref.evaluate.benchmarks import mmbench_prompt
-from mmpref.world.questions import (QA, _lettered, _mmbench_item, chart_qas, describe_chart, image_tags,
-                                    scene_qas, short_answer_qas)
+from mmpref.evaluate.benchmarks import POPE_PROMPT_SUFFIX, mmbench_prompt
+from mmpref.world.questions import (QA, _lettered, _mmbench_item, caption, chart_qas, chart_short_qas,
+                                    describe_chart, image_tags, scene_qas, short_answer_qas)
 from mmpref.world.scenes import Images
 from mmpref.world.text_tasks import sample_text_item
 
 
 def build_visual_train(imgs: Images, rng: random.Random, n: int, per_image: int = 3, negative_rate: float = 0.25,
-                       short_rate: float = 0.15, mc_rate: float = 0.10) -> list[dict]:
+                       short_rate: float = 0.15, mc_rate: float = 0.10, short_prompted: float = 1.0) -> list[dict]:
     """Visual instruction-tuning data, n rows in random order, in three formats (the "format" field):
 
     - "open" (the rest): half charts, half scenes, per_image free-form questions per picture;
-    - "short" (round(n * short_rate) rows): LLaVA-1.5's VQAv2/GQA-style items — a yes/no presence (balanced),
-      colour or count question with the POPE suffix, answered by a single word; per_image questions per scene;
+    - "short" (round(n * short_rate) rows): LLaVA-1.5's VQAv2/GQA-style items with its suffix ("Answer the question
+      using a single word or phrase."), answered by a single word: two scenes in three (a yes/no presence question,
+      balanced, a colour or a count) and one chart in three (a value, the tallest bar, the trend, ...); per_image
+      questions per picture; a share ``1 - short_prompted`` of them come without the suffix, as VQA data did before
+      LLaVA-1.5 added it (InstructBLIP-style short answers to plain questions, which teach a model to answer
+      tersely where no short answer was asked for);
     - "multiple_choice" (round(n * mc_rate) rows): A-OKVQA-style items built like the MMBench benchmark's, rendered
       with the evaluation's ``mmbench_prompt``; reference and answer key are the option letter. One per picture.
     """
@@ -42,15 +46,23 @@ def build_visual_train(imgs: Images, rng: random.Random, n: int, per_image: int 
             scene, im = imgs.scene(rng)
             qas = scene_qas(scene, rng, per_image, negative_rate)
             source = "scene"
-        rel = imgs.save(im, f"images/{source}_{i:05d}.png", tags=image_tags(chart if source == "chart" else scene))
+        picture = chart if source == "chart" else scene
+        rel = imgs.save(im, f"images/{source}_{i:05d}.png", tags=image_tags(picture), caption=caption(picture))
         rows.extend(row(rel, qa, source, "open") for qa in qas[: n_open - len(rows)])
         i += 1
     i = 0
     while len(rows) < n_open + n_short:
-        scene, im = imgs.scene(rng)
-        rel = imgs.save(im, f"images/short_{i:05d}.png", tags=image_tags(scene))
-        qas = short_answer_qas(scene, rng)[:per_image]
-        rows.extend(row(rel, qa, "scene", "short") for qa in qas[: n_open + n_short - len(rows)])
+        if i % 3 == 2:
+            chart, im = imgs.chart(rng)
+            picture, source, qas = chart, "chart", chart_short_qas(chart, rng)[:per_image]
+        else:
+            scene, im = imgs.scene(rng)
+            picture, source, qas = scene, "scene", short_answer_qas(scene, rng)[:per_image]
+        rel = imgs.save(im, f"images/short_{i:05d}.png", tags=image_tags(picture), caption=caption(picture))
+        for qa in qas:
+            if rng.random() >= short_prompted:
+                qa.question = qa.question.removesuffix(POPE_PROMPT_SUFFIX)
+        rows.extend(row(rel, qa, source, "short") for qa in qas[: n_open + n_short - len(rows)])
         i += 1
     for i in range(n_mc):
         item = _mmbench_item(rng, imgs)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmpref.evaluate.benchmarks import POPE_PROMPT_SUFFIX
-from mmpref.world.scenes import COLORS, OBJECTS, SHAPES, Chart, Images, Scene
+from mmpref.world.scenes import COLORS, SHAPE_FAMILIES, SHAPES, Chart, Images, Scene
 
 
 @dataclass
@@ -19,6 +19,15 @@ class QA:
     reference: str            # house-style sentence
     qtype: str
     negative: bool = False
+
+
+def caption(picture: Chart | Scene) -> str:
+    """A brief caption naming everything the picture shows (LLaVA's stage-1 image-caption pairs): the objects of a
+    scene, or a chart's kind and values."""
+    if isinstance(picture, Scene):
+        return describe_scene(picture)
+    v = [str(x) for x in picture.values]
+    return f"This is a {picture.kind} chart with the values {', '.join(v[:-1])} and {v[-1]}."
 
 
 def image_tags(picture: Chart | Scene) -> list[str]:
@@ -82,46 +91,58 @@ def chart_qas(chart: Chart, rng: random.Random) -> list[QA]:
     return qs
 
 
-EXIST_Q = ["Is there a {c} {s} in the image?", "Can you see a {c} {s} in the picture?", "Does the image contain a {c} {s}?"]
+EXIST_Q = ["Is there a {s} in the image?", "Can you see a {s} in the picture?", "Does the image contain a {s}?"]
+ATTR_EXIST_Q = ["Is there a {c} {s} in the image?", "Can you see a {c} {s} in the picture?"]
 COLOR_Q = ["What color is the {s}?", "What is the color of the {s}?", "Which color does the {s} have?"]
 COUNT_Q = ["How many shapes are there?", "How many shapes are in the image?", "Count the shapes in the image."]
 DESCRIBE_Q = ["Describe the image.", "What is in the image?"]
 
 
-def exist_qa(color: str, shape: str, present: bool, rng: random.Random) -> QA:
-    q = rng.choice(EXIST_Q).format(c=color, s=shape)
+def exist_qa(shape: str, present: bool, rng: random.Random) -> QA:
+    """Is an object (a shape category) in the picture? POPE's question."""
+    q = rng.choice(EXIST_Q).format(s=shape)
     if present:
-        return QA(q, "yes", f"Yes, there is a {color} {shape}.", "exist")
-    return QA(q, "no", f"No, there is no {color} {shape}.", "exist_absent", negative=True)
+        return QA(q, "yes", f"Yes, there is a {shape} in the image.", "exist")
+    return QA(q, "no", f"No, there is no {shape} in the image.", "exist_absent", negative=True)
+
+
+def absent_shapes(scene: Scene) -> list[str]:
+    return [s for s in SHAPES if s not in scene.shape_types()]
+
+
+def cooccurring_absent(scene: Scene) -> list[str]:
+    """Absent shapes of the present shapes' families: the ones a model that guesses from context would claim."""
+    present = scene.shape_types()
+    kin = {t for f in SHAPE_FAMILIES if present & set(f) for t in f}
+    return [s for s in absent_shapes(scene) if s in kin]
 
 
 def scene_positive_qas(scene: Scene, rng: random.Random) -> list[QA]:
     s = rng.choice(scene.shapes)
     n = len(scene.shapes)
     return [
-        exist_qa(s.color, s.shape, True, rng),
+        exist_qa(s.shape, True, rng),
         QA(rng.choice(COLOR_Q).format(s=s.shape), s.color, f"The {s.shape} is {s.color}.", "color"),
         QA(rng.choice(COUNT_Q), str(n), _shapes_sentence(n), "count"),
         QA(rng.choice(DESCRIBE_Q), " ".join(scene.objects()[0]), describe_scene(scene), "describe"),
     ]
 
 
-def absent_objects(scene: Scene) -> list[tuple[str, str]]:
-    return [o for o in OBJECTS if not scene.has(*o)]
-
-
 def scene_negative_qas(scene: Scene, rng: random.Random) -> list[QA]:
-    """Questions about absent objects: a nonexistent object, a present shape in another colour (LRV's existent
-    element manipulation), and the colour of a shape type that is not there."""
-    absent = absent_objects(scene)
-    out = [exist_qa(*rng.choice(absent), False, rng)]
-    manipulated = [o for o in absent if o[1] in scene.shape_types()]
-    if manipulated:
-        out.append(exist_qa(*rng.choice(manipulated), False, rng))
-    missing = [s for s in SHAPES if s not in scene.shape_types()]
+    """Questions about absent objects: a nonexistent shape (a co-occurring one when there is), a present shape in
+    another colour (LRV's existent element manipulation), and the colour of a shape that is not there."""
+    missing = absent_shapes(scene)
+    out = []
     if missing:
-        s = rng.choice(missing)
-        out.append(QA(rng.choice(COLOR_Q).format(s=s), "absent", f"There is no {s} in the image.", "color_absent",
+        kin = cooccurring_absent(scene)
+        out.append(exist_qa(rng.choice(kin if kin and rng.random() < 0.5 else missing), False, rng))
+    s = rng.choice(scene.shapes)
+    other = rng.choice([c for c in COLORS if c != s.color])
+    out.append(QA(rng.choice(ATTR_EXIST_Q).format(c=other, s=s.shape), "no",
+                  f"No, the {s.shape} is {s.color}, not {other}.", "attr_absent", negative=True))
+    if missing:
+        m = rng.choice(missing)
+        out.append(QA(rng.choice(COLOR_Q).format(s=m), "absent", f"There is no {m} in the image.", "color_absent",
                       negative=True))
     return out
 
@@ -142,22 +163,34 @@ def scene_qas(scene: Scene, rng: random.Random, k: int, negative_rate: float) ->
 
 def short_answer_qas(scene: Scene, rng: random.Random) -> list[QA]:
     """VQAv2/GQA-style short-answer questions for a scene, in random order: a present object (yes), an absent one
-    (no; half the time a present shape in another colour, like POPE's adversarial split), a colour and a count.
-    The question carries the evaluation's POPE suffix; the reference is the single word ("Yes", "No", "Red", "3")."""
+    (no; half the time one that co-occurs with the present ones, like POPE's adversarial split), a colour and a
+    count. The question carries the evaluation's POPE suffix; the reference is the single word ("Yes", "No", "Red",
+    "3")."""
     s = rng.choice(scene.shapes)
-    absent = absent_objects(scene)
-    manipulated = [o for o in absent if o[1] in scene.shape_types()]
-    c_no, s_no = rng.choice(manipulated if manipulated and rng.random() < 0.5 else absent)
+    missing, kin = absent_shapes(scene), cooccurring_absent(scene)
     n = len(scene.shapes)
     qas = [
-        QA(rng.choice(EXIST_Q).format(c=s.color, s=s.shape), "yes", "Yes", "exist"),
-        QA(rng.choice(EXIST_Q).format(c=c_no, s=s_no), "no", "No", "exist_absent", negative=True),
+        QA(rng.choice(EXIST_Q).format(s=s.shape), "yes", "Yes", "exist"),
         QA(rng.choice(COLOR_Q).format(s=s.shape), s.color, s.color.capitalize(), "color"),
         QA(rng.choice(COUNT_Q), str(n), str(n), "count"),
     ]
+    if missing:
+        no = rng.choice(kin if kin and rng.random() < 0.5 else missing)
+        qas.append(QA(rng.choice(EXIST_Q).format(s=no), "no", "No", "exist_absent", negative=True))
     rng.shuffle(qas)
     for qa in qas:
         qa.question += POPE_PROMPT_SUFFIX
+    return qas
+
+
+def chart_short_qas(chart: Chart, rng: random.Random) -> list[QA]:
+    """DVQA/ChartQA-style short-answer questions for a chart, in random order: the chart's free-form questions
+    (all but "describe") with the POPE suffix, answered by the key alone ("7", "Up", "3")."""
+    qas = [q for q in chart_qas(chart, rng) if q.qtype != "chart_describe"]
+    rng.shuffle(qas)
+    for qa in qas:
+        qa.question += POPE_PROMPT_SUFFIX
+        qa.reference = qa.answer.capitalize()
     return qas
 
 
@@ -202,9 +235,9 @@ def _mmbench_item(rng: random.Random, imgs: Images) -> McItem:
         opts = [str(n)] + rng.sample([str(x) for x in range(1, 5) if x != n], rng.choice([1, 2, 3]))
         return McItem(im, "How many shapes are there?", str(n), opts, "object_localization",
                       "finegrained_perception (instance-level)", "scene")
-    present = rng.random() < 0.5
-    obj = rng.choice(scene.objects()) if present else rng.choice(absent_objects(scene))
-    return McItem(im, f"Is there a {obj[0]} {obj[1]} in the image?", "yes" if present else "no", ["yes", "no"],
+    present = rng.random() < 0.5 or not absent_shapes(scene)
+    shape = rng.choice(sorted(scene.shape_types())) if present else rng.choice(absent_shapes(scene))
+    return McItem(im, f"Is there a {shape} in the image?", "yes" if present else "no", ["yes", "no"],
                   "image_scene", "coarse_perception", "scene")
 
 

@@ -19,9 +19,13 @@ COLORS: dict[str, tuple[int, int, int]] = {
 }
 # Non-uniform frequencies so POPE's "popular" split (most frequent objects) means something.
 COLOR_WEIGHTS = [0.4, 0.25, 0.2, 0.15]
-SHAPES = ["circle", "square", "triangle"]
-SHAPE_WEIGHTS = [0.4, 0.35, 0.25]
-OBJECTS = [(c, s) for c in COLORS for s in SHAPES]
+# The objects of a scene are shape categories (POPE asks about object categories, as COCO's "dog" or "car"), each
+# drawn in one colour (an attribute, as LRV's "a red car"). Non-uniform frequencies give POPE's "popular" split its
+# meaning; families of shapes that tend to appear together give its "adversarial" (co-occurrence) split.
+SHAPES = ["circle", "square", "triangle", "diamond", "cross", "ring", "star"]
+SHAPE_WEIGHTS = [0.22, 0.18, 0.16, 0.13, 0.12, 0.1, 0.09]
+SHAPE_FAMILIES = [("circle", "ring"), ("square", "cross"), ("triangle", "diamond", "star")]
+SAME_FAMILY_PROB = 0.6
 
 CHART_COLORS = [(40, 90, 200), (200, 60, 40), (40, 150, 70), (230, 130, 20), (130, 60, 170)]
 GRID = (225, 225, 225)
@@ -125,18 +129,48 @@ def _weighted_distinct(rng: random.Random, items: list[str], weights: list[float
     return out
 
 
-def sample_scene(rng: random.Random, size: int, n_shapes: int | None = None) -> Scene:
-    """1–3 non-overlapping shapes of distinct types (so "the square" is unambiguous), colours drawn by weight."""
+def _scene_types(rng: random.Random, n: int) -> list[str]:
+    """n distinct shape categories: the first by frequency, each next one from the first one's family with
+    probability SAME_FAMILY_PROB (while the family has one left), else by frequency among the rest."""
+    types = _weighted_distinct(rng, SHAPES, SHAPE_WEIGHTS, 1)
+    family = next(f for f in SHAPE_FAMILIES if types[0] in f)
+    while len(types) < n:
+        kin = [t for t in family if t not in types]
+        if kin and rng.random() < SAME_FAMILY_PROB:
+            types.append(rng.choice(kin))
+        else:
+            rest = [t for t in SHAPES if t not in types]
+            types += _weighted_distinct(rng, rest, [SHAPE_WEIGHTS[SHAPES.index(t)] for t in rest], 1)
+    return types
+
+
+def sample_scene(rng: random.Random, size: int, n_shapes: int | None = None, cell: int | None = None) -> Scene:
+    """1–3 non-overlapping shapes of distinct categories (so "the square" is unambiguous), colours drawn by weight.
+
+    With ``cell`` (the vision tower's patch size), every shape sits inside one patch cell of the picture, centred up
+    to a pixel of jitter, at most one shape per cell: each object is then seen whole by one image token, as a CLIP
+    patch sees a part of a photo. Without it, shapes go anywhere (and may straddle patches)."""
     n = n_shapes or rng.choices([1, 2, 3], weights=[0.3, 0.4, 0.3])[0]
+    colour = lambda: rng.choices(list(COLORS), weights=COLOR_WEIGHTS)[0]  # noqa: E731
+    if cell is not None:
+        grid = size // cell
+        if grid * grid < n:
+            raise ValueError(f"a {size}px picture has {grid * grid} cells of {cell}px, fewer than {n} shapes")
+        r = max(2, round(cell * 0.38))
+        cells = rng.sample(range(grid * grid), n)
+        shapes = [Shape(colour(), t, (c % grid) * cell + cell // 2 + rng.randint(-1, 0),
+                        (c // grid) * cell + cell // 2 + rng.randint(-1, 0), r)
+                  for t, c in zip(_scene_types(rng, n), cells)]
+        return Scene(sorted(shapes, key=lambda s: (s.cx, s.cy)))
     r = max(3, round(size * 0.12))
     while True:
-        types = _weighted_distinct(rng, SHAPES, SHAPE_WEIGHTS, n)
+        types = _scene_types(rng, n)
         shapes: list[Shape] = []
         for t in types:
             for _ in range(200):
                 cx, cy = rng.randint(r + 1, size - r - 2), rng.randint(r + 1, size - r - 2)
                 if all(abs(cx - s.cx) > 2 * r + 2 or abs(cy - s.cy) > 2 * r + 2 for s in shapes):
-                    shapes.append(Shape(rng.choices(list(COLORS), weights=COLOR_WEIGHTS)[0], t, cx, cy, r))
+                    shapes.append(Shape(colour(), t, cx, cy, r))
                     break
         if len(shapes) == n:
             return Scene(sorted(shapes, key=lambda s: (s.cx, s.cy)))
@@ -146,22 +180,35 @@ def draw_scene(scene: Scene, size: int) -> Image.Image:
     im = Image.new("RGB", (size, size), "white")
     d = ImageDraw.Draw(im)
     for s in scene.shapes:
-        box = [s.cx - s.r, s.cy - s.r, s.cx + s.r, s.cy + s.r]
+        x, y, r = s.cx, s.cy, s.r
+        box = [x - r, y - r, x + r, y + r]
         fill = COLORS[s.color]
         if s.shape == "circle":
             d.ellipse(box, fill=fill)
+        elif s.shape == "ring":
+            d.ellipse(box, outline=fill, width=max(1, r // 2))
         elif s.shape == "square":
             d.rectangle(box, fill=fill)
+        elif s.shape == "cross":
+            w = max(1, r // 2)
+            d.rectangle([x - r, y - w, x + r, y + w], fill=fill)
+            d.rectangle([x - w, y - r, x + w, y + r], fill=fill)
+        elif s.shape == "diamond":
+            d.polygon([(x, y - r), (x + r, y), (x, y + r), (x - r, y)], fill=fill)
+        elif s.shape == "star":
+            k = max(1, r // 3)
+            d.polygon([(x, y - r), (x + k, y - k), (x + r, y), (x + k, y + k), (x, y + r), (x - k, y + k), (x - r, y),
+                       (x - k, y - k)], fill=fill)
         else:
-            d.polygon([(s.cx, s.cy - s.r), (s.cx - s.r, s.cy + s.r), (s.cx + s.r, s.cy + s.r)], fill=fill)
+            d.polygon([(x, y - r), (x - r, y + r), (x + r, y + r)], fill=fill)
     return im
 
 
 class Images:
     """Draws pictures whose pixel content is unique across the whole world (the held-out guarantee)."""
 
-    def __init__(self, out_dir: Path, size: int):
-        self.out_dir, self.size = out_dir, size
+    def __init__(self, out_dir: Path, size: int, cell: int | None = None):
+        self.out_dir, self.size, self.cell = out_dir, size, cell
         self.seen: set[str] = set()
         self.written = 0
         self.draw_seconds = 0.0
@@ -186,7 +233,7 @@ class Images:
     def scene(self, rng: random.Random, n_shapes: int | None = None) -> tuple[Scene, Image.Image]:
         while True:
             t = time.perf_counter()
-            scene = sample_scene(rng, self.size, n_shapes)
+            scene = sample_scene(rng, self.size, n_shapes, self.cell)
             im = draw_scene(scene, self.size)
             self.draw_seconds += time.perf_counter() - t
             if self._claim(im):
@@ -195,10 +242,11 @@ class Images:
     def unique(self, im: Image.Image) -> bool:
         return self._claim(im)
 
-    def save(self, im: Image.Image, rel: str, tags: list[str] | None = None) -> str:
-        """Write the picture under out_dir; `tags` (see image_tags) are kept in self.tags for the tower's pretraining."""
+    def save(self, im: Image.Image, rel: str, tags: list[str] | None = None, caption: str | None = None) -> str:
+        """Write the picture under out_dir; `tags` (see image_tags) and `caption` are kept in self.tags for the
+        tower's pretraining and the projector's alignment."""
         if tags is not None:
-            self.tags.append({"image": rel, "tags": tags})
+            self.tags.append({"image": rel, "tags": tags, "caption": caption})
         t = time.perf_counter()
         path = self.out_dir / rel
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,9 +10,15 @@ WORDS = ["cat", "dog", "sun", "tree", "bird", "fish", "book", "lamp", "rain", "s
 CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo",
             "China": "Beijing", "Egypt": "Cairo", "Russia": "Moscow", "Greece": "Athens", "Peru": "Lima",
             "Kenya": "Nairobi", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw", "Cuba": "Havana",
-            "Chile": "Santiago", "Austria": "Vienna", "Ireland": "Dublin", "Portugal": "Lisbon", "Canada": "Ottawa"}
+            "Chile": "Santiago", "Austria": "Vienna", "Ireland": "Dublin", "Portugal": "Lisbon", "Canada": "Ottawa",
+            "Brazil": "Brasilia", "India": "Delhi", "Mexico": "Mexico City", "Turkey": "Ankara", "Iran": "Tehran",
+            "Ghana": "Accra", "Finland": "Helsinki", "Hungary": "Budapest", "Belgium": "Brussels", "Denmark": "Copenhagen"}
 SOUNDS = {"dog": "woof", "cat": "meow", "cow": "moo", "duck": "quack", "sheep": "baa", "lion": "roar",
           "owl": "hoot", "pig": "oink", "horse": "neigh", "snake": "hiss"}
+OPPOSITES = {"hot": "cold", "big": "small", "fast": "slow", "up": "down", "old": "new", "wet": "dry", "dark": "light",
+             "hard": "soft", "long": "short", "early": "late", "full": "empty", "loud": "quiet", "rich": "poor",
+             "happy": "sad", "open": "closed", "high": "low", "thick": "thin", "strong": "weak", "near": "far",
+             "clean": "dirty"}
 
 # The SteerLM attribute suffix (DESIGN.md) is part of later prompts: give the tokenizer a chance to learn it.
 
@@ -120,36 +126,60 @@ def task_list(rng: random.Random, two_turn: bool) -> dict:
     return {"turns": turns, "references": refs, "answers": keys, "task": "list"}
 
 
+CAPITAL_Q = ["What is the capital of {c}?", "Which city is the capital of {c}?", "Name the capital of {c}.",
+             "Tell me the capital of {c}.", "What city is the capital of {c}?"]
+SOUND_Q = ["What sound does a {a} make?", "Which sound does a {a} make?", "What noise does a {a} make?",
+           "Tell me the sound a {a} makes.", "What does a {a} say?"]
+OPPOSITE_Q = ["What is the opposite of {w}?", "Give the opposite of {w}.", "Which word means the opposite of {w}?",
+              "Name the opposite of {w}.", "What word is the opposite of {w}?"]
+
+
 def task_facts(rng: random.Random, two_turn: bool) -> dict:
-    one_word = rng.random() < 0.4
-    if rng.random() < 0.6:
+    """A fact question (capital, animal sound, opposite word); ``topic`` names the fact, so held-out benchmark
+    prompts can leave every fact in training under other phrasings."""
+    one_word = rng.random() < 0.3
+    u = rng.random()
+    if u < 0.5:
         country = rng.choice(list(CAPITALS))
         city = CAPITALS[country]
+        topic = f"capital:{country}"
         if one_word:
             q, ref = f"Answer in one word: what is the capital of {country}?", f"{city}."
         else:
-            q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
-                            "Name the capital of {c}."]).format(c=country)
+            q = rng.choice(CAPITAL_Q).format(c=country)
             ref = f"The capital of {country} is {city}."
         key = city
         follow = rng.choice([("Now spell that city in capitals.", city.upper(),
                               f"The word {city} in capitals is {city.upper()}."),
                              ("Now give the first letter of that city.", city[0],
                               f"The first letter of {city} is {city[0]}.")])
-    else:
+    elif u < 0.75:
         animal = rng.choice(list(SOUNDS))
         sound = SOUNDS[animal]
+        topic = f"sound:{animal}"
         if one_word:
             q, ref = f"Answer in one word: what sound does a {animal} make?", f"{sound.capitalize()}."
         else:
-            q = rng.choice(["What sound does a {a} make?", "Which sound does a {a} make?"]).format(a=animal)
+            q = rng.choice(SOUND_Q).format(a=animal)
             ref = f"A {animal} says {sound}."
         key = sound
         follow = ("Now reverse that word.", sound[::-1], f"The word {sound} reversed is {sound[::-1]}.")
+    else:
+        word = rng.choice(list(OPPOSITES))
+        opposite = OPPOSITES[word]
+        topic = f"opposite:{word}"
+        if one_word:
+            q, ref = f"Answer in one word: what is the opposite of {word}?", f"{opposite.capitalize()}."
+        else:
+            q = rng.choice(OPPOSITE_Q).format(w=word)
+            ref = f"The opposite of {word} is {opposite}."
+        key = opposite
+        follow = ("Now spell that word in capitals.", opposite.upper(),
+                  f"The word {opposite} in capitals is {opposite.upper()}.")
     turns, refs, keys = [q], [ref], [key]
     if two_turn:
         turns, keys, refs = turns + [follow[0]], keys + [follow[1]], refs + [follow[2]]
-    return {"turns": turns, "references": refs, "answers": keys, "task": "facts"}
+    return {"turns": turns, "references": refs, "answers": keys, "task": "facts", "topic": topic}
 
 
 TEXT_TASKS = {"arithmetic": task_arithmetic, "word": task_word, "list": task_list, "facts": task_facts}
@@ -185,6 +215,9 @@ def _wrong_reference(item: dict, rng: random.Random) -> str:
         return _replace_last(ref, key, wrong)
     if key in CAPITALS.values():
         return _replace_last(ref, key, rng.choice([c for c in CAPITALS.values() if c != key]))
+    if key in OPPOSITES.values():
+        return _replace_last(ref, key.capitalize() if ref.startswith(key.capitalize()) else key,
+                             rng.choice([w for w in OPPOSITES.values() if w != key]))
     if key in SOUNDS.values():
         return _replace_last(ref, key.capitalize() if ref.startswith(key.capitalize()) else key,
                              rng.choice([s for s in SOUNDS.values() if s != key]))

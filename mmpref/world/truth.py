@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 import re
-import string
 from typing import Iterable
 
 from mmpref.pairing import prompt_seed
@@ -61,39 +60,12 @@ def key_match(response: str, key: str) -> tuple[bool, float, str]:
 
 
 
-_PUNCT = str.maketrans("", "", string.punctuation)
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-_NEGATIONS = {"no", "not", "none"}
-
-
-def _normalise(text: str) -> list[str]:
-    return " ".join(str(text).lower().translate(_PUNCT).split()).split()
-
-
 def key_answer_correct(response: str, key: str) -> bool:
-    """The miniature world's key-answer rule (SPEC): is ``response`` right for the key answer ``key``?
-
-    yes/no keys: the first yes/no word must equal the key; "absent": a negation (no/not/none) and no leading
-    "yes"; otherwise the key's tokens must occur as a contiguous token sequence, and for numeric keys the last
-    number in the response must equal the key.
-    """
-    tokens, ktoks = _normalise(response), _normalise(key)
-    if not ktoks:
+    """Is ``response`` right for the key answer ``key``? The one answer rule of the world (`key_match`), shared by
+    the rubric judge and the simulated human labels."""
+    if not tokens(key):
         raise ValueError(f"empty key answer {key!r}")
-    k = " ".join(ktoks)
-    if k in ("yes", "no"):
-        return next((t for t in tokens if t in ("yes", "no")), None) == k
-    if k == "absent":
-        return bool(_NEGATIONS & set(tokens)) and not (tokens and tokens[0] == "yes")
-    n = len(ktoks)
-    if not any(tokens[i:i + n] == ktoks for i in range(len(tokens) - n + 1)):
-        return False
-    try:
-        key_number = float(str(key).strip())
-    except ValueError:
-        return True
-    numbers = _NUMBER.findall(str(response))
-    return bool(numbers) and float(numbers[-1]) == key_number
+    return key_match(response, key)[0]
 
 
 def noisy_human_preferences(prompts: Iterable[dict], samples: Iterable[dict], seed: int,

@@ -1,0 +1,70 @@
+"""The anatomy of the text regression in the miniature world: how each model's MT-Bench answers go wrong.
+
+Every answer (each turn) is sorted into one kind by the rubric's own reading of it (`judges.rubric.assess`, against
+the item's key answer and reference sentence), checked in this order:
+
+- ``empty``: no words at all;
+- ``not stopped``: it loops, repeats itself or is garbled, usually until cut off (coherence below 3) — it did
+  not stop cleanly;
+- ``wrong``: the key answer is not in it (correctness);
+- ``over-long``: right, but far longer than asked (verbosity 4: e.g. a sentence where one word was asked for);
+- ``terse``: right, but less complete than the reference (word overlap under 0.4: "8." for "3 plus 5 is 8.");
+- ``full``: right and as complete as the reference.
+
+``terse`` and ``over-long`` are response behaviour (format, completeness) that preference data on visual prompts can
+reach; ``wrong`` is mostly lost knowledge, which it cannot.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from mmpref.evaluate.loaders import load_mt_bench
+from mmpref.io import read_jsonl
+from mmpref.judges.rubric import assess
+
+KINDS = ["full", "terse", "over-long", "wrong", "not stopped", "empty"]
+
+
+def answer_kind(answer: str, key: str, reference: str | None) -> str:
+    a = assess(answer, key, reference)
+    if a.n_words == 0:
+        return "empty"
+    if a.coherence < 3:
+        return "not stopped"
+    if not a.correct:
+        return "wrong"
+    if a.verbosity == 4:
+        return "over-long"
+    return "terse" if a.form < 0.4 else "full"
+
+
+def mt_bench_anatomy(run_dir: str | Path, questions: str | Path, models: list[str]) -> pd.DataFrame:
+    """Tidy frame (model, turn, category, kind, n, share) of the kinds of the models' MT-Bench answers; share is
+    within (model, turn). Models without MT-Bench records are left out."""
+    items = {str(it.question_id): it for it in load_mt_bench(questions)}
+    rows = []
+    for model in models:
+        path = Path(run_dir) / "eval" / model / "mt_bench.jsonl"
+        if not path.exists():
+            continue
+        for rec in read_jsonl(path):
+            it = items.get(str(rec.get("question_id")))
+            if it is None or not it.answer_keys or rec.get("scored") is False or rec.get("model", model) != model:
+                continue
+            for turn, answer in enumerate(rec.get("answers") or [], 1):
+                ref = it.references_all[turn - 1] if it.references_all else None
+                rows.append({"model": model, "turn": turn, "category": it.category,
+                             "kind": answer_kind(answer, it.answer_keys[turn - 1], ref)})
+    frame = pd.DataFrame(rows, columns=["model", "turn", "category", "kind"])
+    counts = frame.groupby(["model", "turn", "category", "kind"]).size().rename("n").reset_index()
+    counts["share"] = counts["n"] / counts.groupby(["model", "turn"])["n"].transform("sum")
+    return counts
+
+
+def anatomy_table(anatomy: pd.DataFrame) -> pd.DataFrame:
+    """Share (in %) of each kind per model, both turns together: the regression at a glance."""
+    t = anatomy.groupby(["model", "kind"])["n"].sum().unstack("kind").reindex(columns=KINDS).fillna(0)
+    return (100 * t.div(t.sum(axis=1), axis=0)).round(1)
