@@ -12,7 +12,7 @@ from pathlib import Path
 
 from mmpref import figures, stats
 from mmpref.io import read_jsonl
-from mmpref.world.anatomy import anatomy_table, mt_bench_anatomy
+from mmpref.world.anatomy import anatomy_table, dpo_diagnosis, mt_bench_anatomy, pair_anatomy
 from mmpref.world.truth import noisy_human_preferences
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,12 @@ def analyse_run(params, run_dir: Path) -> dict:
             out["anatomy_table"] = anatomy_table(out["anatomy"])
             out["tables"]["regression_anatomy"] = figures.save_table(out["anatomy_table"], tables_dir,
                                                                      "regression_anatomy")
+        if (run_dir / "datasets" / "dpo.jsonl").exists():
+            out["pair_anatomy"] = pair_anatomy(run_dir)
+            out["tables"]["dpo_pair_anatomy"] = figures.save_table(out["pair_anatomy"], tables_dir,
+                                                                   "dpo_pair_anatomy")
+            out["dpo_diagnosis"] = dpo_diagnosis(run_dir)
+            out["tables"]["dpo_diagnosis"] = figures.save_table(out["dpo_diagnosis"], tables_dir, "dpo_diagnosis")
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run has none configured, so it is skipped")

@@ -81,6 +81,8 @@ class WorldParams(Strict):
     vision_pretrain_lr: float = 3e-3
     align_steps: int = Field(0, ge=0)   # LLaVA-1.5 stage 1: the projector alone learns image captions; 0 skips it
     align_lr: float = 1e-3
+    perception_warmup_steps: int = Field(0, ge=0)  # "is there a <shape>?" alone before the mixture (a curriculum)
+    perception_warmup_lr: float = 5e-4
     vit_epochs: float = 4.0
     vit_lr: float = 1e-3
     # The visual instruction-tuning mixture, in LLaVA-1.5's formats (shares of its rows): short answers with the

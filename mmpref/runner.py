@@ -37,6 +37,8 @@ SPECS: dict[str, StageSpec] = {
     "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
     "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
     **{s: StageSpec(("run", "models", "train"), ("04_pair",)) for s in TRAIN_STAGES},
+    # DPO's sweep scores its trials on a dev split with the evaluation judge (train.dpo.sweep)
+    "08_train_dpo": StageSpec(("run", "models", "train", "evaluate"), ("04_pair",)),
     "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), tuple(TRAIN_STAGES)),
     "10_analyse": StageSpec(("run", "world"), ("09_evaluate",)),
 }

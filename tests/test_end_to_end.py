@@ -123,6 +123,29 @@ def test_tables_and_figures(run_dir):
         assert (run_dir / "figures" / fig).stat().st_size > 5000
 
 
+def test_dpo_sweep_chose_on_the_dev_split(run_dir):
+    rows = list(csv.DictReader((run_dir / "adapters" / "dpo_sweep" / "sweep.csv").open()))
+    assert len(rows) == 12   # beta {0.1, 0.2, 0.3} x summed/averaged x two learning rates
+    best = max(rows, key=lambda r: float(r["dev_relative_score"]))
+    chosen = [r for r in rows if r["chosen"] == "True"]
+    assert len(chosen) == 1 and float(chosen[0]["dev_relative_score"]) == float(best["dev_relative_score"])
+    choice = json.loads((run_dir / "adapters" / "dpo_sweep" / "choice.json").read_text())
+    dpo = json.loads((run_dir / "adapters" / "dpo" / "mmpref_train.json").read_text())
+    settings = dpo.get("settings", dpo)
+    assert settings["beta"] == choice["beta"] and settings["learning_rate"] == choice["learning_rate"]
+    # the dev split is not the reported benchmark: its answers are in the sweep folder, not in eval/
+    assert (run_dir / "adapters" / "dpo_sweep" / choice["tag"] / "dev_llava_bench.jsonl").exists()
+
+
+def test_intervals_claims_and_anatomy(run_dir):
+    intervals = list(csv.DictReader((run_dir / "eval" / "intervals.csv").open()))
+    assert intervals and all(float(r["lo"]) <= float(r["value"]) <= float(r["hi"]) for r in intervals)
+    claims = list(csv.DictReader((run_dir / "tables" / "claims.csv").open()))
+    assert {r["verdict"] for r in claims} <= {"reproduced", "not reproduced", "inconclusive", "not measured"}
+    anatomy = list(csv.DictReader((run_dir / "tables" / "regression_anatomy.csv").open()))
+    assert {r["model"] for r in anatomy} >= {"base-lm", "vit", "dpo"}
+
+
 def test_rerun_does_no_stage_work(run_dir):
     start = time.time()
     proc = subprocess.run([str(BIN / "mmpref"), "run", "params/tiny.yaml"], cwd=ROOT, env=_env(run_dir),

@@ -17,6 +17,7 @@ reach; ``wrong`` is mostly lost knowledge, which it cannot.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -68,3 +69,51 @@ def anatomy_table(anatomy: pd.DataFrame) -> pd.DataFrame:
     """Share (in %) of each kind per model, both turns together: the regression at a glance."""
     t = anatomy.groupby(["model", "kind"])["n"].sum().unstack("kind").reindex(columns=KINDS).fillna(0)
     return (100 * t.div(t.sum(axis=1), axis=0)).round(1)
+
+
+def pair_anatomy(run_dir: str | Path) -> pd.DataFrame:
+    """What DPO's preference pairs teach: counts of (kind of chosen, kind of rejected) over datasets/dpo.jsonl,
+    each response read against its prompt's key answer and reference. Chosen answers that are *full* against
+    rejected ones that are *wrong* teach correctness on pictures; *full* against *terse* teaches completeness, which
+    is what could carry over to text prompts."""
+    run_dir = Path(run_dir)
+    truth = {p["id"]: p for p in read_jsonl(run_dir / "prompts.jsonl")}
+    rows = []
+    for pair in read_jsonl(run_dir / "datasets" / "dpo.jsonl"):
+        p = truth.get(pair["prompt_id"])
+        if p is None or p.get("answer") is None:
+            continue
+        rows.append({"chosen": answer_kind(pair["chosen"], p["answer"], p.get("reference")),
+                     "rejected": answer_kind(pair["rejected"], p["answer"], p.get("reference"))})
+    frame = pd.DataFrame(rows, columns=["chosen", "rejected"])
+    return pd.crosstab(frame["chosen"], frame["rejected"]).reindex(index=KINDS, columns=KINDS).fillna(0).astype(int)
+
+
+def dpo_diagnosis(run_dir: str | Path, adapter: str = "dpo", against: str = "vit") -> pd.DataFrame:
+    """Did DPO move, and did it reach text answers? One row per check: the implicit reward margin and accuracy at the
+    first and last logged step (adapters/<adapter>/trainer_state.json), and the share of MT-Bench answers (per turn)
+    that differ between `adapter` and `against`."""
+    run_dir = Path(run_dir)
+    rows = []
+    state = run_dir / "adapters" / adapter / "trainer_state.json"
+    if state.exists():
+        logged = [h for h in json.loads(state.read_text()) if "rewards/margins" in h]
+        for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
+            if logged:
+                rows.append({"check": f"{key} (first → last logged step)", "first": logged[0][key],
+                             "last": logged[-1][key]})
+    answers = {}
+    for model in (adapter, against):
+        path = run_dir / "eval" / model / "mt_bench.jsonl"
+        if path.exists():
+            answers[model] = {str(r["question_id"]): r["answers"] for r in read_jsonl(path)
+                              if r.get("scored") is not False and r.get("model", model) == model}
+    if len(answers) == 2:
+        common = sorted(set(answers[adapter]) & set(answers[against]))
+        for turn in (0, 1):
+            pairs = [(answers[adapter][q], answers[against][q]) for q in common]
+            pairs = [(a[turn], b[turn]) for a, b in pairs if len(a) > turn and len(b) > turn]
+            if pairs:
+                rows.append({"check": f"MT-Bench turn {turn + 1} answers that differ from {against}",
+                             "first": None, "last": sum(a != b for a, b in pairs) / len(pairs)})
+    return pd.DataFrame(rows, columns=["check", "first", "last"])

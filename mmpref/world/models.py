@@ -308,6 +308,18 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
         vlm.lm_head.requires_grad_(True)
     visual_examples = [encode_text_with_image(processor, r["question"], r["reference"], pixels(r["image"]), max_len)
                        for r in visual_rows]
+    # A curriculum: the one-word "is there a <shape>?" questions alone first, so the LM learns to look objects up among
+    # the image tokens before the full mixture; without it, that lookup forms in some runs of the mixture and not in
+    # others, and from scratch it needs a few hundred steps of these questions alone (world.perception_warmup_*).
+    warmup_losses: list[float] = []
+    if world.perception_warmup_steps:
+        perception = [ex for ex, r in zip(visual_examples, visual_rows)
+                      if r["format"] == "short" and r["qtype"] in ("exist", "exist_absent")]
+        if perception:
+            warmup_losses = train_from_scratch(vlm, perception, tokenizer.pad_token_id,
+                                               world.perception_warmup_steps * world.batch_size / len(perception),
+                                               world.perception_warmup_lr, world.batch_size, seed + 5,
+                                               desc="perception warm-up")
     n_text_mix = round(len(visual_examples) * world.text_share / (1 - world.text_share))
     mix_rng = random.Random(seed + 3)
     text_mix = [text_examples[i] for i in mix_rng.sample(range(len(text_examples)), min(n_text_mix, len(text_examples)))]
@@ -317,7 +329,7 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
     processor.save_pretrained(world_dir / "vit")
     return {"vocab": len(tokenizer), "base_lm_params": sum(p.numel() for p in base.parameters()),
             "vit_params": sum(p.numel() for p in vlm.parameters()), "lm_losses": lm_losses, "vit_losses": vit_losses,
-            "tower_losses": tower_losses, "align_losses": align_losses,
+            "tower_losses": tower_losses, "align_losses": align_losses, "warmup_losses": warmup_losses,
             "text_examples": len(text_examples), "visual_examples": len(visual_examples),
             "text_examples_in_visual_mixture": len(text_mix)}
 
