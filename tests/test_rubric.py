@@ -189,3 +189,20 @@ def test_mt_bench_rating_rewards_answering_as_fully_as_asked(judge):
     ramble, _ = grade_single(judge, ["Answer with just the number: what is 3 plus 5?"],
                              ["Well, when you add 3 and 5 together you get the number 8 as the answer."], truth=short)
     assert bare == 10 and ramble < bare
+
+
+@pytest.mark.parametrize("text, note", [
+    ("Yes, there is no star in the image.", "says yes and then denies"),
+    ("No, the cross is green, not green.", "contradicts itself"),
+    ("The image shows a yellow ring, a green ring and a green ring.", "same thing twice"),
+])
+def test_self_contradiction_and_repeated_items_lose_coherence(text, note):
+    score, notes = coherence_score(text)
+    assert score <= 2 and any(note in n for n in notes)
+
+
+@pytest.mark.parametrize("text", ["No, the star is red, not yellow.", "The image shows a red ring and a green ring.",
+                                  "Yes, there is a triangle in the image.", "The sorted list is 3, 3, 8.",
+                                  "There are 3 shapes and 2 of them are red."])
+def test_consistent_answers_keep_full_coherence(text):
+    assert coherence_score(text) == (4, [])

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
-from mmpref.world.truth import key_match, tokens
+from mmpref.world.truth import NEGATIONS, key_match, tokens
 
 _ODD_CHARS = re.compile(r"[^\w\s.,;:!?'\"()\-%/+=*<>]")
 
@@ -43,8 +43,40 @@ class Assessment:
         return self.helpfulness + self.correctness + self.coherence
 
 
+def _items(toks: list[str]) -> list[tuple[str, ...]]:
+    """The items of an enumeration ("a red circle, a ring and a red circle" -> 3 items), split at "and" and commas
+    (tokens drop commas, so the caller passes the text split at commas first)."""
+    out, cur = [], []
+    for t in toks:
+        if t == "and":
+            out, cur = out + [tuple(cur)] if cur else out, []
+        else:
+            cur.append(t)
+    return out + [tuple(cur)] if cur else out
+
+
+def consistency_notes(text: str) -> list[str]:
+    """What makes an answer inconsistent with itself (HelpSteer's coherence: "consistency and clarity"): affirming
+    and then denying ("Yes, there is no star."), "X, not X", and naming the same item twice in one enumeration."""
+    toks = tokens(text)
+    notes = []
+    if toks and toks[0] == "yes" and any(t in NEGATIONS for t in toks[1:]):
+        notes.append("it says yes and then denies it")
+    if re.search(r"\b(\w+),? not \1\b", text.lower()):
+        notes.append("it contradicts itself (\"X, not X\")")
+    items = [item for part in text.split(",") for item in _items(tokens(part))]
+    # each item's last two words ("red circle"), so "The image shows a red circle" and "a red circle" are one item;
+    # single numbers or words are not compared (a list may repeat a number)
+    items = [tuple(t for t in item if t not in ("a", "an", "the"))[-2:] for item in items]
+    items = [i for i in items if len(i) == 2]
+    if len(items) >= 2 and len(set(items)) < len(items):
+        notes.append("it names the same thing twice")
+    return notes
+
+
 def coherence_score(response: str) -> tuple[int, list[str]]:
-    """4 minus penalties for repeated n-grams, stuttering, garbage characters and unfinished text."""
+    """4 minus penalties for repeated n-grams, stuttering, garbage characters, unfinished text and answers that
+    contradict or repeat themselves."""
     text = response.strip()
     toks = tokens(text)
     if not toks:
@@ -66,6 +98,9 @@ def coherence_score(response: str) -> tuple[int, list[str]]:
         score, notes = score - 2, notes + ["it contains garbled text"]
     if len(toks) >= 4 and not re.search(r"[.!?)\"'\]]$", text):
         score, notes = score - 1, notes + ["it is unfinished"]
+    inconsistent = consistency_notes(text)
+    if inconsistent:
+        score, notes = score - 2, notes + inconsistent
     return max(0, score), notes
 
 
@@ -148,10 +183,10 @@ def _explain(a: Assessment, key: str | None) -> str:
 
 
 class RubricJudge(Judge):
-    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v1')."""
+    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v2')."""
 
-    judge_id = "rubric-v1"
-    model = "rubric-v1"
+    judge_id = "rubric-v2"
+    model = "rubric-v2"
     uses_truth = True
 
     def __init__(self, cache_dir=None, **limits):
