@@ -74,7 +74,8 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     split, balanced yes/no); ``n_text_bench`` MT-Bench questions and AlpacaEval instructions (default n_bench).
     ``cell``: scenes put every shape inside one cell of that many pixels (the tower's patch size). ``short_share`` and
     ``mc_share``: shares of the visual instruction-tuning rows in LLaVA-1.5's short-answer and multiple-choice
-    formats, ``short_prompted`` the share of short-answer rows that carry its format instruction. The generated sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir is touched.
+    formats, ``short_prompted`` the share of short-answer rows that carry its format instruction. The generated
+    sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir is touched.
     """
     n_text_bench = n_bench if n_text_bench is None else n_text_bench
     if image_size < 16:
