@@ -180,9 +180,9 @@ class DPOSweep(Strict):
     is trained on all pairs, scored on `dev_path` (LLaVA-Bench layout), and the best relative score wins (ties: the
     earlier combination). The chosen settings then train `dpo` and its data-fraction runs."""
 
-    betas: list[float] = [0.1, 0.2, 0.3]
-    average_log_prob: list[bool] = [False, True]
-    learning_rates: list[float] = [5e-5, 5e-6]
+    betas: list[float] = Field([0.1, 0.2, 0.3], min_length=1)
+    average_log_prob: list[bool] = Field([False, True], min_length=1)
+    learning_rates: list[float] = Field([5e-5, 5e-6], min_length=1)
     dev_path: str
 
 

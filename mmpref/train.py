@@ -520,14 +520,13 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
 
     import pandas as pd
 
-    from mmpref.evaluate import run_benchmark
+    from mmpref.evaluate.suite import score_policy
     from mmpref.judges import judge_from_params
     from mmpref.sampling import Policy
 
-    sweep, ev, run_dir = params.train.dpo.sweep, params.evaluate, params.run_dir
+    sweep, run_dir = params.train.dpo.sweep, params.run_dir
     policy_ref = params.model_ref(params.models.policy)
-    judge = judge_from_params(ev.judge, run_dir / "judge_cache")
-    rule = ev.judge_templates.get("llava_bench")
+    judge = judge_from_params(params.evaluate.judge, run_dir / "judge_cache")
     out_root = run_dir / "adapters" / "dpo_sweep"
     records = []
     for beta, average, lr in itertools.product(sweep.betas, sweep.average_log_prob, sweep.learning_rates):
@@ -535,10 +534,8 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
         trial = dataclasses.replace(settings, beta=beta, average_log_prob=average, learning_rate=lr)
         info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache)
         policy = Policy.from_params(params, tag, adapter=out_root / tag)
-        got = run_benchmark("llava_bench", params.path(sweep.dev_path),
-                            policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,
-                            out_root / tag / "dev_llava_bench.jsonl", model=tag,
-                            judge_templates={"llava_bench": str(params.path(rule))} if rule else None)
+        got = score_policy(params, policy, "llava_bench", params.path(sweep.dev_path), judge,
+                           out_root / tag / "dev_llava_bench.jsonl", tag)
         del policy
         score = next(r["value"] for r in got if r["metric"] == "relative_score")
         records.append({"tag": tag, "beta": beta, "average_log_prob": average, "learning_rate": lr,

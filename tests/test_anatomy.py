@@ -33,7 +33,8 @@ def test_anatomy_frame_from_records(tmp_path):
     for model, answers in (("base-lm", ["3 plus 5 is 8.", "8 plus 2 is 10."]), ("vit", ["8.", "8 plus 2 is 11."])):
         d = tmp_path / "eval" / model
         d.mkdir(parents=True)
-        (d / "mt_bench.jsonl").write_text(json.dumps({"model": model, "question_id": 81, "answers": answers}) + "\n")
+        (d / "mt_bench.jsonl").write_text(json.dumps({"model": model, "benchmark": "mt_bench", "question_id": 81,
+                                                           "answers": answers}) + "\n")
     a = mt_bench_anatomy(tmp_path, q, ["base-lm", "vit", "dpo"])
     t = anatomy_table(a)
     assert list(t.columns) == KINDS and set(t.index) == {"base-lm", "vit"}   # no records for dpo: left out

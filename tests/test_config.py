@@ -82,3 +82,15 @@ def test_paper_params_load(name):
     assert p.train.dpo.batch_size == 8 and p.train.dpo.grad_accum == 4 and p.train.dpo.epochs == 3
     assert p.train.sft.learning_rate == 4e-4 and p.train.sft.batch_size == 16 and p.train.sft.max_length == 2048
     assert p.sampling.k == 4 and p.sampling.temperature == 0.7
+
+
+def test_dpo_sweep_params(tmp_path):
+    p = load_params("params/tiny.yaml")
+    assert p.train.dpo.sweep is not None and p.train.dpo.sweep.dev_path.endswith("llava_bench_dev")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  dpo:\n    sweep: {betas: [], dev_path: dev}\n")
+    with pytest.raises(ParamsError, match="train.dpo.sweep.betas"):
+        load_params(bad)
+    bad.write_text("train:\n  dpo:\n    sweep: {betas: [0.1]}\n")
+    with pytest.raises(ParamsError, match="dev_path"):
+        load_params(bad)

@@ -49,8 +49,29 @@ def _checkpoint_id(params, name: str, adapter: str | None) -> str:
     return f"{ref}+{json.loads(info.read_text())['fingerprint']}"
 
 
-def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
+def _judge_templates(params) -> dict[str, str]:
+    return {k: str(params.path(v)) for k, v in params.evaluate.judge_templates.items()}
+
+
+def _noise_dir(params) -> str | None:
+    return str(params.path(params.evaluate.noise_images)) if params.evaluate.noise_images else None
+
+
+def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, name: str) -> list[dict]:
+    """One loaded model on one benchmark file with the run's evaluation settings (greedy answers of
+    `evaluate.max_new_tokens`, MT-Bench decoding, judge templates, noise images, limit): tidy rows. Stage 09 scores
+    every model this way; DPO's sweep scores its trials on the dev split this way too."""
     from mmpref.evaluate import run_benchmark
+
+    ev = params.evaluate
+    options = {"decoding": ev.mt_bench_decoding} if bench in ("mt_bench", "mt_bench_noisy") else {}
+    return run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,
+                         out_jsonl, model=name,
+                         judge_templates=_judge_templates(params), noise_images_dir=_noise_dir(params),
+                         limit=ev.limit, **options)
+
+
+def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     from mmpref.judges import judge_from_params
     from mmpref.models import chat_templates
     from mmpref.pairing import steerlm_inference_question
@@ -58,8 +79,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
 
     ev = params.evaluate
     judge = judge_from_params(ev.judge, run_dir / "judge_cache")
-    templates = {k: str(params.path(v)) for k, v in ev.judge_templates.items()}
-    noise = str(params.path(ev.noise_images)) if ev.noise_images else None
+    templates, noise = _judge_templates(params), _noise_dir(params)
     rows: list[dict] = []
     for name, adapter, benchmarks in plan(params, run_dir):
         fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
@@ -79,10 +99,8 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                 policy = Policy.from_params(params, name, adapter=adapter, base_lm=name == "base-lm",
                                             question_transform=steerlm_inference_question if name == "steerlm" else None)
             log.info("%s on %s", name, bench)
-            options = {"decoding": ev.mt_bench_decoding} if bench in ("mt_bench", "mt_bench_noisy") else {}
-            got = run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed),
-                                judge, run_dir / "eval" / name / f"{bench}.jsonl", model=name, judge_templates=templates,
-                                noise_images_dir=noise, limit=ev.limit, **options)
+            got = score_policy(params, policy, bench, data_path, judge, run_dir / "eval" / name / f"{bench}.jsonl",
+                               name)
             done.write_text(json.dumps({"key": key, "rows": got}))
             rows += got
         del policy

@@ -8,5 +8,6 @@ formats, and tiny checkpoints trained from scratch on the CPU, so the whole pipe
 - ``benchmarks``: POPE, MMBench, MM-Vet, LLaVA-Bench, MT-Bench, AlpacaEval files and noise images
 - ``truth``: the key-answer rule and the simulated human preference labels
 - ``models``: tokenizer, base LM and tiny LLaVA
+- ``anatomy``: how the text regression fails (answer kinds) and what DPO's pairs teach
 - ``build``: stage 00 (data, then models; skipped when built with the same params)
 """

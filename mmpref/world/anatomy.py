@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmpref.evaluate.benchmarks import scored_records
 from mmpref.evaluate.loaders import load_mt_bench
 from mmpref.io import read_jsonl
 from mmpref.judges.rubric import assess
@@ -48,12 +49,9 @@ def mt_bench_anatomy(run_dir: str | Path, questions: str | Path, models: list[st
     items = {str(it.question_id): it for it in load_mt_bench(questions)}
     rows = []
     for model in models:
-        path = Path(run_dir) / "eval" / model / "mt_bench.jsonl"
-        if not path.exists():
-            continue
-        for rec in read_jsonl(path):
+        for rec in scored_records(Path(run_dir) / "eval" / model / "mt_bench.jsonl", model, "mt_bench"):
             it = items.get(str(rec.get("question_id")))
-            if it is None or not it.answer_keys or rec.get("scored") is False or rec.get("model", model) != model:
+            if it is None or not it.answer_keys:
                 continue
             for turn, answer in enumerate(rec.get("answers") or [], 1):
                 ref = it.references_all[turn - 1] if it.references_all else None
@@ -104,10 +102,9 @@ def dpo_diagnosis(run_dir: str | Path, adapter: str = "dpo", against: str = "vit
                              "last": logged[-1][key]})
     answers = {}
     for model in (adapter, against):
-        path = run_dir / "eval" / model / "mt_bench.jsonl"
-        if path.exists():
-            answers[model] = {str(r["question_id"]): r["answers"] for r in read_jsonl(path)
-                              if r.get("scored") is not False and r.get("model", model) == model}
+        recs = scored_records(run_dir / "eval" / model / "mt_bench.jsonl", model, "mt_bench")
+        if recs:
+            answers[model] = {str(r["question_id"]): r["answers"] for r in recs}
     if len(answers) == 2:
         common = sorted(set(answers[adapter]) & set(answers[against]))
         for turn in (0, 1):

@@ -126,60 +126,53 @@ def task_list(rng: random.Random, two_turn: bool) -> dict:
     return {"turns": turns, "references": refs, "answers": keys, "task": "list"}
 
 
-CAPITAL_Q = ["What is the capital of {c}?", "Which city is the capital of {c}?", "Name the capital of {c}.",
-             "Tell me the capital of {c}.", "What city is the capital of {c}?"]
-SOUND_Q = ["What sound does a {a} make?", "Which sound does a {a} make?", "What noise does a {a} make?",
-           "Tell me the sound a {a} makes.", "What does a {a} say?"]
-OPPOSITE_Q = ["What is the opposite of {w}?", "Give the opposite of {w}.", "Which word means the opposite of {w}?",
-              "Name the opposite of {w}.", "What word is the opposite of {w}?"]
+def _spell_in_capitals(what: str, y: str) -> tuple[str, str, str]:
+    return f"Now spell that {what} in capitals.", y.upper(), f"The word {y} in capitals is {y.upper()}."
+
+
+# Fact kinds: (share of fact questions, table, phrasings, one-word question, reference, follow-up turns). Facts are
+# drawn by cumulative share; a follow-up is drawn only where a kind has several.
+FACT_KINDS = {
+    "capital": (0.5, CAPITALS,
+                ["What is the capital of {x}?", "Which city is the capital of {x}?", "Name the capital of {x}.",
+                 "Tell me the capital of {x}.", "What city is the capital of {x}?"],
+                "Answer in one word: what is the capital of {x}?", "The capital of {x} is {y}.",
+                lambda y: [_spell_in_capitals("city", y),
+                           ("Now give the first letter of that city.", y[0], f"The first letter of {y} is {y[0]}.")]),
+    "sound": (0.25, SOUNDS,
+              ["What sound does a {x} make?", "Which sound does a {x} make?", "What noise does a {x} make?",
+               "Tell me the sound a {x} makes.", "What does a {x} say?"],
+              "Answer in one word: what sound does a {x} make?", "A {x} says {y}.",
+              lambda y: [("Now reverse that word.", y[::-1], f"The word {y} reversed is {y[::-1]}.")]),
+    "opposite": (0.25, OPPOSITES,
+                 ["What is the opposite of {x}?", "Give the opposite of {x}.", "Which word means the opposite of {x}?",
+                  "Name the opposite of {x}.", "What word is the opposite of {x}?"],
+                 "Answer in one word: what is the opposite of {x}?", "The opposite of {x} is {y}.",
+                 lambda y: [_spell_in_capitals("word", y)]),
+}
 
 
 def task_facts(rng: random.Random, two_turn: bool) -> dict:
     """A fact question (capital, animal sound, opposite word); ``topic`` names the fact, so held-out benchmark
     prompts can leave every fact in training under other phrasings."""
     one_word = rng.random() < 0.3
-    u = rng.random()
-    if u < 0.5:
-        country = rng.choice(list(CAPITALS))
-        city = CAPITALS[country]
-        topic = f"capital:{country}"
-        if one_word:
-            q, ref = f"Answer in one word: what is the capital of {country}?", f"{city}."
-        else:
-            q = rng.choice(CAPITAL_Q).format(c=country)
-            ref = f"The capital of {country} is {city}."
-        key = city
-        follow = rng.choice([("Now spell that city in capitals.", city.upper(),
-                              f"The word {city} in capitals is {city.upper()}."),
-                             ("Now give the first letter of that city.", city[0],
-                              f"The first letter of {city} is {city[0]}.")])
-    elif u < 0.75:
-        animal = rng.choice(list(SOUNDS))
-        sound = SOUNDS[animal]
-        topic = f"sound:{animal}"
-        if one_word:
-            q, ref = f"Answer in one word: what sound does a {animal} make?", f"{sound.capitalize()}."
-        else:
-            q = rng.choice(SOUND_Q).format(a=animal)
-            ref = f"A {animal} says {sound}."
-        key = sound
-        follow = ("Now reverse that word.", sound[::-1], f"The word {sound} reversed is {sound[::-1]}.")
+    u, edge = rng.random(), 0.0
+    for kind, (share, table, phrasings, one_word_q, reference, follow_ups) in FACT_KINDS.items():
+        edge += share
+        if u < edge or kind == list(FACT_KINDS)[-1]:
+            break
+    x = rng.choice(list(table))
+    y = table[x]
+    if one_word:
+        q, ref = one_word_q.format(x=x), f"{y[:1].upper()}{y[1:]}."
     else:
-        word = rng.choice(list(OPPOSITES))
-        opposite = OPPOSITES[word]
-        topic = f"opposite:{word}"
-        if one_word:
-            q, ref = f"Answer in one word: what is the opposite of {word}?", f"{opposite.capitalize()}."
-        else:
-            q = rng.choice(OPPOSITE_Q).format(w=word)
-            ref = f"The opposite of {word} is {opposite}."
-        key = opposite
-        follow = ("Now spell that word in capitals.", opposite.upper(),
-                  f"The word {opposite} in capitals is {opposite.upper()}.")
-    turns, refs, keys = [q], [ref], [key]
+        q, ref = rng.choice(phrasings).format(x=x), reference.format(x=x, y=y)
+    options = follow_ups(y)
+    follow = rng.choice(options) if len(options) > 1 else options[0]
+    turns, refs, keys = [q], [ref], [y]
     if two_turn:
         turns, keys, refs = turns + [follow[0]], keys + [follow[1]], refs + [follow[2]]
-    return {"turns": turns, "references": refs, "answers": keys, "task": "facts", "topic": topic}
+    return {"turns": turns, "references": refs, "answers": keys, "task": "facts", "topic": f"{kind}:{x}"}
 
 
 TEXT_TASKS = {"arithmetic": task_arithmetic, "word": task_word, "list": task_list, "facts": task_facts}
