@@ -254,7 +254,7 @@ class EvalParams(Strict):
     @field_validator("judge_templates")
     @classmethod
     def _known_templates(cls, v: dict[str, str]) -> dict[str, str]:
-        allowed = ["mt_bench", "alpaca_eval", "llava_bench"]
+        allowed = ["mt_bench", "alpaca_eval", "llava_bench", "mmvet"]
         unknown = sorted(set(v) - set(allowed))
         if unknown:
             raise ValueError(f"unknown judge template(s) {unknown}; allowed: {allowed}")

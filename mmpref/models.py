@@ -17,13 +17,15 @@ from mmpref.io import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
-def chat_messages(turns: list[str], answers: list[str], image: bool) -> list[dict]:
-    """Conversation in the structured form processors and TRL expect; the image goes with the first user turn."""
+def chat_messages(turns: list[str], answers: list[str], image: bool, every_turn: bool = False) -> list[dict]:
+    """Conversation in the structured form processors and TRL expect; the image goes with the first user turn, or
+    with every user turn when `every_turn` (noisy-image MT-Bench: one image placeholder per turn, each filled with
+    the same picture)."""
     if len(answers) not in (len(turns), len(turns) - 1):
         raise ValueError(f"{len(turns)} user turns need {len(turns) - 1} or {len(turns)} answers, got {len(answers)}")
     messages = []
     for i, turn in enumerate(turns):
-        content = ([{"type": "image"}] if image and i == 0 else []) + [{"type": "text", "text": turn}]
+        content = ([{"type": "image"}] if image and (i == 0 or every_turn) else []) + [{"type": "text", "text": turn}]
         messages.append({"role": "user", "content": content})
         if i < len(answers):
             messages.append({"role": "assistant", "content": [{"type": "text", "text": answers[i]}]})

@@ -120,6 +120,10 @@ DATASETS: list[DataItem] = [
     DataItem("judge_llava_bench", "LLaVA-Bench judge rules", "09_evaluate", "evaluate.judge_templates.llava_bench",
              "llava-bench-in-the-wild/rule.json", ("llava-bench-in-the-wild/rule.json",),
              "github haotian-liu/LLaVA `llava/eval/table/rule.json`"),
+    DataItem("judge_mmvet", "MM-Vet grading prompt (few-shot, inside the evaluator)", "09_evaluate",
+             "evaluate.judge_templates.mmvet", "mm-vet/mm-vet_evaluator.py",
+             ("mm-vet/mm-vet_evaluator.py (only its `prompt` string is read, never run)",),
+             "github yuweihao/MM-Vet `mm-vet_evaluator.py`"),
 ]
 BY_KEY = {d.key: d for d in DATASETS}
 
@@ -318,6 +322,7 @@ def _checkers(params: Params) -> dict[str, Callable[[Path], str]]:
         "judge_mt_bench": _fastchat_prompts_check,
         "judge_alpaca_eval": lambda p: (prompts.load_alpaca_template(p), "template with its placeholders")[1],
         "judge_llava_bench": _llava_rules_check,
+        "judge_mmvet": lambda p: f"few-shot prompt read ({len(prompts.load_mmvet_prompt(p))} characters)",
         "noise_images": _noise_check,
     }
 
@@ -349,7 +354,7 @@ def check_data(params: Params) -> list[dict]:
         rows.append(_check_file(params, f"judge_{name}", raw, checks[f"judge_{name}"]))
     if params.world is None:  # real runs: a judged benchmark without its official judge prompt is a deviation
         template_for = {"mt_bench": "mt_bench", "mt_bench_noisy": "mt_bench", "alpaca_eval": "alpaca_eval",
-                        "llava_bench": "llava_bench"}
+                        "llava_bench": "llava_bench", "mmvet": "mmvet"}
         for name in sorted({template_for[b] for b in ev.benchmarks if b in template_for} - set(ev.judge_templates)):
             rows.append(_row(params, f"judge_{name}", None, ok=False, required=False,
                              problem=f"not set: evaluate.judge_templates.{name} (the judge uses mmpref's fallback "
@@ -587,9 +592,10 @@ def _eval_input_tokens(params: Params, bench: str, items: list[dict]) -> tuple[f
             system, user = prompts.render_alpaca(it["instruction"], it["output"], answer, template)
             total += _tok(system) + _tok(user)
     elif bench == "mmvet":
+        header = load("mmvet", prompts.load_mmvet_prompt)
         for it in items:
             total += _tok(prompts.MMVET_SYSTEM) + _tok(prompts.render_mmvet_prompt(it["question"], it["answer"],
-                                                                                  answer))
+                                                                                  answer, header))
     elif bench == "llava_bench":
         rules = load("llava_bench", prompts.load_llava_rules)
         for it in items:

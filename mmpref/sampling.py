@@ -26,6 +26,7 @@ class ChatRequest(BaseModel):
     turns: list[str]
     answers: list[str] = []
     image: str | None = None
+    image_every_turn: bool = False  # the image goes with every user turn (noisy-image MT-Bench), not the first only
     temperature: float | None = None  # None: the generate function's default (greedy for benchmarks)
 
 
@@ -88,8 +89,14 @@ class Policy:
         if has_image and not self.is_vlm:
             raise ValueError(f"{self.name} is a text-only model and cannot take an image ({req.image})")
         return self.processor.apply_chat_template(
-            chat_messages(turns, req.answers, has_image), add_generation_prompt=True, tokenize=False
-        )
+            chat_messages(turns, req.answers, has_image, every_turn=req.image_every_turn), add_generation_prompt=True,
+            tokenize=False)
+
+    @staticmethod
+    def _images(req: ChatRequest) -> list[Image.Image]:
+        """The pictures of one request, one per image placeholder its prompt holds (every user turn's, or the
+        first's)."""
+        return [open_image(req.image)] * (len(req.turns) if req.image_every_turn else 1)
 
     @torch.no_grad()
     def generate(self, requests: list[ChatRequest], *, num_return_sequences: int = 1, temperature: float = 0.0,
@@ -111,7 +118,7 @@ class Policy:
                                          seed=seed + start, desc=False)
                 continue
             if all(with_images) and chunk:
-                images = [open_image(r.image) for r in chunk]
+                images = [im for r in chunk for im in self._images(r)]
                 enc = self.processor(images=images, text=texts, padding=True, add_special_tokens=False,
                                      return_tensors="pt")
             else:

@@ -109,6 +109,9 @@ def make_mmvet(root: Path) -> Path:
         items[f"v1_{i}"] = {"imagename": f"v1_{i}.png", "capability": caps, "question": q, "answer": a}
     items["v1_2"]["answer_key"] = "4"
     (d / "mm-vet.json").write_text(json.dumps(items))
+    # a stand-in for MM-Vet's evaluator: mmpref reads only its top-level `prompt` string
+    (d / "mm-vet_evaluator.py").write_text('prompt = """Compare the ground truth and prediction from AI models, to '
+                                           'give a correctness score for the prediction. STAND-IN\n"""\n')
     return d
 
 
@@ -338,7 +341,7 @@ def test_mmbench_protocol_circular(tmp_path):
 def test_mmvet_protocol_with_patched_grader(tmp_path, monkeypatch):
     calls = []
 
-    def grade_mmvet(judge, question, gt_answer, prediction, truth=None):
+    def grade_mmvet(judge, question, gt_answer, prediction, truth=None, header=None):
         calls.append((question, gt_answer, prediction, truth))
         return (1.0 if gt_answer in prediction else 0.0), f"graded {prediction}"
 
@@ -347,7 +350,8 @@ def test_mmvet_protocol_with_patched_grader(tmp_path, monkeypatch):
     gen = Recorder(lambda r: {"What is 3 plus 5?": "It is 8.", "What color is the circle?": "blue"}.get(r.turns[0], "4"))
     out = tmp_path / "mmvet.jsonl"
     rows = run_benchmark("mmvet", d, gen, FakeJudge(), out, "vit")
-    assert metric(rows, "total")["value"] == pytest.approx(200 / 3)
+    assert metric(rows, "total")["value"] == 66.7  # MM-Vet's table: one decimal
+    assert metric(rows, "judge_failures")["value"] == 0 and metric(rows, "judge_failures")["n"] == 3
     assert metric(rows, "cap_math")["value"] == 100.0 and metric(rows, "cap_rec")["value"] == 50.0
     assert metric(rows, "cap_ocr")["value"] == 100.0 and metric(rows, "total")["judge"] == "fake-judge"
     assert sorted(c[3] for c in calls if c[3]) == [{"answer": "4"}]  # miniature key passed as rubric truth
@@ -358,7 +362,8 @@ def test_mmvet_protocol_with_patched_grader(tmp_path, monkeypatch):
 
 
 def test_judge_change_regrades_without_generating(tmp_path, monkeypatch):
-    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None: (0.5, judge.judge_id))
+    monkeypatch.setattr(mmpref.judges, "grade_mmvet",
+                        lambda judge, q, gt, pred, truth=None, header=None: (0.5, judge.judge_id))
     d = make_mmvet(tmp_path)
     out = tmp_path / "mmvet.jsonl"
     run_benchmark("mmvet", d, Recorder(lambda r: "x"), FakeJudge(), out, "vit")
@@ -386,11 +391,11 @@ def test_llava_bench_protocol_uses_category_rule(tmp_path, monkeypatch):
     gen = Recorder(lambda r: categories.get(r.turns[0], "complex"))
     rows = run_benchmark("llava_bench", d, gen, FakeJudge(), tmp_path / "lb.jsonl", "vit",
                          judge_templates={"llava_bench": str(tmp_path / "rule.json")})
-    assert metric(rows, "relative_score")["value"] == pytest.approx(16 / 24 * 100)
-    assert metric(rows, "model_score")["value"] == pytest.approx(16 / 3)
-    assert metric(rows, "reference_score")["value"] == 8.0
-    assert metric(rows, "relative_score_conv")["value"] == pytest.approx(75.0)
-    assert metric(rows, "relative_score_complex")["value"] == pytest.approx(25.0)
+    # summarize_gpt_review: means rounded to 3 decimals (5.333), then relative 5.333 / 8 x 100 = 66.66 -> 66.7
+    assert metric(rows, "relative_score")["value"] == 66.7
+    assert metric(rows, "model_score")["value"] == 53.3 and metric(rows, "reference_score")["value"] == 80.0
+    assert metric(rows, "relative_score_conv")["value"] == 75.0
+    assert metric(rows, "relative_score_complex")["value"] == 25.0
     assert [s[3]["prompt"] for s in seen] == ["rule for conv", "rule for detail", "rule for complex"]
     assert seen[0][4] == {"answer": "red", "reference": "reference 0"} and seen[1][4] == {}
     assert seen[2][1] == "A blue sky.\nClouds."
@@ -478,7 +483,7 @@ def test_noisy_mt_bench_images_are_deterministic(tmp_path, monkeypatch):
     path = make_mt_bench(tmp_path)
     rows = run_benchmark("mt_bench_noisy", path, gen, FakeJudge(), out, "vit", noise_images_dir=noise)
     assert {r["benchmark"] for r in rows} == {"mt_bench_noisy"} and headline(rows, "mt_bench_noisy") > 0
-    assert all(r.image for r in gen.requests)
+    assert all(r.image and r.image_every_turn for r in gen.requests)  # the image goes with every user turn
     for rec in read_jsonl(out):
         assert rec["image"] == noise_image_for(rec["question_id"], pool).name
         mine = [r for r in gen.requests if r.turns[0] == rec["turns"][0]]
@@ -488,6 +493,62 @@ def test_noisy_mt_bench_images_are_deterministic(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no images"):
         noise_images(tmp_path / "empty")
+
+
+def test_noisy_mt_bench_prompt_has_the_image_in_every_turn(tmp_path, monkeypatch):
+    from mmpref.models import chat_messages
+
+    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    png(tmp_path / "noise" / "blank.png", (255, 255, 255))
+    gen = Recorder(lambda r: "8")
+    out = tmp_path / "noisy.jsonl"
+    run_benchmark("mt_bench_noisy", make_mt_bench(tmp_path), gen, FakeJudge(), out, "vit",
+                  noise_images_dir=tmp_path / "noise", limit=1)
+    second = next(r for r in gen.requests if len(r.turns) == 2)
+    messages = chat_messages(second.turns, second.answers, second.image is not None, every_turn=second.image_every_turn)
+    users = [m["content"] for m in messages if m["role"] == "user"]
+    assert [c[0] for c in users] == [{"type": "image"}, {"type": "image"}]
+    assert [c[1]["text"] for c in users] == second.turns
+    # the plain MT-Bench and every other benchmark keep the image (if any) in the first turn only
+    assert [m["content"][0]["type"] for m in chat_messages(["q1", "q2"], ["a1"], True) if m["role"] == "user"] \
+        == ["image", "text"]
+    # records answered with the image in the first turn only are answered again; other benchmarks' records stay valid
+    from mmpref.evaluate.benchmarks import _signature
+    from mmpref.io import sha256_json
+    from mmpref.sampling import ChatRequest
+
+    plain = ChatRequest(turns=["q"], image="/x/blank.png")
+    assert _signature([plain]) == sha256_json({"requests": [{"turns": ["q"], "answers": [], "temperature": None,
+                                                             "image": "blank.png"}], "extra": None})
+    assert _signature([plain.model_copy(update={"image_every_turn": True})]) != _signature([plain])
+
+
+def test_grading_protocol_change_regrades_without_generating(tmp_path, monkeypatch):
+    graded = []
+    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
+                        graded.append(q) or (1.0, "1.0"))
+    d, out = make_mmvet(tmp_path), tmp_path / "mmvet.jsonl"
+    run_benchmark("mmvet", d, Recorder(lambda r: "x"), FakeJudge(), out, "vit")
+    assert len(graded) == 3 and {r["grading"] for r in read_jsonl(out)} == {"mm-vet@acde843"}
+    run_benchmark("mmvet", d, fail_generate, FakeJudge(), out, "vit")
+    assert len(graded) == 3  # same judge, same protocol: reused
+    old = [{k: v for k, v in r.items() if k != "grading"} | {"score": 0.0} for r in read_jsonl(out)]
+    write_jsonl(out, old)  # records graded before the official protocol (e.g. a failure filled in with 0.0)
+    rows = run_benchmark("mmvet", d, fail_generate, FakeJudge(), out, "vit")
+    assert len(graded) == 6 and metric(rows, "total")["value"] == 100.0
+
+
+def test_mmvet_prompt_comes_from_the_configured_evaluator_file(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
+                        seen.append(header) or (1.0, "1.0"))
+    evaluator = tmp_path / "mm-vet_evaluator.py"
+    evaluator.write_text('prompt = """Compare the ground truth and prediction. FEW-SHOT\n"""\n')
+    d = make_mmvet(tmp_path)
+    run_benchmark("mmvet", d, Recorder(lambda r: "x"), FakeJudge(), tmp_path / "a.jsonl", "vit",
+                  judge_templates={"mmvet": str(evaluator)})
+    run_benchmark("mmvet", d, Recorder(lambda r: "x"), FakeJudge(), tmp_path / "b.jsonl", "vit")
+    assert seen == ["Compare the ground truth and prediction. FEW-SHOT\n"] * 3 + [None] * 3
 
 
 def test_alpaca_eval_switches_sides_and_maps_back(tmp_path, monkeypatch):
@@ -548,6 +609,45 @@ def test_with_the_rubric_judge(tmp_path):
     assert 0.0 <= headline(alpaca, "alpaca_eval") <= 100.0
     mv = run_benchmark("mmvet", make_mmvet(tmp_path), Recorder(lambda r: "8"), judge, tmp_path / "mv.jsonl", "m")
     assert metric(mv, "cap_ocr")["value"] == 100.0
+
+
+def test_failed_gradings_are_left_out_and_counted(tmp_path, monkeypatch):
+    """A judge reply the official parser rejects is never a default score: the item is recorded as failed, left out
+    of every metric and counted in the judge_failures row."""
+    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
+                        (None, "not a grade") if q == "How many bars?" else (1.0 if gt in pred else 0.0, "1.0"))
+    mv = run_benchmark("mmvet", make_mmvet(tmp_path), Recorder(lambda r: "It is 8."), FakeJudge(),
+                       tmp_path / "mv.jsonl", "vit")
+    assert metric(mv, "total")["value"] == 50.0 and metric(mv, "total")["n"] == 2  # 0.0 filled in would give 33.3
+    assert metric(mv, "cap_math")["value"] == 100.0 and metric(mv, "cap_math")["n"] == 1
+    assert (metric(mv, "judge_failures")["value"], metric(mv, "judge_failures")["n"]) == (1, 3)
+    assert metric(mv, "judge_failures")["judge"] == "fake-judge"
+    failed = [r for r in read_jsonl(tmp_path / "mv.jsonl") if r["failed"]]
+    assert len(failed) == 1 and failed[0]["score"] is None and failed[0]["judge_raw"] == "not a grade"
+
+    monkeypatch.setattr(mmpref.judges, "grade_llava_bench", lambda judge, q, c, ref, ans, rule=None, truth=None:
+                        (None, None, "Scores: 8 and 6") if q == "Why is the sky blue?" else (8.0, 6.0, "8 6"))
+    lb = run_benchmark("llava_bench", make_llava_bench(tmp_path), Recorder(lambda r: "a"), FakeJudge(),
+                       tmp_path / "lb.jsonl", "vit")
+    assert metric(lb, "relative_score")["value"] == 75.0 and metric(lb, "relative_score")["n"] == 2
+    assert "relative_score_complex" not in {r["metric"] for r in lb}
+    assert metric(lb, "judge_failures")["value"] == 1
+
+    monkeypatch.setattr(mmpref.judges, "grade_pairwise_alpaca", lambda judge, i, o1, o2, truth=None, template=None:
+                        (None, "Model 2.") if i == "Task number 0?" else ((1.0 if o1 == "MODEL" else 2.0), "[...]"))
+    al = run_benchmark("alpaca_eval", make_alpaca(tmp_path, 4), Recorder(lambda r: "MODEL"), FakeJudge(),
+                       tmp_path / "al.jsonl", "vit")
+    assert metric(al, "win_rate")["value"] == 100.0 and metric(al, "win_rate")["n"] == 3
+    assert (metric(al, "judge_failures")["value"], metric(al, "judge_failures")["n"]) == (1, 4)
+    rec = next(r for r in read_jsonl(tmp_path / "al.jsonl") if r["instruction"] == "Task number 0?")
+    assert rec["failed"] and rec["preference"] is None
+
+    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    mt = run_benchmark("mt_bench", make_mt_bench(tmp_path), Recorder(lambda r: "garbled" if r.turns[-1] ==
+                                                                     "Reverse it." else "x"),
+                       FakeJudge(), tmp_path / "mt.jsonl", "vit")
+    assert metric(mt, "overall")["n"] == 5 and metric(mt, "turn2")["n"] == 2  # FastChat's -1 is dropped
+    assert (metric(mt, "judge_failures")["value"], metric(mt, "judge_failures")["n"]) == (1, 6)
 
 
 def test_unknown_benchmark(tmp_path):

@@ -189,22 +189,61 @@ def test_annotate_failed_keeps_raw_never_zero():
         annotate_responses(j, "q", None, [])
 
 
-def test_grade_functions_parse_and_fallbacks():
+def test_grade_functions_parse_and_failures_are_not_scored():
     j = ScriptedJudge(["Good.\nRating: [[8]]", "no rating at all"])
     assert grade_single(j, ["q"], ["a"])[0] == 8.0
-    assert grade_single(j, ["q"], ["a2"])[0] == -1.0
-    j = ScriptedJudge(["???", "[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]"])
-    pref, _ = grade_pairwise_alpaca(j, "i", "o1", "o2")
-    assert pref == 2.0 and [c.attempt for c in j.calls] == [0, 1]
-    j = ScriptedJudge(["nope"] * 3)
-    assert math.isnan(grade_pairwise_alpaca(j, "i", "o1", "o2", max_retries=2)[0])
-    j = ScriptedJudge(["great", "1.7", "0.6"])
-    assert grade_mmvet(j, "q", "gt", "pred")[0] == 0.6
-    j = ScriptedJudge(["x"] * 5)
-    assert grade_mmvet(j, "q", "gt", "pred")[0] == 0.0 and len(j.calls) == 5
+    assert grade_single(j, ["q"], ["a2"])[0] == -1.0  # FastChat's own mark; show_result drops it
+    rank = "[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]"
+    j = ScriptedJudge([rank])
+    assert grade_pairwise_alpaca(j, "i", "o1", "o2") == (2.0, rank) and len(j.calls) == 1
+    j = ScriptedJudge(["Model 2 wins.\n" + rank, rank])  # alpaca_eval asks once: a wrapped ranking is a failure
+    pref, raw = grade_pairwise_alpaca(j, "i", "o1", "o2")
+    assert pref is None and raw.startswith("Model 2 wins.") and len(j.calls) == 1
+    j = ScriptedJudge(["???", rank])
+    assert grade_pairwise_alpaca(j, "i", "o1", "o2", max_retries=1)[0] == 2.0 and [c.attempt for c in j.calls] == [0, 1]
     j = ScriptedJudge(["7 9\nreasons", "Scores: 7 and 9"])
     assert grade_llava_bench(j, "q", "ctx", "ref", "ans")[:2] == (7.0, 9.0)
-    assert grade_llava_bench(j, "q", "ctx", "ref", "ans2")[:2] == (-1.0, -1.0)
+    assert grade_llava_bench(j, "q", "ctx", "ref", "ans2") == (None, None, "Scores: 7 and 9")  # not (-1, -1)
+    assert all(c.system == "You are a helpful and precise assistant for checking the quality of the answer."
+               and c.temperature == 0.2 for c in j.calls)
+
+
+def test_mmvet_grading_follows_the_evaluator_retry_rule():
+    j = ScriptedJudge(["The answer is right.", "1.7", "0.6 it is partly right"])
+    score, raw = grade_mmvet(j, "What is x?", "-1<AND>-5", "x = -1")
+    assert score == 0.6 and raw == "0.6 it is partly right"
+    assert [c.attempt for c in j.calls] == [0, 1, 2] and [c.temperature for c in j.calls] == [0.0, 0.5, 1.0]
+    first = prompts.render_mmvet_prompt("What is x?", "-1<AND>-5", "x = -1")
+    assert j.calls[0].prompt == first and first.endswith("\nWhat is x? | -1 <AND> -5 | x = -1 | ")
+    assert j.calls[1].prompt == j.calls[2].prompt == first + "\nPredict the correctness of the answer (digit): "
+    assert j.calls[0].system is None  # the evaluator sends the user message only
+
+
+def test_mmvet_grading_fails_after_five_replies_never_zero():
+    j = ScriptedJudge(["x"] * 6)
+    assert grade_mmvet(j, "q", "gt", "pred") == (None, "x")
+    assert len(j.calls) == 5 and j.calls[-1].temperature == 2.0
+
+
+def test_mmvet_prompt_is_read_from_the_official_evaluator_file(tmp_path):
+    evaluator = tmp_path / "mm-vet_evaluator.py"
+    evaluator.write_text('import os\n\nprompt = """Compare the ground truth and prediction. FEW-SHOT\n"""\n\n'
+                         'def arg_parser(prompt=prompt):\n    raise SystemExit("never run")\n')
+    header = prompts.load_mmvet_prompt(evaluator)
+    assert header == "Compare the ground truth and prediction. FEW-SHOT\n"
+    j = ScriptedJudge(["1.0"])
+    grade_mmvet(j, "Q?", "A<OR>B", "B", header=header)
+    assert j.calls[0].prompt == header + "\n" + "Q? | A <OR> B | B | "
+    (tmp_path / "other.py").write_text("PROMPT = 'x'\n")
+    with pytest.raises(ValueError, match="no top-level string `prompt"):
+        prompts.load_mmvet_prompt(tmp_path / "other.py")
+
+
+def test_request_temperature_reaches_the_cache_key_only_when_set():
+    j = ScriptedJudge()
+    plain = JudgeRequest(task="answer", prompt="p")
+    assert j.cache_key(plain) == j.cache_key(plain.model_copy(update={"temperature": None}))
+    assert j.cache_key(plain) != j.cache_key(plain.model_copy(update={"temperature": 0.5}))
 
 
 # ---- prompt renderers ----------------------------------------------------------------------------------------------
@@ -298,3 +337,13 @@ def test_openai_local_server_needs_no_key(fake_openai, monkeypatch):
     fake_openai.error(401)
     with pytest.raises(JudgeError, match="401"):
         j.complete(JudgeRequest(task="answer", prompt="hello again"))
+
+
+def test_openai_backend_sends_the_official_temperature(fake_openai, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123456")
+    j = make_judge("openai", "gpt-test", None, base_url=fake_openai.url)
+    fake_openai.ok("8 7\nfine")
+    fake_openai.ok("hi")
+    assert grade_llava_bench(j, "q", "c", "r", "a")[:2] == (8.0, 7.0)
+    j.complete(JudgeRequest(task="answer", prompt="hello"))
+    assert [r["body"]["temperature"] for r in fake_openai.requests] == [0.2, 0.0]

@@ -58,22 +58,39 @@ def test_pope_rejects_bad_labels_and_lengths():
         m.pope_split_metrics(["yes"], ["yes", "no"])
 
 
-# ---- MMBench --------------------------------------------------------------------------------------------------
+# ---- MMBench (VLMEvalKit can_infer, commit c6bdffd3, VERBOSE unset) ------------------------------------------------
+
+OPTS = {"A": "red", "B": "blue", "C": "yellow"}
+
 
 @pytest.mark.parametrize("answer,expected", [
     ("B", "B"),
     ("B.", "B"),
-    ("(C) blue", "C"),
+    ("(C) blue", "C"),                  # the letter decides before the text
     ("The answer is B.", "B"),
     ("A", "A"),
-    ("A red circle is shown", "A"),     # letter rule refuses the article "A"; text "red" decides
+    ("A blue square is shown", "A"),    # "A" is read as the letter: the article rejection is verbose mode only
+    ("a blue square is shown", "B"),    # lower-case "a" is no letter; the text "blue" decides
     ("It is red", "A"),                 # by option text
     ("B or C", None),                   # two letters, no option text
+    ("I think B, not A", None),         # two letters
     ("red or blue", None),              # two option texts
     ("green", None),
+    ("Z", "Z"),                         # no option letter, but "Z"
+    ("Cannot determine the answer, but it looks red", "Z"),  # a refusal is Z, never matched by text
+    ("I'm sorry, but without the image provided I would say B", "Z"),
+    ("Failed to obtain answer via API: red", "A"),  # no letter rule at all; the text still matches
 ])
-def test_mmbench_match_letter_then_text(answer, expected):
-    assert m.mmbench_match(answer, {"A": "red", "B": "blue", "C": "yellow"}) == expected
+def test_mmbench_match_as_vlmevalkit_can_infer(answer, expected):
+    assert m.mmbench_match(answer, dict(OPTS)) == expected
+
+
+def test_mmbench_refusal_fails_every_rotation_it_is_in():
+    rots = m.mmbench_rotations(["red", "blue"], 0)
+    answers = ["A", "Cannot determine the answer. Maybe red."]  # the text would match the right option "red" (B)
+    passes = [m.mmbench_match(a, opts) == letter for a, (opts, letter) in zip(answers, rots)]
+    assert passes == [True, False]
+    assert m.mmbench_scores([passes])["circular_accuracy"] == (0.0, 1)
 
 
 def test_mmbench_rotations_shift_options_and_answer():
@@ -91,29 +108,57 @@ def test_mmbench_circular_and_vanilla():
     assert s["vanilla_accuracy"] == (50.0, 4)
 
 
-# ---- MM-Vet, LLaVA-Bench ----------------------------------------------------------------------------------------
+# ---- MM-Vet (mm-vet_evaluator.py export_result, one decimal) -----------------------------------------------------
 
-def test_mmvet_total_and_capabilities():
+def test_mmvet_total_capabilities_and_integrations():
     s = m.mmvet_scores([1.0, 0.5, 0.0, 0.8], [["rec"], ["rec", "math"], ["ocr"], ["math"]])
-    assert s["total"].value == pytest.approx(57.5) and s["total"].n == 4
-    assert s["cap_rec"].value == pytest.approx(75.0) and s["cap_rec"].n == 2
-    assert s["cap_math"].value == pytest.approx(65.0)
-    assert s["cap_ocr"].value == 0.0
-    assert set(s) == {"total", "cap_rec", "cap_math", "cap_ocr"}
+    assert s["total"] == (57.5, 4)
+    assert s["cap_rec"] == (75.0, 2) and s["cap_math"] == (65.0, 2) and s["cap_ocr"] == (0.0, 1)
+    # capability integrations: the items whose capability set is exactly that set
+    assert s["capint_rec"] == (100.0, 1) and s["capint_math_rec"] == (50.0, 1) and s["capint_math"] == (80.0, 1)
+    assert set(s) == {"total", "cap_rec", "cap_math", "cap_ocr", "capint_rec", "capint_math_rec", "capint_ocr",
+                      "capint_math"}
 
+
+def test_mmvet_rounds_to_one_decimal_like_the_evaluator():
+    s = m.mmvet_scores([0.1, 0.2, 0.2], [["rec"], ["rec"], ["ocr", "rec"]])
+    assert s["total"].value == 16.7  # 0.5 / 3 x 100 = 16.666...
+    assert s["cap_ocr"].value == 20.0 and s["capint_ocr_rec"].value == 20.0
+    assert m.mmvet_scores([0.1, 0.2], [["rec"], ["rec"]])["total"].value == 15.0  # 0.30000000000000004 / 2
+
+
+def test_mmvet_failed_gradings_are_left_out_not_zero():
+    s = m.mmvet_scores([1.0, None, 0.0], [["rec"], ["rec"], ["ocr"]])
+    assert s["total"] == (50.0, 2)  # the evaluator's 0.0 for the failed item would give 33.3
+    assert s["cap_rec"] == (100.0, 1)
+    with pytest.raises(ValueError, match="no graded items"):
+        m.mmvet_scores([None], [["rec"]])
+
+
+# ---- LLaVA-Bench (summarize_gpt_review.py as printed) -------------------------------------------------------------
 
 def test_llava_bench_relative_scores():
     s = m.llava_bench_scores([(8, 6), (10, 9), (6, 3)], ["conv", "conv", "detail"])
-    assert s["relative_score"].value == pytest.approx(75.0)
-    assert s["model_score"].value == pytest.approx(6.0)
-    assert s["reference_score"].value == pytest.approx(8.0)
-    assert s["relative_score_conv"].value == pytest.approx(7.5 / 9 * 100) and s["relative_score_conv"].n == 2
-    assert s["relative_score_detail"].value == pytest.approx(50.0)
+    assert s["relative_score"] == (75.0, 3)
+    assert s["reference_score"] == (80.0, 3) and s["model_score"] == (60.0, 3)  # means x 10, as printed
+    assert s["relative_score_conv"] == (83.3, 2)  # 7.5 / 9 x 100 = 83.33...
+    assert s["reference_score_conv"] == (90.0, 2) and s["model_score_conv"] == (75.0, 2)
+    assert s["relative_score_detail"] == (50.0, 1)
 
 
-def test_llava_bench_keeps_unparsed_reviews_like_summarize_gpt_review():
-    s = m.llava_bench_scores([(8, 6), (-1, -1)], ["conv", "conv"])
-    assert s["relative_score"].value == pytest.approx(2.5 / 3.5 * 100)
+def test_llava_bench_rounds_the_means_to_three_decimals_first():
+    s = m.llava_bench_scores([(1, 6), (1, 7), (2, 7)], ["conv"] * 3)
+    # means 1.333.. and 6.666.. -> 1.333 and 6.667 -> 6.667 / 1.333 x 100 = 500.15 -> 500.2 (unrounded means: 500.0)
+    assert s["relative_score"].value == 500.2
+    assert s["reference_score"].value == 13.3 and s["model_score"].value == 66.7
+
+
+def test_llava_bench_failed_reviews_are_left_out_not_averaged_as_minus_one():
+    s = m.llava_bench_scores([(8, 6), None], ["conv", "conv"])
+    assert s["relative_score"] == (75.0, 1)  # summarize_gpt_review would average [-1, -1] in: 2.5 / 3.5
+    assert math.isnan(m.llava_bench_scores([(0, 5)], ["conv"])["relative_score"].value)  # the script divides by 0
+    with pytest.raises(ValueError, match="no reviewed items"):
+        m.llava_bench_scores([None], ["conv"])
 
 
 # ---- MT-Bench ---------------------------------------------------------------------------------------------------
@@ -127,20 +172,27 @@ def test_mt_bench_drops_minus_one_like_show_result():
         m.mt_bench_scores([-1], [-1])
 
 
-# ---- AlpacaEval -------------------------------------------------------------------------------------------------
+# ---- AlpacaEval (pairwise_to_winrate, commit cd543a1) --------------------------------------------------------------
 
 def test_alpaca_win_rate_ties_half_and_sem():
-    prefs = [2, 1, 1.5, 2, 0, float("nan"), 3]
+    prefs = [2, 1, 1.5, 2, 0, float("nan"), 3, None, 1.25]
     s = m.alpaca_win_rate(prefs)
-    # kept: 2, 1, 1.5, 2, 1.5 (0 is a draw) -> minus 1: 1, 0, .5, 1, .5
-    assert s["win_rate"].value == pytest.approx(60.0) and s["win_rate"].n == 5
-    assert s["standard_error"].value == pytest.approx(math.sqrt(0.7 / 4 / 5) * 100)
-    assert s["standard_error"].value == pytest.approx(pd.Series([1, 0, 0.5, 1, 0.5]).sem() * 100)
+    # kept (1 <= x <= 2 after 0 -> 1.5): 2, 1, 1.5, 2, 1.5, 1.25 -> minus 1: 1, 0, .5, 1, .5, .25 ; NaN, None, 3 dropped
+    assert s["win_rate"].value == pytest.approx(325 / 6) and s["win_rate"].n == 6
+    x = [1, 0, 0.5, 1, 0.5, 0.25]
+    mean = sum(x) / 6
+    assert s["standard_error"].value == pytest.approx(math.sqrt(sum((v - mean) ** 2 for v in x) / 5 / 6) * 100)
+    assert s["standard_error"].value == pytest.approx(pd.Series(x).sem() * 100)
+    assert math.isnan(m.alpaca_win_rate([2.0])["standard_error"].value)  # pandas sem of one value
+    with pytest.raises(ValueError, match="no valid preferences"):
+        m.alpaca_win_rate([None, float("nan")])
 
 
 def test_alpaca_unswitch():
     assert m.alpaca_unswitch(1.0, True) == 2.0
     assert m.alpaca_unswitch(2.0, True) == 1.0
     assert m.alpaca_unswitch(1.5, True) == 1.5
+    assert m.alpaca_unswitch(1.25, True) == 1.75  # alpaca_eval's 3 - x applies to every value
     assert m.alpaca_unswitch(2.0, False) == 2.0
     assert math.isnan(m.alpaca_unswitch(float("nan"), True))
+    assert m.alpaca_unswitch(None, True) is None

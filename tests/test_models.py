@@ -137,3 +137,16 @@ def test_vision_tower_pretraining_learns_the_tags():
     assert len(losses) == 150
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
     assert not tower.training
+
+
+def test_policy_gives_every_turn_its_image(checkpoint):
+    """Noisy-image MT-Bench: the image goes with every user turn, so the processor gets one picture per turn."""
+    vlm = Policy.load(checkpoint.vit, "vit", dtype="float32", device="cpu")
+    two = ChatRequest(turns=["What color is the square?", "What is 3 plus 5?"], answers=["The square is blue."],
+                      image=str(checkpoint.image), image_every_turn=True)
+    one = ChatRequest(turns=["Is there a red circle in the image?"], image=str(checkpoint.image),
+                      image_every_turn=True)
+    assert vlm._render(two).count("<image>") == 2 and vlm._render(one).count("<image>") == 1
+    assert vlm._render(two.model_copy(update={"image_every_turn": False})).count("<image>") == 1
+    outs = vlm.generate([two, one], max_new_tokens=3, batch_size=2)
+    assert len(outs) == 2 and all(isinstance(o[0], str) for o in outs)

@@ -107,7 +107,8 @@ def paper_shaped_params(root: Path, data: Path, gemini_url: str, openai_url: str
                            "mt_bench_noisy": str(SHARED / "mt_bench" / "question.jsonl")},
             "judge_templates": {"mt_bench": str(SHARED / "mt_bench" / "judge_prompts.jsonl"),
                                 "alpaca_eval": str(SHARED / "alpaca_eval" / "alpaca_eval_gpt4_prompt.txt"),
-                                "llava_bench": str(SHARED / "llava_bench" / "rule.json")},
+                                "llava_bench": str(SHARED / "llava_bench" / "rule.json"),
+                                "mmvet": "{data_dir}/mmvet/mm-vet_evaluator.py"},  # make_mmvet's stand-in
             "judge": {"base_url": openai_url, "requests_per_minute": None, "max_workers": 4},
             "limit": 2, "max_new_tokens": 12, "batch_size": 8},
     }

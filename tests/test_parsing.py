@@ -83,34 +83,57 @@ def test_fastchat_rating_like_fastchat():
     assert parse_fastchat_rating("[[seven]]") == -1.0
 
 
-def test_alpaca_ranking():
-    assert parse_alpaca_ranking("[{'model': 'model_1', 'rank': 1}, {'model': 'model_2', 'rank': 2}]") == 1.0
+RANK = "[{{'model': 'model_1', 'rank': {}}}, {{'model': 'model_2', 'rank': {}}}]"
+
+
+def test_alpaca_ranking_as_alpaca_eval_ranking_parser():
+    assert parse_alpaca_ranking(RANK.format(1, 2)) == 1.0
     assert parse_alpaca_ranking("[{'model': 'model_2', 'rank': 1}, {'model': 'model_1', 'rank': 2}]") == 2.0
-    assert parse_alpaca_ranking('[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 1}]') == 1.5
-    wrapped = "Model 2 is clearer [see below].\n[\n {'model': 'model_2', 'rank': 1},\n {'model': 'model_1', 'rank': 2}\n]"
-    assert parse_alpaca_ranking(wrapped) == 2.0
-    with pytest.raises(ParseError, match="rank 3"):
-        parse_alpaca_ranking("[{'model': 'model_1', 'rank': 3}]")
-    with pytest.raises(ParseError, match="no AlpacaEval ranking"):
-        parse_alpaca_ranking("model_1 is better")
+    assert parse_alpaca_ranking('[{"model": "model_1", "rank": 1}, {"model": "model_2", "rank": 2}]') == 1.0
+    assert parse_alpaca_ranking("\n" + RANK.format(2, 1) + "\n") == 2.0  # literal_eval takes the surrounding newlines
+    assert parse_alpaca_ranking("# model_2 is clearer\n" + RANK.format(2, 1)) == 2.0  # a comment is valid Python
+    assert parse_alpaca_ranking("[{'model': 'model_1', 'rank': 1.0}]") == 1.0
+
+
+def test_alpaca_tied_ranks_give_model_1s_rank():
+    assert parse_alpaca_ranking(RANK.format(1, 1)) == 1.0  # not a draw: the rank of model_1 is the preference
+    assert parse_alpaca_ranking(RANK.format(2, 2)) == 2.0
+
+
+@pytest.mark.parametrize("completion", [
+    "Model 2 is clearer.\n" + RANK.format(2, 1),   # a ranking wrapped in other text is not parsed
+    RANK.format(2, 1) + "\nModel 2 is clearer.",
+    "```python\n" + RANK.format(1, 2) + "\n```",
+    "[{'model': 'model_1', 'rank': 3}, {'model': 'model_2', 'rank': 1}]",
+    "[{'model': 'model_1', 'rank': '1'}]",
+    "[{'model': 'model_3', 'rank': 1}]",
+    "[{'rank': 1}, {'model': 'model_1', 'rank': 1}]",  # an entry without "model" fails the whole list
+    "{'model': 'model_1', 'rank': 1}",
+    "model_1 is better",
+    "",
+])
+def test_alpaca_unparsable_completions(completion):
     with pytest.raises(ParseError):
-        parse_alpaca_ranking("[{'model': 'model_3', 'rank': 1}]")
+        parse_alpaca_ranking(completion)
 
 
 def test_llava_score_like_llava():
     assert parse_llava_score("8 6\nAssistant 1 is better.") == [8.0, 6.0]
     assert parse_llava_score("7,9\nreasons") == [7.0, 9.0]
     assert parse_llava_score("7.5 9") == [7.5, 9.0]
-    assert parse_llava_score("Scores: 8 6") == [-1.0, -1.0]
-    assert parse_llava_score("8  6") == [-1.0, -1.0]  # LLaVA splits on single spaces
-    assert parse_llava_score("eight six") == [-1.0, -1.0]
+    assert parse_llava_score("-1 -1") == [-1.0, -1.0]  # two numbers are two scores, whatever they are
+    for bad in ("Scores: 8 6", "8  6", "8, 6", "8 6 ", "eight six", "8\t6", ""):
+        with pytest.raises(ParseError):  # LLaVA's [-1, -1]: a failed review
+            parse_llava_score(bad)
 
 
-def test_mmvet_score():
+def test_mmvet_score_first_token():
     assert parse_mmvet_score("0.5") == 0.5
-    assert parse_mmvet_score(" 1.0\n") == 1.0
-    assert parse_mmvet_score("0") == 0.0
-    with pytest.raises(ParseError, match="outside"):
-        parse_mmvet_score("1.5")
-    with pytest.raises(ParseError, match="not a number"):
-        parse_mmvet_score("Score: 0.5")
+    assert parse_mmvet_score("0.5 because half of it is right") == 0.5
+    assert parse_mmvet_score("0") == 0.0 and parse_mmvet_score("1.") == 1.0
+    assert parse_mmvet_score("1.0\n") == 1.0  # the first token is stripped
+    for bad, why in ((" 1.0", "not a number"),        # split(" ")[0] is the empty string
+                     ("0.8\nThe prediction matches.", "not a number"),  # split on spaces only
+                     ("Score: 0.5", "not a number"), ("nan", "NaN"), ("1.5", "outside"), ("-0.1", "outside")):
+        with pytest.raises(ParseError, match=why):
+            parse_mmvet_score(bad)

@@ -88,7 +88,8 @@ def populate(data: Path) -> dict:
                            "mt_bench_noisy": "{data_dir}/mt_bench/question.jsonl"},
             "judge_templates": {"mt_bench": "{data_dir}/mt_bench/judge_prompts.jsonl",
                                 "alpaca_eval": "{data_dir}/alpaca_eval/prompt.txt",
-                                "llava_bench": "{data_dir}/llava_bench/rule.json"},
+                                "llava_bench": "{data_dir}/llava_bench/rule.json",
+                                "mmvet": "{data_dir}/mmvet/mm-vet_evaluator.py"},
             "noise_images": "{data_dir}/noise",
             "judge": {"backend": "openai", "model": "gpt-4-0613", "price_input_per_mtok": 30.0,
                       "price_output_per_mtok": 60.0}},
@@ -100,7 +101,8 @@ def populate(data: Path) -> dict:
 def test_table_is_where_paper_params_point():
     params = load_params(PAPER)
     assert {d.key for d in preflight.DATASETS} >= {"scigraphqa", "lrv", *params.evaluate.benchmarks, "noise_images",
-                                                    "judge_mt_bench", "judge_alpaca_eval", "judge_llava_bench"}
+                                                    "judge_mt_bench", "judge_alpaca_eval", "judge_llava_bench",
+                                                    "judge_mmvet"}
     for d in preflight.DATASETS:
         assert params.path(preflight.param_value(params, d.param)) == params.data_dir / d.path, d.key
         assert d.source and d.layout
@@ -117,7 +119,7 @@ def test_empty_data_dir_lists_every_configured_item_as_missing(tmp_path):
     by_key = {r["key"]: r for r in rows}
     assert set(by_key) == {"scigraphqa", "lrv", "pope", "mmbench", "mmvet", "llava_bench", "mt_bench", "alpaca_eval",
                            "mt_bench_noisy", "judge_mt_bench", "judge_alpaca_eval", "judge_llava_bench",
-                           "noise_images"}
+                           "judge_mmvet", "noise_images"}
     for r in rows:
         assert not r["ok"] and r["required"] and r["status"] == "missing", r
         assert r["source"] == preflight.BY_KEY[r["key"]].source
@@ -128,7 +130,7 @@ def test_empty_data_dir_lists_every_configured_item_as_missing(tmp_path):
 def test_official_format_files_turn_the_rows_ok(tmp_path):
     overrides = populate(tmp_path / "data")
     rows = preflight.check_data(load(PAPER, tmp_path, overrides=overrides))
-    assert len(rows) == 13
+    assert len(rows) == 14
     assert [r for r in rows if not r["ok"]] == []
     assert all(r["status"] == "ok" and r["note"] for r in rows)
     assert not (tmp_path / "data" / "mmbench" / "mmbench_dev_images").exists()  # the check decodes into a temp dir

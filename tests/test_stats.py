@@ -113,10 +113,11 @@ def test_failed_judge_items_are_treated_as_the_metric_treats_them():
     # AlpacaEval: NaN preferences are dropped
     got = stats.bootstrap("alpaca_eval", alpaca("m", [2.0, math.nan] * 10))
     assert (got["value"], got["lo"], got["hi"]) == (100.0, 100.0, 100.0)
-    # LLaVA-Bench: unparsable reviews (-1, -1) are averaged in, as LLaVA's script does: below 50 % when drawn
-    got = stats.bootstrap("llava_bench", llava("m", [(8, 4)] * 9 + [(-1, -1)]))
-    assert got["value"] == pytest.approx(100 * 3.5 / 7.1)
-    assert got["hi"] == pytest.approx(50.0) and got["lo"] < 49.0
+    # LLaVA-Bench: failed reviews are left out (never averaged in as LLaVA's -1), so every resample scores 50 %
+    recs = llava("m", [(8, 4)] * 9 + [(8, 4)])
+    recs[-1].update(scores=None, failed=True)
+    got = stats.bootstrap("llava_bench", recs)
+    assert (got["value"], got["lo"], got["hi"]) == (50.0, 50.0, 50.0)
 
 
 def test_pope_resamples_questions_within_each_split():

@@ -10,9 +10,15 @@ metric functions' inputs; the run_* functions score through it, and so does the 
 the latest scoring used carry "scored": true (`scored_records` reads them back); MMBench records also carry "passes",
 the correctness of each rotation.
 
+Judge failures: a grading whose reply the official parser rejects is recorded with "failed": true and no score
+(MT-Bench: FastChat's own -1 rating per turn), left out of every metric, never filled in with a default score, and
+counted: every judge-graded benchmark's rows include the metric "judge_failures" (value = failed gradings, n = gradings;
+MT-Bench counts turns).
+
 Resume: records already in `out_jsonl` for the same model and the same request are reused; an answer graded by a
-different judge is graded again (the answer is kept). Work is appended chunk by chunk, so an interrupted run loses at
-most one chunk. Judge calls of a chunk run in parallel (up to the judge's `max_concurrency`).
+different judge, or under an older grading protocol (GRADING), is graded again (the answer is kept). Work is appended
+chunk by chunk, so an interrupted run loses at most one chunk. Judge calls of a chunk run in parallel (up to the
+judge's `max_concurrency`).
 """
 
 from __future__ import annotations
@@ -36,6 +42,12 @@ BENCHMARKS = ["pope", "mmbench", "mmvet", "llava_bench", "mt_bench", "alpaca_eva
 HEADLINE = {"mmvet": "total", "llava_bench": "relative_score", "pope": "f1", "mmbench": "circular_accuracy",
             "mt_bench": "overall", "alpaca_eval": "win_rate", "mt_bench_noisy": "overall"}
 RULE_JUDGE = "rule"  # the "judge" of rows scored by rule (POPE, MMBench)
+# Bump when a metric or a parser changes: stage 09 then rescores every (model, benchmark) (answers reused).
+SCORING_VERSION = 2
+FAILURES = "judge_failures"  # the metric counting failed gradings of a judge-graded benchmark
+# Grading protocol of each judge-graded benchmark: records graded under another one are graded again (answers kept).
+GRADING = {"mmvet": "mm-vet@acde843", "llava_bench": "llava@c121f04", "alpaca_eval": "alpaca_eval@cd543a1",
+           "mt_bench": "fastchat@0e6d3e4", "mt_bench_noisy": "fastchat@0e6d3e4"}
 
 # Prompt suffixes of LLaVA-1.5's evaluation question files (llava_pope_test.jsonl, model_vqa_mmbench.py).
 POPE_PROMPT_SUFFIX = "\nAnswer the question using a single word or phrase."
@@ -63,10 +75,16 @@ def _need_judge(judge: Any, benchmark: str) -> str:
 
 
 def _signature(requests: Sequence[ChatRequest], extra: Any = None) -> str:
-    """Hash of what the model is asked (turns and the image's file name), so a changed item is not reused."""
-    return sha256_json({"requests": [{"turns": r.turns, "answers": r.answers, "temperature": r.temperature,
-                                      "image": Path(r.image).name if r.image else None} for r in requests],
-                        "extra": extra})
+    """Hash of what the model is asked (turns, the image's file name and the turns it goes with), so a changed item
+    is not reused."""
+    def one(r: ChatRequest) -> dict:
+        out = {"turns": r.turns, "answers": r.answers, "temperature": r.temperature,
+               "image": Path(r.image).name if r.image else None}
+        if r.image_every_turn:  # only when set, so the signatures of earlier records stay valid
+            out["image_every_turn"] = True
+        return out
+
+    return sha256_json({"requests": [one(r) for r in requests], "extra": extra})
 
 
 def _generate(generate: GenerateFn, requests: list[ChatRequest]) -> list[str]:
@@ -159,7 +177,7 @@ def _run(
         rec = store.reusable(key, sigs[key])
         if rec is None:
             todo_answer.append((item, key, reqs))
-        elif grade is not None and rec.get("judge") != judge_id:
+        elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != GRADING.get(benchmark)):
             todo_grade.append((item, key, rec["answers"]))
     log.info("%s / %s: %d items, %d to answer, %d to re-grade, %d reused", model, benchmark, len(items),
              len(todo_answer), len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
@@ -167,8 +185,9 @@ def _run(
     def finish(batch: list[tuple[Any, str, list[str]]]) -> None:
         graded = _parallel(lambda b: grade(b[0], b[2]), batch, judge) if grade is not None else [{}] * len(batch)
         for (item, key, answers), fields in zip(batch, graded):
+            tag = {"grading": GRADING.get(benchmark)} if grade is not None else {}
             store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
-                       "answers": answers, "judge": judge_id, **fields})
+                       "answers": answers, "judge": judge_id, **tag, **fields})
 
     steps = range(0, len(todo_answer), chunk_size)
     for start in tqdm(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2):
@@ -258,15 +277,20 @@ def add_mmbench_passes(records: Sequence[dict], items: Sequence[loaders.MMBenchI
 # MM-Vet
 
 def run_mmvet(items: Sequence[loaders.MMVetItem], generate: GenerateFn, judge: Any, out_jsonl: str | Path,
-              model: str, chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
-    """MM-Vet: the judge grades each answer 0.0..1.0 against the ground truth; total and per-capability x 100."""
+              model: str, prompt_path: str | Path | None = None, chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
+    """MM-Vet: the judge grades each answer 0.0..1.0 against the ground truth with MM-Vet's few-shot prompt, read from
+    the official mm-vet_evaluator.py at `prompt_path` (mmpref's fallback prompt when None); total, per capability
+    and per capability integration x 100."""
     judge_id = _need_judge(judge, "mmvet")
     import mmpref.judges as judges
+    from mmpref.judges import prompts
+
+    header = prompts.load_mmvet_prompt(prompt_path) if prompt_path is not None else None
 
     def grade(it: loaders.MMVetItem, answers: list[str]) -> dict:
         truth = {"answer": it.answer_key} if it.answer_key else {}
-        score, raw = judges.grade_mmvet(judge, it.question, it.answer, answers[0], truth=truth)
-        return {"score": score, "judge_raw": raw}
+        score, raw = judges.grade_mmvet(judge, it.question, it.answer, answers[0], truth=truth, header=header)
+        return {"score": score, "failed": score is None, "judge_raw": raw}
 
     recs = _run("mmvet", items, [it.id for it in items],
                 lambda it: [ChatRequest(turns=[it.question], image=it.image)], generate, out_jsonl, model, judge_id,
@@ -297,15 +321,16 @@ def run_llava_bench(items: Sequence[loaders.LlavaBenchItem], generate: GenerateF
         truth = {"answer": it.answer_key, "reference": it.reference} if it.answer_key else {}
         s_ref, s_model, raw = judges.grade_llava_bench(judge, it.text, it.context, it.reference, answers[0],
                                                        rule=rule, truth=truth)
-        return {"scores": [s_ref, s_model], "judge_raw": raw}
+        failed = s_ref is None or s_model is None
+        return {"scores": None if failed else [s_ref, s_model], "failed": failed, "judge_raw": raw}
 
     recs = _run("llava_bench", items, [str(it.question_id) for it in items],
                 lambda it: [ChatRequest(turns=[it.text], image=it.image)], generate, out_jsonl, model, judge_id, grade,
                 lambda it: {"question_id": it.question_id, "category": it.category}, chunk_size=chunk_size,
                 judge=judge)
-    unparsed = sum(r["scores"] == [-1, -1] for r in recs)
+    unparsed = sum(bool(r.get("failed")) for r in recs)
     if unparsed:
-        log.warning("llava_bench: %d reviews without two scores on the first line (averaged as -1, like LLaVA)",
+        log.warning("llava_bench: %d reviews without two scores on the first line (failed: left out and counted)",
                     unparsed)
     return _rows(model, "llava_bench", score_records("llava_bench", recs), judge_id)
 
@@ -335,9 +360,9 @@ def run_mt_bench(items: Sequence[loaders.MTBenchItem], generate: GenerateFn, jud
                  chunk_size: int = DEFAULT_CHUNK, decoding: str = "fastchat") -> list[dict]:
     """MT-Bench: two turns (turn 2 sees turn 1 and the model's answer), FastChat single-answer grading of each turn
     (single-v1 / single-math-v1 with the reference for math, reasoning, coding; the multi-turn templates for turn 2).
-    With `noise_images_dir` it is the noisy-image MT-Bench: every request carries an irrelevant image chosen by the
-    question id; the judge sees text only. `decoding="fastchat"` answers with FastChat's per-category temperatures
-    (MT_BENCH_TEMPERATURES), "greedy" greedily."""
+    With `noise_images_dir` it is the noisy-image MT-Bench: an irrelevant image chosen by the question id goes with
+    every user turn (the design's "prepended to every turn"); the judge sees text only. `decoding="fastchat"` answers
+    with FastChat's per-category temperatures (MT_BENCH_TEMPERATURES), "greedy" greedily."""
     if decoding not in ("fastchat", "greedy"):
         raise ValueError(f"MT-Bench decoding must be 'fastchat' or 'greedy', got {decoding!r}")
     benchmark = "mt_bench_noisy" if noise_images_dir is not None else "mt_bench"
@@ -372,15 +397,17 @@ def run_mt_bench(items: Sequence[loaders.MTBenchItem], generate: GenerateFn, jud
                                      templates=templates, multi_turn=False)
         s2, j2 = judges.grade_single(judge, it.turns[:2], answers[:2], reference=it.reference, truth=truth(it, 1),
                                      templates=templates, multi_turn=True)
-        return {"scores": [s1, s2], "judge_raw": [j1, j2]}
+        return {"scores": [s1, s2], "failed": [s1 == -1, s2 == -1], "judge_raw": [j1, j2]}
 
     recs = _run(benchmark, items, [str(it.question_id) for it in items],
-                lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), temperature=temperature(it))], generate,
+                lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), image_every_turn=pool is not None,
+                                        temperature=temperature(it))], generate,
                 out_jsonl, model, judge_id,
                 grade, lambda it: {"question_id": it.question_id, "category": it.category,
                                    "image": Path(image(it)).name if pool is not None else None,
                                    "turns": it.turns[:2]},
                 second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
+                                                       image_every_turn=pool is not None,
                                                        temperature=temperature(it)),
                 chunk_size=chunk_size, judge=judge)
     return _rows(model, benchmark, score_records(benchmark, recs), judge_id)
@@ -412,7 +439,8 @@ def run_alpaca_eval(items: Sequence[loaders.AlpacaItem], generate: GenerateFn, j
         raw_pref, raw = judges.grade_pairwise_alpaca(judge, it.instruction, first, second, truth=truth,
                                                      template=template)
         return {"switched": switched, "raw_preference": raw_pref,
-                "preference": metrics.alpaca_unswitch(raw_pref, switched), "judge_raw": raw}
+                "preference": metrics.alpaca_unswitch(raw_pref, switched), "failed": raw_pref is None,
+                "judge_raw": raw}
 
     keys = [hashlib.sha256(it.instruction.encode("utf-8")).hexdigest()[:16] for it in items]
     recs = _run("alpaca_eval", items, keys, lambda it: [ChatRequest(turns=[it.instruction])], generate, out_jsonl,
@@ -425,9 +453,25 @@ def run_alpaca_eval(items: Sequence[loaders.AlpacaItem], generate: GenerateFn, j
 # --------------------------------------------------------------------------------------------------------------
 # item-level scoring
 
+def _failures(benchmark: str, recs: Sequence[dict]) -> Score:
+    """Failed gradings among the records (MT-Bench: turns rated -1, FastChat's mark of an unparsable judgment)."""
+    if benchmark in ("mt_bench", "mt_bench_noisy"):
+        ratings = [s for r in recs for s in r["scores"][:2]]
+        return Score(sum(s == -1 for s in ratings), len(ratings))
+    return Score(sum(bool(r.get("failed")) for r in recs), len(recs))
+
+
 def score_records(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
     """A benchmark's scores from its per-item records (any subset or resample of them), through the metric functions
-    of mmpref.evaluate.metrics: the run_* functions and the bootstrap both score this way."""
+    of mmpref.evaluate.metrics: the run_* functions and the bootstrap both score this way. Judge-graded benchmarks
+    add FAILURES, the number of failed gradings (left out of the other metrics)."""
+    scores = _metric_scores(benchmark, recs)
+    if benchmark in GRADING:
+        scores[FAILURES] = _failures(benchmark, recs)
+    return scores
+
+
+def _metric_scores(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
     if benchmark == "pope":
         by_split: dict[str, tuple[list[str], list[str]]] = {}
         for rec in recs:
@@ -440,13 +484,15 @@ def score_records(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
     if benchmark == "mmbench":
         return metrics.mmbench_scores([r["passes"] for r in recs])
     if benchmark == "mmvet":
-        return metrics.mmvet_scores([r["score"] for r in recs], [r["capability"] for r in recs])
+        return metrics.mmvet_scores([None if r.get("failed") else r["score"] for r in recs],
+                                    [r["capability"] for r in recs])
     if benchmark == "llava_bench":
-        return metrics.llava_bench_scores([tuple(r["scores"]) for r in recs], [r["category"] for r in recs])
+        return metrics.llava_bench_scores([None if r.get("failed") else tuple(r["scores"]) for r in recs],
+                                          [r["category"] for r in recs])
     if benchmark in ("mt_bench", "mt_bench_noisy"):
         return metrics.mt_bench_scores([r["scores"][0] for r in recs], [r["scores"][1] for r in recs])
     if benchmark == "alpaca_eval":
-        return metrics.alpaca_win_rate([r["preference"] for r in recs])
+        return metrics.alpaca_win_rate([None if r.get("failed") else r["preference"] for r in recs])
     raise ValueError(f"unknown benchmark {benchmark!r}; choose one of {BENCHMARKS}")
 
 
@@ -479,8 +525,9 @@ def run_benchmark(
 ) -> list[dict]:
     """Load benchmark `name` (one of BENCHMARKS) from `data_path` (file or folder, official format), answer it with
     `generate`, score it (judge-graded benchmarks need `judge`) and return tidy rows; per-item records go to
-    `out_jsonl`. `judge_templates` maps "mt_bench" / "alpaca_eval" / "llava_bench" to the official judge prompt files
-    (judge_prompts.jsonl, alpaca_eval_gpt4 prompt, rule.json); without them the judges' fallback prompts are used.
+    `out_jsonl`. `judge_templates` maps "mt_bench" / "alpaca_eval" / "llava_bench" / "mmvet" to the official judge
+    prompt files (judge_prompts.jsonl, alpaca_eval_gpt4 prompt, rule.json, mm-vet_evaluator.py); without them the
+    judges' fallback prompts are used.
     `options` go to the benchmark's run_* function (e.g. prompt_suffix, chunk_size, seed)."""
     templates = dict(judge_templates or {})
     if name == "pope":
@@ -488,7 +535,8 @@ def run_benchmark(
     if name == "mmbench":
         return run_mmbench(loaders.load_mmbench(data_path, limit), generate, out_jsonl, model, **options)
     if name == "mmvet":
-        return run_mmvet(loaders.load_mmvet(data_path, limit), generate, judge, out_jsonl, model, **options)
+        return run_mmvet(loaders.load_mmvet(data_path, limit), generate, judge, out_jsonl, model,
+                         prompt_path=templates.get("mmvet"), **options)
     if name == "llava_bench":
         return run_llava_bench(loaders.load_llava_bench(data_path, limit), generate, judge, out_jsonl, model,
                                rule_path=templates.get("llava_bench"), **options)

@@ -72,6 +72,7 @@ def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, 
 
 
 def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
+    from mmpref.evaluate.benchmarks import SCORING_VERSION
     from mmpref.judges import judge_from_params
     from mmpref.models import chat_templates
     from mmpref.pairing import steerlm_inference_question
@@ -85,7 +86,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
         fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
                        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
                        "chat_templates": sha256_json(list(chat_templates(params)))[:16], "decoding": ev.mt_bench_decoding,
-                       "seed": params.run.seed}
+                       "seed": params.run.seed, "scoring": SCORING_VERSION}
         policy = None
         for bench in benchmarks:
             data_path = params.path(ev.benchmarks[bench])

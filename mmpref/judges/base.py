@@ -37,6 +37,9 @@ class JudgeRequest(BaseModel):
     truth: dict = {}
     json_schema: str | None = None
     attempt: int = 0
+    # the sampling temperature an official script uses for this call (MM-Vet's retries, LLaVA-Bench's 0.2); None
+    # leaves the backend's own setting
+    temperature: float | None = None
 
 
 class JudgeReply(BaseModel):
@@ -155,6 +158,8 @@ class Judge:
             "json_schema": req.json_schema,
             "attempt": req.attempt,
         }
+        if req.temperature is not None:  # only when set, so the keys of earlier requests stay valid
+            material["temperature"] = req.temperature
         if self.uses_truth:
             material["inputs"] = req.inputs
             material["truth"] = req.truth

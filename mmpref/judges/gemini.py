@@ -77,7 +77,7 @@ class GeminiJudge(Judge):
     def _config(self, req: JudgeRequest):
         from google.genai import types
 
-        kwargs: dict = {"temperature": self.temperature}
+        kwargs: dict = {"temperature": self.temperature if req.temperature is None else req.temperature}
         if req.system:
             kwargs["system_instruction"] = req.system
         if self.max_output_tokens:

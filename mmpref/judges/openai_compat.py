@@ -79,7 +79,8 @@ class OpenAIJudge(Judge):
     def _call(self, req: JudgeRequest) -> JudgeReply:
         import openai
 
-        kwargs: dict = {"model": self.model, "messages": self._messages(req), "temperature": self.temperature}
+        kwargs: dict = {"model": self.model, "messages": self._messages(req),
+                        "temperature": self.temperature if req.temperature is None else req.temperature}
         if self.max_output_tokens:
             kwargs["max_tokens"] = self.max_output_tokens
         if req.json_schema and self.structured_output:

@@ -1,13 +1,16 @@
 """Parsers for judge replies: our annotation JSON, FastChat ratings, AlpacaEval rankings, LLaVA-Bench and MM-Vet scores.
 
-Every parser either returns a validated value or raises `ParseError` (a ValueError) saying what was wrong, except the
-two that copy an official script's behaviour of returning a sentinel (-1) for unparsable text.
+Every parser either returns a validated value or raises `ParseError` (a ValueError) saying what was wrong, except
+FastChat's rating parser, which returns FastChat's own -1 for an unparsable judgment (show_result drops it). The
+benchmark parsers follow the official code named in their docstrings; a reply they reject is a failed grading, never
+a default score.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import math
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -110,7 +113,8 @@ def parse_annotation(text: str, n_responses: int) -> tuple[str, list[AttributeSc
     return reasoning, payload.responses
 
 
-# FastChat llm_judge/common.py single-answer grading patterns.
+# FastChat single-answer grading patterns: lm-sys/FastChat fastchat/llm_judge/common.py, commit
+# 0e6d3e4beaab66f4d3f93db72541a4abab8af28d.
 one_score_pattern = re.compile(r"\[\[(\d+\.?\d*)\]\]")
 one_score_pattern_backup = re.compile(r"\[(\d+\.?\d*)\]")
 
@@ -125,71 +129,52 @@ def parse_fastchat_rating(judgment: str) -> float:
     return -1.0
 
 
-def _literal_lists(text: str):
-    """Yield python literals of every balanced `[...]` span in text, last first."""
-    spans = []
-    for start in (i for i, c in enumerate(text) if c == "["):
-        depth = 0
-        for j in range(start, len(text)):
-            if text[j] == "[":
-                depth += 1
-            elif text[j] == "]":
-                depth -= 1
-                if depth == 0:
-                    spans.append((start, j + 1))
-                    break
-    for start, end in sorted(spans, key=lambda s: (s[1] - s[0]), reverse=True):
-        try:
-            yield ast.literal_eval(text[start:end])
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            continue
-
-
-def parse_alpaca_ranking(completion: str, model_1_name: str = "model_1", model_2_name: str = "model_2") -> float:
-    """AlpacaEval (v1, alpaca_eval_gpt4) ranking parser: the rank of model_1 is the preference.
-
-    Returns 1.0 (output_1 preferred) or 2.0 (output_2 preferred); 1.5 when both are given the same rank.
-    The completion should be a python list of {'model', 'rank'} dicts; when it carries extra text the largest
-    python list literal in it is used. Raises ParseError otherwise.
-    """
+def parse_alpaca_ranking(completion: str, model_1_name: str = "model_1") -> float:
+    """AlpacaEval's `ranking_parser` (tatsu-lab/alpaca_eval src/alpaca_eval/completion_parsers.py, commit
+    cd543a149df89434d8a54582c0151c0b945c3d20), used by the alpaca_eval_gpt4 annotator: the whole completion is read
+    with `ast.literal_eval`, and the rank of the first entry whose "model" is `model_1_name` is the preference, which
+    must be 1 or 2. So tied ranks give model_1's rank (both rank 1 -> 1.0), and a ranking wrapped in other text does
+    not parse. Where alpaca_eval returns NaN (any exception; an empty completion raises and is dropped the same way)
+    this raises ParseError."""
+    if completion == "":
+        raise ParseError("empty AlpacaEval completion")
     try:
-        candidates = [ast.literal_eval(completion.strip())]
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
-        candidates = list(_literal_lists(completion))
-    for ranking in candidates:
-        if not isinstance(ranking, (list, tuple)) or not all(isinstance(c, dict) for c in ranking):
-            continue
-        ranks = {c.get("model"): c.get("rank") for c in ranking}
-        if model_1_name not in ranks:
-            continue
-        r1 = ranks[model_1_name]
-        if r1 not in (1, 2):
-            raise ParseError(f"AlpacaEval ranking gives {model_1_name} rank {r1!r}, expected 1 or 2")
-        if ranks.get(model_2_name) == r1:
-            return 1.5
-        return float(r1)
-    raise ParseError(f"no AlpacaEval ranking list with {model_1_name!r} found in {completion[:120]!r}")
+        ordered_completions = ast.literal_eval(completion) if isinstance(completion, str) else completion
+        rank = [c for c in ordered_completions if c["model"] == model_1_name][0]["rank"]
+        assert rank in [1, 2]
+        return float(rank)
+    except Exception as exc:  # noqa: BLE001 - alpaca_eval catches every error the same way
+        raise ParseError(f"AlpacaEval ranking_parser rejects {str(completion)[:120]!r} "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 def parse_llava_score(review: str) -> list[float]:
-    """LLaVA `eval_gpt_review*.parse_score`: first line holds two scores 'a b' (comma allowed); else [-1, -1]."""
+    """LLaVA `eval_gpt_review_bench.parse_score` (haotian-liu/LLaVA llava/eval/eval_gpt_review_bench.py, commit
+    c121f0432da27facab705978f83c4ada465e46fd): the first line, commas -> spaces, split on single spaces, must be
+    exactly two floats. Where LLaVA returns [-1, -1] (and summarize_gpt_review averages that in) this raises
+    ParseError: the review is recorded as failed."""
     try:
         score_pair = review.split("\n")[0]
         score_pair = score_pair.replace(",", " ")
         sp = score_pair.split(" ")
         if len(sp) == 2:
             return [float(sp[0]), float(sp[1])]
-        return [-1.0, -1.0]
-    except Exception:  # noqa: BLE001 - LLaVA swallows every error the same way
-        return [-1.0, -1.0]
+    except Exception as exc:  # noqa: BLE001 - LLaVA swallows every error the same way
+        raise ParseError(f"LLaVA-Bench review has no score pair on its first line ({exc}): {review[:80]!r}") from None
+    raise ParseError(f"LLaVA-Bench review's first line is not two scores: {review[:80]!r}")
 
 
 def parse_mmvet_score(content: str) -> float:
-    """MM-Vet grader: the whole reply must be a float in [0, 1]; otherwise ParseError (the grader retries)."""
+    """MM-Vet's grade rule (yuweihao/MM-Vet mm-vet_evaluator.py, commit acde843e02dae30047bb456ee4a8ab28dee7e0ae):
+    `float(content.split(" ")[0].strip())`, which must lie in 0.0..1.0; otherwise ParseError (the grader retries).
+    One deliberate difference: "nan", which the evaluator accepts (both range checks are False) and which would make
+    every total NaN, is rejected."""
     try:
-        score = float(content.strip())
+        score = float(content.split(" ")[0].strip())
     except (ValueError, AttributeError):
-        raise ParseError(f"MM-Vet grade is not a number: {str(content)[:80]!r}") from None
-    if not 0.0 <= score <= 1.0:
+        raise ParseError(f"MM-Vet grade's first token is not a number: {str(content)[:80]!r}") from None
+    if math.isnan(score):
+        raise ParseError("MM-Vet grade is NaN")
+    if score > 1.0 or score < 0.0:
         raise ParseError(f"MM-Vet grade {score} is outside 0.0..1.0")
     return score

@@ -1,13 +1,14 @@
 """Judge prompt texts.
 
-Our own texts (annotation guide, gold answers, MM-Vet grading, short fallbacks) live here. The official benchmark
-templates (FastChat judge_prompts.jsonl, AlpacaEval's alpaca_eval_gpt4 prompt, LLaVA's rule.json) are never copied
-into the repository: the loaders read them from the path given in params and the renderers fill them exactly the way
-the official scripts do.
+Our own texts (annotation guide, gold answers, short fallbacks) live here. The official benchmark templates (FastChat
+judge_prompts.jsonl, AlpacaEval's alpaca_eval_gpt4 prompt, LLaVA's rule.json, the few-shot prompt inside MM-Vet's
+mm-vet_evaluator.py) are never copied into the repository: the loaders read them from the path given in params and
+the renderers fill them exactly the way the official scripts do.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -218,7 +219,10 @@ def render_alpaca(instruction: str, output_1: str, output_2: str, template: str 
 # --------------------------------------------------------------------------------------------------------------
 # LLaVA-Bench (rule.json + eval_gpt_review_bench content layout)
 
-LLAVA_SYSTEM = "You are a careful assistant who checks how good answers are."
+# haotian-liu/LLaVA llava/eval/eval_gpt_review_bench.py `get_eval`, commit c121f0432da27facab705978f83c4ada465e46fd:
+# the system message and the sampling temperature of every review.
+LLAVA_SYSTEM = "You are a helpful and precise assistant for checking the quality of the answer."
+LLAVA_TEMPERATURE = 0.2
 FALLBACK_LLAVA_RULE = {
     "role": "Assistant",
     "prompt": "The user asked the question above about an image, described for you in the context. Score both "
@@ -262,16 +266,42 @@ def render_llava_bench(question: str, context: str, answer_1: str, answer_2: str
 
 
 # --------------------------------------------------------------------------------------------------------------
-# MM-Vet grading (our own short prompt with MM-Vet's output contract: only a number 0.0-1.0)
+# MM-Vet grading: yuweihao/MM-Vet mm-vet_evaluator.py `runs`, commit acde843e02dae30047bb456ee4a8ab28dee7e0ae. The
+# few-shot prompt is the module-level string `prompt` of the official evaluator, read from its file (params
+# `evaluate.judge_templates.mmvet`); without it mmpref's own header below is used, with the same layout and the same
+# output contract (the reply's first token is the score). The evaluator sends no system message.
 
-MMVET_SYSTEM = "You grade answers against a ground truth."
+MMVET_SYSTEM = None
+MMVET_RETRY_SUFFIX = "\nPredict the correctness of the answer (digit): "
+FALLBACK_MMVET_PROMPT = (
+    "Compare the ground truth and the prediction of an AI model and give the prediction a correctness score between "
+    "0.0 and 1.0 (0.0 totally wrong, 1.0 totally right, partial credit such as 0.5 when only part of the ground "
+    "truth is matched). In the ground truth, <AND> means every part is needed and <OR> means any one part is enough. "
+    "Complete the last row with the correctness score only, as a number.\n\n"
+    "Question | Ground truth | Prediction | Correctness\n--- | --- | --- | ---\n"
+)
 
 
-def render_mmvet_prompt(question: str, gt_answer: str, prediction: str) -> str:
-    return (
-        "Compare the model answer with the ground truth and give a correctness score between 0.0 and 1.0. "
-        "1.0 means fully correct, 0.0 fully wrong; give partial credit (for example 0.5) when only part of the "
-        "ground truth is matched. In the ground truth, <AND> means every part is needed and <OR> means any one "
-        "part is enough. Reply with the score only, as a number, nothing else.\n\n"
-        f"Question: {question}\nGround truth: {gt_answer}\nModel answer: {prediction}\nScore:"
-    )
+def load_mmvet_prompt(path: str | Path) -> str:
+    """The few-shot grading prompt of MM-Vet's evaluator: the string assigned to the top-level name `prompt` in
+    mm-vet_evaluator.py, read with `ast` (the file is not imported or run)."""
+    path = Path(path)
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except SyntaxError as exc:
+        raise ValueError(f"{path}: not a Python file ({exc.msg}, line {exc.lineno})") from None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "prompt" for t in node.targets) \
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            return node.value.value
+    raise ValueError(f"{path}: no top-level string `prompt = \"\"\"...\"\"\"` (MM-Vet's mm-vet_evaluator.py)")
+
+
+def render_mmvet_prompt(question: str, gt_answer: str, prediction: str, header: str | None = None,
+                        retry: bool = False) -> str:
+    """The evaluator's user message: `prompt + "\\n" + " | ".join([question, answer with " <AND> " / " <OR> ",
+    prediction, ""])`, plus "\\nPredict the correctness of the answer (digit): " on a retry. `header` is the
+    official prompt (load_mmvet_prompt); None uses mmpref's fallback."""
+    text = (FALLBACK_MMVET_PROMPT if header is None else header) + "\n" + " | ".join(
+        [question, gt_answer.replace("<AND>", " <AND> ").replace("<OR>", " <OR> "), prediction, ""])
+    return text + (MMVET_RETRY_SUFFIX if retry else "")

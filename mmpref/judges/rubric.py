@@ -255,7 +255,8 @@ class RubricJudge(Judge):
         r1, r2 = (1, 2) if first_wins else (2, 1)
         reasoning = f"model_1: {_explain(a1, key)}\nmodel_2: {_explain(a2, key)}\nDecision: {why}."
         ranking = f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
-        return f"{reasoning}\n{ranking}"
+        # alpaca_eval's ranking_parser reads the whole reply with ast.literal_eval: the reasoning goes as comments
+        return "".join(f"# {line}\n" for line in reasoning.splitlines()) + ranking
 
     def _grade_mmvet(self, inputs: dict, truth: dict) -> str:
         (prediction,) = self._need(inputs, "prediction")

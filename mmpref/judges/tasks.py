@@ -122,16 +122,20 @@ def grade_pairwise_alpaca(
     output_2: str,
     truth: dict | None = None,
     template: str | None = None,
-    max_retries: int = 2,
-) -> tuple[float, str]:
-    """AlpacaEval pairwise preference: 1.0 (output_1 better), 2.0 (output_2 better), 1.5 (tie);
-    NaN after `max_retries` unparsable replies (AlpacaEval drops those)."""
+    max_retries: int = 0,
+) -> tuple[float | None, str]:
+    """AlpacaEval pairwise preference with alpaca_eval's ranking_parser: 1.0 (output_1 better) or 2.0 (output_2
+    better); None when the reply does not parse (alpaca_eval's NaN, dropped from the win rate). alpaca_eval asks once
+    (`max_retries` 0); each retry is a new call."""
     system, prompt = prompts.render_alpaca(instruction, output_1, output_2, template)
     req = JudgeRequest(task="grade_pairwise", system=system, prompt=prompt,
                        inputs={"instruction": instruction, "output_1": output_1, "output_2": output_2},
                        truth=truth or {})
     preference, text, _ = _ask_until_parsed(judge, req, parse_alpaca_ranking, max_retries + 1, "AlpacaEval ranking")
-    return (float("nan") if preference is None else preference), text
+    return preference, text
+
+
+MMVET_TRIES = 5  # replies the evaluator reads: the first and four retries
 
 
 def grade_mmvet(
@@ -140,15 +144,28 @@ def grade_mmvet(
     gt_answer: str,
     prediction: str,
     truth: dict | None = None,
-    max_tries: int = 5,
-) -> tuple[float, str]:
-    """MM-Vet grading 0.0..1.0. Like the MM-Vet grader: up to `max_tries` calls, then 0.0."""
-    req = JudgeRequest(task="grade_mmvet", system=prompts.MMVET_SYSTEM,
-                       prompt=prompts.render_mmvet_prompt(question, gt_answer, prediction),
-                       inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
-                       truth=truth or {})
-    score, text, _ = _ask_until_parsed(judge, req, parse_mmvet_score, max_tries, "MM-Vet grade")
-    return (0.0 if score is None else score), text
+    header: str | None = None,
+) -> tuple[float | None, str]:
+    """MM-Vet grading 0.0..1.0 as yuweihao/MM-Vet mm-vet_evaluator.py `runs` does it (commit
+    acde843e02dae30047bb456ee4a8ab28dee7e0ae): the few-shot prompt (`header`, mmpref's fallback when None) at
+    temperature 0.0; while the reply's first token is not a grade in 0..1, ask again with "Predict the correctness of
+    the answer (digit): " appended and the temperature raised by 0.5. The evaluator reads five replies; after the
+    fifth it makes a sixth call at temperature 2.5 (which OpenAI rejects), never reads it and scores 0.0. Here the
+    grading stops after the five read replies and returns None (a failed grading, left out of the score and counted),
+    never 0.0. Returns (grade or None, the last reply)."""
+    text = ""
+    for attempt in range(MMVET_TRIES):
+        req = JudgeRequest(task="grade_mmvet", system=prompts.MMVET_SYSTEM,
+                           prompt=prompts.render_mmvet_prompt(question, gt_answer, prediction, header,
+                                                              retry=attempt > 0),
+                           inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
+                           truth=truth or {}, attempt=attempt, temperature=0.5 * attempt)
+        text = judge.complete(req).text
+        try:
+            return parse_mmvet_score(text), text
+        except ParseError as exc:
+            log.info("%s: unparsable MM-Vet grade (attempt %d: %s)", judge.judge_id, attempt, exc)
+    return None, text
 
 
 def grade_llava_bench(
@@ -159,14 +176,19 @@ def grade_llava_bench(
     answer: str,
     rule: dict | None = None,
     truth: dict | None = None,
-) -> tuple[float, float, str]:
-    """LLaVA-Bench review: (reference score, model score) on 1..10, the reference being Assistant 1;
-    (-1, -1) when the first line does not hold two scores, as LLaVA's parse_score returns."""
+) -> tuple[float | None, float | None, str]:
+    """LLaVA-Bench review as eval_gpt_review_bench.py asks it (LLaVA's system message, temperature 0.2, one call):
+    (reference score, model score), the reference being Assistant 1; (None, None) when the first line does not hold
+    two scores (LLaVA's [-1, -1]): a failed review, never averaged in."""
     system, prompt = prompts.render_llava_bench(question, context, reference_answer, answer, rule)
     req = JudgeRequest(task="grade_llava_bench", system=system, prompt=prompt,
                        inputs={"question": question, "context": context, "reference_answer": reference_answer,
                                "answer": answer},
-                       truth=truth or {})
+                       truth=truth or {}, temperature=prompts.LLAVA_TEMPERATURE)
     text = judge.complete(req).text
-    s_ref, s_model = parse_llava_score(text)
+    try:
+        s_ref, s_model = parse_llava_score(text)
+    except ParseError as exc:
+        log.info("%s: unparsable LLaVA-Bench review (%s)", judge.judge_id, exc)
+        return None, None, text
     return s_ref, s_model, text
