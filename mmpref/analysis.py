@@ -10,7 +10,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from mmpref import figures, stats
+from mmpref import figures, methods, stats
 from mmpref.io import read_jsonl
 from mmpref.world.anatomy import anatomy_table, dpo_diagnosis, mt_bench_anatomy, pair_anatomy
 from mmpref.world.truth import noisy_human_preferences
@@ -30,13 +30,13 @@ def analyse_run(params, run_dir: Path) -> dict:
                         ("paper_vs_run", figures.paper_vs_run(results, paper))]:
         out[name] = frame
         out["tables"][name] = figures.save_table(frame, tables_dir, name)
-    items = _mmbench_items(params)
-    out["intervals"] = stats.write_intervals(run_dir, results=results, mmbench_items=items)
+    items = _items(params)
+    out["intervals"] = stats.write_intervals(run_dir, results=results, items=items)
     for name, frame in [("table2_ci", figures.table2_intervals(out["intervals"])),
                         ("table3_ci", figures.table3_intervals(out["intervals"]))]:
         out[name] = frame
         out["tables"][name] = figures.save_interval_table(frame, tables_dir, name)
-    out["claims"] = stats.claims(run_dir, mmbench_items=items)
+    out["claims"] = stats.claims(run_dir, items=items)
     out["tables"]["claims"] = figures.save_table(out["claims"], tables_dir, "claims")
     fig2 = figures_dir / "figure2_dpo_data_scaling.png"
     out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper)
@@ -51,7 +51,7 @@ def analyse_run(params, run_dir: Path) -> dict:
         figures.save_table(out["figure3_corr"].round(3), tables_dir, "figure3_correlations")
         mt = params.evaluate.benchmarks.get("mt_bench")
         if mt:
-            out["anatomy"] = mt_bench_anatomy(run_dir, params.path(mt), list(figures.MODEL_ORDER))
+            out["anatomy"] = mt_bench_anatomy(run_dir, params.path(mt), methods.model_order())
             out["anatomy_table"] = anatomy_table(out["anatomy"])
             out["tables"]["regression_anatomy"] = figures.save_table(out["anatomy_table"], tables_dir,
                                                                      "regression_anatomy")
@@ -73,15 +73,15 @@ def analyse_run(params, run_dir: Path) -> dict:
     return out
 
 
-def _mmbench_items(params):
-    """A loader of the MMBench items, for per-item records written before they stored each rotation's correctness;
-    None when the run has no MMBench data configured."""
-    path = params.evaluate.benchmarks.get("mmbench")
-    if not path:
-        return None
+def _items(params):
+    """A loader of a benchmark's items (bench -> items, each loaded once), for per-item records of an older format
+    (stats.records); ValueError for a benchmark without configured data."""
 
-    def load():
-        from mmpref.evaluate.loaders import load_mmbench
+    def load(bench: str):
+        from mmpref.evaluate import registry
 
-        return load_mmbench(params.path(path), params.evaluate.limit)
+        path = params.evaluate.benchmarks.get(bench)
+        if not path:
+            raise ValueError(f"no {bench} data configured (evaluate.benchmarks.{bench})")
+        return registry.get(bench).load(params.path(path), params.evaluate.limit)
     return functools.cache(load)

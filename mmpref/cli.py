@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmpref.config import ParamsError, dotted_to_nested
+from mmpref import methods
+from mmpref.config import ParamsError, deep_merge, dotted_to_nested
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -17,9 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run STAGE even if complete")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a param, e.g. --set train.dpo.beta=0.2 (repeatable)")
+    p_run.add_argument("--judge-runs", type=int, metavar="N",
+                       help="grade every judge-graded benchmark N times and report mean and standard deviation "
+                            "(the same as --set evaluate.judge_runs=N)")
     p_train = sub.add_parser("train", help="train one method from a run's datasets (e.g. under accelerate launch)")
     p_train.add_argument("params")
-    p_train.add_argument("method", choices=["sft_gold", "steerlm", "rejection_sampling", "dpo"])
+    p_train.add_argument("method", choices=methods.names())
     p_train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p_status = sub.add_parser("status", help="show which stages of a run are complete")
     p_status.add_argument("params")
@@ -33,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         overrides = dotted_to_nested(args.overrides)
+        if getattr(args, "judge_runs", None) is not None:
+            overrides = deep_merge(overrides, {"evaluate": {"judge_runs": args.judge_runs}})
         if args.command == "run":
             report = runner.run(args.params, stages=args.stages, force=args.force, overrides=overrides)
             print(runner.summary_table(report))

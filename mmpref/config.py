@@ -17,21 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mmpref.io import sha256_json
 
-STAGES = [
-    "00_world",
-    "01_collect",
-    "02_sample",
-    "03_annotate",
-    "04_pair",
-    "05_train_sft_gold",
-    "06_train_steerlm",
-    "07_train_rejection_sampling",
-    "08_train_dpo",
-    "09_evaluate",
-    "10_analyse",
-]
-METHODS = ["sft_gold", "steerlm", "rejection_sampling", "dpo"]
-BENCHMARKS = ["pope", "mmbench", "mmvet", "llava_bench", "mt_bench", "alpaca_eval", "mt_bench_noisy"]
+from mmpref import methods as _methods
+
+def stages() -> list[str]:
+    """The stages in run order; one training stage per registered method (mmpref.methods)."""
+    return ["00_world", "01_collect", "02_sample", "03_annotate", "04_pair", *(m.stage for m in _methods.METHODS),
+            "09_evaluate", "10_analyse"]
+
+
+STAGES = stages()  # as registered when mmpref.config was imported; code that runs stages calls stages()
 
 
 class Strict(BaseModel):
@@ -69,6 +63,7 @@ class WorldParams(Strict):
     image_size: int = 48
     n_visual_train: int = 3000
     n_text_train: int = 3000
+    text_mc_share: float = Field(0.0, ge=0.0, lt=1.0)  # share of the base LM's text data in multiple-choice form
     n_pool: int = 400
     n_bench: int = 60                   # items per visual benchmark
     n_text_bench: int = 60              # MT-Bench questions and AlpacaEval instructions
@@ -214,7 +209,7 @@ class DPOParams(Strict):
 
 
 class TrainParams(Strict):
-    methods: list[Literal["sft_gold", "steerlm", "rejection_sampling", "dpo"]] = list(METHODS)
+    methods: list[str] = Field(default_factory=_methods.names)   # names in mmpref.methods
     lora: LoraParams = LoraParams()
     sft: SFTParams = SFTParams()
     dpo: DPOParams = DPOParams()
@@ -230,6 +225,14 @@ class TrainParams(Strict):
     save_steps: int | None = Field(200, ge=1)
     save_total_limit: int = Field(2, ge=1)
 
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in _methods.names()]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; allowed: {_methods.names()}")
+        return v
+
 
 class EvalParams(Strict):
     benchmarks: dict[str, str] = {}
@@ -242,19 +245,26 @@ class EvalParams(Strict):
     # MT-Bench answers: "fastchat" samples with FastChat's per-category temperatures (gen_model_answer.py, as the
     # authors' LLaVA port does); "greedy" decodes every category greedily
     mt_bench_decoding: Literal["fastchat", "greedy"] = "fastchat"
+    # grade every judge-graded benchmark this many times (distinct judge calls; the answers are kept) and report the
+    # mean and standard deviation over runs (`mmpref run ... --judge-runs N`)
+    judge_runs: int = Field(1, ge=1)
 
     @field_validator("benchmarks")
     @classmethod
     def _known_benchmarks(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(v) - set(BENCHMARKS))
+        from mmpref.evaluate import registry
+
+        unknown = sorted(set(v) - set(registry.names()))
         if unknown:
-            raise ValueError(f"unknown benchmark(s) {unknown}; allowed: {BENCHMARKS}")
+            raise ValueError(f"unknown benchmark(s) {unknown}; allowed: {registry.names()}")
         return v
 
     @field_validator("judge_templates")
     @classmethod
     def _known_templates(cls, v: dict[str, str]) -> dict[str, str]:
-        allowed = ["mt_bench", "alpaca_eval", "llava_bench", "mmvet"]
+        from mmpref.evaluate import registry
+
+        allowed = registry.judge_templates()
         unknown = sorted(set(v) - set(allowed))
         if unknown:
             raise ValueError(f"unknown judge template(s) {unknown}; allowed: {allowed}")

@@ -26,27 +26,26 @@ from typing import Iterable, Literal, Sequence
 import pandas as pd
 import yaml
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field_validator
 
+from mmpref import methods
+from mmpref.evaluate import registry
 from mmpref.io import read_jsonl
 from mmpref.pairing import ATTRIBUTES
 
 log = logging.getLogger(__name__)
 
-HEADLINE = {"mmvet": "total", "llava_bench": "relative_score", "pope": "f1", "mmbench": "circular_accuracy",
-            "mt_bench": "overall", "alpaca_eval": "win_rate", "mt_bench_noisy": "overall"}
-MODEL_ORDER = ["base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo"]
-MODEL_NAMES = {"base-lm": "Vicuna (base LM)", "vit": "LLaVA-1.5 (visual instruction tuned)",
-               "sft_gold": "Standard SFT", "steerlm": "SteerLM", "rejection_sampling": "Rejection-sampling",
-               "dpo": "DPO"}
-TABLE2_COLUMNS = {"mmvet": "MM-Vet", "llava_bench": "LLaVA-bench", "pope": "PoPe", "mmbench": "MM-Bench",
-                  "mt_bench": "MT-bench", "alpaca_eval": "AlpacaEval"}
-TEXT_BENCHMARKS = ["mt_bench", "alpaca_eval"]
-RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "n", "judge"]
+# read from the registries (mmpref.evaluate.registry, mmpref.methods) when this module is imported
+HEADLINE = registry.headlines()
+MODEL_ORDER = methods.model_order()
+MODEL_NAMES = {m: methods.display_name(m) for m in MODEL_ORDER}
+TABLE2_COLUMNS = {b.name: b.display for b in registry.benchmarks() if b.in_table2}
+TEXT_BENCHMARKS = [b.name for b in registry.benchmarks() if b.text_only]
+RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs"]
 DIFF_COLUMNS = [f"d_{a}" for a in ATTRIBUTES]
 PREFERENCE_COLUMN = "human_preference"
 
-RunModel = Literal["base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo"]
+RunModel = Literal[tuple(MODEL_ORDER)]  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------------------------- paper numbers
@@ -54,15 +53,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class PaperTable2Row(_Strict):
+class _PaperTable2Base(_Strict):
     name: str
     run_model: RunModel | None
-    mmvet: float | None
-    llava_bench: float | None
-    pope: float | None
-    mmbench: float | None
-    mt_bench: float | None
-    alpaca_eval: float | None
+
+
+# one field per Table 2 benchmark of the registry, named by its paper_results.yaml key (None: not reported)
+PaperTable2Row = create_model("PaperTable2Row", __base__=_PaperTable2Base,
+                              **{b.paper_key: (float | None, None) for b in registry.benchmarks()
+                                 if b.in_table2 and b.paper_key})
+
+
+def _paper_value(row: BaseModel, bench: str) -> float | None:
+    """A paper row's number for a benchmark (None when the paper does not report it)."""
+    key = registry.get(bench).paper_key
+    return getattr(row, key, None) if key else None
 
 
 class PaperTable3Row(_Strict):
@@ -129,8 +134,9 @@ def headline_values(results: pd.DataFrame) -> dict[tuple[str, str], float]:
     """{(model, benchmark): headline value}; conflicting duplicate rows raise ValueError."""
     _check_results(results)
     out: dict[tuple[str, str], float] = {}
+    headline = registry.headlines()
     for row in results.itertuples(index=False):
-        if HEADLINE.get(row.benchmark) != row.metric:
+        if headline.get(row.benchmark) != row.metric:
             continue
         key, value = (row.model, row.benchmark), float(row.value)
         if key in out and not (out[key] == value or (math.isnan(out[key]) and math.isnan(value))):
@@ -150,14 +156,14 @@ def table2(results: pd.DataFrame, paper: PaperResults | None = None) -> pd.DataF
     models = [m for m in MODEL_ORDER if any(k[0] == m for k in values)]
     rows = []
     for m in models:
-        benches = TEXT_BENCHMARKS if m == "base-lm" else list(TABLE2_COLUMNS)
+        benches = TEXT_BENCHMARKS if m == methods.BASE_LM else list(TABLE2_COLUMNS)
         rows.append({"Model": MODEL_NAMES[m],
                      **{TABLE2_COLUMNS[b]: values.get((m, b), math.nan) if b in benches else math.nan
                         for b in TABLE2_COLUMNS}})
     if paper is not None:
         for r in paper.table2:
             rows.append({"Model": f"{r.name} (paper)",
-                         **{TABLE2_COLUMNS[b]: math.nan if getattr(r, b) is None else getattr(r, b)
+                         **{TABLE2_COLUMNS[b]: math.nan if _paper_value(r, b) is None else _paper_value(r, b)
                             for b in TABLE2_COLUMNS}})
     return pd.DataFrame(rows, columns=["Model", *TABLE2_COLUMNS.values()]).set_index("Model")
 
@@ -172,7 +178,7 @@ def table3(results: pd.DataFrame, paper: PaperResults | None = None) -> pd.DataF
     rows = []
     for m in MODEL_ORDER:
         noisy, clean = values.get((m, "mt_bench_noisy"), math.nan), values.get((m, "mt_bench"), math.nan)
-        if math.isnan(noisy) and not (m == "base-lm" and not math.isnan(clean)):
+        if math.isnan(noisy) and not (m == methods.BASE_LM and not math.isnan(clean)):
             continue
         rows.append({"Model": MODEL_NAMES[m], cols[0]: noisy, cols[1]: clean, cols[2]: noisy - clean})
     if paper is not None:
@@ -194,9 +200,9 @@ def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataF
 
     def add(model: str, paper_name: str, bench: str, display: str, paper_value: float | None,
             paper_base: float | None) -> None:
-        if model == "base-lm" and bench not in (*TEXT_BENCHMARKS, "mt_bench_noisy"):
+        if model == methods.BASE_LM and bench not in (*TEXT_BENCHMARKS, "mt_bench_noisy"):
             return  # the base LM is text-only: its visual scores are blank in Table 2
-        run, run_base = values.get((model, bench), math.nan), values.get(("vit", bench), math.nan)
+        run, run_base = values.get((model, bench), math.nan), values.get((methods.POLICY, bench), math.nan)
         pv = math.nan if paper_value is None else paper_value
         pb = math.nan if paper_base is None else paper_base
         if math.isnan(run) and math.isnan(pv):
@@ -208,13 +214,13 @@ def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataF
         rows.append({"model": model, "paper_model": paper_name, "benchmark": display, "run": run, "paper": pv,
                      "run_change": rc, "paper_change": pc, "same_direction": same})
 
-    base2 = paper_results.table2_for("vit")
+    base2 = paper_results.table2_for(methods.POLICY)
     for r in paper_results.table2:
         if r.run_model is None:
             continue
         for b, display in TABLE2_COLUMNS.items():
-            add(r.run_model, r.name, b, display, getattr(r, b), getattr(base2, b) if base2 else None)
-    base3 = paper_results.table3_for("vit")
+            add(r.run_model, r.name, b, display, _paper_value(r, b), _paper_value(base2, b) if base2 else None)
+    base3 = paper_results.table3_for(methods.POLICY)
     for r in paper_results.table3:
         if r.run_model is not None:
             add(r.run_model, r.name, "mt_bench_noisy", "Noisy-image MT-Bench", r.mt_bench_noisy,
@@ -248,7 +254,7 @@ def table2_intervals(intervals: pd.DataFrame) -> pd.DataFrame:
     for m in MODEL_ORDER:
         if not any(k[0] == m and k[1] in TABLE2_COLUMNS for k in iv):
             continue
-        benches = TEXT_BENCHMARKS if m == "base-lm" else list(TABLE2_COLUMNS)
+        benches = TEXT_BENCHMARKS if m == methods.BASE_LM else list(TABLE2_COLUMNS)
         row: dict = {"Model": MODEL_NAMES[m]}
         for b, col in TABLE2_COLUMNS.items():
             _triple(row, col, iv.get((m, b, HEADLINE[b])) if b in benches else None)
@@ -264,7 +270,7 @@ def table3_intervals(intervals: pd.DataFrame, change_metric: str = "change_vs_mt
     rows = []
     for m in MODEL_ORDER:
         noisy, clean = iv.get((m, "mt_bench_noisy", HEADLINE["mt_bench_noisy"])), iv.get((m, "mt_bench", "overall"))
-        if noisy is None and not (m == "base-lm" and clean is not None):
+        if noisy is None and not (m == methods.BASE_LM and clean is not None):
             continue
         row: dict = {"Model": MODEL_NAMES[m]}
         for col, got in zip(TABLE3_COLUMNS, (noisy, clean, iv.get((m, "mt_bench_noisy", change_metric)))):
@@ -337,14 +343,16 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> dict[str, Pa
 
 # ----------------------------------------------------------------------------------------------- figure 2
 def fraction_model(fraction: float) -> str:
-    """Run model name for a DPO data fraction: 0 -> "vit", 1 -> "dpo", else "dpo_frac<f>"."""
+    """Run model name for a DPO data fraction: 0 -> "vit", 1 -> "dpo", else "dpo_frac<f>"
+    (mmpref.methods.fraction_adapter)."""
+    method = methods.fraction_method()
     if fraction == 0:
-        return "vit"
+        return methods.POLICY
     if fraction == 1:
-        return "dpo"
+        return method.name
     if not 0 < fraction < 1:
         raise ValueError(f"DPO data fraction must lie in [0, 1], got {fraction}")
-    return f"dpo_frac{fraction:g}"
+    return methods.fraction_adapter(method.name, fraction)
 
 
 def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Path,
@@ -359,14 +367,14 @@ def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Pa
     points = []
     for f in fr:
         m = fraction_model(f)
-        if (m, "mt_bench") in values:
-            points.append({"fraction": f, "model": m, "mt_bench": values[(m, "mt_bench")]})
+        if (m, methods.FRACTIONS_BENCHMARK) in values:
+            points.append({"fraction": f, "model": m, "mt_bench": values[(m, methods.FRACTIONS_BENCHMARK)]})
         else:
             log.warning("figure2: no MT-Bench result for %s (fraction %g); point left out", m, f)
     if not points:
         raise ValueError(f"figure2: results hold no MT-Bench 'overall' for any of {[fraction_model(f) for f in fr]}")
     pts = pd.DataFrame(points)
-    base = values.get(("base-lm", "mt_bench"))
+    base = values.get((methods.BASE_LM, methods.FRACTIONS_BENCHMARK))
     fig2 = paper.figure2 if isinstance(paper, PaperResults) else paper
 
     fig = Figure(figsize=(11 if fig2 else 6, 4.2), layout="constrained")

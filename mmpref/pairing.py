@@ -23,13 +23,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from mmpref import methods
 from mmpref.io import read_jsonl, sha256_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
 ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
-QUALITY_ATTRIBUTES = ["helpfulness", "correctness", "coherence"]
-DATASETS = ["sft_gold", "steerlm", "rejection_sampling", "dpo"]
+DATASETS = list(dict.fromkeys(m.dataset for m in methods.METHODS))  # the files stage 04 writes, one per dataset
 
 STEERLM_SUFFIX = (
     "\nPlease answer the question such that your response is in the following attributes in 5-point Likert scale:\n"
@@ -59,7 +59,7 @@ def _score(scores: Any, attr: str) -> int:
 def quality(scores: Any) -> int:
     """helpfulness + correctness + coherence of one response's ratings (a dict or an AttributeScores)."""
     try:
-        return sum(_score(scores, a) for a in QUALITY_ATTRIBUTES)
+        return methods.quality({a: _score(scores, a) for a in methods.QUALITY_ATTRIBUTES})
     except (KeyError, AttributeError) as exc:
         raise ValueError(f"ratings lack attribute {exc}: {scores!r}") from None
 

@@ -1,14 +1,16 @@
 """`mmpref check PARAMS`: before a real run, what data is missing, whether the environment can run it, and what the
 judge will cost.
 
-`DATASETS` is the one place that names every dataset and benchmark file a run reads: its official source and where
-params/paper-13b.yaml expects it under `run.data_dir` (README "Get the data" is generated from it by
-`markdown_table()`). The layouts are the ones mmpref's loaders read (mmpref/data.py, mmpref/evaluate/loaders.py,
-mmpref/judges/prompts.py); `check_data` validates the configured files with those same loaders on a few items.
+`DATASETS` lists every dataset and benchmark file a run reads: its official source and where params/paper-13b.yaml
+expects it under `run.data_dir` (README "Get the data" is generated from it by `markdown_table()`); the prompt
+datasets are named here, each benchmark's files by its registry entry (mmpref/evaluate/<name>.py). The layouts are the
+ones mmpref's loaders read; `check_data` validates the configured files with those same loaders on a few items.
 
 `estimate_cost` counts judge calls per job the way stages 02, 03 and 09 make them and estimates tokens: text at
 CHARS_PER_TOKEN characters per token, every image at IMAGE_TOKENS, every response or benchmark answer at its
-`max_new_tokens` (so answer-heavy calls are upper bounds), and judge replies at the OUTPUT_TOKENS assumptions below.
+`max_new_tokens` (so answer-heavy calls are upper bounds), and judge replies at the OUTPUT_TOKENS assumptions below
+(a benchmark's: its registry entry's `output_tokens`); with `evaluate.judge_runs` N every benchmark judging costs N
+times.
 Retries of unparsable replies are not counted. After a run, each judge stage's manifest line holds what it actually
 spent (`judge_usage`, see `mmpref.runner.judge_spend`); `spent()` collects those.
 """
@@ -16,18 +18,16 @@ spent (`judge_usage`, see `mmpref.runner.judge_spend`); `spent()` collects those
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import re
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 
 from mmpref.config import Params
+from mmpref.evaluate.registry import DataFile
 
 # ---- token-count assumptions (documented; see the module docstring) ------------------------------------------------
 CHARS_PER_TOKEN = 4.0          # rough English average for BPE tokenizers
@@ -37,39 +37,19 @@ THINKING_OUTPUT_TOKENS = 1000  # Gemini 2.5+ "thinking" tokens per call, billed 
 OUTPUT_TOKENS = {              # the judge's visible reply per call
     "answer": 60,              # gold answer: "one or two complete sentences"
     "annotate": 600,           # step-by-step reasoning, then JSON with 5 scores for each of the k responses
-    "mt_bench": 250,           # FastChat single grading: a short explanation and "Rating: [[x]]"
-    "alpaca_eval": 30,         # alpaca_eval_gpt4: the ranking as a python list
-    "mmvet": 5,                # a number 0.0-1.0
-    "llava_bench": 200,        # two scores on the first line, then the explanation
-}
-# ---- item counts and text lengths used when a benchmark file is absent (official files' counts / means) -------------
-DEFAULT_ITEMS = {"mt_bench": 80, "mt_bench_noisy": 80, "alpaca_eval": 805, "mmvet": 218, "llava_bench": 60,
-                 "pope": 3 * 3000, "mmbench": 4377}
-DEFAULT_CHARS = {"question": 100, "mt_turn": 200, "mt_reference": 750, "alpaca_instruction": 165,
-                 "alpaca_output": 310, "mmvet_question": 80, "mmvet_answer": 20, "llava_question": 80,
-                 "llava_context": 500, "llava_reference": 900}
-JUDGED = {"mt_bench": "mt_bench", "mt_bench_noisy": "mt_bench", "alpaca_eval": "alpaca_eval", "mmvet": "mmvet",
-          "llava_bench": "llava_bench"}   # benchmark -> OUTPUT_TOKENS key; POPE and MMBench are scored by rule
-CALLS_PER_ITEM = {"mt_bench": 2, "mt_bench_noisy": 2, "alpaca_eval": 1, "mmvet": 1, "llava_bench": 1,
-                  "pope": 0, "mmbench": 0}
+}                              # each judged benchmark's reply per call: its registry entry's `output_tokens`
+# ---- text lengths used when a prompt file is absent (benchmarks: each module's `cost_inputs` defaults) -------------
+DEFAULT_CHARS = {"question": 100}
 N_CHECK = 3                    # records / items validated per file
 
 
 # ------------------------------------------------------------------------------------------------------------------
 # The table
 
-@dataclass(frozen=True)
-class DataItem:
-    key: str
-    what: str
-    stage: str          # the stage that reads it
-    param: str          # the params key that points at it
-    path: str           # its value in params/paper-13b.yaml, relative to run.data_dir (or a hub id)
-    layout: tuple[str, ...]   # what the loader reads, relative to run.data_dir
-    source: str         # official source: repository or hub id and the path in it
+DataItem = DataFile  # key, what, stage, param, path (in paper-13b.yaml), layout, source
 
 
-DATASETS: list[DataItem] = [
+PROMPT_DATASETS: list[DataItem] = [
     DataItem("scigraphqa", "SciGraphQA-295K (prompts)", "01_collect", "prompts.sources[scigraphqa].image_root",
              "scigraphqa/imgs",
              ("records: the hub id `alexshengzhili/SciGraphQA-295K-train` (fetched by `datasets` at run time)",
@@ -80,51 +60,24 @@ DATASETS: list[DataItem] = [
              ("lrv/filter_cap.json", "lrv/images/<image_id>.jpg (VG_100K and VG_100K_2 in one folder)"),
              "github FuxiaoLiu/LRV-Instruction `download.txt` (\"LRV Instruction\" link: `filter_cap.json`); "
              "Visual Genome v1.2 images `images.zip` + `images2.zip`"),
-    DataItem("pope", "POPE (COCO, random/popular/adversarial)", "09_evaluate", "evaluate.benchmarks.pope", "pope",
-             ("pope/coco_pope_{random,popular,adversarial}.json", "pope/images/COCO_val2014_*.jpg"),
-             "github AoiDragon/POPE `output/coco/coco_pope_{random,popular,adversarial}.json`; COCO `val2014.zip` "
-             "images"),
-    DataItem("mmbench", "MMBench dev (EN)", "09_evaluate", "evaluate.benchmarks.mmbench",
-             "mmbench/mmbench_dev_20230712.tsv", ("mmbench/mmbench_dev_20230712.tsv (images inside, base64)",),
-             "OpenCompass MMBench `mmbench_dev_20230712.tsv` (download.openmmlab.com/mmclassification/datasets/"
-             "mmbench/)"),
-    DataItem("mmvet", "MM-Vet", "09_evaluate", "evaluate.benchmarks.mmvet", "mm-vet",
-             ("mm-vet/mm-vet.json", "mm-vet/images/"),
-             "github yuweihao/MM-Vet release `mm-vet.zip` (mm-vet.json + images/)"),
-    DataItem("llava_bench", "LLaVA-Bench (in-the-wild)", "09_evaluate", "evaluate.benchmarks.llava_bench",
-             "llava-bench-in-the-wild",
-             ("llava-bench-in-the-wild/{questions,context,answers_gpt4}.jsonl", "llava-bench-in-the-wild/images/"),
-             "hub dataset `liuhaotian/llava-bench-in-the-wild` (questions.jsonl, context.jsonl, "
-             "answers_gpt4.jsonl, images/)"),
-    DataItem("mt_bench", "MT-Bench questions and GPT-4 reference answers", "09_evaluate",
-             "evaluate.benchmarks.mt_bench", "mt_bench/question.jsonl",
-             ("mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"),
-             "github lm-sys/FastChat `fastchat/llm_judge/data/mt_bench/question.jsonl` and "
-             "`fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl`"),
-    DataItem("alpaca_eval", "AlpacaEval (v1) reference outputs", "09_evaluate", "evaluate.benchmarks.alpaca_eval",
-             "alpaca_eval/text_davinci_003_outputs.json", ("alpaca_eval/text_davinci_003_outputs.json",),
-             "github tatsu-lab/alpaca_eval `results/text_davinci_003/model_outputs.json`"),
-    DataItem("mt_bench_noisy", "Noisy-image MT-Bench questions", "09_evaluate", "evaluate.benchmarks.mt_bench_noisy",
-             "mt_bench/question.jsonl", ("mt_bench/question.jsonl (the MT-Bench file)",),
-             "github lm-sys/FastChat `fastchat/llm_judge/data/mt_bench/question.jsonl`"),
     DataItem("noise_images", "Noisy-image MT-Bench images", "09_evaluate", "evaluate.noise_images", "noise_images",
              ("noise_images/*.png (any .png/.jpg files)",),
              "no official file: non-informative images (blank and random-noise pictures, paper section 4.2)"),
-    DataItem("judge_mt_bench", "MT-Bench judge prompts", "09_evaluate", "evaluate.judge_templates.mt_bench",
-             "mt_bench/judge_prompts.jsonl", ("mt_bench/judge_prompts.jsonl",),
-             "github lm-sys/FastChat `fastchat/llm_judge/data/judge_prompts.jsonl`"),
-    DataItem("judge_alpaca_eval", "AlpacaEval judge prompt (alpaca_eval_gpt4)", "09_evaluate",
-             "evaluate.judge_templates.alpaca_eval", "alpaca_eval/alpaca_eval_gpt4_prompt.txt",
-             ("alpaca_eval/alpaca_eval_gpt4_prompt.txt",),
-             "github tatsu-lab/alpaca_eval `src/alpaca_eval/evaluators_configs/alpaca_eval_gpt4/alpaca_eval.txt`"),
-    DataItem("judge_llava_bench", "LLaVA-Bench judge rules", "09_evaluate", "evaluate.judge_templates.llava_bench",
-             "llava-bench-in-the-wild/rule.json", ("llava-bench-in-the-wild/rule.json",),
-             "github haotian-liu/LLaVA `llava/eval/table/rule.json`"),
-    DataItem("judge_mmvet", "MM-Vet grading prompt (few-shot, inside the evaluator)", "09_evaluate",
-             "evaluate.judge_templates.mmvet", "mm-vet/mm-vet_evaluator.py",
-             ("mm-vet/mm-vet_evaluator.py (only its `prompt` string is read, never run)",),
-             "github yuweihao/MM-Vet `mm-vet_evaluator.py`"),
 ]
+
+
+def _datasets() -> list[DataItem]:
+    """Prompt datasets, then every registered benchmark's data, the noise images, then the judge templates."""
+    from mmpref.evaluate import registry
+
+    benches = registry.benchmarks()
+    noise = [d for d in PROMPT_DATASETS if d.key == "noise_images"]
+    templates = list({b.template_data.key: b.template_data for b in benches if b.template_data}.values())
+    return ([d for d in PROMPT_DATASETS if d.key != "noise_images"] + [b.data for b in benches] + noise
+            + templates)
+
+
+DATASETS: list[DataItem] = _datasets()
 BY_KEY = {d.key: d for d in DATASETS}
 
 
@@ -241,90 +194,22 @@ def _check_source(params: Params, src) -> dict:
     return _row(params, key, path, ok=True, what=what, note=f"first {len(records)} records and images read")
 
 
-def _mmbench_check(path: Path) -> str:
-    from mmpref.evaluate import loaders
-
-    with tempfile.TemporaryDirectory() as tmp:  # decode the sample images away from the data folder
-        items = loaders.load_mmbench(path, limit=N_CHECK, image_dir=tmp)
-    return f"first {len(items)} rows read"
-
-
-def _pope_check(path: Path) -> str:
-    from mmpref.evaluate import loaders
-
-    if path.is_dir():
-        absent = [f"coco_pope_{s}.json" for s in loaders.POPE_SPLITS if not (path / f"coco_pope_{s}.json").is_file()]
-        if absent:
-            raise ValueError(f"missing {', '.join(absent)} in {path}")
-    items = loaders.load_pope(path, limit=N_CHECK)
-    return f"{len({i.split for i in items})} splits; first {N_CHECK} questions and images of each read"
-
-
-def _mt_bench_check(path: Path, need_reference_file: bool = True) -> str:
-    """Questions load; math/reasoning/coding get their reference answers: from FastChat's reference_answer/gpt-4.jsonl
-    beside the questions (required for real runs, as FastChat's judging uses it), or from the questions' own
-    "reference" field (the miniature world's)."""
-    from mmpref.evaluate import loaders
-
-    folder = path if path.is_dir() else path.parent
-    ref = loaders._find_mt_reference(folder)
-    if ref is None and need_reference_file:
-        raise ValueError(f"missing reference answers: neither {folder / 'reference_answer' / 'gpt-4.jsonl'} nor "
-                         f"{folder / 'reference_answer_gpt-4.jsonl'} (FastChat grades math, reasoning and coding "
-                         f"against them)")
-    items = loaders.load_mt_bench(path)
-    lacking = [it.question_id for it in items if it.category in loaders.MT_BENCH_NEED_REF_CATS and not it.reference]
-    if lacking:
-        raise ValueError(f"math/reasoning/coding questions {lacking[:5]} have no reference answer"
-                         + (f" in {ref}" if ref else ""))
-    n_ref = sum(1 for it in items if it.reference)
-    return f"{len(items)} questions read; {n_ref} with reference answers"
-
-
-def _llava_rules_check(path: Path) -> str:
-    from mmpref.judges import prompts
-
-    rules = prompts.load_llava_rules(path)
-    for cat in ("conv", "detail", "complex"):
-        prompts.llava_rule_for(rules, cat)
-    return f"{len(rules)} rules"
-
-
-def _fastchat_prompts_check(path: Path) -> str:
-    from mmpref.judges import prompts
-
-    table = prompts.load_fastchat_judge_prompts(path)
-    need = [f"single{m}-v1{t}" for m in ("", "-math") for t in ("", "-multi-turn")]
-    absent = [n for n in need if n not in table]
-    if absent:
-        raise ValueError(f"{path}: lacks the judge prompts {absent}")
-    return f"{len(table)} judge prompts"
-
-
 def _noise_check(path: Path) -> str:
-    from mmpref.evaluate import benchmarks
+    from mmpref.evaluate.mt_bench import noise_images
 
-    return f"{len(benchmarks.noise_images(path))} images"
+    return f"{len(noise_images(path))} images"
 
 
 def _checkers(params: Params) -> dict[str, Callable[[Path], str]]:
-    from mmpref.evaluate import loaders
-    from mmpref.judges import prompts
+    """Per data key the check of its file: each benchmark's own (`check`, `check_template`), the noise images."""
+    from mmpref.evaluate import registry
 
-    return {
-        "pope": _pope_check,
-        "mmbench": _mmbench_check,
-        "mmvet": lambda p: f"first {len(loaders.load_mmvet(p, limit=N_CHECK))} items and images read",
-        "llava_bench": lambda p: f"first {len(loaders.load_llava_bench(p, limit=N_CHECK))} items and images read",
-        "mt_bench": lambda p: _mt_bench_check(p, need_reference_file=params.world is None),
-        "mt_bench_noisy": lambda p: _mt_bench_check(p, need_reference_file=params.world is None),
-        "alpaca_eval": lambda p: f"first {len(loaders.load_alpaca_eval(p, limit=N_CHECK))} records read",
-        "judge_mt_bench": _fastchat_prompts_check,
-        "judge_alpaca_eval": lambda p: (prompts.load_alpaca_template(p), "template with its placeholders")[1],
-        "judge_llava_bench": _llava_rules_check,
-        "judge_mmvet": lambda p: f"few-shot prompt read ({len(prompts.load_mmvet_prompt(p))} characters)",
-        "noise_images": _noise_check,
-    }
+    out: dict[str, Callable[[Path], str]] = {"noise_images": _noise_check}
+    for b in registry.benchmarks():
+        out[b.name] = lambda p, b=b: b.check(p, params)
+        if b.judge_template and b.check_template:
+            out[f"judge_{b.judge_template}"] = b.check_template
+    return out
 
 
 def _check_file(params: Params, key: str, raw: str, check: Callable[[Path], str], required: bool = True) -> dict:
@@ -353,18 +238,21 @@ def check_data(params: Params) -> list[dict]:
     for name, raw in ev.judge_templates.items():
         rows.append(_check_file(params, f"judge_{name}", raw, checks[f"judge_{name}"]))
     if params.world is None:  # real runs: a judged benchmark without its official judge prompt is a deviation
-        template_for = {"mt_bench": "mt_bench", "mt_bench_noisy": "mt_bench", "alpaca_eval": "alpaca_eval",
-                        "llava_bench": "llava_bench", "mmvet": "mmvet"}
-        for name in sorted({template_for[b] for b in ev.benchmarks if b in template_for} - set(ev.judge_templates)):
+        from mmpref.evaluate import registry
+
+        wanted = {registry.get(b).judge_template for b in ev.benchmarks} - {None}
+        for name in sorted(wanted - set(ev.judge_templates)):
             rows.append(_row(params, f"judge_{name}", None, ok=False, required=False,
                              problem=f"not set: evaluate.judge_templates.{name} (the judge uses mmpref's fallback "
                                      f"prompt, not the official one)"))
-    noisy = "mt_bench_noisy" in ev.benchmarks
+    from mmpref.evaluate import registry
+
+    noisy = [b for b in ev.benchmarks if registry.get(b).uses_noise_images]
     if ev.noise_images:
         rows.append(_check_file(params, "noise_images", ev.noise_images, checks["noise_images"], required=noisy))
     elif noisy:
         rows.append(_row(params, "noise_images", None, ok=False,
-                         problem="not set: evaluate.noise_images (mt_bench_noisy needs a folder of irrelevant "
+                         problem=f"not set: evaluate.noise_images ({', '.join(noisy)} needs a folder of irrelevant "
                                  "images)", missing=True))
     return rows
 
@@ -440,7 +328,9 @@ def check_environment(params: Params) -> list[dict]:
         rows.append(_env_row(f"CUDA (models.dtype {params.models.dtype})", cuda, detail, required=False,
                              fix="" if cuda else "run on a GPU node (sampling and training need it)"))
     rows.append(_key_row("annotation", params.judge))
-    if any(b in JUDGED for b in params.evaluate.benchmarks):
+    from mmpref.evaluate import registry
+
+    if any(registry.get(b).judged for b in params.evaluate.benchmarks):
         rows.append(_key_row("evaluation", params.evaluate.judge))
     rows.append(_checkpoint_row(params, "policy", params.models.policy))
     if params.models.base_lm:
@@ -509,106 +399,27 @@ def _prompt_questions(params: Params) -> tuple[list[str], str]:
     return out, "; ".join(basis)
 
 
-def _benchmark_items(params: Params, bench: str) -> tuple[list[dict], str]:
-    """Text of each judged item (keys used by _eval_calls); from the file when readable, else defaults."""
-    from mmpref.evaluate import loaders
-    from mmpref.io import read_jsonl
+def _eval_inputs(params: Params, bench: str) -> tuple[int, float, int, str]:
+    """(items, input tokens, calls) of one model's judge calls on `bench`, rendered by the benchmark's own prompt
+    builder with the configured official template (fallback prompts when it is absent), answers at max_new_tokens;
+    and a note on what the estimate rests on. A benchmark scored by rule makes no calls."""
+    from mmpref.evaluate import registry
 
-    raw = params.evaluate.benchmarks[bench]
-    path = params.path(raw)
-    items: list[dict] | None = None
-    try:
-        if bench in ("mt_bench", "mt_bench_noisy"):
-            items = [{"turns": it.turns, "reference": it.reference} for it in loaders.load_mt_bench(path)]
-        elif bench == "alpaca_eval":
-            items = [{"instruction": it.instruction, "output": it.output} for it in loaders.load_alpaca_eval(path)]
-        elif bench == "mmvet":
-            file = path / "mm-vet.json" if path.is_dir() else path
-            items = [{"question": r["question"], "answer": str(r["answer"])}
-                     for r in json.loads(file.read_text(encoding="utf-8")).values()]
-        elif bench == "llava_bench":
-            folder = path if path.is_dir() else path.parent
-            answers = {r["question_id"]: r["text"] for r in read_jsonl(folder / "answers_gpt4.jsonl")}
-            contexts = {r["image"]: r["caption"] for r in read_jsonl(folder / "context.jsonl")}
-            items = [{"question": r["text"], "category": r["category"], "reference": answers.get(r["question_id"], ""),
-                      "context": "\n".join(c) if isinstance(c := contexts.get(r["image"], ""), list) else str(c)}
-                     for r in read_jsonl(folder / "questions.jsonl")]
-    except Exception:  # noqa: BLE001 - absent or unreadable: estimate from defaults
-        items = None
-    basis = "from the file"
-    if not items:
-        n, c = DEFAULT_ITEMS[bench], DEFAULT_CHARS
-        basis = f"default {n} items (file absent)"
-        if bench in ("mt_bench", "mt_bench_noisy"):
-            cats = ["writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities"]
-            items = [{"turns": ["x" * c["mt_turn"]] * 2,
-                      "reference": ["x" * c["mt_reference"]] * 2 if cats[i % 8] in loaders.MT_BENCH_NEED_REF_CATS
-                      else None} for i in range(n)]
-        elif bench == "alpaca_eval":
-            items = [{"instruction": "x" * c["alpaca_instruction"], "output": "x" * c["alpaca_output"]}] * n
-        elif bench == "mmvet":
-            items = [{"question": "x" * c["mmvet_question"], "answer": "x" * c["mmvet_answer"]}] * n
-        elif bench == "llava_bench":
-            items = [{"question": "x" * c["llava_question"], "context": "x" * c["llava_context"],
-                      "reference": "x" * c["llava_reference"], "category": "conv"}] * n
-        else:
-            items = [{}] * n
-    if params.evaluate.limit is not None:
-        items = items[: params.evaluate.limit]
-    return items, basis
-
-
-def _eval_input_tokens(params: Params, bench: str, items: list[dict]) -> tuple[float, str]:
-    """Input tokens of all judge calls for one model on `bench`, rendered with mmpref's own prompt builders and the
-    configured official templates (fallback prompts when a template is absent)."""
-    from mmpref.judges import prompts
-
-    answer = _filler(params.evaluate.max_new_tokens)
-    tpl = {k: params.path(v) for k, v in params.evaluate.judge_templates.items()}
-    note = ""
-
-    def load(name, fn):
-        nonlocal note
-        if name in tpl and tpl[name].is_file():
-            try:
-                return fn(tpl[name])
-            except Exception:  # noqa: BLE001
-                pass
-        note = "fallback judge prompt (official template absent)"
-        return None
-
-    total = 0.0
-    if bench in ("mt_bench", "mt_bench_noisy"):
-        table = load("mt_bench", prompts.load_fastchat_judge_prompts)
-        for it in items:
-            for multi in (False, True):
-                n = 2 if multi else 1
-                system, prompt, _ = prompts.render_fastchat_single(it["turns"][:n], [answer] * n, it["reference"],
-                                                                   multi_turn=multi, templates=table)
-                total += _tok(system) + _tok(prompt)
-    elif bench == "alpaca_eval":
-        template = load("alpaca_eval", prompts.load_alpaca_template)
-        for it in items:
-            system, user = prompts.render_alpaca(it["instruction"], it["output"], answer, template)
-            total += _tok(system) + _tok(user)
-    elif bench == "mmvet":
-        header = load("mmvet", prompts.load_mmvet_prompt)
-        for it in items:
-            total += _tok(prompts.MMVET_SYSTEM) + _tok(prompts.render_mmvet_prompt(it["question"], it["answer"],
-                                                                                  answer, header))
-    elif bench == "llava_bench":
-        rules = load("llava_bench", prompts.load_llava_rules)
-        for it in items:
-            rule = (rules or {}).get(f"llava_bench_{it['category']}")
-            system, prompt = prompts.render_llava_bench(it["question"], it["context"], it["reference"], answer, rule)
-            total += _tok(system) + _tok(prompt)
-    return total, note
+    spec = registry.get(bench)
+    if not spec.judged or spec.cost_inputs is None:
+        return 0, 0.0, 0, "scored by rule: no judge calls"
+    template = params.evaluate.judge_templates.get(spec.judge_template) if spec.judge_template else None
+    items, texts, note = spec.cost_inputs(params.path(params.evaluate.benchmarks[bench]),
+                                          _filler(params.evaluate.max_new_tokens),
+                                          params.path(template) if template else None, params.evaluate.limit)
+    return items, sum(_tok(t) for t in texts), len(texts), note or "from the file"
 
 
 def estimate_cost(params: Params) -> pd.DataFrame:
     """Estimated judge calls, tokens and USD per job: gold answers (02_sample) and annotation (03_annotate), one call
     per prompt with its image; and per judged benchmark of 09_evaluate, for every model that suite.plan() evaluates
     on it (MT-Bench 2 calls per question, AlpacaEval, MM-Vet and LLaVA-Bench 1, POPE and MMBench none)."""
+    from mmpref.evaluate import registry
     from mmpref.evaluate.suite import plan
     from mmpref.judges import prompts
 
@@ -636,19 +447,16 @@ def estimate_cost(params: Params) -> pd.DataFrame:
             models_for.setdefault(b, []).append(name)
     for bench in params.evaluate.benchmarks:
         models = models_for.get(bench, [])
-        items, basis = _benchmark_items(params, bench)
-        per_model_calls = CALLS_PER_ITEM[bench] * len(items)
-        if bench in JUDGED:
-            tin_one, note = _eval_input_tokens(params, bench, items)
-            tout_one = per_model_calls * (OUTPUT_TOKENS[JUDGED[bench]] + _thinking(ej))
-        else:
-            tin_one, tout_one, note = 0.0, 0.0, "scored by rule: no judge calls"
+        items, tin_one, per_model_calls, note = _eval_inputs(params, bench)
+        per_model_calls *= params.evaluate.judge_runs
+        tin_one *= params.evaluate.judge_runs
+        tout_one = per_model_calls * (registry.get(bench).output_tokens + _thinking(ej))
         tin, tout = tin_one * len(models), tout_one * len(models)
         usd, price_note = _usd(ej, "evaluate.judge", tin, tout) if per_model_calls else (0.0, "")
         rows.append({"job": f"judge {bench}", "stage": "09_evaluate", "judge": _judge_label(ej),
-                     "models": len(models), "items": len(items), "calls": per_model_calls * len(models),
+                     "models": len(models), "items": items, "calls": per_model_calls * len(models),
                      "input_tokens": int(round(tin)), "output_tokens": int(round(tout)), "usd": usd,
-                     "note": "; ".join(x for x in (basis, note, price_note) if x)})
+                     "note": "; ".join(x for x in (note, price_note) if x)})
     return pd.DataFrame(rows, columns=["job", "stage", "judge", "models", "items", "calls", "input_tokens",
                                        "output_tokens", "usd", "note"])
 

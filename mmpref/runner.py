@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmpref.config import STAGES, Params, load_params, resolve_params_path
+from mmpref import methods
+from mmpref.config import Params, load_params, resolve_params_path, stages as all_stages
 from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
-TRAIN_STAGES = {"05_train_sft_gold": "sft_gold", "06_train_steerlm": "steerlm",
-                "07_train_rejection_sampling": "rejection_sampling", "08_train_dpo": "dpo"}
 
 
 @dataclass(frozen=True)
@@ -36,21 +35,32 @@ SPECS: dict[str, StageSpec] = {
     "02_sample": StageSpec(("run", "models", "sampling", "judge"), ("01_collect",)),
     "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
     "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
-    **{s: StageSpec(("run", "models", "train"), ("04_pair",)) for s in TRAIN_STAGES},
-    # DPO's sweep scores its trials on a dev split with the evaluation judge (train.dpo.sweep)
-    "08_train_dpo": StageSpec(("run", "models", "train", "evaluate"), ("04_pair",)),
-    "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), tuple(TRAIN_STAGES)),
+    "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), ()),  # upstream: every training stage
     "10_analyse": StageSpec(("run", "world"), ("09_evaluate",)),
 }
+
+
+def spec_of(stage: str) -> StageSpec:
+    """A stage's params sections and upstream stages; a training stage's come from its method (mmpref.methods):
+    DPO's sweep scores its trials on a dev split with the evaluation judge (train.dpo.sweep), so it reads
+    `evaluate` too; stage 09 reads every training stage."""
+    train = methods.by_stage()
+    if stage in train:
+        dpo = methods.get(train[stage]).trainer == "dpo"
+        return StageSpec(("run", "models", "train", "evaluate") if dpo else ("run", "models", "train"), ("04_pair",))
+    if stage == "09_evaluate":
+        return StageSpec(SPECS[stage].sections, tuple(train))
+    return SPECS[stage]
 
 
 def active_stages(params: Params) -> list[str]:
     """Stages this run has: no 00_world without a miniature world, no training stage for an unlisted method."""
     out = []
-    for s in STAGES:
+    train = methods.by_stage()
+    for s in all_stages():
         if s == "00_world" and params.world is None:
             continue
-        if s in TRAIN_STAGES and TRAIN_STAGES[s] not in params.train.methods:
+        if s in train and train[s] not in params.train.methods:
             continue
         out.append(s)
     return out
@@ -69,13 +79,13 @@ def stage_outputs(params: Params, stage: str) -> list[Path]:
         return [rd / "annotations.jsonl"]
     if stage == "04_pair":
         return sorted((rd / "datasets").glob("*.jsonl"))
-    if stage in TRAIN_STAGES:
-        return sorted((rd / "adapters").glob(f"{TRAIN_STAGES[stage]}*/adapter_model.safetensors"))
+    if stage in methods.by_stage():
+        return sorted((rd / "adapters").glob(f"{methods.by_stage()[stage]}*/adapter_model.safetensors"))
     if stage == "09_evaluate":
         return [rd / "eval" / "results.csv"]
     if stage == "10_analyse":
         return sorted((rd / "tables").glob("*.csv"))
-    raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+    raise ValueError(f"unknown stage {stage!r}; stages: {all_stages()}")
 
 
 def outputs_hash(params: Params, stage: str) -> str | None:
@@ -100,7 +110,7 @@ def last_lines(params: Params) -> dict[str, dict]:
 
 
 def expected(params: Params, stage: str) -> dict:
-    spec = SPECS[stage]
+    spec = spec_of(stage)
     ups = [u for u in spec.upstream if u in active_stages(params)]
     return {"params_hash": params.section_hash(*spec.sections),
             "input_hashes": {u: last_lines(params).get(u, {}).get("outputs_hash") for u in ups}}
@@ -148,8 +158,8 @@ class Stage:
     """What a notebook opens at its start and closes at its end: params, run dir, timing, the manifest line."""
 
     def __init__(self, params_path: str, overrides: dict | None, name: str):
-        if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; stages: {STAGES}")
+        if name not in all_stages():
+            raise ValueError(f"unknown stage {name!r}; stages: {all_stages()}")
         setup_logging()
         self.name = name
         self.params = load_params(params_path, overrides)
@@ -210,20 +220,22 @@ def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
     if not spec:
         return list(available)
 
+    stages = all_stages()
+
     def find(token: str) -> int:
         token = token.strip()
-        for i, s in enumerate(STAGES):
+        for i, s in enumerate(stages):
             if s == token or s.split("_")[0] == token.zfill(2):
                 return i
-        raise ValueError(f"unknown stage {token!r}; stages: {', '.join(STAGES)}")
+        raise ValueError(f"unknown stage {token!r}; stages: {', '.join(stages)}")
 
     chosen: set[str] = set()
     for part in spec.split(","):
         if "-" in part:
             a, b = part.split("-", 1)
-            chosen.update(STAGES[find(a): find(b) + 1])
+            chosen.update(stages[find(a): find(b) + 1])
         else:
-            chosen.add(STAGES[find(part)])
+            chosen.add(stages[find(part)])
     return [s for s in available if s in chosen]
 
 
@@ -245,7 +257,7 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
     path = resolve_params_path(params_path)
     params = load_params(path, overrides)
     todo = parse_stage_range(stages, active_stages(params))
-    forced = set(parse_stage_range(",".join(force), STAGES)) if force else set()
+    forced = set(parse_stage_range(",".join(force), all_stages())) if force else set()
     out_dir = params.run_dir / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     report = []

@@ -12,7 +12,7 @@ What is resampled: the units of a benchmark, one per-item record each (``eval/<m
 records its latest scoring used): POPE questions, resampled within their split (the headline is the mean F1 of the
 splits); MMBench questions, each record holding all rotations of one question (circular accuracy needs the whole
 group); MM-Vet items; LLaVA-Bench questions (the ratio of means is recomputed per resample); MT-Bench questions with
-both turns; AlpacaEval instructions. Every resample is scored by :func:`mmpref.evaluate.benchmarks.score_records`,
+both turns; AlpacaEval instructions. Every resample is scored by :func:`mmpref.evaluate.protocol.score_records`,
 i.e. by the same metric functions that produce results.csv, so unparsable or failed judge items are treated exactly
 as there (MT-Bench -1 dropped, LLaVA (-1, -1) averaged in, AlpacaEval NaN dropped). A resample the metric function
 refuses to score (e.g. every MT-Bench rating -1) or scores NaN is left out of the percentiles.
@@ -31,8 +31,8 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from mmpref.evaluate import benchmarks
-from mmpref.figures import HEADLINE
+from mmpref.evaluate import registry
+from mmpref.evaluate.protocol import score_records, scored_records
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +42,6 @@ LEVEL = 0.95
 INTERVAL_COLUMNS = ["model", "benchmark", "metric", "value", "lo", "hi", "n_units", "n_resamples", "level", "seed"]
 CLAIM_COLUMNS = ["claim", "evidence", "difference", "lo", "hi", "verdict"]
 CHANGE_METRIC = "change_vs_mt_bench"  # Table 3: noisy-image MT-Bench minus the same model's MT-Bench, paired
-BENCH_NAMES = {"pope": "POPE F1", "mmbench": "MMBench circular accuracy", "mmvet": "MM-Vet total",
-               "llava_bench": "LLaVA-Bench relative score", "mt_bench": "MT-Bench overall",
-               "alpaca_eval": "AlpacaEval win rate", "mt_bench_noisy": "noisy-image MT-Bench overall"}
 
 # (claim id, statement, benchmark, model a, model b, kind): the claim is about a - b.
 # kind "greater": the paper claims a > b; "no_loss": the paper claims a is not worse than b.
@@ -64,36 +61,37 @@ CLAIMS = [
 
 # ----------------------------------------------------------------------------------------------- records
 def records(run_dir: str | Path, model: str, benchmark: str,
-            mmbench_items: Callable[[], Sequence] | None = None) -> list[dict]:
+            items: Callable[[str], Sequence] | None = None) -> list[dict]:
     """The per-item records of (model, benchmark) that its scoring used; [] when the run has none.
 
-    MMBench records written before rotations' correctness was stored get it from ``mmbench_items()`` (the loaded
-    benchmark items); without them, or when they cannot be loaded, they give [] (not measured)."""
-    recs = benchmarks.scored_records(Path(run_dir) / "eval" / model / f"{benchmark}.jsonl", model, benchmark)
-    if benchmark == "mmbench" and any("passes" not in r for r in recs):
-        if mmbench_items is None:
-            log.warning("%s/mmbench: records lack 'passes' and no MMBench items were given; not measured", model)
-            return []
-        try:
-            recs = benchmarks.add_mmbench_passes(recs, mmbench_items())
-        except (OSError, ValueError) as exc:
-            log.warning("%s/mmbench: records lack 'passes' and the MMBench items could not be used (%s); "
-                        "not measured", model, exc)
-            return []
-    return recs
+    Records of an older format (MMBench's written before each rotation's correctness was stored) are brought up to
+    date by the benchmark's `backfill` from ``items(benchmark)`` (the loaded benchmark items); without them, or when
+    they cannot be loaded or used, they give [] (not measured)."""
+    recs = scored_records(Path(run_dir) / "eval" / model / f"{benchmark}.jsonl", model, benchmark)
+    backfill = registry.get(benchmark).backfill
+    if backfill is None or not recs:
+        return recs
+    try:
+        return backfill(recs, []) if items is None else backfill(recs, items(benchmark))
+    except (OSError, ValueError) as exc:
+        log.warning("%s/%s: records of an older format that could not be brought up to date (%s); not measured",
+                    model, benchmark, exc)
+        return []
 
 
 def headline(benchmark: str, recs: Sequence[dict]) -> float:
     """The benchmark's headline metric on these records, by the metric functions of results.csv."""
-    return float(benchmarks.score_records(benchmark, recs)[HEADLINE[benchmark]].value)
+    return float(score_records(benchmark, recs)[registry.get(benchmark).headline].value)
 
 
 # ----------------------------------------------------------------------------------------------- bootstrap
 def _draws(benchmark: str, recs: Sequence[dict], n_resamples: int, seed: int) -> np.ndarray:
-    """(n_resamples, n) record indices; POPE draws within each split (the split sizes stay fixed)."""
-    if benchmark == "pope":
-        splits = list(dict.fromkeys(r["split"] for r in recs))
-        strata = [np.array([i for i, r in enumerate(recs) if r["split"] == s]) for s in splits]
+    """(n_resamples, n) record indices; a benchmark with `strata` (POPE: its splits) draws within each group (the
+    group sizes stay fixed)."""
+    group = registry.get(benchmark).strata
+    if group is not None:
+        splits = list(dict.fromkeys(group(r) for r in recs))
+        strata = [np.array([i for i, r in enumerate(recs) if group(r) == s]) for s in splits]
     else:
         strata = [np.arange(len(recs))]
     rng = np.random.default_rng(seed)
@@ -153,7 +151,7 @@ def paired_difference(benchmark: str, recs_a: Sequence[dict], recs_b: Sequence[d
 
 # ----------------------------------------------------------------------------------------------- a run's intervals
 def intervals(run_dir: str | Path, results: pd.DataFrame | None = None,
-              mmbench_items: Callable[[], Sequence] | None = None, n_resamples: int = N_RESAMPLES,
+              items: Callable[[str], Sequence] | None = None, n_resamples: int = N_RESAMPLES,
               seed: int = SEED, level: float = LEVEL) -> pd.DataFrame:
     """Tidy intervals of every (model, benchmark) with per-item records in ``<run_dir>/eval``, plus Table 3's paired
     change (metric CHANGE_METRIC: noisy-image minus plain MT-Bench of the same model). With `results`
@@ -167,7 +165,7 @@ def intervals(run_dir: str | Path, results: pd.DataFrame | None = None,
     rows = []
     extra = {"level": level, "seed": seed}
     for model in models:
-        recs = {b: records(run_dir, model, b, mmbench_items) for b in benchmarks.BENCHMARKS}
+        recs = {b: records(run_dir, model, b, items) for b in registry.names()}
         for bench, rs in recs.items():
             if not rs:
                 continue
@@ -175,7 +173,7 @@ def intervals(run_dir: str | Path, results: pd.DataFrame | None = None,
             ref = reported.get((model, bench))
             if ref is not None and not math.isclose(ref, got["value"], rel_tol=1e-9, abs_tol=1e-9):
                 log.warning("%s/%s: records give %.6g, results.csv holds %.6g", model, bench, got["value"], ref)
-            rows.append({"model": model, "benchmark": bench, "metric": HEADLINE[bench], **got, **extra})
+            rows.append({"model": model, "benchmark": bench, "metric": registry.get(bench).headline, **got, **extra})
         if recs["mt_bench_noisy"] and recs["mt_bench"]:
             d = paired_difference("mt_bench_noisy", recs["mt_bench_noisy"], recs["mt_bench"], "mt_bench",
                                   n_resamples, seed, level)
@@ -206,7 +204,7 @@ def verdict(kind: str, lo: float, hi: float) -> str:
     raise ValueError(f"unknown claim kind {kind!r}")
 
 
-def claims(run_dir: str | Path, mmbench_items: Callable[[], Sequence] | None = None,
+def claims(run_dir: str | Path, items: Callable[[str], Sequence] | None = None,
            n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL) -> pd.DataFrame:
     """The paper's claims C1-C4 judged on this run's per-item records: one row per comparison with the evidence
     (point estimates), the difference a - b, its paired bootstrap interval and the verdict ("reproduced", "not
@@ -215,20 +213,21 @@ def claims(run_dir: str | Path, mmbench_items: Callable[[], Sequence] | None = N
 
     def recs(model: str, bench: str) -> list[dict]:
         if (model, bench) not in cache:
-            cache[(model, bench)] = records(run_dir, model, bench, mmbench_items)
+            cache[(model, bench)] = records(run_dir, model, bench, items)
         return cache[(model, bench)]
 
     rows = []
     for cid, text, bench, a, b, kind in CLAIMS:
-        claim = f"{cid} ({BENCH_NAMES[bench]}): {text}"
+        name = registry.get(bench).headline_name
+        claim = f"{cid} ({name}): {text}"
         missing = [m for m in (a, b) if not recs(m, bench)]
         if missing:
-            rows.append({"claim": claim, "evidence": f"no {BENCH_NAMES[bench]} records for {', '.join(missing)}",
+            rows.append({"claim": claim, "evidence": f"no {name} records for {', '.join(missing)}",
                          "difference": math.nan, "lo": math.nan, "hi": math.nan, "verdict": "not measured"})
             continue
         d = paired_difference(bench, recs(a, bench), recs(b, bench), n_resamples=n_resamples, seed=seed,
                               level=level)
-        evidence = (f"{BENCH_NAMES[bench]}: {a} {d['a']:.3g} vs {b} {d['b']:.3g} on {d['n_units']} shared items; "
+        evidence = (f"{name}: {a} {d['a']:.3g} vs {b} {d['b']:.3g} on {d['n_units']} shared items; "
                     f"{a} - {b} = {d['value']:.3g} [{d['lo']:.3g}, {d['hi']:.3g}] "
                     f"({100 * level:g} % paired bootstrap)")
         rows.append({"claim": claim, "evidence": evidence, "difference": d["value"], "lo": d["lo"], "hi": d["hi"],

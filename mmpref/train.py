@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from mmpref import methods
 from mmpref.families import Family, family_for_checkpoint, processor_identity
 from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
 from mmpref.models import chat_messages, chat_templates, checkpoint_identity, load_processor
@@ -466,7 +467,7 @@ def settings_from_params(params, method: str) -> TrainSettings:
         family=family_for_checkpoint(policy_ref, params.models.family).name,
         chat_template=chat_templates(params)[0],
     )
-    if method.startswith("dpo"):
+    if methods.method_of(method).trainer == "dpo":
         d = t.dpo
         return TrainSettings(learning_rate=d.learning_rate, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              epochs=d.epochs, max_length=d.max_length, beta=d.beta,
@@ -489,7 +490,6 @@ def train_method(params, method: str) -> dict[str, dict]:
 
     run_dir = params.run_dir
     policy_ref = params.model_ref(params.models.policy)
-    rows = read_jsonl(run_dir / "datasets" / f"{method}.jsonl")
     settings = settings_from_params(params, method)
     if settings.deepspeed:
         import importlib.util
@@ -497,15 +497,17 @@ def train_method(params, method: str) -> dict[str, dict]:
         if importlib.util.find_spec("deepspeed") is None:
             raise ValueError(f"train.deepspeed is {settings.deepspeed} but deepspeed is not installed; on GPU nodes "
                              f"install with: pip install -e '.[gpu]'")
-    if method != "dpo":
+    spec = methods.get(method)
+    rows = read_jsonl(run_dir / "datasets" / f"{spec.dataset}.jsonl")
+    if spec.trainer == "sft":
         return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings)}
     ref_cache = run_dir / "adapters" / "reference_logps.jsonl"
     infos = {}
     if params.train.dpo.sweep is not None:
         settings, infos["sweep"] = dpo_sweep(params, rows, settings, ref_cache)
-    infos["dpo"] = train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / "dpo", settings, ref_cache=ref_cache)
-    for fraction in params.train.dpo.fractions:
-        name = f"dpo_frac{fraction:g}"
+    infos[method] = train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, ref_cache=ref_cache)
+    for fraction in params.train.dpo.fractions if spec.trains_fractions else []:
+        name = methods.fraction_adapter(method, fraction)
         infos[name] = train_dpo(policy_ref, subsample(rows, fraction, seed=params.run.seed), run_dir,
                                 run_dir / "adapters" / name, settings, ref_cache=ref_cache)
     return infos

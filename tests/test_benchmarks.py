@@ -13,20 +13,15 @@ import pytest
 from PIL import Image
 
 import mmpref.judges
-from mmpref.evaluate import (
-    BENCHMARKS,
-    HEADLINE,
-    alpaca_switch,
-    load_alpaca_eval,
-    load_llava_bench,
-    load_mmbench,
-    load_mmvet,
-    load_mt_bench,
-    load_pope,
-    noise_image_for,
-    noise_images,
-    run_benchmark,
-)
+from mmpref.evaluate import alpaca_eval as ev_alpaca_eval, llava_bench as ev_llava_bench, mmvet as ev_mmvet, mt_bench as ev_mt_bench
+from mmpref.evaluate import registry
+from mmpref.evaluate.alpaca_eval import alpaca_switch, load_alpaca_eval
+from mmpref.evaluate.llava_bench import load_llava_bench
+from mmpref.evaluate.mmbench import load_mmbench
+from mmpref.evaluate.mmvet import load_mmvet
+from mmpref.evaluate.mt_bench import load_mt_bench, noise_image_for, noise_images
+from mmpref.evaluate.pope import load_pope
+from mmpref.evaluate.protocol import run_benchmark
 from mmpref.io import read_jsonl, write_jsonl
 
 BENCH = Path(__file__).resolve().parents[2] / "shared" / "benchmarks"
@@ -50,19 +45,11 @@ class FakeJudge:
 
 
 def headline(rows, bench):
-    return next(r["value"] for r in rows if r["metric"] == HEADLINE[bench])
+    return next(r["value"] for r in rows if r["metric"] == registry.get(bench).headline)
 
 
 def metric(rows, name):
     return next(r for r in rows if r["metric"] == name)
-
-
-def test_names_match_config_and_figures():
-    from mmpref.config import BENCHMARKS as CONFIG_BENCHMARKS
-    from mmpref.figures import HEADLINE as FIGURE_HEADLINE
-
-    assert BENCHMARKS == CONFIG_BENCHMARKS
-    assert HEADLINE == FIGURE_HEADLINE
 
 
 # ---- miniature files in the official formats --------------------------------------------------------------------
@@ -345,7 +332,7 @@ def test_mmvet_protocol_with_patched_grader(tmp_path, monkeypatch):
         calls.append((question, gt_answer, prediction, truth))
         return (1.0 if gt_answer in prediction else 0.0), f"graded {prediction}"
 
-    monkeypatch.setattr(mmpref.judges, "grade_mmvet", grade_mmvet)
+    monkeypatch.setattr(ev_mmvet, "grade_mmvet", grade_mmvet)
     d = make_mmvet(tmp_path)
     gen = Recorder(lambda r: {"What is 3 plus 5?": "It is 8.", "What color is the circle?": "blue"}.get(r.turns[0], "4"))
     out = tmp_path / "mmvet.jsonl"
@@ -362,7 +349,7 @@ def test_mmvet_protocol_with_patched_grader(tmp_path, monkeypatch):
 
 
 def test_judge_change_regrades_without_generating(tmp_path, monkeypatch):
-    monkeypatch.setattr(mmpref.judges, "grade_mmvet",
+    monkeypatch.setattr(ev_mmvet, "grade_mmvet",
                         lambda judge, q, gt, pred, truth=None, header=None: (0.5, judge.judge_id))
     d = make_mmvet(tmp_path)
     out = tmp_path / "mmvet.jsonl"
@@ -383,7 +370,7 @@ def test_llava_bench_protocol_uses_category_rule(tmp_path, monkeypatch):
         seen.append((question, context, reference_answer, rule, truth))
         return 8.0, {"conv": 6.0, "detail": 8.0, "complex": 2.0}[answer], f"8 {answer}"
 
-    monkeypatch.setattr(mmpref.judges, "grade_llava_bench", grade_llava_bench)
+    monkeypatch.setattr(ev_llava_bench, "grade_llava_bench", grade_llava_bench)
     d = make_llava_bench(tmp_path)
     rules = {f"llava_bench_{c}": {"role": "Assistant", "prompt": f"rule for {c}"} for c in ("conv", "detail", "complex")}
     (tmp_path / "rule.json").write_text(json.dumps(rules))
@@ -410,7 +397,7 @@ def test_llava_bench_with_official_rule_file(tmp_path, monkeypatch):
     if not (BENCH / "llava_bench" / "rule.json").is_file():
         pytest.skip("official rule.json absent")
     seen = []
-    monkeypatch.setattr(mmpref.judges, "grade_llava_bench",
+    monkeypatch.setattr(ev_llava_bench, "grade_llava_bench",
                         lambda judge, q, c, ref, ans, rule=None, truth=None: seen.append(rule) or (7.0, 7.0, "7 7"))
     rows = run_benchmark("llava_bench", make_llava_bench(tmp_path), Recorder(lambda r: "a"), FakeJudge(),
                          tmp_path / "lb.jsonl", "vit", judge_templates={"llava_bench": BENCH / "llava_bench" / "rule.json"})
@@ -432,7 +419,7 @@ def fake_grade_single(calls):
 
 def test_mt_bench_protocol_two_turns(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single(calls))
+    monkeypatch.setattr(ev_mt_bench, "grade_single", fake_grade_single(calls))
     path = make_mt_bench(tmp_path)
     answers = {"What is 3 plus 5?": "It is 8.", "Now add 2 to your answer.": "It is 11.",
                "Name a colour.": "red", "Name another.": "blue", "List 1 to 3.": "1, 2, 3", "Reverse it.": "garbled"}
@@ -462,14 +449,14 @@ def test_mt_bench_official_judge_prompts_are_loaded(tmp_path, monkeypatch):
     if not (BENCH / "mt_bench" / "judge_prompts.jsonl").is_file():
         pytest.skip("official judge_prompts.jsonl absent")
     calls = []
-    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single(calls))
+    monkeypatch.setattr(ev_mt_bench, "grade_single", fake_grade_single(calls))
     run_benchmark("mt_bench", make_mt_bench(tmp_path), Recorder(lambda r: "x"), FakeJudge(), tmp_path / "mt.jsonl",
                   "vit", judge_templates={"mt_bench": BENCH / "mt_bench" / "judge_prompts.jsonl"}, limit=1)
     assert {"single-v1", "single-math-v1-multi-turn"} <= set(calls[0]["templates"])
 
 
 def test_noisy_mt_bench_images_are_deterministic(tmp_path, monkeypatch):
-    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    monkeypatch.setattr(ev_mt_bench, "grade_single", fake_grade_single([]))
     noise = tmp_path / "noise"
     for name, colour in (("blank.png", (255, 255, 255)), ("noise_0.png", (1, 2, 3)), ("scene_0.png", (9, 9, 9))):
         png(noise / name, colour)
@@ -498,7 +485,7 @@ def test_noisy_mt_bench_images_are_deterministic(tmp_path, monkeypatch):
 def test_noisy_mt_bench_prompt_has_the_image_in_every_turn(tmp_path, monkeypatch):
     from mmpref.models import chat_messages
 
-    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    monkeypatch.setattr(ev_mt_bench, "grade_single", fake_grade_single([]))
     png(tmp_path / "noise" / "blank.png", (255, 255, 255))
     gen = Recorder(lambda r: "8")
     out = tmp_path / "noisy.jsonl"
@@ -513,7 +500,7 @@ def test_noisy_mt_bench_prompt_has_the_image_in_every_turn(tmp_path, monkeypatch
     assert [m["content"][0]["type"] for m in chat_messages(["q1", "q2"], ["a1"], True) if m["role"] == "user"] \
         == ["image", "text"]
     # records answered with the image in the first turn only are answered again; other benchmarks' records stay valid
-    from mmpref.evaluate.benchmarks import _signature
+    from mmpref.evaluate.protocol import request_signature as _signature
     from mmpref.io import sha256_json
     from mmpref.sampling import ChatRequest
 
@@ -525,7 +512,7 @@ def test_noisy_mt_bench_prompt_has_the_image_in_every_turn(tmp_path, monkeypatch
 
 def test_grading_protocol_change_regrades_without_generating(tmp_path, monkeypatch):
     graded = []
-    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
+    monkeypatch.setattr(ev_mmvet, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
                         graded.append(q) or (1.0, "1.0"))
     d, out = make_mmvet(tmp_path), tmp_path / "mmvet.jsonl"
     run_benchmark("mmvet", d, Recorder(lambda r: "x"), FakeJudge(), out, "vit")
@@ -540,7 +527,7 @@ def test_grading_protocol_change_regrades_without_generating(tmp_path, monkeypat
 
 def test_mmvet_prompt_comes_from_the_configured_evaluator_file(tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
+    monkeypatch.setattr(ev_mmvet, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
                         seen.append(header) or (1.0, "1.0"))
     evaluator = tmp_path / "mm-vet_evaluator.py"
     evaluator.write_text('prompt = """Compare the ground truth and prediction. FEW-SHOT\n"""\n')
@@ -560,7 +547,7 @@ def test_alpaca_eval_switches_sides_and_maps_back(tmp_path, monkeypatch):
             return 1.5, "tie"
         return (1.0 if output_1 == "MODEL" else 2.0), "[...]"  # the judge always prefers the model
 
-    monkeypatch.setattr(mmpref.judges, "grade_pairwise_alpaca", grade_pairwise_alpaca)
+    monkeypatch.setattr(ev_alpaca_eval, "grade_pairwise_alpaca", grade_pairwise_alpaca)
     path = make_alpaca(tmp_path, 12)
     gen = Recorder(lambda r: "TIE" if r.turns[0] == "Task number 0?" else "MODEL")
     out = tmp_path / "alpaca.jsonl"
@@ -586,7 +573,7 @@ def test_alpaca_eval_official_template_passed(tmp_path, monkeypatch):
     if not tpl.is_file():
         pytest.skip("official AlpacaEval prompt absent")
     seen = []
-    monkeypatch.setattr(mmpref.judges, "grade_pairwise_alpaca",
+    monkeypatch.setattr(ev_alpaca_eval, "grade_pairwise_alpaca",
                         lambda judge, i, o1, o2, truth=None, template=None: seen.append(template) or (2.0, ""))
     run_benchmark("alpaca_eval", make_alpaca(tmp_path, 2), Recorder(lambda r: "x"), FakeJudge(),
                   tmp_path / "a.jsonl", "vit", judge_templates={"alpaca_eval": tpl})
@@ -603,7 +590,7 @@ def test_with_the_rubric_judge(tmp_path):
     bad = run_benchmark("mt_bench", make_mt_bench(tmp_path / "b"), Recorder(lambda r: "I do not know."), judge,
                         tmp_path / "bad.jsonl", "bad")
     assert headline(good, "mt_bench") > headline(bad, "mt_bench")
-    assert {r["judge"] for r in good} == {"rubric-v2"}
+    assert {r["judge"] for r in good} == {"rubric-v3"}
     alpaca = run_benchmark("alpaca_eval", make_alpaca(tmp_path, 4), Recorder(lambda r: "I do not know."), judge,
                            tmp_path / "alpaca.jsonl", "bad")
     assert 0.0 <= headline(alpaca, "alpaca_eval") <= 100.0
@@ -614,7 +601,7 @@ def test_with_the_rubric_judge(tmp_path):
 def test_failed_gradings_are_left_out_and_counted(tmp_path, monkeypatch):
     """A judge reply the official parser rejects is never a default score: the item is recorded as failed, left out
     of every metric and counted in the judge_failures row."""
-    monkeypatch.setattr(mmpref.judges, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
+    monkeypatch.setattr(ev_mmvet, "grade_mmvet", lambda judge, q, gt, pred, truth=None, header=None:
                         (None, "not a grade") if q == "How many bars?" else (1.0 if gt in pred else 0.0, "1.0"))
     mv = run_benchmark("mmvet", make_mmvet(tmp_path), Recorder(lambda r: "It is 8."), FakeJudge(),
                        tmp_path / "mv.jsonl", "vit")
@@ -625,7 +612,7 @@ def test_failed_gradings_are_left_out_and_counted(tmp_path, monkeypatch):
     failed = [r for r in read_jsonl(tmp_path / "mv.jsonl") if r["failed"]]
     assert len(failed) == 1 and failed[0]["score"] is None and failed[0]["judge_raw"] == "not a grade"
 
-    monkeypatch.setattr(mmpref.judges, "grade_llava_bench", lambda judge, q, c, ref, ans, rule=None, truth=None:
+    monkeypatch.setattr(ev_llava_bench, "grade_llava_bench", lambda judge, q, c, ref, ans, rule=None, truth=None:
                         (None, None, "Scores: 8 and 6") if q == "Why is the sky blue?" else (8.0, 6.0, "8 6"))
     lb = run_benchmark("llava_bench", make_llava_bench(tmp_path), Recorder(lambda r: "a"), FakeJudge(),
                        tmp_path / "lb.jsonl", "vit")
@@ -633,7 +620,7 @@ def test_failed_gradings_are_left_out_and_counted(tmp_path, monkeypatch):
     assert "relative_score_complex" not in {r["metric"] for r in lb}
     assert metric(lb, "judge_failures")["value"] == 1
 
-    monkeypatch.setattr(mmpref.judges, "grade_pairwise_alpaca", lambda judge, i, o1, o2, truth=None, template=None:
+    monkeypatch.setattr(ev_alpaca_eval, "grade_pairwise_alpaca", lambda judge, i, o1, o2, truth=None, template=None:
                         (None, "Model 2.") if i == "Task number 0?" else ((1.0 if o1 == "MODEL" else 2.0), "[...]"))
     al = run_benchmark("alpaca_eval", make_alpaca(tmp_path, 4), Recorder(lambda r: "MODEL"), FakeJudge(),
                        tmp_path / "al.jsonl", "vit")
@@ -642,7 +629,7 @@ def test_failed_gradings_are_left_out_and_counted(tmp_path, monkeypatch):
     rec = next(r for r in read_jsonl(tmp_path / "al.jsonl") if r["instruction"] == "Task number 0?")
     assert rec["failed"] and rec["preference"] is None
 
-    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    monkeypatch.setattr(ev_mt_bench, "grade_single", fake_grade_single([]))
     mt = run_benchmark("mt_bench", make_mt_bench(tmp_path), Recorder(lambda r: "garbled" if r.turns[-1] ==
                                                                      "Reverse it." else "x"),
                        FakeJudge(), tmp_path / "mt.jsonl", "vit")

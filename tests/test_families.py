@@ -4,10 +4,10 @@ import pytest
 import torch
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-import mmpref.judges
+from mmpref.evaluate import mt_bench as ev_mt_bench
 from mmpref.config import load_params
-from mmpref.evaluate import run_benchmark
-from mmpref.evaluate.benchmarks import MT_BENCH_TEMPERATURES
+from mmpref.evaluate.protocol import run_benchmark
+from mmpref.evaluate.mt_bench import MT_BENCH_TEMPERATURES
 from mmpref.families import CHATML_TEMPLATE, FAMILIES, VICUNA_SYSTEM, family_of, vicuna_v1_template
 from mmpref.models import chat_messages
 from mmpref.sampling import ChatRequest, Policy
@@ -62,7 +62,7 @@ def test_paper_params_cite_the_authors_scripts():
 
 
 def test_mt_bench_uses_fastchat_temperatures_per_category(tmp_path, monkeypatch):
-    monkeypatch.setattr(mmpref.judges, "grade_single", fake_grade_single([]))
+    monkeypatch.setattr(ev_mt_bench, "grade_single", fake_grade_single([]))
     path = make_mt_bench(tmp_path)
     seen = []
 

@@ -27,7 +27,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def _results() -> pd.DataFrame:
     rows = []
     add = lambda m, b, metric, v: rows.append({"model": m, "benchmark": b, "metric": metric, "value": v, "n": 10,
-                                               "judge": "rubric-v2"})
+                                               "judge": "rubric-v3"})
     add("base-lm", "mt_bench", "overall", 6.0)
     add("base-lm", "mt_bench", "turn1", 7.0)          # not a headline metric: ignored
     add("base-lm", "alpaca_eval", "win_rate", 70.0)

@@ -10,14 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from mmpref.judges import (
-    annotate_responses,
-    grade_llava_bench,
-    grade_mmvet,
-    grade_pairwise_alpaca,
-    grade_single,
-    make_judge,
-)
+from mmpref.evaluate import alpaca_eval as ev_alpaca_eval, llava_bench as ev_llava_bench, mmvet as ev_mmvet, mt_bench as ev_mt_bench
+from mmpref.judges import annotate_responses, make_judge
+from mmpref.evaluate.alpaca_eval import grade_pairwise_alpaca
+from mmpref.evaluate.llava_bench import grade_llava_bench
+from mmpref.evaluate.mmvet import grade_mmvet
+from mmpref.evaluate.mt_bench import grade_single
 from mmpref.judges import prompts
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RateLimiter, RetryableJudgeError
 from mmpref.judges.base import parse_retry_after
@@ -161,7 +159,7 @@ def test_make_judge_errors(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
         make_judge("openai", "gpt-4o", None)
-    assert make_judge("rubric").judge_id == "rubric-v2"
+    assert make_judge("rubric").judge_id == "rubric-v3"
     # the params' judge block fits every backend: API-only options are ignored by the rubric
     r = make_judge("rubric", "ignored", None, base_url=None, max_workers=3, requests_per_minute=None)
     assert r.max_concurrency == 3
@@ -213,7 +211,7 @@ def test_mmvet_grading_follows_the_evaluator_retry_rule():
     score, raw = grade_mmvet(j, "What is x?", "-1<AND>-5", "x = -1")
     assert score == 0.6 and raw == "0.6 it is partly right"
     assert [c.attempt for c in j.calls] == [0, 1, 2] and [c.temperature for c in j.calls] == [0.0, 0.5, 1.0]
-    first = prompts.render_mmvet_prompt("What is x?", "-1<AND>-5", "x = -1")
+    first = ev_mmvet.render_mmvet_prompt("What is x?", "-1<AND>-5", "x = -1")
     assert j.calls[0].prompt == first and first.endswith("\nWhat is x? | -1 <AND> -5 | x = -1 | ")
     assert j.calls[1].prompt == j.calls[2].prompt == first + "\nPredict the correctness of the answer (digit): "
     assert j.calls[0].system is None  # the evaluator sends the user message only
@@ -229,14 +227,14 @@ def test_mmvet_prompt_is_read_from_the_official_evaluator_file(tmp_path):
     evaluator = tmp_path / "mm-vet_evaluator.py"
     evaluator.write_text('import os\n\nprompt = """Compare the ground truth and prediction. FEW-SHOT\n"""\n\n'
                          'def arg_parser(prompt=prompt):\n    raise SystemExit("never run")\n')
-    header = prompts.load_mmvet_prompt(evaluator)
+    header = ev_mmvet.load_mmvet_prompt(evaluator)
     assert header == "Compare the ground truth and prediction. FEW-SHOT\n"
     j = ScriptedJudge(["1.0"])
     grade_mmvet(j, "Q?", "A<OR>B", "B", header=header)
     assert j.calls[0].prompt == header + "\n" + "Q? | A <OR> B | B | "
     (tmp_path / "other.py").write_text("PROMPT = 'x'\n")
     with pytest.raises(ValueError, match="no top-level string `prompt"):
-        prompts.load_mmvet_prompt(tmp_path / "other.py")
+        ev_mmvet.load_mmvet_prompt(tmp_path / "other.py")
 
 
 def test_request_temperature_reaches_the_cache_key_only_when_set():
@@ -251,14 +249,14 @@ def test_request_temperature_reaches_the_cache_key_only_when_set():
 def test_fallback_templates_fill_every_placeholder():
     for multi in (False, True):
         for ref in (None, ["r1", "r2"]):
-            system, prompt, name = prompts.render_fastchat_single(["Q1", "Q2"], ["A1", "A2"], ref, multi)
+            system, prompt, name = ev_mt_bench.render_fastchat_single(["Q1", "Q2"], ["A1", "A2"], ref, multi)
             assert system and "{" not in prompt and "A1" in prompt
             assert name == ("single-math-v1" if ref else "single-v1") + ("-multi-turn" if multi else "")
     with pytest.raises(ValueError, match="two questions"):
-        prompts.render_fastchat_single(["Q1"], ["A1"], None, True)
-    s, u = prompts.render_alpaca("INSTR", "OUT1", "OUT2")
+        ev_mt_bench.render_fastchat_single(["Q1"], ["A1"], None, True)
+    s, u = ev_alpaca_eval.render_alpaca("INSTR", "OUT1", "OUT2")
     assert s and "INSTR" in u and "OUT2" in u and "<|im_start|>" not in u
-    s, c = prompts.render_llava_bench("Q", "CTX", "REF", "ANS")
+    s, c = ev_llava_bench.render_llava_bench("Q", "CTX", "REF", "ANS")
     assert c.index("CTX") < c.index("Q") < c.index("REF") < c.index("ANS")
     p = prompts.render_annotation_prompt("Q?", ["r1", "r2", "r3"])
     assert "[Response 3]" in p and "There are 3 responses." in p and '"responses"' in p
@@ -267,33 +265,33 @@ def test_fallback_templates_fill_every_placeholder():
 def test_official_templates_render():
     if not BENCH.exists():
         pytest.skip("official benchmark files not present")
-    tpl = prompts.load_fastchat_judge_prompts(BENCH / "mt_bench" / "judge_prompts.jsonl")
-    system, prompt, name = prompts.render_fastchat_single(["Q1?", "Q2?"], ["A1.", "A2."], ["R1", "R2"], True, tpl)
+    tpl = ev_mt_bench.load_fastchat_judge_prompts(BENCH / "mt_bench" / "judge_prompts.jsonl")
+    system, prompt, name = ev_mt_bench.render_fastchat_single(["Q1?", "Q2?"], ["A1.", "A2."], ["R1", "R2"], True, tpl)
     assert name == "single-math-v1-multi-turn" and system == tpl[name]["system_prompt"]
     assert "R2" in prompt and "A2." in prompt and "{" not in prompt
-    _, prompt, _ = prompts.render_fastchat_single(["Q1?"], ["A1."], None, False, tpl)
+    _, prompt, _ = ev_mt_bench.render_fastchat_single(["Q1?"], ["A1."], None, False, tpl)
     assert "[[rating]]" in prompt and "A1." in prompt
-    alpaca = prompts.load_alpaca_template(BENCH / "alpaca_eval" / "alpaca_eval_gpt4_prompt.txt")
-    system, user = prompts.render_alpaca("Say hi", "hi", "hello", alpaca)
+    alpaca = ev_alpaca_eval.load_alpaca_template(BENCH / "alpaca_eval" / "alpaca_eval_gpt4_prompt.txt")
+    system, user = ev_alpaca_eval.render_alpaca("Say hi", "hi", "hello", alpaca)
     assert system.startswith("You are a helpful assistant")
     assert '"""Say hi"""' in user and '"""hello"""' in user and "{'model': <model-name>" in user
-    rules = prompts.load_llava_rules(BENCH / "llava_bench" / "rule.json")
-    rule = prompts.llava_rule_for(rules, "conv")
-    _, content = prompts.render_llava_bench("Q", "CTX", "REF", "ANS", rule)
+    rules = ev_llava_bench.load_llava_rules(BENCH / "llava_bench" / "rule.json")
+    rule = ev_llava_bench.llava_rule_for(rules, "conv")
+    _, content = ev_llava_bench.render_llava_bench("Q", "CTX", "REF", "ANS", rule)
     assert content.endswith(rule["prompt"] + "\n\n") and "[Assistant 2]\nANS" in content
     with pytest.raises(ValueError, match="llava_bench_poetry"):
-        prompts.llava_rule_for(rules, "poetry")
+        ev_llava_bench.llava_rule_for(rules, "poetry")
 
 
 def test_bad_template_files(tmp_path):
     bad = tmp_path / "jp.jsonl"
     bad.write_text('{"name": "x", "prompt_template": "t", "system_prompt": "s"}\n{oops\n')
     with pytest.raises(ValueError, match="jp.jsonl:2"):
-        prompts.load_fastchat_judge_prompts(bad)
+        ev_mt_bench.load_fastchat_judge_prompts(bad)
     t = tmp_path / "a.txt"
     t.write_text("no placeholders")
     with pytest.raises(ValueError, match="instruction"):
-        prompts.load_alpaca_template(t)
+        ev_alpaca_eval.load_alpaca_template(t)
 
 
 # ---- OpenAI-compatible backend against a loopback fake ----------------------------------------------------------

@@ -12,16 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from mmpref.judges import (
-    annotate_responses,
-    gold_answer,
-    grade_llava_bench,
-    grade_mmvet,
-    grade_pairwise_alpaca,
-    grade_single,
-    make_judge,
-    prompts,
-)
+from mmpref.evaluate import alpaca_eval as ev_alpaca_eval, llava_bench as ev_llava_bench, mmvet as ev_mmvet, mt_bench as ev_mt_bench
+from mmpref.judges import annotate_responses, gold_answer, make_judge, prompts
+from mmpref.evaluate.alpaca_eval import grade_pairwise_alpaca
+from mmpref.evaluate.llava_bench import grade_llava_bench
+from mmpref.evaluate.mmvet import grade_mmvet
+from mmpref.evaluate.mt_bench import grade_single
 from mmpref.judges.base import JudgeError, JudgeRequest
 from mmpref.judges.parsing import ATTRIBUTES
 from mmpref.pairing import dpo_pair, quality
@@ -163,7 +159,7 @@ def _templates():
 @pytest.mark.parametrize("which", _templates())
 def test_mt_bench_single_grading(api, which):
     _, server, judge, _ = api
-    templates = (prompts.load_fastchat_judge_prompts(BENCH / "mt_bench" / "judge_prompts.jsonl")
+    templates = (ev_mt_bench.load_fastchat_judge_prompts(BENCH / "mt_bench" / "judge_prompts.jsonl")
                  if which else None)
     ratings = []
     for i in range(4):
@@ -179,7 +175,7 @@ def test_mt_bench_single_grading(api, which):
 @pytest.mark.parametrize("which", _templates())
 def test_alpaca_eval_ranking(api, which):
     _, server, judge, _ = api
-    template = prompts.load_alpaca_template(BENCH / "alpaca_eval" / "alpaca_eval_gpt4_prompt.txt") if which else None
+    template = ev_alpaca_eval.load_alpaca_template(BENCH / "alpaca_eval" / "alpaca_eval_gpt4_prompt.txt") if which else None
     prefs = [grade_pairwise_alpaca(judge, f"Say hello #{i}", "hello", "hi there", template=template)[0]
              for i in range(6)]
     assert set(prefs) <= {1.0, 2.0} and len(set(prefs)) == 2
@@ -196,7 +192,7 @@ def test_mmvet_grading(api):
 @pytest.mark.parametrize("which", _templates())
 def test_llava_bench_grading(api, which):
     _, server, judge, _ = api
-    rule = prompts.llava_rule_for(prompts.load_llava_rules(BENCH / "llava_bench" / "rule.json"), "conv") \
+    rule = ev_llava_bench.llava_rule_for(ev_llava_bench.load_llava_rules(BENCH / "llava_bench" / "rule.json"), "conv") \
         if which else None
     for i in range(3):
         s_ref, s_model, text = grade_llava_bench(judge, f"Describe the image #{i}", "Two red apples on a table.",
@@ -206,11 +202,11 @@ def test_llava_bench_grading(api, which):
 
 
 def test_classify_prompt_on_every_task():
-    s, p, _ = prompts.render_fastchat_single(["q"], ["a"])
+    s, p, _ = ev_mt_bench.render_fastchat_single(["q"], ["a"])
     assert classify_prompt(s, p) == "mt_bench"
-    assert classify_prompt(*prompts.render_alpaca("i", "o1", "o2")) == "alpaca"
-    assert classify_prompt(*prompts.render_llava_bench("q", "c", "r", "a")) == "llava_bench"
-    assert classify_prompt(prompts.MMVET_SYSTEM, prompts.render_mmvet_prompt("q", "gt", "p")) == "mmvet"
+    assert classify_prompt(*ev_alpaca_eval.render_alpaca("i", "o1", "o2")) == "alpaca"
+    assert classify_prompt(*ev_llava_bench.render_llava_bench("q", "c", "r", "a")) == "llava_bench"
+    assert classify_prompt(ev_mmvet.MMVET_SYSTEM, ev_mmvet.render_mmvet_prompt("q", "gt", "p")) == "mmvet"
     assert classify_prompt(prompts.GOLD_SYSTEM, prompts.render_gold_prompt("q")) == "answer"
     assert classify_prompt(prompts.ANNOTATION_SYSTEM, prompts.render_annotation_prompt("q", ["a", "b"])) == "annotate"
     assert classify_prompt(None, "hello") == "generic"

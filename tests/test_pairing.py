@@ -90,19 +90,19 @@ def _world():
     ]
     samples = [{"prompt_id": f"p{i}", "responses": [f"r{i}.{j}" for j in range(4)], "model": "vit",
                 "temperature": 0.7, "seed": 0} for i in range(6)]
-    ok = lambda pid, scores: {"prompt_id": pid, "judge": "rubric-v2", "status": "ok", "reasoning": "", "raw": "",
+    ok = lambda pid, scores: {"prompt_id": pid, "judge": "rubric-v3", "status": "ok", "reasoning": "", "raw": "",
                               "scores": scores, "error": None}
     annotations = [
         ok("p0", [s(1, 1, 1), s(4, 4, 4), s(2, 2, 2), s(0, 0, 0)]),  # pairs: chosen 1
         ok("p1", [s(3, 3, 3)] * 4),                                  # all equal: no DPO pair
-        {"prompt_id": "p2", "judge": "rubric-v2", "status": "failed", "reasoning": "", "raw": "garbage",
+        {"prompt_id": "p2", "judge": "rubric-v3", "status": "failed", "reasoning": "", "raw": "garbage",
          "scores": None, "error": "unparsable"},
         ok("p3", [s(4, 4, 4), s(0, 0, 0)]),                          # 2 scores for 4 responses: mismatch
         ok("p4", [s(4, 4, 4), s(4, 4, 4), s(1, 1, 1), s(2, 2, 2)]),  # tie at top -> 0
         # p5 has no annotation
         ok("ghost", [s(0, 0, 0)] * 4),                               # unknown prompt id
     ]
-    gold = [{"prompt_id": f"p{i}", "answer": f"gold {i}", "judge": "rubric-v2"} for i in range(5)]
+    gold = [{"prompt_id": f"p{i}", "answer": f"gold {i}", "judge": "rubric-v3"} for i in range(5)]
     return prompts, samples, annotations, gold
 
 

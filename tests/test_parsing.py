@@ -6,16 +6,11 @@ import json
 
 import pytest
 
-from mmpref.judges.parsing import (
-    AnnotationSchema,
-    ParseError,
-    extract_json_object,
-    parse_alpaca_ranking,
-    parse_annotation,
-    parse_fastchat_rating,
-    parse_llava_score,
-    parse_mmvet_score,
-)
+from mmpref.judges.parsing import AnnotationSchema, ParseError, extract_json_object, parse_annotation
+from mmpref.evaluate.alpaca_eval import parse_alpaca_ranking
+from mmpref.evaluate.llava_bench import parse_llava_score
+from mmpref.evaluate.mmvet import parse_mmvet_score
+from mmpref.evaluate.mt_bench import parse_fastchat_rating
 
 S = {"helpfulness": 3, "correctness": 4, "coherence": 4, "complexity": 1, "verbosity": 2}
 

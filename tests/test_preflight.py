@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mmpref.evaluate import alpaca_eval as ev_alpaca_eval, mt_bench as ev_mt_bench
 from mmpref import preflight
 from mmpref.cli import main
 from mmpref.config import dotted_to_nested, load_params
@@ -70,8 +71,8 @@ def populate(data: Path) -> dict:
     make_alpaca(data)
     # judge templates and noise images
     write_jsonl(data / "mt_bench" / "judge_prompts.jsonl",
-                [{**rec, "name": name} for name, rec in prompts.FALLBACK_FASTCHAT_TEMPLATES.items()])
-    (data / "alpaca_eval" / "prompt.txt").write_text(prompts.FALLBACK_ALPACA_TEMPLATE)
+                [{**rec, "name": name} for name, rec in ev_mt_bench.FALLBACK_FASTCHAT_TEMPLATES.items()])
+    (data / "alpaca_eval" / "prompt.txt").write_text(ev_alpaca_eval.FALLBACK_ALPACA_TEMPLATE)
     (data / "llava_bench" / "rule.json").write_text(json.dumps(
         {f"llava_bench_{c}": {"role": "Assistant", "prompt": "Score both."} for c in ("conv", "detail", "complex")}))
     image(data / "noise" / "blank.png", (255, 255, 255))
@@ -226,8 +227,8 @@ def test_cost_estimate_by_hand(tmp_path):
     # MT-Bench: 3 questions x 2 turns for base-lm, vit, dpo and the three DPO fractions
     mt = cost.loc["judge mt_bench"]
     assert (mt.models, mt["items"], mt.calls, mt.output_tokens) == (6, 3, 36, 36 * 250)
-    one = [prompts.render_fastchat_single(["t1"], ["x" * 200]),
-           prompts.render_fastchat_single(["t1", "t2"], ["x" * 200] * 2, multi_turn=True)]
+    one = [ev_mt_bench.render_fastchat_single(["t1"], ["x" * 200]),
+           ev_mt_bench.render_fastchat_single(["t1", "t2"], ["x" * 200] * 2, multi_turn=True)]
     mt_in = 6 * 3 * sum((len(s) + len(p)) / 4 for s, p, _ in one)
     assert mt.input_tokens == round(mt_in)
     assert mt.usd == pytest.approx((mt_in * 10 + 36 * 250 * 30) / 1e6, rel=1e-6)

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from mmpref.judges import (
-    annotate_responses,
-    gold_answer,
-    grade_llava_bench,
-    grade_mmvet,
-    grade_pairwise_alpaca,
-    grade_single,
-    make_judge,
-)
+from mmpref.judges import annotate_responses, gold_answer, make_judge
+from mmpref.evaluate.alpaca_eval import grade_pairwise_alpaca
+from mmpref.evaluate.llava_bench import grade_llava_bench
+from mmpref.evaluate.mmvet import grade_mmvet
+from mmpref.evaluate.mt_bench import grade_single
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import parse_annotation
 from mmpref.judges.rubric import assess, coherence_score, key_match, tokens
@@ -195,6 +191,7 @@ def test_mt_bench_rating_rewards_answering_as_fully_as_asked(judge):
     ("Yes, there is no star in the image.", "says yes and then denies"),
     ("No, the cross is green, not green.", "contradicts itself"),
     ("The image shows a yellow ring, a green ring and a green ring.", "same thing twice"),
+    ("No, there is a triangle in the image.", "says no and then affirms"),
 ])
 def test_self_contradiction_and_repeated_items_lose_coherence(text, note):
     score, notes = coherence_score(text)
@@ -206,3 +203,19 @@ def test_self_contradiction_and_repeated_items_lose_coherence(text, note):
                                   "There are 3 shapes and 2 of them are red."])
 def test_consistent_answers_keep_full_coherence(text):
     assert coherence_score(text) == (4, [])
+
+
+@pytest.mark.parametrize("text, reference, strays", [
+    ("The cross is green.", "The star is blue.", True),
+    ("There is no cross in the image.", "There is no star in the image.", True),
+    ("Yes, the diamond is red.", "No, there is no triangle in the image.", True),
+    ("The star is green.", "The star is blue.", False),          # wrong, but about the right object
+    ("The image shows a red ring.", "The image shows a red ring and a blue star.", False),
+    ("The value of bar 2 is 7.", "The value of bar 2 is 5.", False),  # no objects named: nothing to compare
+])
+def test_answers_about_other_objects_lose_coherence(text, reference, strays):
+    score, notes = coherence_score(text, reference)
+    assert any("speaks of the" in n for n in notes) == strays
+    assert (score <= 2) == strays
+    # without a reference there is nothing to stray from
+    assert not any("speaks of the" in n for n in coherence_score(text)[1])

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from mmpref.evaluate import alpaca_eval as ev_alpaca_eval, llava_bench as ev_llava_bench, mmbench as ev_mmbench, mmvet as ev_mmvet, mt_bench as ev_mt_bench, pope as ev_pope
 from mmpref import stats
-from mmpref.evaluate import metrics, run_benchmark
+from mmpref.evaluate.protocol import run_benchmark
 from mmpref.figures import interval_cells, save_interval_table, table2_intervals, table3_intervals
 from mmpref.io import read_jsonl, write_jsonl
 
@@ -70,21 +71,21 @@ def varied(n, lo=2.0, hi=8.0, seed=1):
 
 CASES = {
     "mt_bench": (mt("m", [(8, -1), (3, 7), (-1, -1), (9, 2), (5, 5), (6, 1), (2, 8), (7, 7)]),
-                 lambda: metrics.mt_bench_scores([8, 3, -1, 9, 5, 6, 2, 7], [-1, 7, -1, 2, 5, 1, 8, 7])["overall"]),
+                 lambda: ev_mt_bench.mt_bench_scores([8, 3, -1, 9, 5, 6, 2, 7], [-1, 7, -1, 2, 5, 1, 8, 7])["overall"]),
     "alpaca_eval": (alpaca("m", [2.0, 1.0, 0.0, math.nan, 2.0, 1.5, 1.0, 2.0, 2.0, 1.0]),
-                    lambda: metrics.alpaca_win_rate([2.0, 1.0, 0.0, math.nan, 2.0, 1.5, 1.0, 2.0, 2.0,
+                    lambda: ev_alpaca_eval.alpaca_win_rate([2.0, 1.0, 0.0, math.nan, 2.0, 1.5, 1.0, 2.0, 2.0,
                                                      1.0])["win_rate"]),
     "mmbench": (mmb("m", [[True, True], [True, False], [False, False], [True, True, True], [True, True]]),
-                lambda: metrics.mmbench_scores([[True, True], [True, False], [False, False], [True, True, True],
+                lambda: ev_mmbench.mmbench_scores([[True, True], [True, False], [False, False], [True, True, True],
                                                 [True, True]])["circular_accuracy"]),
     "llava_bench": (llava("m", [(8, 6), (7, 7), (-1, -1), (9, 4), (6, 5), (8, 8)]),
-                    lambda: metrics.llava_bench_scores([(8, 6), (7, 7), (-1, -1), (9, 4), (6, 5), (8, 8)],
+                    lambda: ev_llava_bench.llava_bench_scores([(8, 6), (7, 7), (-1, -1), (9, 4), (6, 5), (8, 8)],
                                                        ["conv"] * 6)["relative_score"]),
     "mmvet": (mmvet("m", [1.0, 0.5, 0.0, 0.8, 1.0, 0.2]),
-              lambda: metrics.mmvet_scores([1.0, 0.5, 0.0, 0.8, 1.0, 0.2], [["rec"]] * 6)["total"]),
+              lambda: ev_mmvet.mmvet_scores([1.0, 0.5, 0.0, 0.8, 1.0, 0.2], [["rec"]] * 6)["total"]),
     "pope": (pope("m", {s: [("Yes", "yes"), ("No.", "no"), ("Yes", "no"), ("No, not", "yes"), ("Yes", "yes"),
                             ("no", "no")] for s in SPLITS}),
-             lambda: metrics.pope_scores({s: (["Yes", "No.", "Yes", "No, not", "Yes", "no"],
+             lambda: ev_pope.pope_scores({s: (["Yes", "No.", "Yes", "No, not", "Yes", "no"],
                                               ["yes", "no", "no", "yes", "yes", "no"]) for s in SPLITS})["f1"]),
 }
 
@@ -186,7 +187,7 @@ def test_intervals_csv_and_tables_with_intervals(tmp_path):
     back = pd.read_csv(run / "eval" / "intervals.csv")
     assert list(back.columns) == stats.INTERVAL_COLUMNS and len(back) == len(iv)
     vit = back[(back.model == "vit") & (back.benchmark == "mt_bench") & (back.metric == "overall")].iloc[0]
-    assert vit["n_units"] == 60 and vit["value"] == pytest.approx(metrics.mt_bench_scores(
+    assert vit["n_units"] == 60 and vit["value"] == pytest.approx(ev_mt_bench.mt_bench_scores(
         *zip(*varied(60)))["overall"].value)
     t2 = table2_intervals(iv)
     assert t2.loc["DPO", "MT-bench lo"] <= t2.loc["DPO", "MT-bench"] <= t2.loc["DPO", "MT-bench hi"]

@@ -17,7 +17,8 @@ import pytest
 from PIL import Image
 
 from mmpref.world import build, pools, questions, scenes, text_tasks
-from mmpref.evaluate.benchmarks import MMBENCH_PROMPT_SUFFIX, POPE_PROMPT_SUFFIX
+from mmpref.evaluate.mmbench import MMBENCH_PROMPT_SUFFIX
+from mmpref.evaluate.pope import POPE_PROMPT_SUFFIX
 from mmpref.io import read_jsonl
 
 SMALL = dict(image_size=48, n_visual_train=60, n_text_train=80, n_pool=20, n_bench=12)
@@ -372,8 +373,8 @@ def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch):
 
 def test_training_and_benchmark_multiple_choice_prompts_share_one_layout(built, tmp_path):
     out, _ = built
-    from mmpref.evaluate.benchmarks import mmbench_prompt
-    from mmpref.evaluate.loaders import load_mmbench
+    from mmpref.evaluate.mmbench import mmbench_prompt
+    from mmpref.evaluate.mmbench import load_mmbench
     bench = load_mmbench(out / "benchmarks" / "mmbench" / "mmbench_dev.tsv", image_dir=tmp_path)
     for it in bench:      # what the evaluation asks, parsed by the same rule as the training prompts
         question, options = _mc_options(mmbench_prompt(it.question, it.hint, dict(zip("ABCD", it.options))))
@@ -462,3 +463,58 @@ def test_text_benchmarks_hold_out_prompts_not_facts(tmp_path):
     known = {r["answers"][0] for r in train if r["task"] == "facts"}
     assert len(cities - known) <= 2   # nearly every fact the benchmark asks is taught under another phrasing
     assert len(topics) > 40
+
+
+def test_membership_questions_are_true():
+    rng = random.Random(5)
+    seen = Counter()
+    for _ in range(400):
+        item = text_tasks.task_list(rng, two_turn=True)
+        if item["answers"][0] not in ("yes", "no"):
+            continue
+        q = item["turns"][0]
+        m = (re.fullmatch(r"Is (\w+) in the list (.+)\?", q) or re.fullmatch(r"Does the list (.+) contain (\w+)\?", q)
+             or re.fullmatch(r"In the list (.+), is there a (\w+)\?", q))
+        assert m, q
+        word, listed = (m[1], m[2]) if q.startswith("Is ") else (m[2], m[1])
+        items = listed.split(", ")
+        assert item["answers"][0] == ("yes" if word in items else "no")
+        assert item["references"][0].startswith("Yes" if word in items else "No")
+        assert item["answers"][1] == str(len(items))
+        seen[item["answers"][0]] += 1
+    assert seen["yes"] > 20 and seen["no"] > 20
+
+
+def test_multiple_choice_text_items_letter_the_true_answer():
+    from mmpref.evaluate.mmbench import mmbench_prompt
+
+    rng = random.Random(6)
+    letters_seen, sizes = Counter(), Counter()
+    for _ in range(300):
+        item = text_tasks.multiple_choice_item(rng)
+        lines = item["turns"][0].split("\n")
+        options = dict(line.split(". ", 1) for line in lines[1:-1])
+        assert item["turns"][0] == mmbench_prompt(item["question"], None, options)
+        assert len(set(options.values())) == len(options) and 2 <= len(options) <= 4
+        letter = item["answers"][0]
+        assert item["references"] == [letter] and options[letter] == item["option_key"]
+        if item.get("topic", "").startswith("capital:"):
+            assert item["option_key"] == text_tasks.CAPITALS[item["topic"].split(":")[1]]
+        m = re.fullmatch(r"What is (\d+) (plus|minus|times) (\d+)\?", item["question"])
+        if m:
+            a, b = int(m[1]), int(m[3])
+            assert int(item["option_key"]) == {"plus": a + b, "minus": a - b, "times": a * b}[m[2]]
+        letters_seen[letter] += 1
+        sizes[len(options)] += 1
+    assert set(letters_seen) == set("ABCD") and set(sizes) == {2, 3, 4}
+
+
+def test_text_train_multiple_choice_share(tmp_path):
+    held = {"What is 3 plus 5?"}
+    rows = pools.build_text_train(random.Random(7), 600, held, mc_share=0.25)
+    share = sum(r["task"] == "multiple_choice" for r in rows) / len(rows)
+    assert 0.2 < share < 0.3
+    assert not any(r["turns"][0] in held for r in rows)
+    assert not any(r["task"] == "multiple_choice" for r in pools.build_text_train(random.Random(7), 200, held))
+    with pytest.raises(ValueError, match="mc_share"):
+        pools.build_text_train(random.Random(7), 10, held, mc_share=1.0)

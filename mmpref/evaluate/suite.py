@@ -1,23 +1,32 @@
 """Stage 09: every model of a run on every configured benchmark, into eval/results.csv.
 
-Models: the base LM (text benchmarks only), the visually tuned policy ("vit"), one adapter per trained method, and
-the DPO data-fraction adapters (MT-Bench only, for Figure 2). A (model, benchmark) pair whose rows were computed for
-the same checkpoint, data and judge is not recomputed; inside a benchmark, items already answered are reused.
+Models: the base LM (text-only benchmarks only), the visually tuned policy ("vit"), one adapter per trained method
+(mmpref.methods), and the data-fraction adapters (their benchmark only, for Figure 2). A (model, benchmark) pair whose
+rows were computed for the same checkpoint, data and judge is not recomputed; inside a benchmark, items already
+answered are reused.
+
+Judge variance: with `evaluate.judge_runs` N >= 2 every judge-graded benchmark is graded N times (run 1's answers,
+distinct judge calls) and its rows hold the mean over runs with the standard deviation in `sd` (numpy's population sd,
+as MM-Vet reports it); `judge_failures` rows count the failed gradings of all runs. results.csv columns: model,
+benchmark, metric, value, sd, n, judge (the judge model id, "rule" for rule-scored benchmarks), judge_runs.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from mmpref import methods
+from mmpref.evaluate import registry
 from mmpref.io import sha256_json
 
 log = logging.getLogger(__name__)
 
-TEXT_ONLY = ("mt_bench", "alpaca_eval")
+RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs"]
 
 
 def plan(params, run_dir: Path) -> list[tuple[str, str | None, list[str]]]:
@@ -25,20 +34,22 @@ def plan(params, run_dir: Path) -> list[tuple[str, str | None, list[str]]]:
     configured = list(params.evaluate.benchmarks)
     out: list[tuple[str, str | None, list[str]]] = []
     if params.models.base_lm:
-        out.append(("base-lm", None, [b for b in configured if b in TEXT_ONLY]))
-    out.append(("vit", None, configured))
+        out.append((methods.BASE_LM, None, [b for b in configured if registry.get(b).text_only]))
+    out.append((methods.POLICY, None, configured))
     for method in params.train.methods:
         out.append((method, str(run_dir / "adapters" / method), configured))
-    if "dpo" in params.train.methods and "mt_bench" in configured:
+    frac = methods.fraction_method()
+    if frac is not None and frac.name in params.train.methods and methods.FRACTIONS_BENCHMARK in configured:
         for f in params.train.dpo.fractions:
-            out.append((f"dpo_frac{f:g}", str(run_dir / "adapters" / f"dpo_frac{f:g}"), ["mt_bench"]))
+            name = methods.fraction_adapter(frac.name, f)
+            out.append((name, str(run_dir / "adapters" / name), [methods.FRACTIONS_BENCHMARK]))
     return [p for p in out if p[2]]
 
 
 def _checkpoint_id(params, name: str, adapter: str | None) -> str:
     from mmpref.models import checkpoint_identity
 
-    if name == "base-lm":
+    if name == methods.BASE_LM:
         return checkpoint_identity(params.model_ref(params.models.base_lm))
     ref = checkpoint_identity(params.model_ref(params.models.policy))
     if adapter is None:
@@ -57,25 +68,36 @@ def _noise_dir(params) -> str | None:
     return str(params.path(params.evaluate.noise_images)) if params.evaluate.noise_images else None
 
 
-def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, name: str) -> list[dict]:
+def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, name: str,
+                 judge_run: int = 1) -> list[dict]:
     """One loaded model on one benchmark file with the run's evaluation settings (greedy answers of
-    `evaluate.max_new_tokens`, MT-Bench decoding, judge templates, noise images, limit): tidy rows. Stage 09 scores
-    every model this way; DPO's sweep scores its trials on the dev split this way too."""
+    `evaluate.max_new_tokens`, the benchmark's own options such as MT-Bench decoding, judge templates, noise images,
+    limit): tidy rows. Stage 09 scores every model this way; DPO's sweep scores its trials on the dev split this way
+    too. `judge_run` >= 2 grades run 1's answers again (mmpref.evaluate.protocol)."""
     from mmpref.evaluate import run_benchmark
 
     ev = params.evaluate
-    options = {"decoding": ev.mt_bench_decoding} if bench in ("mt_bench", "mt_bench_noisy") else {}
     return run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,
-                         out_jsonl, model=name,
-                         judge_templates=_judge_templates(params), noise_images_dir=_noise_dir(params),
-                         limit=ev.limit, **options)
+                         out_jsonl, model=name, judge_templates=_judge_templates(params),
+                         noise_images_dir=_noise_dir(params), limit=ev.limit, judge_run=judge_run,
+                         **registry.get(bench).options(ev))
+
+
+def score_runs(score, judged: bool, judge_runs: int) -> list[dict]:
+    """Rows of one (model, benchmark): `score(judge_run)` gives the rows of one run. A judge-graded benchmark is
+    graded `judge_runs` times and summarised by mmpref.evaluate.protocol.judge_run_rows; a rule-scored one once
+    (judge_runs 0, sd NaN)."""
+    from mmpref.evaluate.protocol import judge_run_rows
+
+    if not judged:
+        return [{**r, "sd": math.nan, "judge_runs": 0} for r in score(1)]
+    return judge_run_rows([score(r) for r in range(1, judge_runs + 1)])
 
 
 def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
-    from mmpref.evaluate.benchmarks import SCORING_VERSION
+    from mmpref.evaluate.protocol import SCORING_VERSION
     from mmpref.judges import judge_from_params
     from mmpref.models import chat_templates
-    from mmpref.pairing import steerlm_inference_question
     from mmpref.sampling import Policy
 
     ev = params.evaluate
@@ -89,23 +111,30 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                        "seed": params.run.seed, "scoring": SCORING_VERSION}
         policy = None
         for bench in benchmarks:
+            spec = registry.get(bench)
             data_path = params.path(ev.benchmarks[bench])
-            key = sha256_json({**fingerprint, "data": str(data_path), "noise": noise if bench == "mt_bench_noisy" else None})
+            runs = ev.judge_runs if spec.judged else 1
+            key = sha256_json({**fingerprint, "data": str(data_path), "noise": noise if spec.uses_noise_images else None,
+                               **({"judge_runs": runs} if runs > 1 else {})})
             done = run_dir / "eval" / name / f"{bench}.rows.json"
             if done.exists() and json.loads(done.read_text()).get("key") == key:
-                rows += json.loads(done.read_text())["rows"]
+                # rows written before judge runs were recorded: one run (judged) or none (rule)
+                rows += [{"sd": math.nan, "judge_runs": 1 if spec.judged else 0, **r}
+                         for r in json.loads(done.read_text())["rows"]]
                 continue
             if policy is None:
                 log.info("loading %s", name)
-                policy = Policy.from_params(params, name, adapter=adapter, base_lm=name == "base-lm",
-                                            question_transform=steerlm_inference_question if name == "steerlm" else None)
+                transform = methods.get(name).inference_question if name in methods.names() else None
+                policy = Policy.from_params(params, name, adapter=adapter, base_lm=name == methods.BASE_LM,
+                                            question_transform=transform)
             log.info("%s on %s", name, bench)
-            got = score_policy(params, policy, bench, data_path, judge, run_dir / "eval" / name / f"{bench}.jsonl",
-                               name)
+            out = run_dir / "eval" / name / f"{bench}.jsonl"
+            got = score_runs(lambda r: score_policy(params, policy, bench, data_path, judge, out, name, judge_run=r),
+                             spec.judged, runs)
             done.write_text(json.dumps({"key": key, "rows": got}))
             rows += got
         del policy
-    frame = pd.DataFrame(rows, columns=["model", "benchmark", "metric", "value", "n", "judge"])
+    frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     frame.to_csv(run_dir / "eval" / "results.csv", index=False)
     frame.attrs["judge_usage"] = {"judge": judge.judge_id, **judge.usage()}  # for the stage's manifest line
     return frame

@@ -1,4 +1,5 @@
-"""Judges: one small interface (`Judge.complete`), three backends (rubric, gemini, openai), shared task functions."""
+"""Judges: one small interface (`Judge.complete`), three backends (rubric, gemini, openai), and the
+annotation tasks. Benchmark grading (judge prompts, reply parsers) lives in each benchmark's module, mmpref/evaluate/."""
 
 from __future__ import annotations
 
@@ -7,15 +8,7 @@ from pathlib import Path
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError
 from mmpref.judges.parsing import AttributeScores, ParseError
 from mmpref.judges.rubric import RubricJudge
-from mmpref.judges.tasks import (
-    Annotation,
-    annotate_responses,
-    gold_answer,
-    grade_llava_bench,
-    grade_mmvet,
-    grade_pairwise_alpaca,
-    grade_single,
-)
+from mmpref.judges.tasks import Annotation, annotate_responses, gold_answer
 
 BACKENDS = ("rubric", "gemini", "openai")
 _API_ONLY_OPTIONS = {"base_url", "api_version", "temperature", "max_output_tokens", "timeout_s", "structured_output"}
@@ -55,5 +48,4 @@ def judge_from_params(j, cache_dir: str | Path | None) -> Judge:
 
 
 __all__ = ["Judge", "JudgeError", "JudgeReply", "JudgeRequest", "RetryableJudgeError", "AttributeScores",
-           "ParseError", "RubricJudge", "Annotation", "annotate_responses", "gold_answer", "grade_single",
-           "grade_pairwise_alpaca", "grade_mmvet", "grade_llava_bench", "make_judge", "judge_from_params", "BACKENDS"]
+           "ParseError", "RubricJudge", "Annotation", "annotate_responses", "gold_answer", "make_judge", "judge_from_params", "BACKENDS"]

@@ -40,6 +40,8 @@ class JudgeRequest(BaseModel):
     # the sampling temperature an official script uses for this call (MM-Vet's retries, LLaVA-Bench's 0.2); None
     # leaves the backend's own setting
     temperature: float | None = None
+    # the judge run (repeated grading for judge variance); from run 2 on it enters the cache key: a distinct call
+    judge_run: int = 1
 
 
 class JudgeReply(BaseModel):
@@ -160,6 +162,8 @@ class Judge:
         }
         if req.temperature is not None:  # only when set, so the keys of earlier requests stay valid
             material["temperature"] = req.temperature
+        if req.judge_run > 1:  # run 1 keeps the keys of earlier requests
+            material["judge_run"] = req.judge_run
         if self.uses_truth:
             material["inputs"] = req.inputs
             material["truth"] = req.truth

@@ -1,16 +1,13 @@
-"""Parsers for judge replies: our annotation JSON, FastChat ratings, AlpacaEval rankings, LLaVA-Bench and MM-Vet scores.
+"""The annotation reply parser (reasoning, then JSON with the five HelpSteer ratings per response) and `ParseError`.
 
-Every parser either returns a validated value or raises `ParseError` (a ValueError) saying what was wrong, except
-FastChat's rating parser, which returns FastChat's own -1 for an unparsable judgment (show_result drops it). The
-benchmark parsers follow the official code named in their docstrings; a reply they reject is a failed grading, never
-a default score.
+A parser either returns a validated value or raises `ParseError` (a ValueError) saying what was wrong; a rejected
+reply is a failed annotation, never a default score. Each benchmark's judge-reply parser lives in its module under
+mmpref/evaluate/.
 """
 
 from __future__ import annotations
 
-import ast
 import json
-import math
 import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -33,8 +30,10 @@ class AttributeScores(BaseModel):
     verbosity: int = Field(ge=0, le=4, strict=True)
 
     def quality(self) -> int:
-        """The paper's pairing quality: helpfulness + correctness + coherence."""
-        return self.helpfulness + self.correctness + self.coherence
+        """The paper's pairing quality (mmpref.methods.quality: helpfulness + correctness + coherence)."""
+        from mmpref.methods import quality
+
+        return quality(self)
 
 
 class AnnotationPayload(BaseModel):
@@ -111,70 +110,3 @@ def parse_annotation(text: str, n_responses: int) -> tuple[str, list[AttributeSc
     if payload.reasoning:
         reasoning = (reasoning + "\n" + payload.reasoning).strip()
     return reasoning, payload.responses
-
-
-# FastChat single-answer grading patterns: lm-sys/FastChat fastchat/llm_judge/common.py, commit
-# 0e6d3e4beaab66f4d3f93db72541a4abab8af28d.
-one_score_pattern = re.compile(r"\[\[(\d+\.?\d*)\]\]")
-one_score_pattern_backup = re.compile(r"\[(\d+\.?\d*)\]")
-
-
-def parse_fastchat_rating(judgment: str) -> float:
-    """FastChat `run_judge_single` parsing: `[[x]]`, else `[x]`; -1 when neither is found."""
-    match = re.search(one_score_pattern, judgment)
-    if not match:
-        match = re.search(one_score_pattern_backup, judgment)
-    if match:
-        return float(ast.literal_eval(match.groups()[0]))
-    return -1.0
-
-
-def parse_alpaca_ranking(completion: str, model_1_name: str = "model_1") -> float:
-    """AlpacaEval's `ranking_parser` (tatsu-lab/alpaca_eval src/alpaca_eval/completion_parsers.py, commit
-    cd543a149df89434d8a54582c0151c0b945c3d20), used by the alpaca_eval_gpt4 annotator: the whole completion is read
-    with `ast.literal_eval`, and the rank of the first entry whose "model" is `model_1_name` is the preference, which
-    must be 1 or 2. So tied ranks give model_1's rank (both rank 1 -> 1.0), and a ranking wrapped in other text does
-    not parse. Where alpaca_eval returns NaN (any exception; an empty completion raises and is dropped the same way)
-    this raises ParseError."""
-    if completion == "":
-        raise ParseError("empty AlpacaEval completion")
-    try:
-        ordered_completions = ast.literal_eval(completion) if isinstance(completion, str) else completion
-        rank = [c for c in ordered_completions if c["model"] == model_1_name][0]["rank"]
-        assert rank in [1, 2]
-        return float(rank)
-    except Exception as exc:  # noqa: BLE001 - alpaca_eval catches every error the same way
-        raise ParseError(f"AlpacaEval ranking_parser rejects {str(completion)[:120]!r} "
-                         f"({type(exc).__name__}: {exc})") from None
-
-
-def parse_llava_score(review: str) -> list[float]:
-    """LLaVA `eval_gpt_review_bench.parse_score` (haotian-liu/LLaVA llava/eval/eval_gpt_review_bench.py, commit
-    c121f0432da27facab705978f83c4ada465e46fd): the first line, commas -> spaces, split on single spaces, must be
-    exactly two floats. Where LLaVA returns [-1, -1] (and summarize_gpt_review averages that in) this raises
-    ParseError: the review is recorded as failed."""
-    try:
-        score_pair = review.split("\n")[0]
-        score_pair = score_pair.replace(",", " ")
-        sp = score_pair.split(" ")
-        if len(sp) == 2:
-            return [float(sp[0]), float(sp[1])]
-    except Exception as exc:  # noqa: BLE001 - LLaVA swallows every error the same way
-        raise ParseError(f"LLaVA-Bench review has no score pair on its first line ({exc}): {review[:80]!r}") from None
-    raise ParseError(f"LLaVA-Bench review's first line is not two scores: {review[:80]!r}")
-
-
-def parse_mmvet_score(content: str) -> float:
-    """MM-Vet's grade rule (yuweihao/MM-Vet mm-vet_evaluator.py, commit acde843e02dae30047bb456ee4a8ab28dee7e0ae):
-    `float(content.split(" ")[0].strip())`, which must lie in 0.0..1.0; otherwise ParseError (the grader retries).
-    One deliberate difference: "nan", which the evaluator accepts (both range checks are False) and which would make
-    every total NaN, is rejected."""
-    try:
-        score = float(content.split(" ")[0].strip())
-    except (ValueError, AttributeError):
-        raise ParseError(f"MM-Vet grade's first token is not a number: {str(content)[:80]!r}") from None
-    if math.isnan(score):
-        raise ParseError("MM-Vet grade is NaN")
-    if score > 1.0 or score < 0.0:
-        raise ParseError(f"MM-Vet grade {score} is outside 0.0..1.0")
-    return score

@@ -13,7 +13,9 @@ import json
 import re
 from dataclasses import dataclass
 
+from mmpref import methods
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
+from mmpref.world.scenes import SHAPES
 from mmpref.world.truth import NEGATIONS, key_match, tokens
 
 _ODD_CHARS = re.compile(r"[^\w\s.,;:!?'\"()\-%/+=*<>]")
@@ -40,7 +42,7 @@ class Assessment:
                 "complexity": self.complexity, "verbosity": self.verbosity}
 
     def quality(self) -> int:
-        return self.helpfulness + self.correctness + self.coherence
+        return methods.quality(self.scores())
 
 
 def _items(toks: list[str]) -> list[tuple[str, ...]]:
@@ -55,13 +57,17 @@ def _items(toks: list[str]) -> list[tuple[str, ...]]:
     return out + [tuple(cur)] if cur else out
 
 
-def consistency_notes(text: str) -> list[str]:
-    """What makes an answer inconsistent with itself (HelpSteer's coherence: "consistency and clarity"): affirming
-    and then denying ("Yes, there is no star."), "X, not X", and naming the same item twice in one enumeration."""
+def consistency_notes(text: str, reference: str | None = None) -> list[str]:
+    """What makes an answer inconsistent (HelpSteer's coherence: "consistency and clarity"): affirming and then
+    denying ("Yes, there is no star."), denying and then affirming ("No, there is a star."), "X, not X", naming the
+    same item twice in one enumeration, and, given the reference answer, speaking of other objects than the ones the
+    answer is about ("The cross is green." where the question and its reference are about the star)."""
     toks = tokens(text)
     notes = []
     if toks and toks[0] == "yes" and any(t in NEGATIONS for t in toks[1:]):
         notes.append("it says yes and then denies it")
+    if len(toks) > 1 and toks[0] == "no" and not any(t in NEGATIONS for t in toks[1:]):
+        notes.append("it says no and then affirms it")
     if re.search(r"\b(\w+),? not \1\b", text.lower()):
         notes.append("it contradicts itself (\"X, not X\")")
     items = [item for part in text.split(",") for item in _items(tokens(part))]
@@ -71,12 +77,17 @@ def consistency_notes(text: str) -> list[str]:
     items = [i for i in items if len(i) == 2]
     if len(items) >= 2 and len(set(items)) < len(items):
         notes.append("it names the same thing twice")
+    asked = {t for t in tokens(reference or "") if t in SHAPES}
+    named = {t for t in toks if t in SHAPES}
+    if asked and named and not asked & named:
+        notes.append(f"it speaks of the {', '.join(sorted(named))} where the answer is about the "
+                     f"{', '.join(sorted(asked))}")
     return notes
 
 
-def coherence_score(response: str) -> tuple[int, list[str]]:
+def coherence_score(response: str, reference: str | None = None) -> tuple[int, list[str]]:
     """4 minus penalties for repeated n-grams, stuttering, garbage characters, unfinished text and answers that
-    contradict or repeat themselves."""
+    contradict or repeat themselves or stray from the reference answer's subject (`consistency_notes`)."""
     text = response.strip()
     toks = tokens(text)
     if not toks:
@@ -98,7 +109,7 @@ def coherence_score(response: str) -> tuple[int, list[str]]:
         score, notes = score - 2, notes + ["it contains garbled text"]
     if len(toks) >= 4 and not re.search(r"[.!?)\"'\]]$", text):
         score, notes = score - 1, notes + ["it is unfinished"]
-    inconsistent = consistency_notes(text)
+    inconsistent = consistency_notes(text, reference)
     if inconsistent:
         score, notes = score - 2, notes + inconsistent
     return max(0, score), notes
@@ -124,7 +135,7 @@ def assess(response: str, key: str | None, reference: str | None) -> Assessment:
     """Score one response 0..4 on the five HelpSteer attributes against the key answer and reference sentence."""
     toks = tokens(response)
     ref_toks = tokens(reference) if reference else []
-    coherence, notes = coherence_score(response)
+    coherence, notes = coherence_score(response, reference)
     form = len(set(toks) & set(ref_toks)) / len(set(ref_toks)) if ref_toks else 0.0
     ref_words = len(ref_toks) if ref_toks else 10
     verbosity = verbosity_score(len(toks), ref_words)
@@ -183,10 +194,10 @@ def _explain(a: Assessment, key: str | None) -> str:
 
 
 class RubricJudge(Judge):
-    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v2')."""
+    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v3')."""
 
-    judge_id = "rubric-v2"
-    model = "rubric-v2"
+    judge_id = "rubric-v3"
+    model = "rubric-v3"
     uses_truth = True
 
     def __init__(self, cache_dir=None, **limits):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmpref.evaluate.benchmarks import scored_records
-from mmpref.evaluate.loaders import load_mt_bench
+from mmpref.evaluate.protocol import scored_records
+from mmpref.evaluate.mt_bench import load_mt_bench
 from mmpref.io import read_jsonl
 from mmpref.judges.rubric import assess
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from mmpref.evaluate.benchmarks import POPE_PROMPT_SUFFIX
+from mmpref.evaluate.pope import POPE_PROMPT_SUFFIX
 from mmpref.world.scenes import COLORS, SHAPE_FAMILIES, SHAPES, Chart, Images, Scene
 
 

@@ -101,7 +101,7 @@ def task_word(rng: random.Random, two_turn: bool) -> dict:
 
 def task_list(rng: random.Random, two_turn: bool) -> dict:
     xs = rng.sample(range(1, 21), rng.choice([3, 4]))
-    kind = rng.choice(["largest", "smallest", "sort", "count"])
+    kind = rng.choice(["largest", "smallest", "sort", "count", "member"])
     if kind in ("largest", "smallest"):
         m = max(xs) if kind == "largest" else min(xs)
         q = rng.choice(["What is the {k} of {L}?", "Which number is the {k}: {L}?",
@@ -109,6 +109,17 @@ def task_list(rng: random.Random, two_turn: bool) -> dict:
         key, ref = str(m), f"The {kind} number is {m}."
         k = rng.randint(1, 9)
         follow = (f"Now add {k} to it.", str(m + k), f"{m} plus {k} is {m + k}.")
+    elif kind == "member":
+        w = rng.choice(WORDS)
+        items = rng.sample([x for x in WORDS if x != w], len(xs) - 1) + ([w] if rng.random() < 0.5 else [])
+        items = items if len(items) == len(xs) else items + [rng.choice([x for x in WORDS if x not in items + [w]])]
+        rng.shuffle(items)
+        q = rng.choice(["Is {w} in the list {L}?", "In the list {L}, is there a {w}?",
+                        "Does the list {L} contain {w}?"]).format(w=w, L=", ".join(items))
+        present = w in items
+        key = "yes" if present else "no"
+        ref = f"Yes, {w} is in the list." if present else f"No, {w} is not in the list."
+        follow = ("Now count the items in the list.", str(len(items)), f"There are {len(items)} items in the list.")
     elif kind == "sort":
         s = sorted(xs)
         q = rng.choice(["Sort {L} from smallest to largest.", "Put {L} in increasing order."]).format(L=_nums(xs))
@@ -199,30 +210,64 @@ def imperfect_output(item: dict, rng: random.Random) -> str:
                        f"Sure! Here is a long answer. The question is: {item['turns'][0]} Let me think about it."])
 
 
-def _wrong_reference(item: dict, rng: random.Random) -> str:
-    ref, key = item["references"][0], item["answers"][0]
+def wrong_key(key: str, rng: random.Random) -> str:
+    """A plausible wrong answer of the same kind as the key answer: a nearby number, another capital, sound or
+    opposite, the other of yes/no, a list in the wrong order, another letter, the word reversed."""
     if key.isdigit():
         wrong = str(max(0, int(key) + rng.choice([-3, -2, -1, 1, 2, 3])))
-        if wrong == key:
-            wrong = str(int(key) + 1)
-        return _replace_last(ref, key, wrong)
-    if key in CAPITALS.values():
-        return _replace_last(ref, key, rng.choice([c for c in CAPITALS.values() if c != key]))
-    if key in OPPOSITES.values():
-        return _replace_last(ref, key.capitalize() if ref.startswith(key.capitalize()) else key,
-                             rng.choice([w for w in OPPOSITES.values() if w != key]))
-    if key in SOUNDS.values():
-        return _replace_last(ref, key.capitalize() if ref.startswith(key.capitalize()) else key,
-                             rng.choice([s for s in SOUNDS.values() if s != key]))
+        return wrong if wrong != key else str(int(key) + 1)
+    for table in (CAPITALS, OPPOSITES, SOUNDS):
+        if key in table.values():
+            return rng.choice([v for v in table.values() if v != key])
+    if key in ("yes", "no"):
+        return "no" if key == "yes" else "yes"
     if "," in key:                               # a sorted list: swap two numbers
         parts = key.split(", ")
         parts[0], parts[-1] = parts[-1], parts[0]
-        return _replace_last(ref, key, ", ".join(parts))
-    wrong = key[::-1] if key[::-1] != key else key + key[-1]
+        return ", ".join(parts)
     if len(key) == 1:
         wrong = rng.choice([ch for ch in "abcdefghijklmnopqrstuvwxyz" if ch != key.lower()])
-        wrong = wrong.upper() if key.isupper() else wrong
+        return wrong.upper() if key.isupper() else wrong
+    return key[::-1] if key[::-1] != key else key + key[-1]
+
+
+def _wrong_reference(item: dict, rng: random.Random) -> str:
+    ref, key = item["references"][0], item["answers"][0]
+    if key == "yes":                             # a membership answer: the opposite claim
+        return ref.replace("Yes, ", "No, ", 1).replace(" is in ", " is not in ", 1)
+    if key == "no":
+        return ref.replace("No, ", "Yes, ", 1).replace(" is not in ", " is in ", 1)
+    wrong = wrong_key(key, rng)
+    if key in OPPOSITES.values() or key in SOUNDS.values():
+        key = key.capitalize() if ref.startswith(key.capitalize()) else key
     return _replace_last(ref, key, wrong)
+
+
+def multiple_choice_item(rng: random.Random) -> dict:
+    """A text question turned into a multiple-choice one, in the layout of LLaVA's MMBench prompt (the question,
+    one "X. option" line per option, the letter instruction), answered by the option's letter: the key answer and 1-3
+    wrong ones of its kind (`wrong_key`), shuffled. The base LM's multiple-choice skill (Vicuna's chat data has such
+    questions), which visual multiple choice builds on."""
+    from mmpref.evaluate.mmbench import mmbench_prompt
+
+    while True:
+        item = sample_text_item(rng, two_turn=False)
+        key, question = item["answers"][0], item["turns"][0]
+        if key in ("yes", "no") or question.startswith(("Answer with just", "Answer in one word")):
+            continue
+        options, n_options = [key], 1 + rng.choice([1, 2, 3])
+        for _ in range(50):
+            if len(options) == n_options:
+                break
+            wrong = wrong_key(key, rng)
+            if wrong not in options:
+                options.append(wrong)
+        rng.shuffle(options)
+        letters = dict(zip("ABCD", options))
+        letter = "ABCD"[options.index(key)]
+        return {"turns": [mmbench_prompt(question, None, letters)], "references": [letter], "answers": [letter],
+                "task": "multiple_choice", "option_key": key, "question": question,
+                **({"topic": item["topic"]} if "topic" in item else {})}
 
 
 def _replace_last(text: str, old: str, new: str) -> str:

@@ -1,0 +1,263 @@
+"""MMBench (dev, EN), circular evaluation, scored by rule.
+
+Loader: OpenCompass MMBench TSV (index, question, hint, A..D, answer, category, l2-category, image as base64).
+Prompt: LLaVA's model_vqa_mmbench.py layout and suffix; greedy answers; every rotation of the options is asked.
+Matching and metric: open-compass/VLMEvalKit vlmeval/utils/matching_util.py (can_infer_option, can_infer_text,
+can_infer) and vlmeval/evaluate/multiple_choice.py (circular groups: prefetch_sub_data / eval_data_groups), commit
+c6bdffd3a3f2772ce9eaa157d7d31ec741b245b0 (March 2024; these functions were unchanged from January 2024 to August
+2025, the period of the paper and of LLaVA-1.5's numbers). Default settings: the environment variable VERBOSE unset
+(so the "A may be an article" rejection is off) and the `exact_matching` judge (no GPT matching: an answer that
+neither rule decides counts as wrong, as VLMEvalKit scores it without a GPT key). Later commits (c3371551 and
+a67ace50, 2025-2026) add a position rule for the letter, a length limit for text matching and an "answer is X"
+regex; they are not followed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from pathlib import Path
+from typing import Any, Sequence
+
+from pydantic import BaseModel
+
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, Score, check_limit, existing, run_items,
+                                      score_records, tidy_rows)
+from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.io import sha256_bytes
+from mmpref.sampling import ChatRequest, GenerateFn
+
+# Prompt suffix of LLaVA-1.5's model_vqa_mmbench.py.
+MMBENCH_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+
+
+class MMBenchItem(BaseModel):
+    index: int | str
+    question: str
+    hint: str | None
+    options: list[str]           # option texts in file order (A, B, ...), empty ones dropped
+    answer_index: int            # position of the correct option in `options`
+    category: str = ""
+    l2_category: str = ""
+    image: str
+
+
+def _blank(value: Any) -> bool:
+    return value is None or str(value).strip().lower() in ("", "nan", "none")
+
+
+def _image_suffix(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return ".png"
+    if data.startswith(b"\xff\xd8"):
+        return ".jpg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return ".webp"
+    if data[:3] == b"GIF":
+        return ".gif"
+    return ".img"
+
+
+def load_mmbench(path: str | Path, limit: int | None = None, image_dir: str | Path | None = None) -> list[MMBenchItem]:
+    """MMBench TSV (index, question, hint, A..D, answer, category, l2-category, image as base64, ...); `path` is the
+    .tsv or a folder holding exactly one. Images are decoded once into `image_dir` (default: <tsv stem>_images next to
+    the file), named by content hash."""
+    import pandas as pd
+
+    check_limit(limit)
+    path = existing(path, "MMBench")
+    if path.is_dir():
+        tsvs = sorted(path.glob("*.tsv"))
+        if len(tsvs) != 1:
+            raise ValueError(f"MMBench: expected one .tsv in {path}, found {[t.name for t in tsvs]}")
+        path = tsvs[0]
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except Exception as exc:  # pandas raises several parser error types
+        raise ValueError(f"MMBench: cannot read {path} as TSV ({exc})") from None
+    missing = [c for c in ("index", "question", "A", "B", "answer", "image") if c not in frame.columns]
+    if missing:
+        raise ValueError(f"MMBench: {path} lacks column(s) {missing} (has {list(frame.columns)})")
+    out_dir = Path(image_dir) if image_dir is not None else path.parent / f"{path.stem}_images"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = frame.to_dict("records")
+    items: list[MMBenchItem] = []
+    for rowno, rec in enumerate(rows[:limit] if limit else rows, 2):  # line 1 is the header
+        where = f"{path}:{rowno} (index {rec['index']})"
+        options = []
+        for letter in "ABCDEFGHI":
+            if letter not in rec or _blank(rec[letter]):
+                break  # LLaVA's get_options stops at the first missing option
+            options.append(str(rec[letter]))
+        if len(options) < 2:
+            raise ValueError(f"{where}: fewer than two options")
+        answer = str(rec["answer"]).strip()
+        if answer not in list("ABCDEFGHI"[: len(options)]):
+            raise ValueError(f"{where}: answer {answer!r} is not one of the option letters "
+                             f"{list('ABCDEFGHI'[:len(options)])}")
+        try:
+            data = base64.b64decode(str(rec["image"]), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"{where}: image column is not valid base64 ({exc})") from None
+        if not data:
+            raise ValueError(f"{where}: empty image")
+        img = out_dir / f"{sha256_bytes(data)}{_image_suffix(data)}"
+        if not img.exists():
+            img.write_bytes(data)
+        items.append(MMBenchItem(
+            index=int(rec["index"]) if str(rec["index"]).lstrip("-").isdigit() else rec["index"],
+            question=str(rec["question"]), hint=None if _blank(rec.get("hint")) else str(rec["hint"]),
+            options=options, answer_index="ABCDEFGHI".index(answer), category=str(rec.get("category", "")),
+            l2_category=str(rec.get("l2-category", "")), image=str(img)))
+    if not items:
+        raise ValueError(f"MMBench: {path} holds no questions")
+    return items
+
+
+# --------------------------------------------------------------------------------------------------------------
+# matching and metric (VLMEvalKit)
+
+LETTERS = "ABCDEFGHI"
+
+
+_OPTION_PUNCT = ".()[],:;!*#{}"
+
+
+MMBENCH_REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
+                    "I'm sorry, but without the image provided", "Cannot determine the answer")
+
+
+def mmbench_infer_letter(answer: str, choices: Sequence[str]) -> str | None:
+    """VLMEvalKit `can_infer_option` (VERBOSE unset): "Z" for a refusal (one of MMBENCH_REFUSALS in the answer);
+    else punctuation -> spaces, split on whitespace: exactly one option letter among the words gives that letter;
+    no option letter but the word "Z" gives "Z"; otherwise None (VLMEvalKit's False). An answer holding
+    "Failed to obtain answer via API" gives None before the refusal check, as in VLMEvalKit."""
+    if "Failed to obtain answer via API" in answer:
+        return None
+    if any(err in answer for err in MMBENCH_REFUSALS):
+        return "Z"
+    text = answer
+    for ch in _OPTION_PUNCT:
+        text = text.replace(ch, " ")
+    words = [w.strip() for w in text.split()]
+    hits = [c for c in choices if c in words]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits and "Z" in words:
+        return "Z"
+    return None
+
+
+def mmbench_infer_text(answer: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit `can_infer_text`: the option whose text (lower-cased) occurs in the lower-cased answer, if exactly
+    one does."""
+    low = answer.lower()
+    hits = [letter for letter, text in options.items() if str(text).lower() in low]
+    return hits[0] if len(hits) == 1 else None
+
+
+def mmbench_match(answer: str, options: dict[str, str]) -> str | None:
+    """VLMEvalKit `can_infer`: by letter first (a refusal gives "Z", which is never right), then by option text;
+    None when neither decides."""
+    answer = str(answer)
+    return mmbench_infer_letter(answer, list(options)) or mmbench_infer_text(answer, options)
+
+
+def mmbench_rotations(options: Sequence[str], answer_index: int) -> list[tuple[dict[str, str], str]]:
+    """Circular evaluation: for n options, n passes; pass k shifts the options left by k (LLaVA's
+    `options[1:] + options[:1]` applied k times). Returns [(letter -> text, correct letter)] with pass 0 the original."""
+    n = len(options)
+    if n < 2:
+        raise ValueError(f"MMBench: a question needs at least 2 options, got {n}")
+    if not 0 <= answer_index < n:
+        raise ValueError(f"MMBench: answer index {answer_index} outside the {n} options")
+    out = []
+    for k in range(n):
+        rotated = list(options[k:]) + list(options[:k])
+        out.append((dict(zip(LETTERS, rotated)), LETTERS[(answer_index - k) % n]))
+    return out
+
+
+def mmbench_scores(passes: Sequence[Sequence[bool]]) -> dict[str, Score]:
+    """`passes[q]` = correctness of every rotation of question q (pass 0 = original order).
+    circular_accuracy: % of questions right in every pass (VLMEvalKit's circular group: hit 1 only when every
+    rotation's can_infer answer equals its correct letter; under exact matching an undecided rotation is a miss);
+    vanilla_accuracy: % right in pass 0 (mmpref's addition, not a VLMEvalKit number)."""
+    if not passes or any(len(p) == 0 for p in passes):
+        raise ValueError("MMBench: every question needs at least one scored pass")
+    n = len(passes)
+    return {"circular_accuracy": Score(100.0 * sum(all(p) for p in passes) / n, n),
+            "vanilla_accuracy": Score(100.0 * sum(bool(p[0]) for p in passes) / n, n)}
+
+
+def score(recs: Sequence[dict]) -> dict[str, Score]:
+    return mmbench_scores([r["passes"] for r in recs])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# protocol
+
+def mmbench_prompt(question: str, hint: str | None, options: dict[str, str], suffix: str = MMBENCH_PROMPT_SUFFIX) -> str:
+    """LLaVA's model_vqa_mmbench layout: [hint\\n]question, one line "X. option" per option, then the suffix."""
+    text = f"{hint}\n{question}" if hint else question
+    for letter, option in options.items():
+        text += f"\n{letter}. {option}"
+    return text + suffix
+
+
+def run_mmbench(items: Sequence[MMBenchItem], generate: GenerateFn, out_jsonl: str | Path, model: str,
+                prompt_suffix: str = MMBENCH_PROMPT_SUFFIX, chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
+    """MMBench circular evaluation: every rotation of the options is asked; a question counts for
+    circular_accuracy only when every rotation is answered right (matched by letter, then by option text)."""
+
+    def requests(it: MMBenchItem) -> list[ChatRequest]:
+        return [ChatRequest(turns=[mmbench_prompt(it.question, it.hint, opts, prompt_suffix)], image=it.image)
+                for opts, _ in mmbench_rotations(it.options, it.answer_index)]
+
+    def describe(it: MMBenchItem) -> dict:
+        return {"question_id": it.index, "category": it.category,
+                "correct": [letter for _, letter in mmbench_rotations(it.options, it.answer_index)]}
+
+    recs = run_items("mmbench", items, [str(it.index) for it in items], requests, generate, out_jsonl, model, None,
+                None, describe, chunk_size=chunk_size, derive=lambda it, answers: {"passes": mmbench_passes(it, answers)})
+    return tidy_rows(model, "mmbench", score_records("mmbench", recs), RULE_JUDGE)
+
+
+def mmbench_passes(item: MMBenchItem, answers: Sequence[str]) -> list[bool]:
+    """Correctness of each rotation's answer (matched by letter, then by option text)."""
+    rots = mmbench_rotations(item.options, item.answer_index)
+    return [mmbench_match(a, opts) == letter for a, (opts, letter) in zip(answers, rots)]
+
+
+def add_mmbench_passes(records: Sequence[dict], items: Sequence[MMBenchItem]) -> list[dict]:
+    """Records written before "passes" was stored, with "passes" computed from the benchmark's items (by key)."""
+    by_key = {str(it.index): it for it in items}
+    missing = sorted({r["key"] for r in records if "passes" not in r and r["key"] not in by_key})
+    if missing:
+        raise ValueError(f"mmbench: records {missing[:5]} have no item in the benchmark data")
+    return [r if "passes" in r else {**r, "passes": mmbench_passes(by_key[r["key"]], r["answers"])}
+            for r in records]
+
+
+def _run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=None, noise_images_dir=None,
+         **options: Any) -> list[dict]:
+    return run_mmbench(load_mmbench(data_path, limit), generate, out_jsonl, model, **options)
+
+
+def check(path: Path, params: Any = None) -> str:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:  # decode the sample images away from the data folder
+        items = load_mmbench(path, limit=3, image_dir=tmp)
+    return f"first {len(items)} rows read"
+
+
+BENCHMARK = Benchmark(
+    name="mmbench", display="MM-Bench", headline="circular_accuracy", headline_name="MMBench circular accuracy",
+    order=3, in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
+    backfill=add_mmbench_passes, default_items=4377,
+    data=DataFile("mmbench", "MMBench dev (EN)", "09_evaluate", "evaluate.benchmarks.mmbench",
+                  "mmbench/mmbench_dev_20230712.tsv", ("mmbench/mmbench_dev_20230712.tsv (images inside, base64)",),
+                  "OpenCompass MMBench `mmbench_dev_20230712.tsv` (download.openmmlab.com/mmclassification/datasets/"
+                  "mmbench/)"),
+)

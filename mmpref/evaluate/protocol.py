@@ -1,0 +1,409 @@
+"""What every benchmark shares: the protocol (loaded items -> answers -> judge or rule scores -> tidy rows), the
+official-format loading helpers, item-level scoring through the registry, repeated judge runs, and `run_benchmark`.
+
+Each benchmark lives in its own module (mmpref/evaluate/<name>.py: loader, prompt and generation settings, judge
+prompt and reply parser, metric, `run_*`) and is listed by mmpref.evaluate.registry. Every run_* function writes one
+record per item to `out_jsonl` (question id, the model's answer(s), the judge's raw text and score) and returns rows
+{"model", "benchmark", "metric", "value", "n", "judge"}.
+
+Item-level scoring: `score_records(benchmark, records)` is the one place that turns a benchmark's records into its
+metric function's inputs; the run_* functions score through it, and so does the bootstrap (mmpref.stats). Records
+the latest scoring used carry "scored": true (`scored_records` reads them back).
+
+Judge failures: a grading whose reply the official parser rejects is recorded with "failed": true and no score
+(MT-Bench: FastChat's own -1 rating per turn), left out of every metric, never filled in with a default score, and
+counted: every judge-graded benchmark's rows include the metric "judge_failures" (value = failed gradings, n = gradings;
+MT-Bench counts turns).
+
+Resume: records already in `out_jsonl` for the same model and the same request are reused; an answer graded by a
+different judge, or under an older grading protocol (the benchmark's `grading` tag), is graded again (the answer is
+kept). Work is appended chunk by chunk, so an interrupted run loses at most one chunk. Judge calls of a chunk run in
+parallel (up to the judge's `max_concurrency`).
+
+Judge runs: `run_benchmark(..., judge_run=r)` with r >= 2 grades run 1's answers again with distinct judge calls
+(`JudgeRequest.judge_run` enters the judge's cache key from run 2 on, so run 1 keeps today's cache) into
+`<out stem>.judge<r>.jsonl`; `judge_run_rows` reports the mean and standard deviation over runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+from tqdm.auto import tqdm
+
+from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
+from mmpref.sampling import ChatRequest, GenerateFn
+
+log = logging.getLogger(__name__)
+
+RULE_JUDGE = "rule"  # the "judge" of rows scored by rule (POPE, MMBench)
+# Bump when a metric or a parser changes: stage 09 then rescores every (model, benchmark) (answers reused).
+SCORING_VERSION = 2
+FAILURES = "judge_failures"  # the metric counting failed gradings of a judge-graded benchmark
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+DEFAULT_CHUNK = 64
+
+
+class Score(NamedTuple):
+    value: float
+    n: int
+
+
+def mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def sum_in_order(xs: Sequence[float]) -> float:
+    """Left-to-right float sum starting at 0.0 (`total += x`, as the official loops add; the builtin `sum` rounds
+    differently from Python 3.12 on)."""
+    total = 0.0
+    for x in xs:
+        total += x
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------------
+# answering and grading
+
+def _judge_id(judge: Any) -> str:
+    return str(getattr(judge, "judge_id", type(judge).__name__))
+
+
+def need_judge(judge: Any, benchmark: str) -> str:
+    if judge is None:
+        raise ValueError(f"{benchmark} is judge-graded: pass a judge (mmpref.judges.make_judge)")
+    return _judge_id(judge)
+
+
+def request_signature(requests: Sequence[ChatRequest], extra: Any = None) -> str:
+    """Hash of what the model is asked (turns, the image's file name and the turns it goes with), so a changed item
+    is not reused."""
+    def one(r: ChatRequest) -> dict:
+        out = {"turns": r.turns, "answers": r.answers, "temperature": r.temperature,
+               "image": Path(r.image).name if r.image else None}
+        if r.image_every_turn:  # only when set, so the signatures of earlier records stay valid
+            out["image_every_turn"] = True
+        return out
+
+    return sha256_json({"requests": [one(r) for r in requests], "extra": extra})
+
+
+def _generate(generate: GenerateFn, requests: list[ChatRequest]) -> list[str]:
+    if not requests:
+        return []
+    out = list(generate(requests))
+    if len(out) != len(requests):
+        raise ValueError(f"generate returned {len(out)} answers for {len(requests)} requests")
+    return [str(a) for a in out]
+
+
+class _Records:
+    """The per-item records of one (model, benchmark) in out_jsonl, for resuming."""
+
+    def __init__(self, path: str | Path, model: str, benchmark: str):
+        self.path, self.model, self.benchmark = Path(path), model, benchmark
+        self.old: dict[str, dict] = {}
+        self.others: list[dict] = []
+        if self.path.exists():
+            for rec in read_jsonl(self.path):
+                if rec.get("model") == model and rec.get("benchmark") == benchmark and "key" in rec:
+                    self.old[rec["key"]] = rec
+                else:
+                    self.others.append(rec)
+        self.new: dict[str, dict] = {}
+
+    def reusable(self, key: str, signature: str) -> dict | None:
+        rec = self.old.get(key)
+        return rec if rec is not None and rec.get("signature") == signature else None
+
+    def add(self, rec: dict) -> None:
+        self.new[rec["key"]] = rec
+        append_jsonl(self.path, rec)
+
+    def finish(self, keys: list[str]) -> list[dict]:
+        """Rewrite the file (current items in order, then untouched records) and return the current records.
+        Current records are marked "scored": true, the untouched ones of this model and benchmark false."""
+        current = [self.new.get(k) or self.old[k] for k in keys]
+        rest = [r for k, r in self.old.items() if k not in set(keys)]
+        for rec in current:
+            rec["scored"] = True
+        for rec in rest:
+            rec["scored"] = False
+        write_jsonl(self.path, current + rest + self.others)
+        return current
+
+
+def _parallel(fn: Callable[[Any], Any], args: list[Any], judge: Any) -> list[Any]:
+    if not args:
+        return []
+    workers = max(1, min(len(args), int(getattr(judge, "max_concurrency", 1) or 1)))
+    if workers == 1:
+        return [fn(a) for a in args]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, args))
+
+
+def run_items(
+    benchmark: str,
+    items: Sequence[Any],
+    keys: list[str],
+    requests: Callable[[Any], list[ChatRequest]],
+    generate: GenerateFn,
+    out_jsonl: str | Path,
+    model: str,
+    judge_id: str | None,
+    grade: Callable[[Any, list[str]], dict] | None,
+    describe: Callable[[Any], dict],
+    second_turn: Callable[[Any, str], ChatRequest] | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
+    judge: Any = None,
+    derive: Callable[[Any, list[str]], dict] | None = None,
+    grading: str | None = None,
+    answers_from: str | Path | None = None,
+) -> list[dict]:
+    """Answer and grade every item (reusing finished records); returns the records in item order.
+
+    `requests(item)` gives the item's first-stage requests (one answer each); `second_turn(item, first_answer)` adds
+    a dependent second request (MT-Bench); `grade(item, answers)` returns the judge fields of the record;
+    `derive(item, answers)` returns fields scored by rule, recomputed for every current record (not hashed).
+    `grading` is the benchmark's grading protocol tag (records graded under another one are graded again).
+    `answers_from`: another per-item file of the same model and benchmark whose answers are reused and only graded
+    (a repeated judge run grades the answers of run 1)."""
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
+        raise ValueError(f"{benchmark}: duplicate item ids {dup}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    store = _Records(out_jsonl, model, benchmark)
+    first = _Records(answers_from, model, benchmark) if answers_from is not None else None
+    todo_answer, todo_grade = [], []
+    sigs = {}
+    for item, key in zip(items, keys):
+        reqs = requests(item)
+        sigs[key] = request_signature(reqs, describe(item))
+        rec = store.reusable(key, sigs[key])
+        answered = first.reusable(key, sigs[key]) if first is not None and rec is None else None
+        if answered is not None:
+            todo_grade.append((item, key, answered["answers"]))
+        elif rec is None:
+            todo_answer.append((item, key, reqs))
+        elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != grading):
+            todo_grade.append((item, key, rec["answers"]))
+    log.info("%s / %s: %d items, %d to answer, %d to re-grade, %d reused", model, benchmark, len(items),
+             len(todo_answer), len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
+
+    def finish(batch: list[tuple[Any, str, list[str]]]) -> None:
+        graded = _parallel(lambda b: grade(b[0], b[2]), batch, judge) if grade is not None else [{}] * len(batch)
+        for (item, key, answers), fields in zip(batch, graded):
+            tag = {"grading": grading} if grade is not None else {}
+            store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
+                       "answers": answers, "judge": judge_id, **tag, **fields})
+
+    steps = range(0, len(todo_answer), chunk_size)
+    for start in tqdm(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2):
+        chunk = todo_answer[start:start + chunk_size]
+        flat = [r for _, _, reqs in chunk for r in reqs]
+        outs = iter(_generate(generate, flat))
+        answered = [(item, key, [next(outs) for _ in reqs]) for item, key, reqs in chunk]
+        if second_turn is not None:
+            follow = [second_turn(item, answers[0]) for item, _, answers in answered]
+            for (_, _, answers), a2 in zip(answered, _generate(generate, follow)):
+                answers.append(a2)
+        finish(answered)
+    for start in range(0, len(todo_grade), chunk_size):
+        finish(todo_grade[start:start + chunk_size])
+    if derive is not None:
+        for item, key in zip(items, keys):
+            rec = store.new.get(key) or store.old[key]
+            rec.update(derive(item, rec["answers"]))
+    return store.finish(keys)
+
+
+def tidy_rows(model: str, benchmark: str, scores: dict[str, Score], judge: str) -> list[dict]:
+    return [{"model": model, "benchmark": benchmark, "metric": name, "value": float(s.value), "n": int(s.n),
+             "judge": judge} for name, s in scores.items()]
+
+
+
+# --------------------------------------------------------------------------------------------------------------
+# official-format loading helpers: a malformed file raises ValueError naming the file (and line or key) and the
+# problem; `limit` keeps the first `limit` items. Miniature-only fields ("answer_key", "answer_keys", "reference")
+# are kept as rubric truth; real files without them load the same way.
+
+def need_keys(rec: Any, keys: tuple[str, ...], where: str) -> None:
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+    missing = [k for k in keys if k not in rec]
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {missing} (has {sorted(rec)})")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+
+
+def existing(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{what}: {path} does not exist")
+    return path
+
+
+def in_dir(path: Path, names: tuple[str, ...], what: str) -> Path:
+    """`path` itself when it is a file, else the first of `names` inside it."""
+    if path.is_file():
+        return path
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise ValueError(f"{what}: none of {list(names)} in {path}")
+
+
+def images_folder(base: Path, folder: str | Path | None) -> Path:
+    if folder is not None:
+        return existing(folder, "image folder")
+    return base / "images" if (base / "images").is_dir() else base
+
+
+def image_file(img_dir: Path, name: Any, where: str) -> str:
+    path = img_dir / str(name)
+    if not path.is_file():
+        raise ValueError(f"{where}: image {path} not found")
+    return str(path)
+
+
+def check_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be a positive number of items, got {limit}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# item-level scoring
+
+def count_failed(recs: Sequence[dict]) -> Score:
+    """Failed gradings among the records (those marked "failed": true), out of all records."""
+    return Score(sum(bool(r.get("failed")) for r in recs), len(recs))
+
+
+def score_records(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
+    """A benchmark's scores from its per-item records (any subset or resample of them), through its module's metric
+    function: the run_* functions and the bootstrap both score this way. Judge-graded benchmarks add FAILURES, the
+    number of failed gradings (left out of the other metrics)."""
+    from mmpref.evaluate import registry
+
+    spec = registry.get(benchmark)
+    scores = dict(spec.score(recs))
+    if spec.judged:
+        scores[FAILURES] = spec.failures(recs)
+    return scores
+
+
+def scored_records(path: str | Path, model: str, benchmark: str) -> list[dict]:
+    """The records of (model, benchmark) in a per-item file that its latest scoring used (in item order); files
+    written before records were marked give all of that model's and benchmark's records. [] when there is no file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    recs = [r for r in read_jsonl(path) if r.get("model") == model and r.get("benchmark") == benchmark]
+    if any("scored" in r for r in recs):
+        recs = [r for r in recs if r.get("scored")]
+    return recs
+
+
+# --------------------------------------------------------------------------------------------------------------
+# repeated judge runs
+
+class JudgeRun:
+    """A judge whose every request carries `judge_run` (distinct calls, distinct cache entries from run 2 on); all
+    else (judge_id, max_concurrency, usage) is the wrapped judge's."""
+
+    def __init__(self, judge: Any, run: int):
+        self.judge, self.run = judge, run
+
+    def complete(self, req):
+        return self.judge.complete(req.model_copy(update={"judge_run": self.run}))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.judge, name)
+
+
+def judge_run_path(out_jsonl: str | Path, run: int) -> Path:
+    """Per-item records of judge run `run`: run 1 is `out_jsonl` itself, run r >= 2 `<stem>.judge<r>.jsonl`."""
+    out_jsonl = Path(out_jsonl)
+    return out_jsonl if run == 1 else out_jsonl.with_name(f"{out_jsonl.stem}.judge{run}{out_jsonl.suffix}")
+
+
+def judge_run_rows(runs: Sequence[Sequence[dict]]) -> list[dict]:
+    """One row per metric from the rows of N judge runs of one (model, benchmark): value = mean over runs and
+    sd = standard deviation over runs (numpy's population sd, ddof 0, as MM-Vet's `export_result` reports the std of
+    its runs' totals: yuweihao/MM-Vet mm-vet_evaluator.py, commit 7d717c2f54a584b7ed363d66e6481ce1bf648538; NaN for
+    one run), n = mean n (rounded), judge_runs = N. FAILURES rows add up instead: failed gradings and gradings of all
+    runs (sd NaN)."""
+    if not runs:
+        raise ValueError("judge_run_rows: no runs")
+    by_metric: dict[str, list[dict]] = {}
+    for rows in runs:
+        for row in rows:
+            by_metric.setdefault(row["metric"], []).append(row)
+    out = []
+    for metric, rows in by_metric.items():
+        values = [float(r["value"]) for r in rows]
+        ns = [int(r["n"]) for r in rows]
+        if metric == FAILURES:
+            value, n, sd = float(sum(values)), sum(ns), math.nan
+        else:
+            value, n = mean(values), int(round(mean(ns)))
+            m = value
+            sd = math.sqrt(sum((v - m) ** 2 for v in values) / len(values)) if len(values) > 1 else math.nan
+        out.append({**rows[0], "value": value, "n": n, "sd": sd, "judge_runs": len(rows)})
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# entry point
+
+def run_benchmark(
+    name: str,
+    data_path: str | Path,
+    generate: GenerateFn,
+    judge: Any,
+    out_jsonl: str | Path,
+    model: str,
+    judge_templates: dict[str, str | Path] | None = None,
+    noise_images_dir: str | Path | None = None,
+    limit: int | None = None,
+    judge_run: int = 1,
+    **options: Any,
+) -> list[dict]:
+    """Load benchmark `name` (a name in mmpref.evaluate.registry) from `data_path` (file or folder, official format),
+    answer it with `generate`, score it (judge-graded benchmarks need `judge`) and return tidy rows; per-item records
+    go to `out_jsonl`. `judge_templates` maps a benchmark's `judge_template` key ("mt_bench", "alpaca_eval",
+    "llava_bench", "mmvet") to the official judge prompt file; without it the module's fallback prompt is used.
+    `judge_run` r >= 2 grades run 1's answers again with distinct judge calls (see the module docstring).
+    `options` go to the benchmark's run_* function (e.g. prompt_suffix, chunk_size, seed, decoding)."""
+    from mmpref.evaluate import registry
+
+    spec = registry.get(name)
+    if judge_run < 1:
+        raise ValueError(f"judge_run counts from 1, got {judge_run}")
+    answers_from = None
+    if judge_run > 1:
+        if not spec.judged:
+            raise ValueError(f"{name} is scored by rule: there is no judge run {judge_run}")
+        judge, answers_from = JudgeRun(judge, judge_run), out_jsonl
+        out_jsonl = judge_run_path(out_jsonl, judge_run)
+    template = (judge_templates or {}).get(spec.judge_template) if spec.judge_template else None
+    if spec.uses_noise_images and noise_images_dir is None:
+        raise ValueError(f"{name} needs noise_images_dir (a folder of irrelevant images)")
+    if answers_from is not None:
+        options["answers_from"] = answers_from
+    return spec.run(data_path, generate, judge, out_jsonl, model, template=template, limit=limit,
+                    noise_images_dir=noise_images_dir, **options)

@@ -1,0 +1,172 @@
+"""The registries: a benchmark module registered at run time flows through run_benchmark, config validation, stage
+09's plan, the tables and the bootstrap; a method added to the registry flows into config validation and the stage
+plan; repeated judge runs report mean and standard deviation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from mmpref import figures, methods, runner, stats
+from mmpref.config import ParamsError, load_params
+from mmpref.evaluate import registry, suite
+from mmpref.evaluate.protocol import (RULE_JUDGE, Score, judge_run_rows, run_benchmark, run_items, score_records,
+                                      tidy_rows)
+from mmpref.io import read_jsonl, write_jsonl
+from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
+from mmpref.sampling import ChatRequest
+
+import pandas as pd
+
+
+# ---- a toy benchmark: one module's worth of parts --------------------------------------------------------------
+
+def _toy_load(path, limit=None):
+    rows = read_jsonl(Path(path))
+    return rows[:limit] if limit else rows
+
+
+def _toy_score(recs):
+    n = len(recs)
+    return {"accuracy": Score(100.0 * sum(r["answers"][0] == r["truth"] for r in recs) / n, n)}
+
+
+def _toy_run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=None, noise_images_dir=None,
+             **options):
+    items = _toy_load(data_path, limit)
+    recs = run_items("toy", items, [it["id"] for it in items], lambda it: [ChatRequest(turns=[it["q"]])], generate,
+                     out_jsonl, model, None, None, lambda it: {"truth": it["a"]})
+    return tidy_rows(model, "toy", score_records("toy", recs), RULE_JUDGE)
+
+
+TOY = registry.Benchmark(
+    name="toy", display="Toy", headline="accuracy", headline_name="Toy accuracy", order=9, text_only=True,
+    run=_toy_run, score=_toy_score, load=_toy_load, check=lambda p, params=None: "ok",
+    data=registry.DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
+                           ("toy.jsonl",), "made here"))
+
+
+@pytest.fixture
+def toy(tmp_path):
+    registry.register(TOY)
+    path = tmp_path / "toy.jsonl"
+    write_jsonl(path, [{"id": f"t{i}", "q": f"{i}+1?", "a": str(i + 1)} for i in range(4)])
+    yield path
+    registry.unregister("toy")
+
+
+def test_a_registered_benchmark_runs_through_the_suite(toy, tmp_path):
+    answers = {"0+1?": "1", "1+1?": "2", "2+1?": "4", "3+1?": "4"}
+    generate = lambda reqs: [answers[r.turns[0]] for r in reqs]
+    rows = run_benchmark("toy", toy, generate, None, tmp_path / "out.jsonl", "vit")
+    assert rows == [{"model": "vit", "benchmark": "toy", "metric": "accuracy", "value": 75.0, "n": 4,
+                     "judge": "rule"}]
+    # config accepts it, stage 09 plans it (text-only: the base LM too), tables and the bootstrap read its headline
+    params = load_params("params/tiny.yaml", {"evaluate": {"benchmarks": {"toy": str(toy)}},
+                                              "run": {"run_dir": str(tmp_path / "run")}})
+    plan = {name: benches for name, _, benches in suite.plan(params, tmp_path)}
+    assert "toy" in plan["base-lm"] and "toy" in plan["vit"]
+    frame = pd.DataFrame([{**r, "model": "vit"} for r in rows])
+    assert figures.headline_values(frame) == {("vit", "toy"): 75.0}
+    got = stats.bootstrap("toy", read_jsonl(tmp_path / "out.jsonl"), n_resamples=50)
+    assert got["value"] == 75.0 and got["lo"] <= 75.0 <= got["hi"]
+    # rule-scored: one run, no sd
+    assert suite.score_runs(lambda r: rows, False, 3)[0]["judge_runs"] == 0
+
+
+def test_unregistered_benchmark_is_a_config_error():
+    with pytest.raises(ParamsError, match="unknown benchmark"):
+        load_params("params/tiny.yaml", {"evaluate": {"benchmarks": {"toy": "x"}}})
+
+
+def test_a_registered_method_flows_into_config_and_the_stage_plan(monkeypatch, tmp_path):
+    with pytest.raises(ParamsError, match="unknown method"):
+        load_params("params/tiny.yaml", {"train": {"methods": ["ipo"]}})
+    monkeypatch.setattr(methods, "METHODS", [*methods.METHODS, methods.Method("ipo", "IPO", "dpo", "08b_train_ipo",
+                                                                            "dpo")])
+    params = load_params("params/tiny.yaml", {"train": {"methods": ["dpo", "ipo"]},
+                                              "run": {"run_dir": str(tmp_path / "run")}})
+    stages = runner.active_stages(params)
+    assert "08b_train_ipo" in stages and "05_train_sft_gold" not in stages
+    assert runner.spec_of("08b_train_ipo").sections == ("run", "models", "train", "evaluate")
+    assert "08b_train_ipo" in runner.spec_of("09_evaluate").upstream
+    assert ("ipo", str(tmp_path / "adapters" / "ipo")) in [(n, a) for n, a, _ in suite.plan(params, tmp_path)]
+    assert figures.fraction_model(0.5) == "dpo_frac0.5" == methods.fraction_adapter("dpo", 0.5)
+
+
+# ---- judge runs ------------------------------------------------------------------------------------------------
+
+class VaryingJudge(Judge):
+    """Grades every MM-Vet answer 0.5 in run 1, 1.0 in run 2 and 0.0 in run 3 (replies read by the first token)."""
+
+    judge_id = "varying-v1"
+
+    def __init__(self, cache_dir=None):
+        super().__init__(cache_dir=cache_dir, max_concurrency=1)
+        self.calls: list[JudgeRequest] = []
+
+    def _call(self, req: JudgeRequest) -> JudgeReply:
+        self.calls.append(req)
+        return JudgeReply(text={1: "0.5", 2: "1.0", 3: "0.0"}[req.judge_run], judge_id=self.judge_id)
+
+
+def _mmvet(root: Path) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(root / "images" / "a.png")
+    import json
+
+    (root / "mm-vet.json").write_text(json.dumps({f"v{i}": {"imagename": "a.png", "capability": ["rec"],
+                                                           "question": f"q{i}", "answer": "a"} for i in range(3)}))
+    return root
+
+
+def test_judge_runs_report_mean_and_sd_and_reuse_the_answers(tmp_path):
+    data, out = _mmvet(tmp_path / "mmvet"), tmp_path / "eval" / "mmvet.jsonl"
+    generated = []
+
+    def generate(reqs):
+        generated.extend(reqs)
+        return ["an answer"] * len(reqs)
+
+    judge = VaryingJudge(cache_dir=tmp_path / "cache")
+    score = lambda r: run_benchmark("mmvet", data, generate, judge, out, "vit", judge_run=r)
+    rows = {r["metric"]: r for r in suite.score_runs(score, True, 3)}
+    assert len(generated) == 3                      # answered once, graded three times
+    assert rows["total"]["value"] == pytest.approx(50.0)
+    assert rows["total"]["sd"] == pytest.approx(math.sqrt(((50 - 50) ** 2 + 50 ** 2 + 50 ** 2) / 3))
+    assert rows["total"]["judge_runs"] == 3 and rows["total"]["judge"] == "varying-v1"
+    assert rows["judge_failures"]["value"] == 0 and rows["judge_failures"]["n"] == 9
+    assert out.with_name("mmvet.judge2.jsonl").exists() and out.with_name("mmvet.judge3.jsonl").exists()
+    # run 1 keeps today's cache keys; runs 2 and 3 are distinct calls
+    keys = [judge.cache_key(r) for r in judge.calls]
+    assert len(set(keys)) == 9
+    plain = judge.calls[0].model_copy(update={"judge_run": 1})
+    assert judge.cache_key(plain) == judge.cache_key(JudgeRequest(**{k: v for k, v in plain.model_dump().items()
+                                                                      if k != "judge_run"}))
+    # a rerun hits the cache for every run
+    before = len(judge.calls)
+    suite.score_runs(score, True, 3)
+    assert len(judge.calls) == before
+
+
+def test_the_rubric_judge_has_no_variance():
+    rows = judge_run_rows([[{"model": "m", "benchmark": "b", "metric": "total", "value": 40.0, "n": 3,
+                             "judge": "rubric-v3"}]] * 2)
+    assert rows[0]["sd"] == 0.0 and rows[0]["value"] == 40.0 and rows[0]["judge_runs"] == 2
+
+
+def test_judge_runs_param_and_cli_flag(monkeypatch):
+    assert load_params("params/tiny.yaml").evaluate.judge_runs == 1
+    with pytest.raises(ParamsError, match="judge_runs"):
+        load_params("params/tiny.yaml", {"evaluate": {"judge_runs": 0}})
+    seen = {}
+    monkeypatch.setattr(runner, "run", lambda params, stages=None, force=None, overrides=None:
+                        seen.update(overrides) or [])
+    from mmpref.cli import main
+
+    assert main(["run", "params/tiny.yaml", "--judge-runs", "3", "--set", "run.name=x"]) == 0
+    assert seen == {"evaluate": {"judge_runs": 3}, "run": {"name": "x"}}
