@@ -74,6 +74,8 @@ class WorldParams(Strict):
     lm_lr: float = 2e-3
     vision_pretrain_steps: int = Field(800, ge=0)   # tag pretraining of the tower (CLIP's stand-in); 0 skips it
     vision_pretrain_lr: float = 3e-3
+    # RMS the tower's patch features are held to in its pretraining (0: unconstrained); see pretrain_vision_tower
+    vision_feature_rms: float = Field(0.0, ge=0.0)
     align_steps: int = Field(0, ge=0)   # LLaVA-1.5 stage 1: the projector alone learns image captions; 0 skips it
     align_lr: float = 1e-3
     perception_warmup_steps: int = Field(0, ge=0)  # "is there a <shape>?" alone before the mixture (a curriculum)

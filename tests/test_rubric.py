@@ -211,7 +211,9 @@ def test_consistent_answers_keep_full_coherence(text):
     ("Yes, the diamond is red.", "No, there is no triangle in the image.", True),
     ("The star is green.", "The star is blue.", False),          # wrong, but about the right object
     ("The image shows a red ring.", "The image shows a red ring and a blue star.", False),
-    ("The value of bar 2 is 7.", "The value of bar 2 is 5.", False),  # no objects named: nothing to compare
+    ("The value of bar 3 is 7.", "The value of bar 2 is 7.", True),
+    ("The value of bar 2 is 7.", "The value of bar 2 is 5.", False),
+    ("There are 4 bars.", "The value of bar 2 is 5.", False),  # no subject named: nothing to compare
 ])
 def test_answers_about_other_objects_lose_coherence(text, reference, strays):
     score, notes = coherence_score(text, reference)

@@ -57,11 +57,20 @@ def _items(toks: list[str]) -> list[tuple[str, ...]]:
     return out + [tuple(cur)] if cur else out
 
 
+_NUMBERED = re.compile(r"\b(bar|point) (\d+)\b")
+
+
+def _subjects(text: str) -> set[str]:
+    """What a sentence of the world speaks about: its objects (shape names) and numbered chart parts ("bar 2")."""
+    return {t for t in tokens(text) if t in SHAPES} | {f"{m[1]} {m[2]}" for m in _NUMBERED.finditer(text.lower())}
+
+
 def consistency_notes(text: str, reference: str | None = None) -> list[str]:
     """What makes an answer inconsistent (HelpSteer's coherence: "consistency and clarity"): affirming and then
     denying ("Yes, there is no star."), denying and then affirming ("No, there is a star."), "X, not X", naming the
     same item twice in one enumeration, and, given the reference answer, speaking of other objects than the ones the
-    answer is about ("The cross is green." where the question and its reference are about the star)."""
+    answer is about ("The cross is green." where the question and its reference are about the star, "bar 3" where
+    they are about bar 2)."""
     toks = tokens(text)
     notes = []
     if toks and toks[0] == "yes" and any(t in NEGATIONS for t in toks[1:]):
@@ -77,8 +86,7 @@ def consistency_notes(text: str, reference: str | None = None) -> list[str]:
     items = [i for i in items if len(i) == 2]
     if len(items) >= 2 and len(set(items)) < len(items):
         notes.append("it names the same thing twice")
-    asked = {t for t in tokens(reference or "") if t in SHAPES}
-    named = {t for t in toks if t in SHAPES}
+    asked, named = _subjects(reference or ""), _subjects(text)
     if asked and named and not asked & named:
         notes.append(f"it speaks of the {', '.join(sorted(named))} where the answer is about the "
                      f"{', '.join(sorted(asked))}")

@@ -212,7 +212,7 @@ def train_from_scratch(model, examples: list[dict], pad_id: int, epochs: float, 
 
 
 def pretrain_vision_tower(tower, pixel_values: torch.Tensor, tags: list[list[str]], steps: int, lr: float,
-                          batch_size: int, seed: int) -> list[float]:
+                          batch_size: int, seed: int, feature_scale: float | None = None) -> list[float]:
     """Teach a from-scratch CLIP-architecture tower the world's visual concepts before visual instruction tuning.
 
     LLaVA starts from a CLIP tower pretrained on image-text pairs; the miniature world's stand-in is multi-label tag
@@ -242,6 +242,8 @@ def pretrain_vision_tower(tower, pixel_values: torch.Tensor, tags: list[list[str
         patches = tower(pixel_values=pixel_values[idx]).last_hidden_state[:, 1:]
         logits = head(patches).max(dim=1).values
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx])
+        if feature_scale:  # hold the patch features near this RMS: the scale a projector trained by Adam handles well
+            loss = loss + 0.1 * (patches.pow(2).mean(-1) - feature_scale ** 2).clamp(min=0).mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -291,6 +293,7 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
     tower_losses = pretrain_vision_tower(
         vlm.model.vision_tower, torch.stack([pixels(r["image"]) for r in tag_rows]), [r["tags"] for r in tag_rows],
         world.vision_pretrain_steps, world.vision_pretrain_lr, 2 * world.batch_size, seed + 2,
+        feature_scale=world.vision_feature_rms or None,
     )
     vlm.model.vision_tower.requires_grad_(False)
     # LLaVA-1.5's stage 1 (feature alignment): only the projector learns, on brief image-caption pairs.
