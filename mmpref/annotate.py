@@ -1,24 +1,33 @@
-"""Stage 03 (annotation) and the gold-answer half of stage 02: resumable, concurrent judge calls.
+"""Stage 03 (annotation) and the gold-answer half of stage 02: durable, resumable, concurrent judge calls.
 
-Both stages append one JSON line per finished prompt, so an interrupted run picks up where it stopped: prompt ids
-already present in the output file are skipped.
+Every finished prompt is appended to the output file the moment it arrives, so an interruption loses nothing, and a
+restarted stage skips the prompts already there. A prompt the judge gives up on (network retries exhausted, a refused
+request, an unparsable reply after its re-asks) is recorded as failed with the reason and never stops the others;
+`retry_failed=True` re-asks exactly those (failed replies are never cached, so they are asked again for real).
+At the end the file is rewritten with one record per current prompt, in input order: records of prompts no longer in
+the input are dropped, so a resumed or reconciled stage writes the same file as an uninterrupted one. Only then, when
+more than `max_failed_fraction` of the prompts failed, `TooManyFailures` is raised (the stage fails, nothing lost).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
 from tqdm.auto import tqdm
 
-from mmpref.io import append_jsonl, read_jsonl
-from mmpref.judges.base import Judge
-from mmpref.judges.tasks import annotate_responses, gold_answer
+from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
+from mmpref.judges.base import Judge, JudgeError
+from mmpref.judges.parsing import ParseError
+from mmpref.judges.tasks import annotate_responses, annotation_request, gold_answer, gold_request
 
 log = logging.getLogger(__name__)
+
+
+class TooManyFailures(RuntimeError):
+    """More items failed than the params allow (`judge.max_failed_fraction`); every result is already written."""
 
 
 def _truth(prompt: dict) -> dict:
@@ -57,19 +66,65 @@ def _done_ids(out_path: Path) -> dict[str, dict]:
     return done
 
 
-def _run_resumable(todo: list[str], work: Callable[[str], dict], out_path: Path, max_workers: int,
-                   desc: str) -> list[dict]:
-    lock = threading.Lock()
+def is_failed(record: dict) -> bool:
+    return record.get("status") == "failed"
+
+
+def _run_resumable(todo: list[str], work: Callable[[str], dict], on_error: Callable[[str, Exception], dict],
+                   out_path: Path, max_workers: int, desc: str) -> list[dict]:
+    """Run `work(pid)` for every pid concurrently and append each record the moment it is ready; a judge that gives
+    up on one pid (JudgeError, ParseError) yields `on_error(pid, exc)`, a failed record, and the others go on."""
     new: list[dict] = []
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool, tqdm(total=len(todo), desc=desc) as bar:
         futures = {pool.submit(work, pid): pid for pid in todo}
-        for fut in as_completed(futures):
-            record = fut.result()  # a judge error (auth, retries exhausted) stops the stage; finished rows are kept
-            with lock:
-                append_jsonl(out_path, record)
+        try:
+            for fut in as_completed(futures):
+                pid = futures[fut]
+                try:
+                    record = fut.result()
+                except (JudgeError, ParseError) as exc:
+                    log.warning("%s: %s failed: %s", desc, pid, exc)
+                    record = on_error(pid, exc)
+                append_jsonl(out_path, record)  # durable now (only this thread writes)
                 new.append(record)
-            bar.update(1)
+                bar.update(1)
+        except BaseException:  # interrupted: do not start (and pay for) the queued items
+            for fut in futures:
+                fut.cancel()
+            raise
     return new
+
+
+def finish(kind: str, order: list[str], done: dict[str, dict], n_new: int, out_path: Path,
+           max_failed_fraction: float | None, judge: Judge) -> list[dict]:
+    """Rewrite `out_path` with one record per current prompt in input order, report done / reused / failed, and
+    raise TooManyFailures past the threshold."""
+    records = [done[pid] for pid in order]
+    write_jsonl(out_path, records)
+    failed = [r for r in records if is_failed(r)]
+    usage = judge.usage()
+    line = (f"{kind}: {len(records)} prompts: {n_new} done now, {len(records) - n_new} reused from earlier runs, "
+            f"{len(failed)} failed; judge calls {usage['calls']}, cache hits {usage['cache_hits']}, "
+            f"network retries {usage['retries']}")
+    log.info(line)
+    print(line)
+    if failed:
+        reasons: dict[str, int] = {}
+        for r in failed:
+            reason = str(r.get("error") or "")[:120]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        log.warning("%s: failed prompts by reason: %s (re-ask them with `mmpref run ... --retry-failed`)", kind,
+                    reasons)
+    if max_failed_fraction is not None and records and len(failed) > max_failed_fraction * len(records):
+        raise TooManyFailures(
+            f"{kind}: {len(failed)} of {len(records)} prompts failed (more than judge.max_failed_fraction = "
+            f"{max_failed_fraction}); every finished result is in {out_path}. Fix the cause, then re-ask the failed "
+            f"ones with `mmpref run PARAMS --retry-failed`.")
+    return records
+
+
+def responses_hash(responses: list[str]) -> str:
+    return sha256_json(list(responses))[:16]
 
 
 def annotate_samples(
@@ -80,10 +135,13 @@ def annotate_samples(
     out_path: Path,
     max_workers: int = 4,
     max_retries: int = 2,
+    retry_failed: bool = False,
+    max_failed_fraction: float | None = None,
 ) -> list[dict]:
     """Annotate every sample's k responses; append each record to `out_path` (annotations.jsonl) as it finishes.
 
-    Returns the records for all samples (earlier runs' included), in the order of `samples`.
+    A record is reused only for the same responses (`responses_hash`); records of samples no longer present are
+    dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`.
     """
     run_dir, out_path = Path(run_dir), Path(out_path)
     by_id = _index_prompts(prompts)
@@ -94,26 +152,41 @@ def annotate_samples(
         if s["prompt_id"] not in by_id:
             raise ValueError(f"samples[{i}]: prompt_id {s['prompt_id']!r} is not in prompts")
         sample_by_id[s["prompt_id"]] = s
-    done = _done_ids(out_path)
+
+    def current(rec: dict | None, pid: str) -> bool:
+        if rec is None or (retry_failed and is_failed(rec)):
+            return False
+        return rec.get("responses_hash", responses_hash(sample_by_id[pid]["responses"])) == \
+            responses_hash(sample_by_id[pid]["responses"])
+
+    old = _done_ids(out_path)
+    done = {pid: old[pid] for pid in sample_by_id if current(old.get(pid), pid)}
     todo = [pid for pid in sample_by_id if pid not in done]
+    images = {pid: _image_path(by_id[pid], run_dir) for pid in todo}  # bad input fails before any call
     log.info("annotate: %d samples, %d already annotated, %d to do (judge %s)",
-             len(sample_by_id), len(sample_by_id) - len(todo), len(todo), judge.judge_id)
+             len(sample_by_id), len(done), len(todo), judge.judge_id)
+    if todo and getattr(judge, "batch", False):
+        judge.prefetch([annotation_request(by_id[pid]["question"], images[pid], sample_by_id[pid]["responses"],
+                                           _truth(by_id[pid])) for pid in todo], run_dir / "batch_jobs" / "annotate")
+
+    def record(pid: str, **fields) -> dict:
+        return {"prompt_id": pid, "judge": judge.judge_id, "status": "ok", "reasoning": "", "raw": "", "scores": None,
+                "error": None, **fields, "responses_hash": responses_hash(sample_by_id[pid]["responses"])}
 
     def work(pid: str) -> dict:
         p, s = by_id[pid], sample_by_id[pid]
-        ann = annotate_responses(judge, p["question"], _image_path(p, run_dir), s["responses"], truth=_truth(p),
+        ann = annotate_responses(judge, p["question"], images[pid], s["responses"], truth=_truth(p),
                                  max_retries=max_retries)
-        return {"prompt_id": pid, "judge": ann.judge, "status": ann.status, "reasoning": ann.reasoning,
-                "raw": ann.raw, "scores": [sc.model_dump() for sc in ann.scores] if ann.scores else None,
-                "error": ann.error}
+        return record(pid, judge=ann.judge, status=ann.status, reasoning=ann.reasoning, raw=ann.raw,
+                      scores=[sc.model_dump() for sc in ann.scores] if ann.scores else None, error=ann.error)
 
-    for rec in _run_resumable(todo, work, out_path, max_workers, "annotate"):
+    def on_error(pid: str, exc: Exception) -> dict:
+        return record(pid, status="failed", error=f"judge error: {exc}")
+
+    new = _run_resumable(todo, work, on_error, out_path, max_workers, "annotate")
+    for rec in new:
         done[rec["prompt_id"]] = rec
-    records = [done[pid] for pid in sample_by_id]
-    failed = sum(r["status"] == "failed" for r in records)
-    log.info("annotate: %d records (%d ok, %d failed); judge usage %s", len(records), len(records) - failed, failed,
-             judge.usage())
-    return records
+    return finish("annotate", list(sample_by_id), done, len(new), out_path, max_failed_fraction, judge)
 
 
 def collect_gold(
@@ -122,21 +195,33 @@ def collect_gold(
     run_dir: Path,
     out_path: Path,
     max_workers: int = 4,
+    retry_failed: bool = False,
+    max_failed_fraction: float | None = None,
 ) -> list[dict]:
-    """Ask the judge to answer every prompt itself; append {"prompt_id","answer","judge"} rows to gold.jsonl."""
+    """Ask the judge to answer every prompt itself: {"prompt_id","answer","judge"} rows in gold.jsonl, or
+    {"prompt_id","answer": None,"judge","status": "failed","error"} for a prompt the judge gave no answer to."""
     run_dir, out_path = Path(run_dir), Path(out_path)
     by_id = _index_prompts(prompts)
-    done = _done_ids(out_path)
+    old = _done_ids(out_path)
+    done = {pid: old[pid] for pid in by_id if pid in old and not (retry_failed and is_failed(old[pid]))}
     todo = [pid for pid in by_id if pid not in done]
+    images = {pid: _image_path(by_id[pid], run_dir) for pid in todo}
     log.info("gold: %d prompts, %d already answered, %d to do (judge %s)",
-             len(by_id), len(by_id) - len(todo), len(todo), judge.judge_id)
+             len(by_id), len(done), len(todo), judge.judge_id)
+    if todo and getattr(judge, "batch", False):
+        judge.prefetch([gold_request(by_id[pid]["question"], images[pid], _truth(by_id[pid])) for pid in todo],
+                       run_dir / "batch_jobs" / "gold")
 
     def work(pid: str) -> dict:
         p = by_id[pid]
-        answer = gold_answer(judge, p["question"], _image_path(p, run_dir), truth=_truth(p))
+        answer = gold_answer(judge, p["question"], images[pid], truth=_truth(p))
         return {"prompt_id": pid, "answer": answer, "judge": judge.judge_id}
 
-    for rec in _run_resumable(todo, work, out_path, max_workers, "gold answers"):
+    def on_error(pid: str, exc: Exception) -> dict:
+        return {"prompt_id": pid, "answer": None, "judge": judge.judge_id, "status": "failed",
+                "error": f"{type(exc).__name__}: {exc}"}
+
+    new = _run_resumable(todo, work, on_error, out_path, max_workers, "gold answers")
+    for rec in new:
         done[rec["prompt_id"]] = rec
-    log.info("gold: %d answers; judge usage %s", len(by_id), judge.usage())
-    return [done[pid] for pid in by_id]
+    return finish("gold", list(by_id), done, len(new), out_path, max_failed_fraction, judge)

@@ -21,6 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--judge-runs", type=int, metavar="N",
                        help="grade every judge-graded benchmark N times and report mean and standard deviation "
                             "(the same as --set evaluate.judge_runs=N)")
+    p_run.add_argument("--retry-failed", action="store_true",
+                       help="re-ask exactly the judge items recorded as failed (gold answers, annotations, gradings)")
     p_train = sub.add_parser("train", help="train one method from a run's datasets (e.g. under accelerate launch)")
     p_train.add_argument("params")
     p_train.add_argument("method", choices=methods.names())
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "judge_runs", None) is not None:
             overrides = deep_merge(overrides, {"evaluate": {"judge_runs": args.judge_runs}})
         if args.command == "run":
-            report = runner.run(args.params, stages=args.stages, force=args.force, overrides=overrides)
+            report = runner.run(args.params, stages=args.stages, force=args.force, overrides=overrides,
+                                retry_failed=args.retry_failed)
             print(runner.summary_table(report))
             print(f"total {sum(r['seconds'] for r in report):.1f}s")
         elif args.command == "train":
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, ValueError) as exc:
         print(f"mmpref: error: {exc}", file=sys.stderr)
         return 2
+    except runner.RunLocked as exc:
+        print(f"mmpref: {exc}", file=sys.stderr)
+        return 3
     except runner.StageFailed as exc:
         print(f"mmpref: {exc}", file=sys.stderr)
         return 1

@@ -140,10 +140,30 @@ class JudgeParams(Strict):
     base_url: str | None = None
     max_workers: int = Field(4, ge=1)
     requests_per_minute: float | None = None
-    max_retries: int = Field(2, ge=0)
+    tokens_per_minute: float | None = None  # input + output tokens per minute (None: no limit)
+    max_retries: int = Field(2, ge=0)  # re-asks after an unparsable reply (each a new call)
+    # the network: retries of one call on 429/5xx/timeouts (Retry-After honoured), their backoff, the call timeout
+    network_retries: int = Field(6, ge=0)
+    backoff_initial_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    timeout_s: float = Field(300.0, gt=0)
+    # a judging stage writes every finished item and records the ones the judge gave up on as failed; it fails
+    # (non-zero exit) only when more than this fraction failed. retry_failed: re-ask exactly the failed items
+    # (`mmpref run ... --retry-failed`)
+    max_failed_fraction: float = Field(0.05, ge=0, le=1)
+    retry_failed: bool = False
+    # Gemini Batch API (half price, hours of latency): submit the stage's requests as one batch job, keep its id in
+    # the run directory, poll every batch_poll_s seconds (a restarted stage resumes polling)
+    batch: bool = False
+    batch_poll_s: float = Field(30.0, gt=0)
     # USD per million tokens, for `mmpref check`'s estimate and the spend recorded in the manifest (None: unknown)
     price_input_per_mtok: float | None = Field(None, ge=0)
     price_output_per_mtok: float | None = Field(None, ge=0)
+
+
+# judge settings that change how calls are made, not what the judge answers: not part of any stage's params hash
+JUDGE_OPERATIONAL = {"tokens_per_minute", "network_retries", "backoff_initial_s", "backoff_max_s", "timeout_s",
+                     "max_failed_fraction", "retry_failed", "batch", "batch_poll_s"}
 
 
 class PairingParams(Strict):
@@ -317,6 +337,9 @@ class Params(Strict):
     def section_hash(self, *sections: str) -> str:
         """Hash of the given top-level sections: a stage reruns only when its own params change."""
         data = self.model_dump(mode="json")
+        for judge in (data.get("judge"), (data.get("evaluate") or {}).get("judge")):
+            for key in JUDGE_OPERATIONAL & set(judge or {}):
+                del judge[key]
         return sha256_json({s: data.get(s) for s in sections})[:16]
 
 

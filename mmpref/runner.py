@@ -88,11 +88,24 @@ def stage_outputs(params: Params, stage: str) -> list[Path]:
     raise ValueError(f"unknown stage {stage!r}; stages: {all_stages()}")
 
 
+_FILE_HASHES: dict[tuple, str] = {}
+
+
+def _file_hash(path: Path) -> str:
+    """sha256 of a file, memoised per process by (path, size, mtime): big adapters are hashed once."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_HASHES:
+        _FILE_HASHES[key] = sha256_file(path)
+    return _FILE_HASHES[key]
+
+
 def outputs_hash(params: Params, stage: str) -> str | None:
+    """Hash of a stage's output files as they are on disk now (None when one is missing)."""
     files = stage_outputs(params, stage)
     if not files or not all(f.exists() for f in files):
         return None
-    return sha256_json({f.name if f.parent == params.run_dir else str(f.relative_to(params.run_dir)): sha256_file(f)
+    return sha256_json({f.name if f.parent == params.run_dir else str(f.relative_to(params.run_dir)): _file_hash(f)
                         for f in files})[:16]
 
 
@@ -110,24 +123,43 @@ def last_lines(params: Params) -> dict[str, dict]:
 
 
 def expected(params: Params, stage: str) -> dict:
+    """What a stage's manifest line must hold to be complete: the hash of its params sections, and the hashes of
+    its inputs, i.e. its upstream stages' output files as they are on disk now (not as the manifest remembers them:
+    a damaged or replaced input makes every stage that read it stale)."""
     spec = spec_of(stage)
     ups = [u for u in spec.upstream if u in active_stages(params)]
     return {"params_hash": params.section_hash(*spec.sections),
-            "input_hashes": {u: last_lines(params).get(u, {}).get("outputs_hash") for u in ups}}
+            "input_hashes": {u: outputs_hash(params, u) for u in ups}}
+
+
+def stage_why(params: Params, stage: str) -> tuple[str, str]:
+    """(state, why): state is 'complete', 'stale', 'failed' or 'not run'; why says what made it so."""
+    line = last_lines(params).get(stage)
+    if line is None:
+        return "not run", "no manifest line"
+    if line["status"] != "ok":
+        return "failed", str(line.get("error") or "the last run failed")[:120]
+    exp = expected(params, stage)
+    if line["params_hash"] != exp["params_hash"]:
+        return "stale", f"params changed (sections {', '.join(spec_of(stage).sections)})"
+    old_inputs = line.get("input_hashes") or {}
+    for up, h in exp["input_hashes"].items():
+        if old_inputs.get(up) != h:
+            return "stale", f"the outputs of {up} it read are missing" if h is None else \
+                f"the outputs of {up} it read changed since it ran"
+    if set(old_inputs) != set(exp["input_hashes"]):
+        return "stale", "its upstream stages changed"
+    now = outputs_hash(params, stage)
+    if now is None:
+        return "stale", "an output file is missing"
+    if line.get("outputs_hash") != now:
+        return "stale", "its outputs changed or are damaged"
+    return "complete", ""
 
 
 def stage_state(params: Params, stage: str) -> str:
-    """'complete', 'stale' (params or inputs changed, or outputs gone), 'failed' or 'not run'."""
-    line = last_lines(params).get(stage)
-    if line is None:
-        return "not run"
-    if line["status"] != "ok":
-        return "failed"
-    exp = expected(params, stage)
-    if (line["params_hash"] != exp["params_hash"] or line["input_hashes"] != exp["input_hashes"]
-            or line.get("outputs_hash") != outputs_hash(params, stage)):
-        return "stale"
-    return "complete"
+    """'complete', 'stale' (params, input files or output files changed), 'failed' or 'not run'."""
+    return stage_why(params, stage)[0]
 
 
 def package_versions() -> dict:
@@ -161,10 +193,12 @@ class Stage:
         if name not in all_stages():
             raise ValueError(f"unknown stage {name!r}; stages: {all_stages()}")
         setup_logging()
+        die_with_runner()
         self.name = name
         self.params = load_params(params_path, overrides)
         self.run_dir = self.params.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        check_lock(self.run_dir)
         self.start = time.time()
         log.info("stage %s of run %s in %s", name, self.params.run.name, self.run_dir)
 
@@ -243,57 +277,255 @@ class StageFailed(RuntimeError):
     pass
 
 
+# ---- one run at a time per run directory -------------------------------------------------------------------------
+
+LOCK_NAME = ".mmpref.lock"
+
+
+class RunLocked(RuntimeError):
+    """Another `mmpref run` holds this run directory."""
+
+
+def _proc_start(pid: int) -> str | None:
+    """The start time of a process (Linux /proc), to tell a live holder from a reused pid; None elsewhere."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def read_lock(run_dir: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((Path(run_dir) / LOCK_NAME).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return {"unreadable": True}
+
+
+def lock_alive(holder: dict) -> bool:
+    """Whether the process named by a lock still runs (a lock of another host is taken as alive)."""
+    import os
+    import socket
+
+    if holder.get("unreadable"):
+        return False
+    if holder.get("host") != socket.gethostname():
+        return True
+    pid = int(holder.get("pid", -1))
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    start = _proc_start(pid)
+    return start is None or holder.get("proc_start") in (None, start)
+
+
+def describe_holder(holder: dict) -> str:
+    if holder.get("unreadable"):
+        return "an unreadable lock file"
+    return (f"pid {holder.get('pid')} on {holder.get('host')} since {holder.get('started')} "
+            f"({' '.join(holder.get('argv') or [])})")
+
+
+def acquire_lock(run_dir: Path) -> dict:
+    """Take `run_dir/.mmpref.lock` (pid, host, start time, command); a lock whose process is gone is stale and taken
+    over; a live one raises RunLocked naming its holder."""
+    import json
+    import os
+    import socket
+    import uuid
+
+    path = Path(run_dir) / LOCK_NAME
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "proc_start": _proc_start(os.getpid()),
+              "started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv,
+              "token": uuid.uuid4().hex}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lock(run_dir)
+            if holder is None:
+                continue
+            if holder.get("unreadable") and time.time() - path.stat().st_mtime < 5:
+                time.sleep(0.5)  # being written right now
+                continue
+            if lock_alive(holder):
+                raise RunLocked(f"run directory {run_dir} is in use by {describe_holder(holder)}; wait for it, or "
+                                f"remove {path} if that process is gone") from None
+            log.warning("taking over a stale lock of %s", describe_holder(holder))
+            try:  # one taker wins the rename; the others see it gone and try again
+                os.replace(path, path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}"))
+                path.with_name(f"{LOCK_NAME}.stale-{os.getpid()}").unlink()
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh)
+        return record
+    raise RunLocked(f"could not take the lock {path}")
+
+
+def release_lock(run_dir: Path, record: dict) -> None:
+    holder = read_lock(run_dir)
+    if holder is not None and holder.get("token") == record["token"]:
+        (Path(run_dir) / LOCK_NAME).unlink(missing_ok=True)
+
+
+def check_lock(run_dir: Path) -> None:
+    """In a stage: refuse to run while another process's `mmpref run` holds the run directory."""
+    import os
+
+    holder = read_lock(run_dir)
+    if holder is not None and holder.get("token") != os.environ.get("MMPREF_RUN_LOCK") and lock_alive(holder):
+        raise RunLocked(f"run directory {run_dir} is in use by {describe_holder(holder)}")
+
+
+def die_with_runner() -> None:
+    """In a notebook kernel started by `mmpref run`: end this process the moment the runner dies (SIGKILL included),
+    so no judge call or write outlives it. Linux: the parent-death signal; elsewhere a watchdog thread."""
+    import os
+    import signal
+    import threading
+
+    runner_pid = int(os.environ.get("MMPREF_RUNNER_PID") or 0)
+    if not runner_pid:
+        return
+    parent = os.getppid()
+    if parent == runner_pid and sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def alive() -> bool:
+        try:
+            os.kill(runner_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            pass
+        return os.getppid() == parent
+
+    if not alive():
+        os._exit(1)
+
+    def watch() -> None:
+        while alive():
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="mmpref-runner-watch", daemon=True).start()
+
+
 def notebooks_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "notebooks"
 
 
 def run(params_path: str, stages: str | None = None, force: list[str] | None = None,
-        overrides: dict | None = None) -> list[dict]:
-    """Execute the run's notebooks in order with papermill; complete stages are skipped unless forced."""
+        overrides: dict | None = None, retry_failed: bool = False) -> list[dict]:
+    """Execute the run's notebooks in order with papermill; complete stages are skipped unless forced.
+
+    One run at a time per run directory (`.mmpref.lock`). Each notebook executes into a temporary copy that replaces
+    `notebooks/<stage>.ipynb` only when it finishes (a failed one is kept as `<stage>.failed.ipynb`). The kernel dies
+    with this process. `retry_failed`: re-ask the judge items recorded as failed (stages whose last run had failures
+    run again)."""
+    import os
+    import signal
+
     import papermill as pm
     from tqdm.auto import tqdm
 
+    from mmpref.config import deep_merge
+
     setup_logging()
     path = resolve_params_path(params_path)
+    if retry_failed:
+        overrides = deep_merge(overrides or {}, {"judge": {"retry_failed": True},
+                                                 "evaluate": {"judge": {"retry_failed": True}}})
     params = load_params(path, overrides)
     todo = parse_stage_range(stages, active_stages(params))
     forced = set(parse_stage_range(",".join(force), all_stages())) if force else set()
-    out_dir = params.run_dir / "notebooks"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    report = []
-    bar = tqdm(todo, desc=f"run {params.run.name}", unit="stage")
-    for stage in bar:
-        bar.set_postfix_str(stage)
-        state = stage_state(params, stage)
-        if state == "complete" and stage not in forced:
-            log.info("%s: complete, skipped", stage)
-            report.append({"stage": stage, "action": "skipped (complete)", "seconds": 0.0})
-            continue
-        src = notebooks_dir() / f"{stage}.ipynb"
-        dst = out_dir / f"{stage}.ipynb"
-        start = time.time()
-        log.info("%s: running (%s) -> %s", stage, state, dst)
-        try:
-            pm.execute_notebook(str(src), str(dst), parameters={"params_path": str(path), "overrides": overrides or {}},
-                                cwd=str(src.parent), progress_bar=False, log_output=False, kernel_name="python3")
-        except pm.PapermillExecutionError as exc:
-            append_jsonl(manifest_path(params), {"stage": stage, "status": "failed", "error": f"{exc.ename}: {exc.evalue}",
-                                                 "seconds": round(time.time() - start, 1)})
-            raise StageFailed(
-                f"stage {stage} failed in notebook {src.name}, cell {exc.cell_index + 1} ({exc.ename}: {exc.evalue}).\n"
-                f"The executed copy with the traceback is {dst}"
-            ) from None
-        seconds = round(time.time() - start, 1)
-        report.append({"stage": stage, "action": "ran", "seconds": seconds})
-        log.info("%s: finished in %.1fs", stage, seconds)
-    return report
+    params.run_dir.mkdir(parents=True, exist_ok=True)
+    lock = acquire_lock(params.run_dir)
+    os.environ["MMPREF_RUN_LOCK"], os.environ["MMPREF_RUNNER_PID"] = lock["token"], str(os.getpid())
+
+    def on_term(signum, frame):  # SIGTERM: unwind (the kernel is shut down, the lock released)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, on_term) if threading_main() else None
+    try:
+        out_dir = params.run_dir / "notebooks"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        report = []
+        bar = tqdm(todo, desc=f"run {params.run.name}", unit="stage")
+        for stage in bar:
+            bar.set_postfix_str(stage)
+            state, why = stage_why(params, stage)
+            failures = (last_lines(params).get(stage, {}).get("summary") or {}).get("failed") or 0
+            if state == "complete" and stage not in forced and not (retry_failed and failures):
+                log.info("%s: complete, skipped", stage)
+                report.append({"stage": stage, "action": "skipped (complete)", "seconds": 0.0})
+                continue
+            src = notebooks_dir() / f"{stage}.ipynb"
+            dst = out_dir / f"{stage}.ipynb"
+            tmp = out_dir / f".{stage}.running.ipynb"
+            start = time.time()
+            log.info("%s: running (%s%s) -> %s", stage, state, f": {why}" if why else "", dst)
+            try:
+                pm.execute_notebook(str(src), str(tmp),
+                                    parameters={"params_path": str(path), "overrides": overrides or {}},
+                                    cwd=str(src.parent), progress_bar=False, log_output=False, kernel_name="python3")
+            except pm.PapermillExecutionError as exc:
+                failed_copy = out_dir / f"{stage}.failed.ipynb"
+                os.replace(tmp, failed_copy)
+                append_jsonl(manifest_path(params), {"stage": stage, "status": "failed",
+                                                     "error": f"{exc.ename}: {exc.evalue}",
+                                                     "seconds": round(time.time() - start, 1)})
+                raise StageFailed(
+                    f"stage {stage} failed in notebook {src.name}, cell {exc.cell_index + 1} ({exc.ename}: "
+                    f"{exc.evalue}).\nThe executed copy with the traceback is {failed_copy}"
+                ) from None
+            os.replace(tmp, dst)
+            (out_dir / f"{stage}.failed.ipynb").unlink(missing_ok=True)
+            seconds = round(time.time() - start, 1)
+            report.append({"stage": stage, "action": "ran", "seconds": seconds})
+            log.info("%s: finished in %.1fs", stage, seconds)
+        return report
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        release_lock(params.run_dir, lock)
+        os.environ.pop("MMPREF_RUN_LOCK", None)
+        os.environ.pop("MMPREF_RUNNER_PID", None)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def status(params_path: str, overrides: dict | None = None) -> list[dict]:
     params = load_params(params_path, overrides)
     lines = last_lines(params)
-    return [{"stage": s, "state": stage_state(params, s), "seconds": lines.get(s, {}).get("seconds"),
-             "finished": lines.get(s, {}).get("finished")} for s in active_stages(params)]
+    out = []
+    for s in active_stages(params):
+        state, why = stage_why(params, s)
+        failed = (lines.get(s, {}).get("summary") or {}).get("failed")
+        out.append({"stage": s, "state": state, "why": why, "failed items": failed or "",
+                    "seconds": lines.get(s, {}).get("seconds"), "finished": lines.get(s, {}).get("finished")})
+    holder = read_lock(params.run_dir)
+    if holder is not None:
+        out.append({"stage": "(lock)", "state": "running" if lock_alive(holder) else "stale lock",
+                    "why": describe_holder(holder), "failed items": "", "seconds": None, "finished": None})
+    return out
 
 
 def summary_table(rows: list[dict]) -> str:

@@ -16,7 +16,7 @@ from PIL import Image
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
-from mmpref.io import append_jsonl, read_jsonl
+from mmpref.io import append_jsonl, read_jsonl, write_jsonl
 from mmpref.models import chat_messages, chat_templates, load_text_lm, load_vlm
 
 log = logging.getLogger(__name__)
@@ -163,19 +163,49 @@ class Policy:
         return generate
 
 
-def sample_responses(policy: Policy, prompts: list[dict], run_dir: Path, out_path: Path, *, k: int,
-                     temperature: float, top_p: float, max_new_tokens: int, batch_size: int, seed: int) -> list[dict]:
-    """k samples per prompt into samples.jsonl; prompts already sampled are kept (an interrupted stage resumes)."""
-    done = {r["prompt_id"] for r in read_jsonl(out_path)} if out_path.exists() else set()
-    todo = [p for p in prompts if p["id"] not in done]
-    log.info("sampling %d prompts x %d (already done: %d)", len(todo), k, len(done))
-    for start in tqdm(range(0, len(todo), batch_size), desc="sample"):
-        chunk = todo[start:start + batch_size]
+def batch_seed(seed: int, prompt_ids: list[str]) -> int:
+    """The sampling seed of one batch, from the run seed and its prompt ids (`pairing.prompt_seed`; a batch of one
+    prompt samples with that prompt's own seed), so it does not depend on what ran before it."""
+    from mmpref.pairing import prompt_seed
+
+    return prompt_seed(seed, "\n".join(prompt_ids)) % (2 ** 63)
+
+
+def sample_responses(policy: "Policy | Callable[[], Policy]", prompts: list[dict], run_dir: Path, out_path: Path, *,
+                     k: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int,
+                     seed: int) -> list[dict]:
+    """k samples per prompt into samples.jsonl, appended batch by batch (an interrupted stage resumes).
+
+    Exact resume: the prompts are cut into batches of `batch_size` in prompt order and each batch samples with
+    `batch_seed(seed, its ids)`, so a batch that was cut off half-written is generated again identically and only its
+    missing rows are written. A row is reused only for the same k and temperature. At the end the file is rewritten
+    in prompt order with the rows of current prompts only: rows of prompts no longer present are dropped (and so
+    never reach annotation or the training sets). `policy` may be a zero-argument function that loads it, called only
+    when something is left to sample."""
+    old = {r["prompt_id"]: r for r in read_jsonl(out_path)} if out_path.exists() else {}
+    ids = [p["id"] for p in prompts]
+    if len(set(ids)) != len(ids):
+        raise ValueError("sample_responses: duplicate prompt ids")
+    done = {pid: r for pid, r in old.items()
+            if pid in set(ids) and len(r.get("responses", [])) == k and r.get("temperature") == temperature}
+    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+    todo = [b for b in batches if any(p["id"] not in done for p in b)]
+    log.info("sampling %d prompts x %d (already done: %d; dropped: %d rows of prompts no longer present)",
+             sum(p["id"] not in done for b in todo for p in b), k, len(done), len(set(old) - set(ids)))
+    if todo and not isinstance(policy, Policy):
+        policy = policy()
+    for chunk in tqdm(todo, desc="sample"):
+        chunk_seed = batch_seed(seed, [p["id"] for p in chunk])
         reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"])) for p in chunk]
         outs = policy.generate(reqs, num_return_sequences=k, temperature=temperature, top_p=top_p,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed + start, desc=False)
+                               max_new_tokens=max_new_tokens, batch_size=len(chunk), seed=chunk_seed, desc=False)
         for p, responses in zip(chunk, outs):
-            append_jsonl(out_path, {"prompt_id": p["id"], "responses": responses, "model": policy.name,
-                                    "temperature": temperature, "seed": seed + start})
-    rows = read_jsonl(out_path)
+            if p["id"] in done:
+                continue
+            row = {"prompt_id": p["id"], "responses": responses, "model": policy.name, "temperature": temperature,
+                   "seed": chunk_seed}
+            append_jsonl(out_path, row)
+            done[p["id"]] = row
+    rows = [done[pid] for pid in ids]
+    write_jsonl(out_path, rows)
     return rows

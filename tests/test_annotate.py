@@ -59,7 +59,7 @@ def test_annotate_writes_records_and_resumes(world):
     # the judge saw the absolute image path, the record format matches the spec
     assert all(str(run_dir / "images") in r.images[0] for r in j.seen)
     rec = first[0]
-    assert set(rec) == {"prompt_id", "judge", "status", "reasoning", "raw", "scores", "error"}
+    assert set(rec) == {"prompt_id", "judge", "status", "reasoning", "raw", "scores", "error", "responses_hash"}
     assert rec["judge"] == "rubric-v3" and rec["status"] == "ok" and rec["error"] is None
     assert rec["scores"][0]["correctness"] == 4 and rec["scores"][1]["correctness"] == 0
     # resume: only the new prompt is judged; the file grows by one line

@@ -164,7 +164,7 @@ def test_judge_runs_param_and_cli_flag(monkeypatch):
     with pytest.raises(ParamsError, match="judge_runs"):
         load_params("params/tiny.yaml", {"evaluate": {"judge_runs": 0}})
     seen = {}
-    monkeypatch.setattr(runner, "run", lambda params, stages=None, force=None, overrides=None:
+    monkeypatch.setattr(runner, "run", lambda params, stages=None, force=None, overrides=None, retry_failed=False:
                         seen.update(overrides) or [])
     from mmpref.cli import main
 

@@ -48,6 +48,6 @@ def test_failed_notebook_names_notebook_and_cell(tmp_path, monkeypatch):
         # 04_pair without annotations fails inside its first work cell
         runner.run("params/tiny.yaml", stages="04")
     msg = str(err.value)
-    assert "04_pair.ipynb" in msg and "cell" in msg and str(tmp_path / "notebooks" / "04_pair.ipynb") in msg
+    assert "04_pair.ipynb" in msg and "cell" in msg and str(tmp_path / "notebooks" / "04_pair.failed.ipynb") in msg
     status = runner.status("params/tiny.yaml")
     assert {r["stage"]: r["state"] for r in status}["04_pair"] == "failed"

@@ -168,7 +168,7 @@ def grade_llava_bench(
                        inputs={"question": question, "context": context, "reference_answer": reference_answer,
                                "answer": answer},
                        truth=truth or {}, temperature=LLAVA_TEMPERATURE)
-    text = judge.complete(req).text
+    text = judge.complete(req, check=parse_llava_score).text  # an unparsable review is not cached
     try:
         s_ref, s_model = parse_llava_score(text)
     except ParseError as exc:

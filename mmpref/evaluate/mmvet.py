@@ -149,7 +149,7 @@ def grade_mmvet(
                                                               retry=attempt > 0),
                            inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
                            truth=truth or {}, attempt=attempt, temperature=0.5 * attempt)
-        text = judge.complete(req).text
+        text = judge.complete(req, check=parse_mmvet_score).text  # an unparsable grade is not cached
         try:
             return parse_mmvet_score(text), text
         except ParseError as exc:

@@ -28,6 +28,7 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, Score, chec
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
+from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
 
 log = logging.getLogger(__name__)
@@ -255,8 +256,13 @@ def grade_single(
                        inputs={"question_turns": list(question_turns), "answers": list(answers),
                                "reference": reference, "multi_turn": multi_turn},
                        truth=truth or {})
-    judgment = judge.complete(req).text
+    judgment = judge.complete(req, check=_rated).text  # a judgment without a rating is not cached
     return parse_fastchat_rating(judgment), judgment
+
+
+def _rated(judgment: str) -> None:
+    if parse_fastchat_rating(judgment) == -1:
+        raise ParseError("no [[rating]] in the judgment")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,12 +280,18 @@ def mt_bench_scores(turn1: Sequence[float], turn2: Sequence[float]) -> dict[str,
 
 
 def score(recs: Sequence[dict]) -> dict[str, Score]:
-    return mt_bench_scores([r["scores"][0] for r in recs], [r["scores"][1] for r in recs])
+    recs = [_ratings(r) for r in recs]
+    return mt_bench_scores([r[0] for r in recs], [r[1] for r in recs])
+
+
+def _ratings(rec: dict) -> list[float]:
+    """A record's two turn ratings; -1 (FastChat's unparsable mark) for a grading the judge gave up on."""
+    return rec.get("scores") or [-1, -1]
 
 
 def count_failed_turns(recs: Sequence[dict]) -> Score:
     """Failed gradings among the records' turns (rated -1, FastChat's mark of an unparsable judgment)."""
-    ratings = [s for r in recs for s in r["scores"][:2]]
+    ratings = [s for r in recs for s in _ratings(r)[:2]]
     return Score(sum(s == -1 for s in ratings), len(ratings))
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -37,6 +38,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 from tqdm.auto import tqdm
 
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
+from mmpref.judges.base import JudgeError
 from mmpref.sampling import ChatRequest, GenerateFn
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,12 @@ class _Records:
         return current
 
 
+def _failed(rec: dict) -> bool:
+    """A record with a failed grading (a judge that gave up, or a reply the official parser rejected)."""
+    failed = rec.get("failed")
+    return bool(any(failed) if isinstance(failed, list) else failed) or bool(rec.get("judge_error"))
+
+
 def _parallel(fn: Callable[[Any], Any], args: list[Any], judge: Any) -> list[Any]:
     if not args:
         return []
@@ -174,6 +182,7 @@ def run_items(
     `grading` is the benchmark's grading protocol tag (records graded under another one are graded again).
     `answers_from`: another per-item file of the same model and benchmark whose answers are reused and only graded
     (a repeated judge run grades the answers of run 1)."""
+    retry_failed = bool(getattr(judge, "retry_failed", False))
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"{benchmark}: duplicate item ids {dup}")
@@ -192,17 +201,31 @@ def run_items(
             todo_grade.append((item, key, answered["answers"]))
         elif rec is None:
             todo_answer.append((item, key, reqs))
-        elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != grading):
+        elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != grading
+                                    or (retry_failed and _failed(rec))):
             todo_grade.append((item, key, rec["answers"]))
     log.info("%s / %s: %d items, %d to answer, %d to re-grade, %d reused", model, benchmark, len(items),
              len(todo_answer), len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
 
-    def finish(batch: list[tuple[Any, str, list[str]]]) -> None:
-        graded = _parallel(lambda b: grade(b[0], b[2]), batch, judge) if grade is not None else [{}] * len(batch)
-        for (item, key, answers), fields in zip(batch, graded):
-            tag = {"grading": grading} if grade is not None else {}
+    def grade_or_fail(b: tuple[Any, str, list[str]]) -> dict:
+        try:
+            return grade(b[0], b[2])
+        except JudgeError as exc:  # the judge gave up on this item: recorded as failed, the others go on
+            log.warning("%s / %s: item %s: %s", model, benchmark, b[1], exc)
+            return {"failed": True, "judge_error": str(exc)}
+
+    write_lock = threading.Lock()
+
+    def one(b: tuple[Any, str, list[str]]) -> None:
+        item, key, answers = b
+        fields = grade_or_fail(b) if grade is not None else {}
+        tag = {"grading": grading} if grade is not None else {}
+        with write_lock:  # each record is durable the moment its grading arrives
             store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
                        "answers": answers, "judge": judge_id, **tag, **fields})
+
+    def finish(batch: list[tuple[Any, str, list[str]]]) -> None:
+        _parallel(one, batch, judge)
 
     steps = range(0, len(todo_answer), chunk_size)
     for start in tqdm(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2):
@@ -328,8 +351,8 @@ class JudgeRun:
     def __init__(self, judge: Any, run: int):
         self.judge, self.run = judge, run
 
-    def complete(self, req):
-        return self.judge.complete(req.model_copy(update={"judge_run": self.run}))
+    def complete(self, req, check=None):
+        return self.judge.complete(req.model_copy(update={"judge_run": self.run}), check=check)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.judge, name)

@@ -17,7 +17,8 @@ _API_ONLY_OPTIONS = {"base_url", "api_version", "temperature", "max_output_token
 def make_judge(backend: str, model: str | None = None, cache_dir: str | Path | None = None, **limits) -> Judge:
     """Build a judge. backend: "rubric" (model ignored), "gemini" or "openai" (model required).
 
-    `limits` go to the backend: max_concurrency (alias max_workers), requests_per_minute, max_retries, backoff_initial_s, backoff_max_s,
+    `limits` go to the backend: max_concurrency (alias max_workers), requests_per_minute, tokens_per_minute,
+    max_retries (network retries of one call), backoff_initial_s, backoff_max_s,
     price_input_per_mtok, price_output_per_mtok, and for API backends base_url, temperature, max_output_tokens,
     timeout_s (gemini also api_version; openai also structured_output).
     """
@@ -43,8 +44,16 @@ def make_judge(backend: str, model: str | None = None, cache_dir: str | Path | N
 def judge_from_params(j, cache_dir: str | Path | None) -> Judge:
     """The judge a params `judge` block (annotation's, or `evaluate.judge`) describes, prices included."""
     prices = {k: getattr(j, k) for k in ("price_input_per_mtok", "price_output_per_mtok") if getattr(j, k) is not None}
-    return make_judge(j.backend, j.model, cache_dir=cache_dir, base_url=j.base_url, max_workers=j.max_workers,
-                      requests_per_minute=j.requests_per_minute, **prices)
+    judge = make_judge(j.backend, j.model, cache_dir=cache_dir, base_url=j.base_url, max_workers=j.max_workers,
+                      requests_per_minute=j.requests_per_minute, tokens_per_minute=j.tokens_per_minute,
+                      max_retries=j.network_retries, backoff_initial_s=j.backoff_initial_s,
+                      backoff_max_s=j.backoff_max_s, timeout_s=j.timeout_s, **prices)
+    judge.retry_failed = j.retry_failed  # graders re-ask the items whose grading failed (mmpref.evaluate.protocol)
+    if j.batch:
+        if not hasattr(judge, "prefetch"):
+            raise ValueError(f"judge.batch: the {j.backend} backend has no batch API (only gemini has)")
+        judge.batch, judge.batch_poll_s = True, j.batch_poll_s
+    return judge
 
 
 __all__ = ["Judge", "JudgeError", "JudgeReply", "JudgeRequest", "RetryableJudgeError", "AttributeScores",

@@ -1,8 +1,13 @@
 """The judge interface: requests, replies, and the machinery every backend shares.
 
 `Judge.complete` wraps a backend's `_call` with a content-hash disk cache (never pay twice), bounded concurrency, a
-requests-per-minute limiter, retries with exponential backoff on 429/5xx honouring Retry-After, and running totals
-of tokens and cost.
+requests-per-minute and a tokens-per-minute limiter, network retries with exponential backoff on 429/5xx/timeouts
+honouring Retry-After (`network_retries`, distinct from re-asking after an unparsable reply, which is the caller's
+`ask_until_parsed`), and running totals of tokens and cost.
+
+Only accepted replies are cached: `complete(req, check=parse)` stores a reply only when `check(text)` accepts it, and
+a cached reply the check rejects (an older cache) is asked again. A reply that fails its check is therefore paid for
+once per ask and never turns into a permanent answer.
 """
 
 from __future__ import annotations
@@ -83,6 +88,16 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def is_transient(exc: BaseException) -> bool:
+    """A connection-level failure worth retrying: a transport error or timeout of the HTTP client (httpx, or the copy
+    an SDK vendors, whatever its module), a dropped connection, or a malformed/partial reply body."""
+    import json as _json
+
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"TransportError", "TimeoutException", "ConnectionError", "TimeoutError"}) or \
+        isinstance(exc, _json.JSONDecodeError)
+
+
 def is_retryable_status(code: int | None) -> bool:
     return code is not None and (code in (408, 409, 429) or code >= 500)
 
@@ -106,18 +121,74 @@ class RateLimiter:
             time.sleep(start - now)
 
 
+class TokenLimiter:
+    """A token bucket refilled at tokens_per_minute (thread-safe); `take(n)` waits until n tokens are available (a
+    request larger than the bucket waits for a full bucket and borrows the rest), `settle(n)` charges tokens learnt
+    after the call (the reply's real usage minus the estimate). None or <= 0: no limit."""
+
+    def __init__(self, tokens_per_minute: float | None):
+        self.rate = tokens_per_minute / 60.0 if tokens_per_minute and tokens_per_minute > 0 else 0.0
+        self.capacity = float(tokens_per_minute or 0)
+        self._lock = threading.Lock()
+        self._level = self.capacity
+        self._stamp = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    def take(self, n: float) -> None:
+        if not self.rate:
+            return
+        while True:
+            with self._lock:
+                self._refill()
+                need = min(n, self.capacity)
+                if self._level >= need:
+                    self._level -= n
+                    return
+                wait = (need - self._level) / self.rate
+            time.sleep(min(wait, 1.0))
+
+    def settle(self, n: float) -> None:
+        if self.rate and n:
+            with self._lock:
+                self._refill()
+                self._level -= n
+
+
+def estimate_tokens(req: "JudgeRequest") -> int:
+    """A request's input tokens before sending it: ~4 characters per token, 258 per image (Gemini's count)."""
+    return (len(req.system or "") + len(req.prompt)) // 4 + 258 * len(req.images)
+
+
+def accepts(check, text: str) -> bool:
+    """Whether `check(text)` accepts a reply (returns instead of raising ValueError, ParseError included)."""
+    if check is None:
+        return True
+    try:
+        check(text)
+    except ValueError:
+        return False
+    return True
+
+
 class Judge:
     """Base class. Backends set `judge_id` and `model` and implement `_call(req) -> JudgeReply`."""
 
     judge_id: str = "judge"
     model: str = ""
     uses_truth: bool = False  # only the rubric judge reads req.truth / req.inputs; they enter its cache key
+    retry_failed: bool = False  # graders re-ask items whose grading failed (set from params judge.retry_failed)
+    batch: bool = False  # stages submit their first requests ahead with `prefetch` (a batch API; gemini only)
 
     def __init__(
         self,
         cache_dir: str | Path | None = None,
         max_concurrency: int = 4,
         requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
         max_retries: int = 6,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
@@ -130,13 +201,14 @@ class Judge:
         self.max_concurrency = max_concurrency
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._limiter = RateLimiter(requests_per_minute)
-        self.max_retries = max_retries
+        self._tokens = TokenLimiter(tokens_per_minute)
+        self.max_retries = max_retries  # network retries (429/5xx/timeouts) of one request
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.price_input_per_mtok = price_input_per_mtok
         self.price_output_per_mtok = price_output_per_mtok
         self._totals_lock = threading.Lock()
-        self.totals = {"calls": 0, "cache_hits": 0, "retries": 0, "input_tokens": 0, "output_tokens": 0,
+        self.totals = {"calls": 0, "cache_hits": 0, "retries": 0, "rejected": 0, "input_tokens": 0, "output_tokens": 0,
                        "cost_usd": 0.0}
 
     # ---- to implement -------------------------------------------------------------------------------------
@@ -184,10 +256,14 @@ class Judge:
             return None
         return reply.model_copy(update={"cached": True})
 
-    def _cache_put(self, key: str, req: JudgeRequest, reply: JudgeReply) -> None:
+    def _cache_put(self, key: str, req: JudgeRequest, reply: JudgeReply, rejected: bool = False) -> None:
+        """Store a reply under its key; a rejected reply goes to `rejected/<key>-<time>.json` instead, where it is
+        never read as an answer but still counts in the run's spend (`runner.judge_spend`)."""
         path = self._cache_path(key)
         if path is None:
             return
+        if rejected:
+            path = self.cache_dir / "rejected" / f"{key}-{time.time_ns()}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         record = {"key": key, "judge_id": self.judge_id, "model": self.model, "task": req.task,
                   "attempt": req.attempt, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -212,15 +288,22 @@ class Judge:
         return delay
 
     def _call_once(self, req: JudgeRequest) -> JudgeReply:
+        estimate = estimate_tokens(req)
         with self._slots:
+            self._tokens.take(estimate)
             self._limiter.acquire()
-            return self._call(req)
+            reply = self._call(req)
+        self._tokens.settle(reply.input_tokens + reply.output_tokens - estimate if reply.input_tokens else 0)
+        return reply
 
-    def complete(self, req: JudgeRequest) -> JudgeReply:
-        """Answer one request: from the cache when possible, otherwise by calling the backend (retried)."""
+    def complete(self, req: JudgeRequest, check=None) -> JudgeReply:
+        """Answer one request: from the cache when possible, otherwise by calling the backend (retried).
+
+        `check(text)` (optional) validates the reply: a reply it rejects (raises ValueError / ParseError) is returned
+        but not cached, and a cached reply it rejects is not used."""
         key = self.cache_key(req)
         hit = self._cache_get(key)
-        if hit is not None:
+        if hit is not None and accepts(check, hit.text):
             with self._totals_lock:
                 self.totals["cache_hits"] += 1
             return hit
@@ -241,7 +324,11 @@ class Judge:
             self.totals["input_tokens"] += reply.input_tokens
             self.totals["output_tokens"] += reply.output_tokens
             self.totals["cost_usd"] += cost
-        self._cache_put(key, req, reply)
+        ok = accepts(check, reply.text)
+        self._cache_put(key, req, reply, rejected=not ok)
+        if not ok:
+            with self._totals_lock:
+                self.totals["rejected"] += 1
         return reply
 
     def complete_many(self, reqs: list[JudgeRequest], max_workers: int | None = None) -> list[JudgeReply]:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError, parse_retry_after
-from mmpref.judges.base import is_retryable_status
+from mmpref.judges.base import is_retryable_status, is_transient
 from mmpref.judges.parsing import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,6 @@ class GeminiJudge(Judge):
         return types.GenerateContentConfig(**kwargs)
 
     def _call(self, req: JudgeRequest) -> JudgeReply:
-        import httpx
         from google.genai import errors
 
         contents = [image_part(p) for p in req.images] + [req.prompt]
@@ -107,8 +106,11 @@ class GeminiJudge(Judge):
                 raise RetryableJudgeError(message, status=code,
                                           retry_after=parse_retry_after(headers.get("retry-after"))) from exc
             raise JudgeError(message) from exc
-        except (httpx.TransportError, ConnectionError) as exc:
-            raise RetryableJudgeError(f"Gemini connection error: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - timeouts, dropped connections, malformed reply bodies
+            if is_transient(exc):
+                raise RetryableJudgeError(f"Gemini connection error or malformed reply: {type(exc).__name__}: "
+                                          f"{exc}") from exc
+            raise
         usage = response.usage_metadata
         n_in = (usage.prompt_token_count or 0) if usage else 0
         n_out = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)) if usage else 0

@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError, parse_retry_after
-from mmpref.judges.base import is_retryable_status
+from mmpref.judges.base import is_retryable_status, is_transient
 from mmpref.judges.parsing import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,10 @@ class OpenAIJudge(Judge):
             raise JudgeError(message) from exc
         except (openai.APIConnectionError, openai.APITimeoutError) as exc:
             raise RetryableJudgeError(f"OpenAI connection error: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - malformed reply bodies
+            if is_transient(exc) or isinstance(exc, openai.APIResponseValidationError):
+                raise RetryableJudgeError(f"OpenAI malformed reply: {type(exc).__name__}: {exc}") from exc
+            raise
         if not resp.choices:
             raise RetryableJudgeError("OpenAI-compatible server returned no choices")
         text = resp.choices[0].message.content or ""

@@ -18,7 +18,8 @@ from mmpref.judges.parsing import AttributeScores, ParseError, parse_annotation
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AttributeScores", "Annotation", "annotate_responses", "gold_answer", "ask_until_parsed"]
+__all__ = ["AttributeScores", "Annotation", "annotate_responses", "gold_answer", "ask_until_parsed",
+           "annotation_request", "gold_request"]
 
 
 class Annotation(BaseModel):
@@ -39,13 +40,30 @@ def ask_until_parsed(judge: Judge, request: JudgeRequest, parse: Callable[[str],
     answered from the cache). Returns (parsed value or None, last reply text, last parse error or None)."""
     text, error = "", None
     for attempt in range(tries):
-        text = judge.complete(request.model_copy(update={"attempt": attempt})).text
+        text = judge.complete(request.model_copy(update={"attempt": attempt}), check=parse).text
         try:
             return parse(text), text, None
         except ParseError as exc:
             error = f"attempt {attempt}: {exc}"
             log.info("%s: unparsable %s (%s)", judge.judge_id, what, error)
     return None, text, error
+
+
+def annotation_request(question: str, image: str | Path | None, responses: list[str],
+                       truth: dict | None = None) -> JudgeRequest:
+    """The first (attempt 0) request of `annotate_responses` (what a batch job submits ahead)."""
+    if not responses:
+        raise ValueError("annotate_responses: no responses to rate")
+    return JudgeRequest(task="annotate", system=prompts.ANNOTATION_SYSTEM,
+                        prompt=prompts.render_annotation_prompt(question, responses), images=_images(image),
+                        inputs={"question": question, "responses": list(responses)}, truth=truth or {},
+                        json_schema="annotation")
+
+
+def gold_request(question: str, image: str | Path | None, truth: dict | None = None) -> JudgeRequest:
+    """The request of `gold_answer`."""
+    return JudgeRequest(task="answer", system=prompts.GOLD_SYSTEM, prompt=prompts.render_gold_prompt(question),
+                        images=_images(image), inputs={"question": question}, truth=truth or {})
 
 
 def annotate_responses(
@@ -61,12 +79,7 @@ def annotate_responses(
     A malformed reply is retried up to `max_retries` times; after that the result has status "failed" and keeps the
     raw text and the parse error (it is never scored 0).
     """
-    if not responses:
-        raise ValueError("annotate_responses: no responses to rate")
-    req = JudgeRequest(task="annotate", system=prompts.ANNOTATION_SYSTEM,
-                       prompt=prompts.render_annotation_prompt(question, responses), images=_images(image),
-                       inputs={"question": question, "responses": list(responses)}, truth=truth or {},
-                       json_schema="annotation")
+    req = annotation_request(question, image, responses, truth)
     parsed, raw, error = ask_until_parsed(judge, req, lambda t: parse_annotation(t, len(responses)),
                                            max_retries + 1, "annotation")
     if parsed is None:
@@ -77,9 +90,12 @@ def annotate_responses(
 
 def gold_answer(judge: Judge, question: str, image: str | Path | None, truth: dict | None = None) -> str:
     """The judge's own answer to the question (SFT-gold data)."""
-    req = JudgeRequest(task="answer", system=prompts.GOLD_SYSTEM, prompt=prompts.render_gold_prompt(question),
-                       images=_images(image), inputs={"question": question}, truth=truth or {})
-    text = judge.complete(req).text.strip()
+    text = judge.complete(gold_request(question, image, truth), check=_non_empty).text.strip()
     if not text:
-        raise ValueError(f"{judge.judge_id} gave an empty gold answer to {question[:80]!r}")
+        raise ParseError(f"{judge.judge_id} gave an empty gold answer to {question[:80]!r}")
     return text
+
+
+def _non_empty(text: str) -> None:
+    if not text.strip():
+        raise ParseError("empty gold answer")
