@@ -63,7 +63,6 @@ class WorldParams(Strict):
     image_size: int = 48
     n_visual_train: int = 3000
     n_text_train: int = 3000
-    text_mc_share: float = Field(0.0, ge=0.0, lt=1.0)  # share of the base LM's text data in multiple-choice form
     n_pool: int = 400
     n_bench: int = 60                   # items per visual benchmark
     n_text_bench: int = 60              # MT-Bench questions and AlpacaEval instructions

@@ -483,38 +483,3 @@ def test_membership_questions_are_true():
         assert item["answers"][1] == str(len(items))
         seen[item["answers"][0]] += 1
     assert seen["yes"] > 20 and seen["no"] > 20
-
-
-def test_multiple_choice_text_items_letter_the_true_answer():
-    from mmpref.evaluate.mmbench import mmbench_prompt
-
-    rng = random.Random(6)
-    letters_seen, sizes = Counter(), Counter()
-    for _ in range(300):
-        item = text_tasks.multiple_choice_item(rng)
-        lines = item["turns"][0].split("\n")
-        options = dict(line.split(". ", 1) for line in lines[1:-1])
-        assert item["turns"][0] == mmbench_prompt(item["question"], None, options)
-        assert len(set(options.values())) == len(options) and 2 <= len(options) <= 4
-        letter = item["answers"][0]
-        assert item["references"] == [letter] and options[letter] == item["option_key"]
-        if item.get("topic", "").startswith("capital:"):
-            assert item["option_key"] == text_tasks.CAPITALS[item["topic"].split(":")[1]]
-        m = re.fullmatch(r"What is (\d+) (plus|minus|times) (\d+)\?", item["question"])
-        if m:
-            a, b = int(m[1]), int(m[3])
-            assert int(item["option_key"]) == {"plus": a + b, "minus": a - b, "times": a * b}[m[2]]
-        letters_seen[letter] += 1
-        sizes[len(options)] += 1
-    assert set(letters_seen) == set("ABCD") and set(sizes) == {2, 3, 4}
-
-
-def test_text_train_multiple_choice_share(tmp_path):
-    held = {"What is 3 plus 5?"}
-    rows = pools.build_text_train(random.Random(7), 600, held, mc_share=0.25)
-    share = sum(r["task"] == "multiple_choice" for r in rows) / len(rows)
-    assert 0.2 < share < 0.3
-    assert not any(r["turns"][0] in held for r in rows)
-    assert not any(r["task"] == "multiple_choice" for r in pools.build_text_train(random.Random(7), 200, held))
-    with pytest.raises(ValueError, match="mc_share"):
-        pools.build_text_train(random.Random(7), 10, held, mc_share=1.0)

@@ -10,7 +10,7 @@ from mmpref.evaluate.pope import POPE_PROMPT_SUFFIX
 from mmpref.world.questions import (QA, _lettered, _mmbench_item, caption, chart_qas, chart_short_qas,
                                     describe_chart, image_tags, scene_qas, short_answer_qas)
 from mmpref.world.scenes import Images
-from mmpref.world.text_tasks import multiple_choice_item, sample_text_item
+from mmpref.world.text_tasks import sample_text_item
 
 
 def build_visual_train(imgs: Images, rng: random.Random, n: int, per_image: int = 3, negative_rate: float = 0.25,
@@ -107,14 +107,11 @@ def build_lrv_pool(imgs: Images, rng: random.Random, n: int, negative_rate: floa
     return out
 
 
-def build_text_train(rng: random.Random, n: int, held_out: set[str], mc_share: float = 0.0) -> list[dict]:
-    """The base LM's instruction data: n text items, a share ``mc_share`` of them multiple-choice questions
-    (`multiple_choice_item`); no first turn of a text benchmark among them."""
-    if not 0.0 <= mc_share < 1.0:
-        raise ValueError(f"mc_share must lie in [0, 1), got {mc_share}")
+def build_text_train(rng: random.Random, n: int, held_out: set[str]) -> list[dict]:
+    """The base LM's instruction data: n text items, none of them with a text benchmark's first turn."""
     rows = []
     while len(rows) < n:
-        item = multiple_choice_item(rng) if rng.random() < mc_share else sample_text_item(rng)
+        item = sample_text_item(rng)
         if item["turns"][0] not in held_out:
             rows.append(item)
     return rows

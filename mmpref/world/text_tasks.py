@@ -243,33 +243,6 @@ def _wrong_reference(item: dict, rng: random.Random) -> str:
     return _replace_last(ref, key, wrong)
 
 
-def multiple_choice_item(rng: random.Random) -> dict:
-    """A text question turned into a multiple-choice one, in the layout of LLaVA's MMBench prompt (the question,
-    one "X. option" line per option, the letter instruction), answered by the option's letter: the key answer and 1-3
-    wrong ones of its kind (`wrong_key`), shuffled. The base LM's multiple-choice skill (Vicuna's chat data has such
-    questions), which visual multiple choice builds on."""
-    from mmpref.evaluate.mmbench import mmbench_prompt
-
-    while True:
-        item = sample_text_item(rng, two_turn=False)
-        key, question = item["answers"][0], item["turns"][0]
-        if key in ("yes", "no") or question.startswith(("Answer with just", "Answer in one word")):
-            continue
-        options, n_options = [key], 1 + rng.choice([1, 2, 3])
-        for _ in range(50):
-            if len(options) == n_options:
-                break
-            wrong = wrong_key(key, rng)
-            if wrong not in options:
-                options.append(wrong)
-        rng.shuffle(options)
-        letters = dict(zip("ABCD", options))
-        letter = "ABCD"[options.index(key)]
-        return {"turns": [mmbench_prompt(question, None, letters)], "references": [letter], "answers": [letter],
-                "task": "multiple_choice", "option_key": key, "question": question,
-                **({"topic": item["topic"]} if "topic" in item else {})}
-
-
 def _replace_last(text: str, old: str, new: str) -> str:
     i = text.rfind(old)
     return text if i < 0 else text[:i] + new + text[i + len(old):]
