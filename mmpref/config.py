@@ -154,8 +154,13 @@ class JudgeParams(Strict):
     retry_failed: bool = False
     # Gemini Batch API (half price, hours of latency): submit the stage's requests as one batch job, keep its id in
     # the run directory, poll every batch_poll_s seconds (a restarted stage resumes polling)
+    # the Batch API bills batch_price_factor of the prices below (0.5: half). A job that ends expired, cancelled or
+    # failed is reported; its items are then asked one by one (per_request), submitted once more in a new job
+    # (resubmit), or the stage stops with the error (fail)
     batch: bool = False
     batch_poll_s: float = Field(30.0, gt=0)
+    batch_price_factor: float = Field(0.5, ge=0)
+    batch_expired: Literal["per_request", "resubmit", "fail"] = "per_request"
     # USD per million tokens, for `mmpref check`'s estimate and the spend recorded in the manifest (None: unknown)
     price_input_per_mtok: float | None = Field(None, ge=0)
     price_output_per_mtok: float | None = Field(None, ge=0)
@@ -163,7 +168,8 @@ class JudgeParams(Strict):
 
 # judge settings that change how calls are made, not what the judge answers: not part of any stage's params hash
 JUDGE_OPERATIONAL = {"tokens_per_minute", "network_retries", "backoff_initial_s", "backoff_max_s", "timeout_s",
-                     "max_failed_fraction", "retry_failed", "batch", "batch_poll_s"}
+                     "max_failed_fraction", "retry_failed", "batch", "batch_poll_s",
+                     "batch_price_factor", "batch_expired"}
 
 
 class PairingParams(Strict):
