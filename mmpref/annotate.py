@@ -141,11 +141,13 @@ def annotate_samples(
     max_retries: int = 2,
     retry_failed: bool = False,
     max_failed_fraction: float | None = None,
+    batch_dir: Path | None = None,
 ) -> list[dict]:
     """Annotate every sample's k responses; append each record to `out_path` (annotations.jsonl) as it finishes.
 
     A record is reused only for the same responses (`responses_hash`); records of samples no longer present are
-    dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`.
+    dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`. Images are
+    read from `run_dir`; a batch judge keeps its jobs in `batch_dir` (default run_dir/batch_jobs/annotate).
     """
     run_dir, out_path = Path(run_dir), Path(out_path)
     by_id = _index_prompts(prompts)
@@ -171,7 +173,8 @@ def annotate_samples(
              len(sample_by_id), len(done), len(todo), judge.judge_id)
     if todo and getattr(judge, "batch", False):
         judge.prefetch([annotation_request(by_id[pid]["question"], images[pid], sample_by_id[pid]["responses"],
-                                           _truth(by_id[pid])) for pid in todo], run_dir / "batch_jobs" / "annotate",
+                                           _truth(by_id[pid])) for pid in todo],
+                       Path(batch_dir) if batch_dir else run_dir / "batch_jobs" / "annotate",
                        checks=[_annotation_check(len(sample_by_id[pid]["responses"])) for pid in todo])
 
     def record(pid: str, **fields) -> dict:

@@ -36,7 +36,7 @@ SPECS: dict[str, StageSpec] = {
     "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
     "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
     "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), ()),  # upstream: every training stage
-    "10_analyse": StageSpec(("run", "world"), ("09_evaluate",)),
+    "10_analyse": StageSpec(("run", "world", "human_preferences"), ("09_evaluate",)),
 }
 
 
