@@ -61,9 +61,24 @@ def analyse_run(params, run_dir: Path) -> dict:
                                                                    "dpo_pair_anatomy")
             out["dpo_diagnosis"] = dpo_diagnosis(run_dir)
             out["tables"]["dpo_diagnosis"] = figures.save_table(out["dpo_diagnosis"], tables_dir, "dpo_diagnosis")
+    elif params.human_preferences is not None:  # a paper run: LLaVA-RLHF's human labels, scored by the judge
+        from mmpref.human_prefs import load_llava_rlhf_preferences, score_human_pairs
+        from mmpref.judges import judge_from_params
+
+        hp, j = params.human_preferences, params.judge
+        records = load_llava_rlhf_preferences(params.path(hp.path), n=hp.n, seed=hp.seed)
+        pairs = score_human_pairs(judge_from_params(j, run_dir / "judge_cache"), records, params.path(hp.images),
+                                  run_dir / "human_preferences" / "annotations.jsonl", max_workers=j.max_workers,
+                                  max_retries=j.max_retries, retry_failed=j.retry_failed,
+                                  max_failed_fraction=j.max_failed_fraction)
+        fig3 = figures_dir / "figure3_attribute_correlation.png"
+        out["figure3_corr"] = figures.figure3(pairs, fig3)
+        out["figures"]["figure3"] = fig3
+        out["tables"]["figure3_correlations"] = figures.save_table(out["figure3_corr"].round(3), tables_dir,
+                                                                   "figure3_correlations")
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
-                 "run has none configured, so it is skipped")
+                 "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
     repo_figures = params.path("figures")
     if run_dir.resolve().is_relative_to(params.path(".")) and params.world is not None:
         repo_figures.mkdir(exist_ok=True)

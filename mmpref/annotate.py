@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
 from mmpref.judges.base import Judge, JudgeError
-from mmpref.judges.parsing import ParseError
-from mmpref.judges.tasks import annotate_responses, annotation_request, gold_answer, gold_request
+from mmpref.judges.parsing import ParseError, parse_annotation
+from mmpref.judges.tasks import _non_empty, annotate_responses, annotation_request, gold_answer, gold_request
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,10 @@ def finish(kind: str, order: list[str], done: dict[str, dict], n_new: int, out_p
     return records
 
 
+def _annotation_check(n: int):
+    return lambda text: parse_annotation(text, n)
+
+
 def responses_hash(responses: list[str]) -> str:
     return sha256_json(list(responses))[:16]
 
@@ -137,11 +141,13 @@ def annotate_samples(
     max_retries: int = 2,
     retry_failed: bool = False,
     max_failed_fraction: float | None = None,
+    batch_dir: Path | None = None,
 ) -> list[dict]:
     """Annotate every sample's k responses; append each record to `out_path` (annotations.jsonl) as it finishes.
 
     A record is reused only for the same responses (`responses_hash`); records of samples no longer present are
-    dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`.
+    dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`. Images are
+    read from `run_dir`; a batch judge keeps its jobs in `batch_dir` (default run_dir/batch_jobs/annotate).
     """
     run_dir, out_path = Path(run_dir), Path(out_path)
     by_id = _index_prompts(prompts)
@@ -167,7 +173,9 @@ def annotate_samples(
              len(sample_by_id), len(done), len(todo), judge.judge_id)
     if todo and getattr(judge, "batch", False):
         judge.prefetch([annotation_request(by_id[pid]["question"], images[pid], sample_by_id[pid]["responses"],
-                                           _truth(by_id[pid])) for pid in todo], run_dir / "batch_jobs" / "annotate")
+                                           _truth(by_id[pid])) for pid in todo],
+                       Path(batch_dir) if batch_dir else run_dir / "batch_jobs" / "annotate",
+                       checks=[_annotation_check(len(sample_by_id[pid]["responses"])) for pid in todo])
 
     def record(pid: str, **fields) -> dict:
         return {"prompt_id": pid, "judge": judge.judge_id, "status": "ok", "reasoning": "", "raw": "", "scores": None,
@@ -210,7 +218,7 @@ def collect_gold(
              len(by_id), len(done), len(todo), judge.judge_id)
     if todo and getattr(judge, "batch", False):
         judge.prefetch([gold_request(by_id[pid]["question"], images[pid], _truth(by_id[pid])) for pid in todo],
-                       run_dir / "batch_jobs" / "gold")
+                       run_dir / "batch_jobs" / "gold", checks=[_non_empty] * len(todo))
 
     def work(pid: str) -> dict:
         p = by_id[pid]

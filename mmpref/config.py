@@ -153,16 +153,24 @@ class JudgeParams(Strict):
     retry_failed: bool = False
     # Gemini Batch API (half price, hours of latency): submit the stage's requests as one batch job, keep its id in
     # the run directory, poll every batch_poll_s seconds (a restarted stage resumes polling)
+    # the Batch API bills batch_price_factor of the prices below (0.5: half). A job that ends expired, cancelled or
+    # failed is reported; its items are then asked one by one (per_request), submitted once more in a new job
+    # (resubmit), or the stage stops with the error (fail)
     batch: bool = False
     batch_poll_s: float = Field(30.0, gt=0)
+    batch_price_factor: float = Field(0.5, ge=0)
+    batch_expired: Literal["per_request", "resubmit", "fail"] = "per_request"
     # USD per million tokens, for `mmpref check`'s estimate and the spend recorded in the manifest (None: unknown)
     price_input_per_mtok: float | None = Field(None, ge=0)
     price_output_per_mtok: float | None = Field(None, ge=0)
 
 
+OPTIONAL_SECTIONS = {"human_preferences"}
+
 # judge settings that change how calls are made, not what the judge answers: not part of any stage's params hash
 JUDGE_OPERATIONAL = {"tokens_per_minute", "network_retries", "backoff_initial_s", "backoff_max_s", "timeout_s",
-                     "max_failed_fraction", "retry_failed", "batch", "batch_poll_s"}
+                     "max_failed_fraction", "retry_failed", "batch", "batch_poll_s",
+                     "batch_price_factor", "batch_expired"}
 
 
 class PairingParams(Strict):
@@ -292,6 +300,16 @@ class EvalParams(Strict):
         return v
 
 
+class HumanPreferenceParams(Strict):
+    """Figure 3 from real human labels: LLaVA-RLHF's LLaVA-Human-Preference-10K (records with `conversations`,
+    `output_1`, `output_2`, `preference` 1 or 2, `image`), `n` pairs drawn with `seed` (the paper shows 500), scored
+    by the annotation judge (params `judge`) in stage 10. The miniature world keeps its simulated labels."""
+    path: str  # the JSON (a list) or JSONL file of records
+    images: str  # the folder its `image` names are relative to (COCO train2017 for LLaVA-RLHF)
+    n: int | None = Field(500, ge=3)  # None: every record
+    seed: int = 0
+
+
 class Params(Strict):
     run: RunParams = RunParams()
     world: WorldParams | None = None
@@ -302,6 +320,7 @@ class Params(Strict):
     pairing: PairingParams = PairingParams()
     train: TrainParams = TrainParams()
     evaluate: EvalParams = EvalParams()
+    human_preferences: HumanPreferenceParams | None = None
 
     # resolved at load time, not part of the YAML
     _root: Path = Path(".")
@@ -339,7 +358,9 @@ class Params(Strict):
         for judge in (data.get("judge"), (data.get("evaluate") or {}).get("judge")):
             for key in JUDGE_OPERATIONAL & set(judge or {}):
                 del judge[key]
-        return sha256_json({s: data.get(s) for s in sections})[:16]
+        # a section added later enters the hash only when set, so runs made before it keep their hashes
+        return sha256_json({s: data.get(s) for s in sections
+                            if not (s in OPTIONAL_SECTIONS and data.get(s) is None)})[:16]
 
 
 class ParamsError(ValueError):

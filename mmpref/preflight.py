@@ -362,7 +362,10 @@ def _usd(jp, section: str, tokens_in: float, tokens_out: float) -> tuple[float, 
         return 0.0, "local rubric judge"
     if jp.price_input_per_mtok is None or jp.price_output_per_mtok is None:
         return math.nan, f"price unknown: set {section}.price_input_per_mtok and price_output_per_mtok"
-    return (tokens_in * jp.price_input_per_mtok + tokens_out * jp.price_output_per_mtok) / 1e6, ""
+    usd = (tokens_in * jp.price_input_per_mtok + tokens_out * jp.price_output_per_mtok) / 1e6
+    if jp.batch:  # only the stages that prefetch go through the Batch API; the rest are asked one by one
+        return usd, f"{section}.batch: batch jobs billed at {jp.batch_price_factor} of this"
+    return usd, ""
 
 
 def _prompt_questions(params: Params) -> tuple[list[str], str]:

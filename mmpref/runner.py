@@ -36,7 +36,7 @@ SPECS: dict[str, StageSpec] = {
     "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
     "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
     "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), ()),  # upstream: every training stage
-    "10_analyse": StageSpec(("run", "world"), ("09_evaluate",)),
+    "10_analyse": StageSpec(("run", "world", "human_preferences"), ("09_evaluate",)),
 }
 
 
@@ -222,6 +222,7 @@ def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None)
     import json
 
     calls, tokens_in, tokens_out, ids = 0, 0, 0, set()
+    batch_in, batch_out, batch_calls = 0, 0, 0  # answered by a batch job: billed at judge.batch_price_factor
     cache = Path(run_dir) / "judge_cache"
     for path in sorted(cache.glob("*/*.json")) if cache.is_dir() else []:
         try:
@@ -234,16 +235,22 @@ def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None)
         calls += 1
         tokens_in += int(reply.get("input_tokens") or 0)
         tokens_out += int(reply.get("output_tokens") or 0)
+        if rec.get("batch"):
+            batch_calls += 1
+            batch_in += int(reply.get("input_tokens") or 0)
+            batch_out += int(reply.get("output_tokens") or 0)
         ids.add(str(rec.get("judge_id", "")))
     p_in, p_out = judge_params.price_input_per_mtok, judge_params.price_output_per_mtok
     if judge_params.backend == "rubric":
         cost = 0.0  # the miniature's local judge: its token counts are simulated
     elif p_in is not None and p_out is not None:
-        cost = (tokens_in * p_in + tokens_out * p_out) / 1e6
+        factor = judge_params.batch_price_factor
+        cost = ((tokens_in - batch_in * (1 - factor)) * p_in + (tokens_out - batch_out * (1 - factor)) * p_out) / 1e6
     else:
         cost = 0.0 if tokens_in + tokens_out == 0 else None
-    out = {"judge_ids": sorted(ids), "tasks": list(tasks), "calls": calls, "input_tokens": tokens_in,
-           "output_tokens": tokens_out, "cost_usd": cost, "price_input_per_mtok": p_in, "price_output_per_mtok": p_out}
+    out = {"judge_ids": sorted(ids), "tasks": list(tasks), "calls": calls, "batch_calls": batch_calls, "input_tokens": tokens_in,
+           "output_tokens": tokens_out, "cost_usd": cost, "price_input_per_mtok": p_in, "price_output_per_mtok": p_out,
+           "batch_price_factor": judge_params.batch_price_factor}
     if judge is not None:
         out["session"] = judge.usage()
     return out

@@ -445,6 +445,8 @@ class _LoopbackServer:
 # Gemini (generativelanguage.googleapis.com REST)
 
 _GEMINI_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|countTokens)$")
+_GEMINI_BATCH_CREATE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):batchGenerateContent$")
+_GEMINI_BATCH_GET = re.compile(r"^/(v1|v1beta|v1alpha)/batches/([^/:]+)$")
 _GEMINI_TOP_LEVEL = {"contents", "systemInstruction", "system_instruction", "generationConfig", "generation_config",
                      "safetySettings", "safety_settings", "tools", "toolConfig", "tool_config", "cachedContent",
                      "cached_content", "labels", "model"}
@@ -501,6 +503,15 @@ class GeminiServer(_LoopbackServer):
     `prompt_tokens` / `output_tokens`). `generationConfig.maxOutputTokens` truncates with finishReason MAX_TOKENS.
     strict_schema: refuse (400) a responseSchema with fields the API's Schema message lacks, such as
     `additionalProperties` (which the real API refuses). Off by default; see `gemini_schema_problems`.
+
+    Batch API (what google-genai's `batches.create` / `batches.get` send for inlined requests):
+    `POST .../models/{model}:batchGenerateContent` with {"batch": {"displayName", "inputConfig": {"requests":
+    {"requests": [{"request": <generateContent body>, "metadata": {...}}]}}}} validates every request and answers the
+    job as a long-running operation ({"name": "batches/<id>", "metadata": {"state": "BATCH_STATE_PENDING", ...}});
+    `GET .../batches/<id>` answers BATCH_STATE_RUNNING for `batch_polls` polls, then the job's end state: the next of
+    `batch_end` (FIFO, e.g. "BATCH_STATE_EXPIRED"; default BATCH_STATE_SUCCEEDED) with, when it succeeded,
+    `metadata.output.inlinedResponses.inlinedResponses` in request order, each {"response", "metadata"} or, where
+    `batch_item_error(request_body)` returns an error dict, {"error", "metadata"}. `.jobs` holds the jobs by name.
     """
 
     model_version_suffix = "-loopback"
@@ -508,7 +519,20 @@ class GeminiServer(_LoopbackServer):
     def __init__(self, api_key: str | None = None, responder: Responder | None = None, *,
                  strict_schema: bool = False, **kwargs):
         self.strict_schema = strict_schema
+        self.batch_polls = 2
+        self.batch_end: list[str] = []
+        self.batch_item_error: Callable[[dict], dict | None] | None = None
+        self.jobs: dict[str, dict] = {}
         super().__init__(api_key=api_key, responder=responder, **kwargs)
+
+    def batch_calls(self, kind: str = "create") -> int:
+        """How many batch-job creates ("create") or polls ("get") the server answered."""
+        pattern = _GEMINI_BATCH_CREATE if kind == "create" else _GEMINI_BATCH_GET
+        return sum(bool(pattern.match(r["path"])) for r in self.requests)
+
+    def generate_calls(self) -> int:
+        """How many per-request generateContent calls the server received."""
+        return sum(r["path"].endswith(":generateContent") for r in self.requests)
 
     def _default_responder(self, body: dict) -> str:
         return gemini_default_responder(body)
@@ -603,12 +627,86 @@ class GeminiServer(_LoopbackServer):
             if problems:
                 self._invalid(" ".join(problems))
 
+    # ---- the batch API ----------------------------------------------------------------------------------------
+    def _answer(self, body: dict, model: str) -> dict:
+        """The generateContent reply to one request body (the responder's text, usage estimated); the `model` an
+        inlined request carries is its envelope, so the reply equals a per-request call's."""
+        body = {k: v for k, v in body.items() if k != "model"}
+        system, prompt = gemini_request_text(body)
+        image_tokens = GEMINI_IMAGE_TOKENS * len(gemini_inline_images(body))
+        n_in = self.prompt_tokens if self.prompt_tokens is not None else \
+            _approx_tokens(system) + _approx_tokens(prompt) + image_tokens
+        text = self.responder(body)
+        n_out = self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
+        return self.response_json(text, model + self.model_version_suffix, n_in, n_out, "STOP", min(image_tokens, n_in))
+
+    def _job_json(self, job: dict) -> dict:
+        meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+                "name": job["name"], "model": job["model"], "displayName": job["displayName"], "state": job["state"],
+                "createTime": job["createTime"], "updateTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "batchStats": {"requestCount": str(len(job["requests"])),
+                               "pendingRequestCount": str(len(job["requests"]) if "output" not in job else 0)}}
+        out = {"name": job["name"], "metadata": meta}
+        if job["state"] in ("BATCH_STATE_SUCCEEDED", "BATCH_STATE_FAILED", "BATCH_STATE_CANCELLED",
+                            "BATCH_STATE_EXPIRED"):
+            out["done"] = True
+            if "output" in job:
+                meta["output"] = job["output"]
+                out["response"] = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main."
+                                            "GenerateContentBatchOutput", **job["output"]}
+            else:
+                out["error"] = {"code": 4, "message": f"batch {job['state']}"}
+        return out
+
+    def _batch_create(self, model: str, body: dict):
+        batch = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(batch, dict) or set(body) - {"batch"}:
+            self._invalid('Invalid JSON payload received. Expected {"batch": {...}}.')
+        items = _get(_get(batch, "inputConfig", "input_config") or {}, "requests", "requests") or {}
+        items = items.get("requests") if isinstance(items, dict) else None
+        if not isinstance(items, list) or not items:
+            self._invalid("* BatchGenerateContentRequest.batch.input_config: requests must not be empty")
+        for item in items:
+            if not isinstance(item, dict) or not isinstance(item.get("request"), dict):
+                self._invalid("* batch.input_config.requests.requests[]: each needs a `request`")
+            self.validate(item["request"])
+        with self._lock:
+            name = f"batches/loopback{len(self.jobs) + 1}"
+            self.jobs[name] = {"name": name, "model": f"models/{model}", "displayName": batch.get("displayName", ""),
+                               "state": "BATCH_STATE_PENDING", "requests": items, "polls": 0,
+                               "end": self.batch_end.pop(0) if self.batch_end else "BATCH_STATE_SUCCEEDED",
+                               "createTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            return 200, self._job_json(self.jobs[name]), {}
+
+    def _batch_get(self, name: str):
+        with self._lock:
+            job = self.jobs.get(f"batches/{name}")
+            if job is None:
+                return 404, gemini_error(404, f"Batch batches/{name} not found.", "NOT_FOUND"), {}
+            job["polls"] += 1
+            if job["polls"] <= self.batch_polls:
+                job["state"] = "BATCH_STATE_RUNNING"
+            elif job["state"] == "BATCH_STATE_RUNNING" or job["state"] == "BATCH_STATE_PENDING":
+                job["state"] = job["end"]
+                if job["end"] == "BATCH_STATE_SUCCEEDED":
+                    out = []
+                    for item in job["requests"]:
+                        error = self.batch_item_error(item["request"]) if self.batch_item_error else None
+                        entry = {"error": error} if error else \
+                            {"response": self._answer(item["request"], job["model"].split("/")[-1])}
+                        if item.get("metadata") is not None:
+                            entry["metadata"] = item["metadata"]
+                        out.append(entry)
+                    job["output"] = {"inlinedResponses": {"inlinedResponses": out}}
+            return 200, self._job_json(job), {}
+
     # ---- the route --------------------------------------------------------------------------------------------
     def _handle(self, method, path, headers, body, bad_json, record):
         m = _GEMINI_PATH.match(path)
-        if not m or method != "POST":
+        create, get = _GEMINI_BATCH_CREATE.match(path), _GEMINI_BATCH_GET.match(path)
+        if not (m and method == "POST") and not (create and method == "POST") and not (get and method == "GET"):
             return 404, gemini_error(404, f"Method not found: {method} {path}", "NOT_FOUND"), {}
-        record["model"] = m.group(2)
+        record["model"] = m.group(2) if m else create.group(2) if create else None
         key = headers.get("x-goog-api-key")
         if not key:
             return 401, gemini_error(401, "Method doesn't allow unregistered callers (callers without established "
@@ -620,6 +718,10 @@ class GeminiServer(_LoopbackServer):
                                        "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]), {}
         if bad_json is not None:
             return 400, gemini_error(400, f"Invalid JSON payload received. {bad_json}"), {}
+        if create:
+            return self._batch_create(create.group(2), body)
+        if get:
+            return self._batch_get(get.group(2))
         self.validate(body)  # a malformed request is refused even when a reply is scripted, as the API would
         scripted = self._next_scripted()
         if scripted is not None:

@@ -9,6 +9,11 @@ Judge variance: with `evaluate.judge_runs` N >= 2 every judge-graded benchmark i
 distinct judge calls) and its rows hold the mean over runs with the standard deviation in `sd` (numpy's population sd,
 as MM-Vet reports it); `judge_failures` rows count the failed gradings of all runs. results.csv columns: model,
 benchmark, metric, value, sd, n, judge (the judge model id, "rule" for rule-scored benchmarks), judge_runs.
+
+Judge failures: results.csv is written whatever happened; then, as annotation does with `judge.max_failed_fraction`,
+the stage fails (`TooManyFailures`) when any (model, benchmark) has more failed gradings than
+`evaluate.judge.max_failed_fraction` of its gradings, after a summary of the failures per model and benchmark;
+`mmpref run ... --retry-failed` re-grades exactly the failed items (also of pairs whose rows were already written).
 """
 
 from __future__ import annotations
@@ -117,7 +122,8 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
             key = sha256_json({**fingerprint, "data": str(data_path), "noise": noise if spec.uses_noise_images else None,
                                **({"judge_runs": runs} if runs > 1 else {})})
             done = run_dir / "eval" / name / f"{bench}.rows.json"
-            if done.exists() and json.loads(done.read_text()).get("key") == key:
+            if done.exists() and json.loads(done.read_text()).get("key") == key and not (
+                    ev.judge.retry_failed and _n_failed(json.loads(done.read_text())["rows"])):
                 # rows written before judge runs were recorded: one run (judged) or none (rule)
                 rows += [{"sd": math.nan, "judge_runs": 1 if spec.judged else 0, **r}
                          for r in json.loads(done.read_text())["rows"]]
@@ -137,4 +143,37 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     frame.to_csv(run_dir / "eval" / "results.csv", index=False)
     frame.attrs["judge_usage"] = {"judge": judge.judge_id, **judge.usage()}  # for the stage's manifest line
+    check_judge_failures(frame, ev.judge.max_failed_fraction)
     return frame
+
+
+def _n_failed(rows: list[dict]) -> int:
+    from mmpref.evaluate.protocol import FAILURES
+
+    return int(sum(r["value"] for r in rows if r["metric"] == FAILURES and r["value"] == r["value"]))
+
+
+def check_judge_failures(frame: pd.DataFrame, max_failed_fraction: float | None) -> str:
+    """Summarise the failed gradings per (model, benchmark) (the `judge_failures` rows: value failed, n gradings);
+    raise TooManyFailures when one pair has more than `max_failed_fraction` of its gradings failed. Returns the
+    summary."""
+    from mmpref.annotate import TooManyFailures
+    from mmpref.evaluate.protocol import FAILURES
+
+    rows = frame[frame["metric"] == FAILURES]
+    failed, gradings = int(rows["value"].sum()), int(rows["n"].sum())
+    parts = [f"{r.model}/{r.benchmark} {int(r.value)} of {int(r.n)}" for r in rows.itertuples() if r.value > 0]
+    summary = (f"evaluate: {gradings} judge gradings, {failed} failed"
+               + (f" ({', '.join(parts)})" if parts else ""))
+    log.info(summary)
+    print(summary)
+    if max_failed_fraction is None:
+        return summary
+    over = [f"{r.model}/{r.benchmark}: {int(r.value)} of {int(r.n)}" for r in rows.itertuples()
+            if r.n and r.value > max_failed_fraction * r.n]
+    if over:
+        raise TooManyFailures(
+            f"evaluate: judge failures above evaluate.judge.max_failed_fraction = {max_failed_fraction} in "
+            f"{'; '.join(over)}; every result is in eval/results.csv and the per-item records in eval/. Fix the cause, "
+            f"then re-grade the failed items with `mmpref run PARAMS --retry-failed`.")
+    return summary

@@ -52,7 +52,8 @@ def judge_from_params(j, cache_dir: str | Path | None) -> Judge:
     if j.batch:
         if not hasattr(judge, "prefetch"):
             raise ValueError(f"judge.batch: the {j.backend} backend has no batch API (only gemini has)")
-        judge.batch, judge.batch_poll_s = True, j.batch_poll_s
+        judge.batch, judge.batch_poll_s, judge.batch_expired = True, j.batch_poll_s, j.batch_expired
+    judge.batch_price_factor = j.batch_price_factor
     return judge
 
 

@@ -182,6 +182,9 @@ class Judge:
     uses_truth: bool = False  # only the rubric judge reads req.truth / req.inputs; they enter its cache key
     retry_failed: bool = False  # graders re-ask items whose grading failed (set from params judge.retry_failed)
     batch: bool = False  # stages submit their first requests ahead with `prefetch` (a batch API; gemini only)
+    batch_poll_s: float = 30.0  # seconds between polls of a batch job
+    batch_price_factor: float = 0.5  # a batch reply costs this fraction of the interactive price
+    batch_expired: str = "per_request"  # items of an expired/cancelled/failed job: per_request, resubmit or fail
 
     def __init__(
         self,
@@ -208,7 +211,10 @@ class Judge:
         self.price_input_per_mtok = price_input_per_mtok
         self.price_output_per_mtok = price_output_per_mtok
         self._totals_lock = threading.Lock()
-        self.totals = {"calls": 0, "cache_hits": 0, "retries": 0, "rejected": 0, "input_tokens": 0, "output_tokens": 0,
+        # replies a batch job gave that the cache does not hold (rejected by their check) or errors of its failed
+        # items: `complete` answers each once from here, with no call (see GeminiJudge.prefetch)
+        self._staged: dict[str, JudgeReply | JudgeError] = {}
+        self.totals = {"calls": 0, "batch_items": 0, "cache_hits": 0, "retries": 0, "rejected": 0, "input_tokens": 0, "output_tokens": 0,
                        "cost_usd": 0.0}
 
     # ---- to implement -------------------------------------------------------------------------------------
@@ -256,7 +262,8 @@ class Judge:
             return None
         return reply.model_copy(update={"cached": True})
 
-    def _cache_put(self, key: str, req: JudgeRequest, reply: JudgeReply, rejected: bool = False) -> None:
+    def _cache_put(self, key: str, req: JudgeRequest, reply: JudgeReply, rejected: bool = False,
+                   batch: str | None = None) -> None:
         """Store a reply under its key; a rejected reply goes to `rejected/<key>-<time>.json` instead, where it is
         never read as an answer but still counts in the run's spend (`runner.judge_spend`)."""
         path = self._cache_path(key)
@@ -268,6 +275,8 @@ class Judge:
         record = {"key": key, "judge_id": self.judge_id, "model": self.model, "task": req.task,
                   "attempt": req.attempt, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                   "reply": reply.model_dump(exclude={"cached"})}
+        if batch:  # the batch job that answered it (billed at batch_price_factor of the price)
+            record["batch"] = batch
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(record, fh, ensure_ascii=False)
@@ -307,6 +316,13 @@ class Judge:
             with self._totals_lock:
                 self.totals["cache_hits"] += 1
             return hit
+        staged = self._staged.pop(key, None)
+        if isinstance(staged, JudgeError):  # an item its batch job failed: a failure, as a per-request one would be
+            raise staged
+        if staged is not None:  # a batch reply its check rejected (already paid and kept in rejected/)
+            with self._totals_lock:
+                self.totals["rejected"] += 1
+            return staged
         retrying = Retrying(
             retry=retry_if_exception_type(RetryableJudgeError),
             stop=stop_after_attempt(self.max_retries + 1),
@@ -317,19 +333,25 @@ class Judge:
             reply = retrying(self._call_once, req)
         except RetryableJudgeError as exc:
             raise JudgeError(f"{self.judge_id}: giving up after {self.max_retries} retries: {exc}") from exc
-        cost = (reply.input_tokens * self.price_input_per_mtok + reply.output_tokens * self.price_output_per_mtok) / 1e6
-        reply = reply.model_copy(update={"cost_usd": cost, "cached": False, "judge_id": self.judge_id})
-        with self._totals_lock:
-            self.totals["calls"] += 1
-            self.totals["input_tokens"] += reply.input_tokens
-            self.totals["output_tokens"] += reply.output_tokens
-            self.totals["cost_usd"] += cost
+        reply = self._account(reply)
         ok = accepts(check, reply.text)
         self._cache_put(key, req, reply, rejected=not ok)
         if not ok:
             with self._totals_lock:
                 self.totals["rejected"] += 1
         return reply
+
+    def _account(self, reply: JudgeReply, batch: bool = False) -> JudgeReply:
+        """Price a paid reply and add it to the totals (a batch item at `batch_price_factor` of the price)."""
+        cost = (reply.input_tokens * self.price_input_per_mtok + reply.output_tokens * self.price_output_per_mtok) / 1e6
+        if batch:
+            cost *= self.batch_price_factor
+        with self._totals_lock:
+            self.totals["batch_items" if batch else "calls"] += 1
+            self.totals["input_tokens"] += reply.input_tokens
+            self.totals["output_tokens"] += reply.output_tokens
+            self.totals["cost_usd"] += cost
+        return reply.model_copy(update={"cost_usd": cost, "cached": False, "judge_id": self.judge_id})
 
     def complete_many(self, reqs: list[JudgeRequest], max_workers: int | None = None) -> list[JudgeReply]:
         """Answer many requests concurrently (order kept); concurrency is still bounded by max_concurrency."""

@@ -2,22 +2,39 @@
 
 The SDK's own retries are switched off (one attempt); `Judge.complete` retries 429/5xx itself, honouring Retry-After.
 The API key comes only from the environment (GEMINI_API_KEY, else GOOGLE_API_KEY).
+
+Batch API (`judge.batch: true`, half the price, hours of latency): `prefetch(requests, job_dir)` submits the requests
+the cache cannot answer as batch jobs of inlined requests (`client.batches.create`, REST
+`POST models/{model}:batchGenerateContent`; a stage larger than the API's ~20 MB inline limit is split into several
+jobs), records each job in `job_dir/pending.json` the moment it is created (a restarted stage polls the same jobs and
+never submits them twice), polls them every `batch_poll_s` seconds (`GET batches/{id}`), and writes every reply into
+the same content-hash cache the per-request path uses, so the stage then reads them with no further calls. An item the
+job failed is answered once by `complete` with a JudgeError (recorded failed by the stage, never cached); a reply its
+check rejects goes to the cache's rejected/ folder and is answered once the same way. A job that ends expired,
+cancelled or failed is logged with its state and error; its items are then asked one by one (`batch_expired:
+per_request`), submitted once more (`resubmit`), or the stage stops with that error (`fail`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import mimetypes
 import os
+import time
 from pathlib import Path
 
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError, parse_retry_after
-from mmpref.judges.base import is_retryable_status, is_transient
+from mmpref.judges.base import accepts, is_retryable_status, is_transient
+from mmpref.io import write_json
 from mmpref.judges.parsing import SCHEMAS
 
 log = logging.getLogger(__name__)
 
 KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
+BATCH_INLINE_LIMIT = 19_000_000  # bytes of inlined requests per batch job (the API takes up to 20 MB)
+BATCH_DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
+BATCH_ENDED = BATCH_DONE | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
 
 
 def api_key_from_env() -> str:
@@ -72,6 +89,7 @@ class GeminiJudge(Judge):
             timeout=int(timeout_s * 1000),  # milliseconds
             retry_options=types.HttpRetryOptions(attempts=1),  # retries are ours (see Judge.complete)
         )
+        self._failed_job: str | None = None  # a batch job that ended badly under batch_expired = fail
         self._client = genai.Client(api_key=api_key_from_env(), http_options=http_options)
 
     def _config(self, req: JudgeRequest):
@@ -91,26 +109,25 @@ class GeminiJudge(Judge):
             kwargs["response_json_schema"] = SCHEMAS[req.json_schema].model_json_schema()
         return types.GenerateContentConfig(**kwargs)
 
-    def _call(self, req: JudgeRequest) -> JudgeReply:
+    def _translate(self, exc: Exception) -> Exception:
+        """An SDK exception as a JudgeError (RetryableJudgeError for 429/5xx/timeouts), or itself if unknown."""
         from google.genai import errors
 
-        contents = [image_part(p) for p in req.images] + [req.prompt]
-        try:
-            response = self._client.models.generate_content(model=self.model, contents=contents,
-                                                            config=self._config(req))
-        except errors.APIError as exc:
+        if isinstance(exc, errors.APIError):
             code = getattr(exc, "code", None)
             headers = getattr(getattr(exc, "response", None), "headers", None) or {}
             message = f"Gemini API error {code} {getattr(exc, 'status', '') or ''}: {getattr(exc, 'message', '')}"
             if is_retryable_status(code):
-                raise RetryableJudgeError(message, status=code,
-                                          retry_after=parse_retry_after(headers.get("retry-after"))) from exc
-            raise JudgeError(message) from exc
-        except Exception as exc:  # noqa: BLE001 - timeouts, dropped connections, malformed reply bodies
-            if is_transient(exc):
-                raise RetryableJudgeError(f"Gemini connection error or malformed reply: {type(exc).__name__}: "
-                                          f"{exc}") from exc
-            raise
+                return RetryableJudgeError(message, status=code, retry_after=parse_retry_after(headers.get("retry-after")))
+            return JudgeError(message)
+        if is_transient(exc):  # timeouts, dropped connections, malformed reply bodies
+            return RetryableJudgeError(f"Gemini connection error or malformed reply: {type(exc).__name__}: {exc}")
+        return exc
+
+    def _contents(self, req: JudgeRequest) -> list:
+        return [image_part(p) for p in req.images] + [req.prompt]
+
+    def _reply(self, response) -> JudgeReply:
         usage = response.usage_metadata
         n_in = (usage.prompt_token_count or 0) if usage else 0
         n_out = ((usage.candidates_token_count or 0) + (usage.thoughts_token_count or 0)) if usage else 0
@@ -119,3 +136,153 @@ class GeminiJudge(Judge):
             reason = response.candidates[0].finish_reason if response.candidates else "no candidates"
             log.warning("%s: empty reply (finish reason %s)", self.judge_id, reason)
         return JudgeReply(text=text, input_tokens=n_in, output_tokens=n_out, judge_id=self.judge_id)
+
+    def _call(self, req: JudgeRequest) -> JudgeReply:
+        try:
+            response = self._client.models.generate_content(model=self.model, contents=self._contents(req),
+                                                            config=self._config(req))
+        except Exception as exc:  # noqa: BLE001
+            translated = self._translate(exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+        return self._reply(response)
+
+    # ---- Batch API ------------------------------------------------------------------------------------------
+    def prefetch(self, reqs: list[JudgeRequest], job_dir: str | Path, checks: list | None = None) -> None:
+        """Answer `reqs` through batch jobs into the cache (see the module docstring). `checks[i]` (optional)
+        validates reply i as `complete(req, check)` would."""
+        job_dir = Path(job_dir)
+        pending_path = job_dir / "pending.json"
+        by_key: dict[str, tuple[JudgeRequest, object]] = {}
+        for i, req in enumerate(reqs):
+            by_key.setdefault(self.cache_key(req), (req, checks[i] if checks else None))
+        pending = json.loads(pending_path.read_text(encoding="utf-8")) if pending_path.is_file() else []
+        if pending:
+            log.info("%s: resuming %d batch job(s) recorded in %s: %s", self.judge_id, len(pending), pending_path,
+                     [j["name"] for j in pending])
+        resubmits = 1 if self.batch_expired == "resubmit" else 0
+        while True:
+            covered = {item[0] for job in pending for item in job["items"]}
+            todo = [k for k in by_key if k not in covered and k not in self._staged and self._cache_get(k) is None]
+            for chunk in self._chunks(todo, by_key):
+                pending.append(self._submit(chunk, by_key, job_dir))
+                write_json(pending_path, pending)  # recorded before anything else: a restart polls, never resubmits
+            if not pending:
+                return
+            ended: list[str] = []
+            while pending:
+                job = pending[0]
+                ok = self._collect(job, self._wait_for(job["name"]), by_key)
+                if not ok:
+                    ended += [item[0] for item in job["items"]]
+                pending.pop(0)
+                write_json(pending_path, pending)
+                self._log_done(job_dir, job, ok)
+                if self._failed_job:
+                    message, self._failed_job = self._failed_job, None
+                    raise JudgeError(message)
+            if not ended:
+                return
+            if resubmits:  # the items of an expired job go into one new job (once)
+                resubmits -= 1
+                continue
+            return
+
+    def _chunks(self, keys: list[str], by_key) -> list[list[str]]:
+        chunks, size = [], BATCH_INLINE_LIMIT
+        for key in keys:
+            req = by_key[key][0]
+            n = 2048 + len(req.prompt) + len(req.system or "") + sum(4 * Path(p).stat().st_size // 3 for p in req.images)
+            if size + n > BATCH_INLINE_LIMIT:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(key)
+            size += n
+        return chunks
+
+    def _submit(self, keys: list[str], by_key, job_dir: Path) -> dict:
+        from google.genai import types
+
+        inlined = [types.InlinedRequest(model=self.model, contents=self._contents(by_key[k][0]),
+                                        config=self._config(by_key[k][0]), metadata={"key": k}) for k in keys]
+        try:
+            job = self._client.batches.create(model=self.model, src=inlined,
+                                              config={"display_name": f"mmpref-{job_dir.name}-{len(keys)}"})
+        except Exception as exc:  # noqa: BLE001
+            raise JudgeError(f"{self.judge_id}: could not submit a batch job of {len(keys)} requests: "
+                             f"{self._translate(exc)}") from exc
+        log.info("%s: submitted batch job %s (%d requests, state %s)", self.judge_id, job.name, len(keys),
+                 getattr(job.state, "value", job.state))
+        return {"name": job.name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "items": [[k, by_key[k][0].task, by_key[k][0].attempt] for k in keys]}
+
+    def _wait_for(self, name: str):
+        """Poll a batch job every batch_poll_s seconds until it ends; transient errors of a poll are logged."""
+        start = time.monotonic()
+        while True:
+            try:
+                job = self._client.batches.get(name=name)
+            except Exception as exc:  # noqa: BLE001
+                err = self._translate(exc)
+                if not isinstance(err, RetryableJudgeError):
+                    raise JudgeError(f"{self.judge_id}: polling batch job {name} failed: {err}") from exc
+                log.warning("%s: polling batch job %s: %s (polling on)", self.judge_id, name, err)
+                job = None
+            state = getattr(getattr(job, "state", None), "value", None) or str(getattr(job, "state", "unknown"))
+            if state in BATCH_ENDED:
+                return job
+            log.info("%s: batch job %s %s after %.0fs", self.judge_id, name, state, time.monotonic() - start)
+            time.sleep(self.batch_poll_s)
+
+    def _collect(self, job: dict, result, by_key) -> bool:
+        """Write a finished job's replies into the cache; False when the job did not succeed."""
+        from mmpref.judges.base import JudgeRequest as Req
+
+        name, keys = job["name"], [item[0] for item in job["items"]]
+        state = result.state.value
+        if state not in BATCH_DONE:
+            error = result.error.message if getattr(result, "error", None) else ""
+            message = (f"{self.judge_id}: batch job {name} ended {state}{': ' + error if error else ''} "
+                       f"({len(keys)} requests, submitted {job['submitted']})")
+            if self.batch_expired == "fail":
+                self._failed_job = message + " (judge.batch_expired = fail; the next run submits a new job)"
+                return False
+            log.warning("%s; its requests are %s", message, "submitted again" if self.batch_expired == "resubmit"
+                        else "asked one by one (judge.batch_expired = per_request)")
+            return False
+        responses = (result.dest.inlined_responses if result.dest else None) or []
+        answered = set()
+        for i, item in enumerate(responses):
+            key = (item.metadata or {}).get("key") or (keys[i] if i < len(keys) else None)
+            if key is None:
+                continue
+            answered.add(key)
+            req, check = by_key.get(key, (None, None))
+            if req is None:  # a request the stage no longer makes: cached under what it was
+                _, task, attempt = next(it for it in job["items"] if it[0] == key)
+                req = Req(task=task, prompt="", attempt=attempt)
+            if item.error is not None or item.response is None:
+                err = item.error
+                self._staged[key] = JudgeError(f"{self.judge_id}: batch job {name} failed this request: "
+                                               f"{getattr(err, 'code', '')} {getattr(err, 'message', 'no response')}")
+                continue
+            reply = self._account(self._reply(item.response), batch=True)
+            ok = accepts(check, reply.text)
+            self._cache_put(key, req, reply, rejected=not ok, batch=name)
+            if not ok:
+                self._staged[key] = reply
+        for key in keys:
+            if key not in answered:
+                self._staged[key] = JudgeError(f"{self.judge_id}: batch job {name} returned no result for this request")
+        log.info("%s: batch job %s %s: %d replies, %d failed", self.judge_id, name, state, len(answered),
+                 sum(isinstance(self._staged.get(k), JudgeError) for k in keys))
+        return True
+
+    @staticmethod
+    def _log_done(job_dir: Path, job: dict, ok: bool) -> None:
+        from mmpref.io import append_jsonl
+
+        append_jsonl(job_dir / "done.jsonl", {"name": job["name"], "submitted": job["submitted"],
+                                              "requests": len(job["items"]), "collected": ok,
+                                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
