@@ -1015,3 +1015,16 @@ def openai_server():
     """An OpenAIServer accepting any API key, default responder."""
     with OpenAIServer() as server:
         yield server
+
+
+def annotation_run(run_dir, n: int):
+    """A run directory with n prompts (fake image files, distinct questions) and two responses each, for annotation
+    tests: (run_dir, prompts, samples). Every prompt's text carries its tag "q<i>x", so a fake judge can tell them
+    apart."""
+    (run_dir / "images").mkdir(parents=True)
+    prompts, samples = [], []
+    for i in range(n):
+        (run_dir / "images" / f"{i}.png").write_bytes(b"\x89PNG fake " + bytes([i]))
+        prompts.append({"id": f"p{i}", "image": f"images/{i}.png", "question": f"What is shown in picture q{i}x?"})
+        samples.append({"prompt_id": f"p{i}", "responses": [f"a circle q{i}x", f"a square q{i}x"]})
+    return run_dir, prompts, samples

@@ -16,7 +16,7 @@ from mmpref.io import read_jsonl
 from mmpref.judges import JudgeError, judge_from_params, make_judge
 from mmpref.judges.gemini import GeminiJudge
 from mmpref.runner import judge_spend
-from tests.loopback import GeminiServer, gemini_request_text
+from tests.loopback import annotation_run, GeminiServer, gemini_request_text
 
 N = 4
 
@@ -24,14 +24,7 @@ N = 4
 @pytest.fixture()
 def world(tmp_path, monkeypatch):
     monkeypatch.setenv("GEMINI_API_KEY", "k")
-    run_dir = tmp_path / "run"
-    (run_dir / "images").mkdir(parents=True)
-    prompts, samples = [], []
-    for i in range(N):
-        (run_dir / "images" / f"{i}.png").write_bytes(b"\x89PNG fake " + bytes([i]))
-        prompts.append({"id": f"p{i}", "image": f"images/{i}.png", "question": f"What is shown in picture q{i}x?"})
-        samples.append({"prompt_id": f"p{i}", "responses": [f"a circle q{i}x", f"a square q{i}x"]})
-    return run_dir, prompts, samples
+    return annotation_run(tmp_path / "run", N)
 
 
 def judge(url, cache, batch=True, **kw):
