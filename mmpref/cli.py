@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mmpref import methods
+from mmpref import __version__, methods
 from mmpref.config import ParamsError, deep_merge, dotted_to_nested
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmpref", description="Multi-modal preference alignment, stage by stage.")
+    parser.add_argument("--version", action="version", version=f"mmpref {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the stage notebooks with papermill (complete stages are skipped)")
     p_run.add_argument("params", help="params YAML, e.g. params/tiny.yaml")
-    p_run.add_argument("--stages", help="a stage range such as 02-04, or a list such as 05,08 (default: all)")
+    p_run.add_argument("--stages", help="a stage range such as 02-04, 04- (to the end) or -04 (from the start), or a list such as 05,08 "
+                            "(default: all)")
     p_run.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run STAGE even if complete")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a param, e.g. --set train.dpo.beta=0.2 (repeatable)")
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ParamsError, ValueError) as exc:
         print(f"mmpref: error: {exc}", file=sys.stderr)
         return 2
+    except runner.MissingInput as exc:
+        print(f"mmpref: {exc}", file=sys.stderr)
+        return 1
     except runner.RunLocked as exc:
         print(f"mmpref: {exc}", file=sys.stderr)
         return 3
