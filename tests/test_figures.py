@@ -214,3 +214,11 @@ def test_figure3_noisy_labels_weaken_correlation(tmp_path):
                     tmp_path / "b.png")
     assert clean.loc["d_correctness", "human_preference"] == pytest.approx(1.0)
     assert abs(noisy.loc["d_correctness", "human_preference"]) < 0.35
+
+
+def test_no_backend_switching_in_the_package():
+    """A notebook's kernel keeps its backend: nothing in mmpref calls matplotlib.use or imports pyplot."""
+    package = Path(__file__).resolve().parents[1] / "mmpref"
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path
