@@ -26,7 +26,9 @@ def analyse_run(params, run_dir: Path) -> dict:
     tables_dir, figures_dir = run_dir / "tables", run_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     out: dict = {"tables": {}, "figures": {}}
-    for name, frame in [("table2", figures.table2(results, paper)), ("table3", figures.table3(results, paper)),
+    miniature = params.world is not None
+    source = "this run, miniature world" if miniature else f"this run ({params.run.name})"
+    for name, frame in [("table2", figures.table2(results, paper, run_label="miniature" if miniature else "")), ("table3", figures.table3(results, paper)),
                         ("paper_vs_run", figures.paper_vs_run(results, paper))]:
         out[name] = frame
         out["tables"][name] = figures.save_table(frame, tables_dir, name)
@@ -39,14 +41,14 @@ def analyse_run(params, run_dir: Path) -> dict:
     out["claims"] = stats.claims(run_dir, items=items)
     out["tables"]["claims"] = figures.save_table(out["claims"], tables_dir, "claims")
     fig2 = figures_dir / "figure2_dpo_data_scaling.png"
-    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper)
+    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper, source=source)
     out["figures"]["figure2"] = fig2
     if params.world is not None:
         prefs = noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"), read_jsonl(run_dir / "samples.jsonl"),
                                         seed=params.run.seed, flip_prob=params.world.human_flip_prob)
         pairs = figures.attribute_diff_frame(read_jsonl(run_dir / "annotations.jsonl"), prefs)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
-        out["figure3_corr"] = figures.figure3(pairs, fig3)
+        out["figure3_corr"] = figures.figure3(pairs, fig3, simulated_labels=True, source="miniature world")
         out["figures"]["figure3"] = fig3
         figures.save_table(out["figure3_corr"].round(3), tables_dir, "figure3_correlations")
         mt = params.evaluate.benchmarks.get("mt_bench")
@@ -72,7 +74,7 @@ def analyse_run(params, run_dir: Path) -> dict:
                                   max_retries=j.max_retries, retry_failed=j.retry_failed,
                                   max_failed_fraction=j.max_failed_fraction)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
-        out["figure3_corr"] = figures.figure3(pairs, fig3)
+        out["figure3_corr"] = figures.figure3(pairs, fig3, source="LLaVA-RLHF human labels")
         out["figures"]["figure3"] = fig3
         out["tables"]["figure3_correlations"] = figures.save_table(out["figure3_corr"].round(3), tables_dir,
                                                                    "figure3_correlations")

@@ -18,6 +18,7 @@ from mmpref.figures import (
     table2,
     table3,
 )
+from mmpref.pairing import ATTRIBUTES
 from mmpref.world.truth import key_answer_correct, noisy_human_preferences
 
 PAPER = Path(__file__).resolve().parents[1] / "params" / "paper_results.yaml"
@@ -122,12 +123,52 @@ def test_figure2_writes_png_and_points(tmp_path):
     assert list(pts.fraction) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert list(pts.mt_bench) == [5.0, 5.2, 5.8, 6.2, 6.5]
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
+    assert out.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     out2 = tmp_path / "figure2_run_only.png"
     pts2 = figure2(_results()[lambda d: d.model != "dpo_frac0.5"], [0.25, 0.5, 0.75], out2)
     assert list(pts2.fraction) == [0.0, 0.25, 0.75, 1.0]
     assert out2.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="MT-Bench"):
         figure2(_results()[lambda d: d.benchmark != "mt_bench"], [0.5], tmp_path / "x.png")
+
+
+def _capture(monkeypatch):
+    """The Figure objects that mmpref.figures saves, in order."""
+    from mmpref import figures as figs
+
+    made, save = [], figs.save_figure
+    monkeypatch.setattr(figs, "save_figure", lambda fig, out, **kw: (made.append(fig), save(fig, out, **kw))[1])
+    return made
+
+
+def test_figure_files_png_200dpi_and_pdf(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "f2.png"
+    figure2(_results(), [0.5], out)
+    dpi = Image.open(out).info["dpi"]
+    assert round(dpi[0]) >= 200 and out.with_suffix(".pdf").stat().st_size > 1000
+
+
+def test_figure2_paper_points_are_points(tmp_path, monkeypatch):
+    made = _capture(monkeypatch)
+    figure2(_results(), [0.25, 0.5, 0.75], tmp_path / "f2.png", paper=load_paper_results(PAPER),
+            source="this run, miniature world")
+    run_ax, paper_ax = made[0].axes[:2]
+    paper_points = [l for l in paper_ax.get_lines() if "Vicuna" not in l.get_label()]
+    assert len(paper_points) == 2
+    for line in paper_points:  # markers only: nothing joins the paper's reported endpoints
+        assert line.get_linestyle() == "None" and line.get_marker() not in (None, "None", "")
+    zero = next(l for l in paper_points if list(l.get_xdata()) == [0.0])
+    assert "visual instruction tuned" in zero.get_label() and "+ DPO" not in zero.get_label()
+    assert all("(paper)" in l.get_label() for l in paper_ax.get_lines())
+    assert all("miniature" in l.get_label() for l in run_ax.get_lines())
+    assert "(1–10)" in run_ax.get_ylabel() and "%" in run_ax.get_xlabel()
+
+
+def test_table2_marks_miniature_rows():
+    t = table2(_results(), load_paper_results(PAPER), run_label="miniature")
+    assert "DPO (miniature)" in t.index and "DPO (paper)" in t.index and "DPO" not in t.index
 
 
 def test_key_answer_rule():
@@ -177,7 +218,7 @@ def _s(h, c, o, x, v):
     return {"helpfulness": h, "correctness": c, "coherence": o, "complexity": x, "verbosity": v}
 
 
-def test_figure3_correlation_on_constructed_case(tmp_path):
+def test_figure3_correlation_on_constructed_case(tmp_path, monkeypatch):
     # correctness difference decides the label exactly; verbosity difference is unrelated noise
     annotations, prefs = [], []
     for i in range(40):
@@ -191,11 +232,20 @@ def test_figure3_correlation_on_constructed_case(tmp_path):
     assert len(pairs) == 40
     assert set(pairs.human_preference) == {0, 1}
     out = tmp_path / "figure3.png"
-    corr = figure3(pairs, out)
+    made = _capture(monkeypatch)
+    corr = figure3(pairs, out, simulated_labels=True)
     assert corr.loc["d_correctness", "human_preference"] == pytest.approx(1.0)
     assert abs(corr.loc["d_verbosity", "human_preference"]) < 0.5
     assert math.isnan(corr.loc["d_helpfulness", "human_preference"])  # constant difference: undefined
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
+    assert out.with_suffix(".pdf").exists()
+    fig = made[0]
+    ax = fig.axes[0]
+    assert "variable" not in ax.get_xlabel() + ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_yticklabels()][:5] == [f"Δ {a}" for a in ATTRIBUTES]
+    text = " ".join(t.get_text() for t in [*fig.texts, *ax.texts, ax.title])
+    assert "n = 40" in text and "SIMULATED" in text
+    assert "Δ helpfulness: constant over all 40 pairs" in text  # a note, not an empty row
     with pytest.raises(ValueError, match="lacks columns"):
         figure3(pairs.drop(columns=["d_coherence"]), out)
 
