@@ -1,5 +1,5 @@
-"""Stage 10: the paper's tables and figures from one run, saved into the run (and, for the repo's own tiny run,
-into the repository's figures/); the 95 % bootstrap intervals of the run's Table 2 / Table 3 cells
+"""Stage 10: the paper's tables and figures from one run, saved into the run (and, for the repository's own tiny run
+only, see :func:`is_repository_run`, into the repository's figures/); the 95 % bootstrap intervals of the run's Table 2 / Table 3 cells
 (``eval/intervals.csv``, ``tables/table2_ci``, ``tables/table3_ci``, see :mod:`mmpref.stats`) and the paper's claims
 judged on them (``tables/claims``)."""
 
@@ -81,13 +81,29 @@ def analyse_run(params, run_dir: Path) -> dict:
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
-    repo_figures = params.path("figures")
-    if run_dir.resolve().is_relative_to(params.path(".")) and params.world is not None:
-        repo_figures.mkdir(exist_ok=True)
-        for path in out["figures"].values():
-            shutil.copy2(path, repo_figures / path.name)
-        log.info("copied the figures of this repository run into %s", repo_figures)
+    if is_repository_run(params, run_dir):
+        out["copied"] = copy_figures(run_dir, params.path("figures"))
     return out
+
+
+def is_repository_run(params, run_dir: Path) -> bool:
+    """Whether this is the repository's own run, whose figures the tracked `figures/` holds: the miniature run named
+    "tiny" (params/tiny.yaml) in its default run directory. Any other run (another run.name, run_dir or world) leaves
+    `figures/` alone; `mmpref figures PARAMS --to figures/` copies a run's figures on request."""
+    return (params.world is not None and params.run.name == "tiny"
+            and Path(run_dir).resolve() == params.path("runs/tiny").resolve())
+
+
+def copy_figures(run_dir: Path, to: Path) -> list[Path]:
+    """Copy a run's figure files (PNG and PDF) from run_dir/figures into `to`; returns the copies."""
+    src = Path(run_dir) / "figures"
+    files = sorted(p for p in src.glob("*") if p.suffix in (".png", ".pdf")) if src.is_dir() else []
+    if not files:
+        raise ValueError(f"no figures in {src}; run stage 10 first (mmpref run PARAMS --stages 10)")
+    Path(to).mkdir(parents=True, exist_ok=True)
+    copies = [Path(shutil.copy2(f, Path(to) / f.name)) for f in files]
+    log.info("copied the figures of %s into %s", run_dir, to)
+    return copies
 
 
 def _items(params):

@@ -1,9 +1,10 @@
-"""`mmpref run PARAMS` and `mmpref status PARAMS`."""
+"""`mmpref run PARAMS`, `mmpref status PARAMS`, `mmpref check PARAMS`, `mmpref figures PARAMS --to DIR`, `mmpref train`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from mmpref import __version__, methods
 from mmpref.config import ParamsError, deep_merge, dotted_to_nested
@@ -35,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="before a run: missing or malformed data, the environment, judge cost")
     p_check.add_argument("params")
     p_check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p_fig = sub.add_parser("figures", help="copy a run's figures (PNG and PDF) into a folder, e.g. --to figures/")
+    p_fig.add_argument("params")
+    p_fig.add_argument("--to", required=True, help="the folder to copy into")
+    p_fig.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     args = parser.parse_args(argv)
 
     from mmpref import runner
@@ -63,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
             if missing:
                 return 1
+        elif args.command == "figures":
+            from mmpref.analysis import copy_figures
+            from mmpref.config import load_params
+
+            params = load_params(args.params, overrides)
+            for path in copy_figures(params.run_dir, Path(args.to)):
+                print(path)
         else:
             print(runner.summary_table(runner.status(args.params, overrides)))
     except (ParamsError, ValueError) as exc:

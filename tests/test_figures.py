@@ -272,3 +272,26 @@ def test_no_backend_switching_in_the_package():
     for path in package.rglob("*.py"):
         text = path.read_text(encoding="utf-8")
         assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path
+
+
+def test_only_the_default_tiny_run_writes_the_repository_figures(tmp_path, monkeypatch):
+    from mmpref.analysis import copy_figures, is_repository_run
+    from mmpref.cli import main
+    from mmpref.config import load_params
+
+    monkeypatch.delenv("MMPREF_RUN_DIR", raising=False)
+    tiny = load_params("params/tiny.yaml")
+    assert is_repository_run(tiny, tiny.run_dir)
+    renamed = load_params("params/tiny.yaml", {"run": {"name": "beta02"}})
+    assert not is_repository_run(renamed, renamed.run_dir)
+    elsewhere = load_params("params/tiny.yaml", {"run": {"run_dir": str(tmp_path / "run")}})
+    assert not is_repository_run(elsewhere, elsewhere.run_dir)
+    assert not is_repository_run(load_params("params/paper-13b.yaml"), tiny.run_dir)
+    # on request: mmpref figures PARAMS --to DIR copies PNG and PDF
+    run = tmp_path / "run"
+    figure2(_results(), [0.5], run / "figures" / "figure2_dpo_data_scaling.png")
+    assert main(["figures", "params/tiny.yaml", "--set", f"run.run_dir={run}", "--to", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figure2_dpo_data_scaling.pdf",
+                                                                     "figure2_dpo_data_scaling.png"]
+    with pytest.raises(ValueError, match="no figures"):
+        copy_figures(tmp_path / "empty", tmp_path / "out")
