@@ -81,6 +81,9 @@ def analyse_run(params, run_dir: Path) -> dict:
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
+    for name in ("table2", "table3", "paper_vs_run", "claims", "anatomy_table", "pair_anatomy", "dpo_diagnosis"):
+        if name in out:  # what the notebook shows, rounded for reading (the saved CSVs keep full precision)
+            out[name] = figures.readable(out[name])
     if is_repository_run(params, run_dir):
         out["copied"] = copy_figures(run_dir, params.path("figures"))
     return out

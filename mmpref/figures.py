@@ -312,6 +312,20 @@ def save_interval_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------- saving tables
+def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A copy of a table for reading in a notebook: each float column rounded to about `digits` significant digits
+    of its largest value (36.666667 -> 36.7, 0.123456 -> 0.123, 6.123 -> 6.12). The CSV files keep full precision."""
+    out = df.copy()
+    for col in out.columns:
+        if not pd.api.types.is_float_dtype(out[col]):
+            continue
+        top = out[col].abs().max()
+        if pd.isna(top) or top == 0:
+            continue
+        out[col] = out[col].round(max(0, digits - 1 - int(math.floor(math.log10(top)))))
+    return out
+
+
 def _cell(v: object) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""

@@ -295,3 +295,13 @@ def test_only_the_default_tiny_run_writes_the_repository_figures(tmp_path, monke
                                                                      "figure2_dpo_data_scaling.png"]
     with pytest.raises(ValueError, match="no figures"):
         copy_figures(tmp_path / "empty", tmp_path / "out")
+
+
+def test_readable_rounds_for_reading():
+    from mmpref.figures import readable
+
+    t = pd.DataFrame({"win": [36.666667, 50.0], "f1": [0.123456, 0.5], "mt": [6.12345, float("nan")],
+                      "n": [3, 4], "name": ["a", "b"]})
+    r = readable(t)
+    assert list(r.win) == [36.7, 50.0] and list(r.f1) == [0.123, 0.5] and r.mt[0] == 6.12 and math.isnan(r.mt[1])
+    assert list(r.n) == [3, 4] and list(r.name) == ["a", "b"] and t.win[0] == 36.666667  # a copy
