@@ -1,5 +1,5 @@
-"""Stage 10: the paper's tables and figures from one run, saved into the run (and, for the repo's own tiny run,
-into the repository's figures/); the 95 % bootstrap intervals of the run's Table 2 / Table 3 cells
+"""Stage 10: the paper's tables and figures from one run, saved into the run (and, for the repository's own tiny run
+only, see :func:`is_repository_run`, into the repository's figures/); the 95 % bootstrap intervals of the run's Table 2 / Table 3 cells
 (``eval/intervals.csv``, ``tables/table2_ci``, ``tables/table3_ci``, see :mod:`mmpref.stats`) and the paper's claims
 judged on them (``tables/claims``)."""
 
@@ -26,7 +26,9 @@ def analyse_run(params, run_dir: Path) -> dict:
     tables_dir, figures_dir = run_dir / "tables", run_dir / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     out: dict = {"tables": {}, "figures": {}}
-    for name, frame in [("table2", figures.table2(results, paper)), ("table3", figures.table3(results, paper)),
+    miniature = params.world is not None
+    source = "this run, miniature world" if miniature else f"this run ({params.run.name})"
+    for name, frame in [("table2", figures.table2(results, paper, run_label="miniature" if miniature else "")), ("table3", figures.table3(results, paper)),
                         ("paper_vs_run", figures.paper_vs_run(results, paper))]:
         out[name] = frame
         out["tables"][name] = figures.save_table(frame, tables_dir, name)
@@ -39,14 +41,14 @@ def analyse_run(params, run_dir: Path) -> dict:
     out["claims"] = stats.claims(run_dir, items=items)
     out["tables"]["claims"] = figures.save_table(out["claims"], tables_dir, "claims")
     fig2 = figures_dir / "figure2_dpo_data_scaling.png"
-    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper)
+    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper, source=source)
     out["figures"]["figure2"] = fig2
     if params.world is not None:
         prefs = noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"), read_jsonl(run_dir / "samples.jsonl"),
                                         seed=params.run.seed, flip_prob=params.world.human_flip_prob)
         pairs = figures.attribute_diff_frame(read_jsonl(run_dir / "annotations.jsonl"), prefs)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
-        out["figure3_corr"] = figures.figure3(pairs, fig3)
+        out["figure3_corr"] = figures.figure3(pairs, fig3, simulated_labels=True, source="miniature world")
         out["figures"]["figure3"] = fig3
         figures.save_table(out["figure3_corr"].round(3), tables_dir, "figure3_correlations")
         mt = params.evaluate.benchmarks.get("mt_bench")
@@ -72,20 +74,39 @@ def analyse_run(params, run_dir: Path) -> dict:
                                   max_retries=j.max_retries, retry_failed=j.retry_failed,
                                   max_failed_fraction=j.max_failed_fraction)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
-        out["figure3_corr"] = figures.figure3(pairs, fig3)
+        out["figure3_corr"] = figures.figure3(pairs, fig3, source="LLaVA-RLHF human labels")
         out["figures"]["figure3"] = fig3
         out["tables"]["figure3_correlations"] = figures.save_table(out["figure3_corr"].round(3), tables_dir,
                                                                    "figure3_correlations")
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
-    repo_figures = params.path("figures")
-    if run_dir.resolve().is_relative_to(params.path(".")) and params.world is not None:
-        repo_figures.mkdir(exist_ok=True)
-        for path in out["figures"].values():
-            shutil.copy2(path, repo_figures / path.name)
-        log.info("copied the figures of this repository run into %s", repo_figures)
+    for name in ("table2", "table3", "paper_vs_run", "claims", "anatomy_table", "pair_anatomy", "dpo_diagnosis"):
+        if name in out:  # what the notebook shows, rounded for reading (the saved CSVs keep full precision)
+            out[name] = figures.readable(out[name])
+    if is_repository_run(params, run_dir):
+        out["copied"] = copy_figures(run_dir, params.path("figures"))
     return out
+
+
+def is_repository_run(params, run_dir: Path) -> bool:
+    """Whether this is the repository's own run, whose figures the tracked `figures/` holds: the miniature run named
+    "tiny" (params/tiny.yaml) in its default run directory. Any other run (another run.name, run_dir or world) leaves
+    `figures/` alone; `mmpref figures PARAMS --to figures/` copies a run's figures on request."""
+    return (params.world is not None and params.run.name == "tiny"
+            and Path(run_dir).resolve() == params.path("runs/tiny").resolve())
+
+
+def copy_figures(run_dir: Path, to: Path) -> list[Path]:
+    """Copy a run's figure files (PNG and PDF) from run_dir/figures into `to`; returns the copies."""
+    src = Path(run_dir) / "figures"
+    files = sorted(p for p in src.glob("*") if p.suffix in (".png", ".pdf")) if src.is_dir() else []
+    if not files:
+        raise ValueError(f"no figures in {src}; run stage 10 first (mmpref run PARAMS --stages 10)")
+    Path(to).mkdir(parents=True, exist_ok=True)
+    copies = [Path(shutil.copy2(f, Path(to) / f.name)) for f in files]
+    log.info("copied the figures of %s into %s", run_dir, to)
+    return copies
 
 
 def _items(params):

@@ -1,20 +1,23 @@
-"""`mmpref run PARAMS` and `mmpref status PARAMS`."""
+"""`mmpref run PARAMS`, `mmpref status PARAMS`, `mmpref check PARAMS`, `mmpref figures PARAMS --to DIR`, `mmpref train`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from mmpref import methods
+from mmpref import __version__, methods
 from mmpref.config import ParamsError, deep_merge, dotted_to_nested
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mmpref", description="Multi-modal preference alignment, stage by stage.")
+    parser.add_argument("--version", action="version", version=f"mmpref {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="execute the stage notebooks with papermill (complete stages are skipped)")
     p_run.add_argument("params", help="params YAML, e.g. params/tiny.yaml")
-    p_run.add_argument("--stages", help="a stage range such as 02-04, or a list such as 05,08 (default: all)")
+    p_run.add_argument("--stages", help="a stage range such as 02-04, 04- (to the end) or -04 (from the start), or a list such as 05,08 "
+                            "(default: all)")
     p_run.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run STAGE even if complete")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                        help="override a param, e.g. --set train.dpo.beta=0.2 (repeatable)")
@@ -33,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     p_check = sub.add_parser("check", help="before a run: missing or malformed data, the environment, judge cost")
     p_check.add_argument("params")
     p_check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
+    p_fig = sub.add_parser("figures", help="copy a run's figures (PNG and PDF) into a folder, e.g. --to figures/")
+    p_fig.add_argument("params")
+    p_fig.add_argument("--to", required=True, help="the folder to copy into")
+    p_fig.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     args = parser.parse_args(argv)
 
     from mmpref import runner
@@ -61,11 +68,21 @@ def main(argv: list[str] | None = None) -> int:
             print(text)
             if missing:
                 return 1
+        elif args.command == "figures":
+            from mmpref.analysis import copy_figures
+            from mmpref.config import load_params
+
+            params = load_params(args.params, overrides)
+            for path in copy_figures(params.run_dir, Path(args.to)):
+                print(path)
         else:
             print(runner.summary_table(runner.status(args.params, overrides)))
     except (ParamsError, ValueError) as exc:
         print(f"mmpref: error: {exc}", file=sys.stderr)
         return 2
+    except runner.MissingInput as exc:
+        print(f"mmpref: {exc}", file=sys.stderr)
+        return 1
     except runner.RunLocked as exc:
         print(f"mmpref: {exc}", file=sys.stderr)
         return 3

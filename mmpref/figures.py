@@ -12,7 +12,8 @@
   lo, hi columns) and markdown ("6.12 [5.85, 6.40]" cells).
 
 Values are shown in the units results.csv holds them (no rescaling); the paper's units are listed in
-``params/paper_results.yaml``. Figures are drawn on a bare ``matplotlib.figure.Figure`` (Agg, no pyplot state).
+``params/paper_results.yaml``. Figures are drawn on a bare ``matplotlib.figure.Figure`` (no pyplot state, so a
+notebook's backend is never touched) and saved as PNG (200 dpi) and PDF (:func:`save_figure`).
 """
 
 from __future__ import annotations
@@ -146,18 +147,18 @@ def headline_values(results: pd.DataFrame) -> dict[tuple[str, str], float]:
     return out
 
 
-def table2(results: pd.DataFrame, paper: PaperResults | None = None) -> pd.DataFrame:
+def table2(results: pd.DataFrame, paper: PaperResults | None = None, run_label: str = "") -> pd.DataFrame:
     """Table 2: one row per run model (paper order, display names) x the six benchmarks' headline metrics.
 
     The base LM gets only the text benchmarks (blank elsewhere, as in the paper). With ``paper``, the paper's seven
-    rows follow, named "<row> (paper)".
+    rows follow, named "<row> (paper)". ``run_label`` marks the run's rows, e.g. "miniature": "DPO (miniature)".
     """
     values = headline_values(results)
     models = [m for m in MODEL_ORDER if any(k[0] == m for k in values)]
     rows = []
     for m in models:
         benches = TEXT_BENCHMARKS if m == methods.BASE_LM else list(TABLE2_COLUMNS)
-        rows.append({"Model": MODEL_NAMES[m],
+        rows.append({"Model": f"{MODEL_NAMES[m]} ({run_label})" if run_label else MODEL_NAMES[m],
                      **{TABLE2_COLUMNS[b]: values.get((m, b), math.nan) if b in benches else math.nan
                         for b in TABLE2_COLUMNS}})
     if paper is not None:
@@ -311,6 +312,20 @@ def save_interval_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------- saving tables
+def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
+    """A copy of a table for reading in a notebook: each float column rounded to about `digits` significant digits
+    of its largest value (36.666667 -> 36.7, 0.123456 -> 0.123, 6.123 -> 6.12). The CSV files keep full precision."""
+    out = df.copy()
+    for col in out.columns:
+        if not pd.api.types.is_float_dtype(out[col]):
+            continue
+        top = out[col].abs().max()
+        if pd.isna(top) or top == 0:
+            continue
+        out[col] = out[col].round(max(0, digits - 1 - int(math.floor(math.log10(top)))))
+    return out
+
+
 def _cell(v: object) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
@@ -356,11 +371,13 @@ def fraction_model(fraction: float) -> str:
 
 
 def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Path,
-            paper: PaperResults | PaperFigure2 | None = None) -> pd.DataFrame:
+            paper: PaperResults | PaperFigure2 | None = None, source: str = "this run") -> pd.DataFrame:
     """MT-Bench overall vs share of DPO data (0 % = vit, 100 % = dpo) with the base LM as a reference line.
 
     ``fractions`` are the intermediate data-fraction runs (0 and 1 are always added). With ``paper``, a second
-    panel shows the paper's reported points and Vicuna line. Returns the run's plotted points.
+    panel shows the paper's reported points as points (the paper's text gives only its endpoints: nothing joins
+    them) and its Vicuna line. ``source`` names the run in the legend and title (e.g. "this run, miniature world").
+    Saved as PNG and PDF (:func:`save_figure`). Returns the run's plotted points.
     """
     values = headline_values(results)
     fr = sorted({0.0, 1.0, *(float(f) for f in fractions)})
@@ -376,39 +393,48 @@ def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Pa
     pts = pd.DataFrame(points)
     base = values.get((methods.BASE_LM, methods.FRACTIONS_BENCHMARK))
     fig2 = paper.figure2 if isinstance(paper, PaperResults) else paper
+    xlabel, ylabel = "share of the DPO preference data used (%)", "MT-Bench overall score (1–10)"
 
-    fig = Figure(figsize=(11 if fig2 else 6, 4.2), layout="constrained")
+    fig = Figure(figsize=(11 if fig2 else 6, 4.4), layout="constrained")
     axes = fig.subplots(1, 2 if fig2 else 1, squeeze=False)[0]
     ax = axes[0]
-    ax.plot(pts.fraction * 100, pts.mt_bench, marker="o", color="tab:blue", label="DPO-aligned model (this run)")
+    ax.plot(pts.fraction * 100, pts.mt_bench, marker="o", color="tab:blue",
+            label=f"DPO on a share of the data ({source})")
     for x, y in zip(pts.fraction * 100, pts.mt_bench):
         ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
     if base is not None:
-        ax.axhline(base, color="tab:red", linestyle="--", label=f"{MODEL_NAMES['base-lm']}: {base:.2f}")
-    ax.set(title="This run", xlabel="share of DPO preference data (%)", ylabel="MT-Bench score (overall)",
-           xticks=[f * 100 for f in fr])
-    ax.margins(y=0.12)
-    ax.legend(loc="best", fontsize=8)
+        ax.axhline(base, color="tab:red", linestyle="--", label=f"{MODEL_NAMES['base-lm']} ({source}): {base:.2f}")
+    ax.set(title=f"{source[:1].upper()}{source[1:]} (0 % = LLaVA-1.5, visual instruction tuned)", xlabel=xlabel,
+           ylabel=ylabel, xticks=[f * 100 for f in fr])
+    ax.margins(y=0.2)
+    ax.legend(loc="lower right", fontsize=8)
     if fig2:
         ax2 = axes[1]
-        px, py = [f * 100 for f in fig2.points], list(fig2.points.values())
-        ax2.plot(px, py, marker="s", linestyle=":", color="tab:gray", label="LLaVA-1.5-13b + DPO (paper)")
-        for x, y in zip(px, py):
-            ax2.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        for f, y in fig2.points.items():
+            label = ("LLaVA-1.5-13b, visual instruction tuned, 0 % DPO (paper)" if f == 0
+                     else f"LLaVA-1.5-13b + DPO on {f:.0%} of the data (paper)")
+            ax2.plot([f * 100], [y], marker="o" if f == 0 else "s", linestyle="none",
+                     color="tab:gray" if f == 0 else "black", label=label)
+            ax2.annotate(f"{y:.2f}", (f * 100, y), textcoords="offset points", xytext=(0, 7), ha="center",
+                         fontsize=8)
         ax2.axhline(fig2.base_lm, color="tab:red", linestyle="--", label=f"Vicuna-1.5-13b (paper): {fig2.base_lm:.2f}")
-        ax2.set(title="Paper (reported endpoints)", xlabel="share of DPO preference data (%)",
-                ylabel="MT-Bench score (overall)", xticks=[0, 25, 50, 75, 100])
-        ax2.margins(y=0.12)
-        ax2.legend(loc="best", fontsize=8)
+        ax2.set(title="Paper (reported points only; section 4.3)", xlabel=xlabel, ylabel=ylabel,
+                xticks=[0, 25, 50, 75, 100], xlim=(-8, 108))
+        ax2.margins(y=0.2)
+        ax2.legend(loc="lower right", fontsize=8)
     fig.suptitle("MT-Bench vs DPO data scaling (paper Figure 2)")
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return pts
 
 
-def _save(fig: Figure, out_png: str | Path) -> None:
+def save_figure(fig: Figure, out_png: str | Path, dpi: int = 200) -> dict[str, Path]:
+    """Write the figure as ``<name>.png`` (``dpi``) and ``<name>.pdf`` beside it; returns both paths."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
+    pdf = out_png.with_suffix(".pdf")
+    fig.savefig(out_png, dpi=dpi)
+    fig.savefig(pdf)
+    return {"png": out_png, "pdf": pdf}
 
 
 # ----------------------------------------------------------------------------------------------- figure 3
@@ -430,9 +456,13 @@ def attribute_diff_frame(annotations: Iterable[dict] | str | Path,
     return pd.DataFrame(rows, columns=["prompt_id", *DIFF_COLUMNS, PREFERENCE_COLUMN])
 
 
-def figure3(pairs_df: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
+def figure3(pairs_df: pd.DataFrame, out_png: str | Path, simulated_labels: bool = False,
+            source: str = "") -> pd.DataFrame:
     """Pearson correlation heatmap among the attribute differences and the human preference (paper Figure 3).
 
+    n is stated on the figure; ``simulated_labels`` says there that the human labels are simulated (the miniature
+    world's noisy labels); ``source`` names where the pairs come from. A variable that is constant over the pairs
+    has no correlation: its row and column carry a note instead of blank cells. Saved as PNG and PDF.
     Returns the correlation matrix (NaN where a column is constant)."""
     import seaborn as sns
 
@@ -442,17 +472,38 @@ def figure3(pairs_df: pd.DataFrame, out_png: str | Path) -> pd.DataFrame:
         raise ValueError(f"figure3: pairs frame lacks columns {missing}")
     if len(pairs_df) < 3:
         raise ValueError(f"figure3: need at least 3 pairs for a correlation, got {len(pairs_df)}")
-    labels = [f"Δ {a}" for a in ATTRIBUTES] + ["human preference (A = 1)"]
-    corr = pairs_df[cols].astype(float).corr(method="pearson")
+    human = "simulated human preference (A = 1)" if simulated_labels else "human preference (A = 1)"
+    labels = [f"Δ {a}" for a in ATTRIBUTES] + [human]
+    frame = pairs_df[cols].astype(float)
+    corr = frame.corr(method="pearson")
+    constant = [labels[i] for i, c in enumerate(cols) if frame[c].nunique(dropna=True) <= 1]
     shown = corr.copy()
     shown.index, shown.columns = labels, labels
-    fig = Figure(figsize=(7, 5.8), layout="constrained")
+    fig = Figure(figsize=(7.6, 6.6), layout="constrained")
     ax = fig.subplots()
     with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib 3.11 plans to deprecate
         warnings.simplefilter("ignore", PendingDeprecationWarning)
         sns.heatmap(shown, ax=ax, vmin=-1, vmax=1, center=0, cmap="coolwarm", annot=True, fmt=".2f", square=True,
                     cbar_kws={"label": "Pearson r"})
-    ax.set(title=f"Judge attribute differences (A − B) vs human preference (n={len(pairs_df)})",
-           xlabel="variable", ylabel="variable")
-    _save(fig, out_png)
+    for name in constant:
+        i = labels.index(name)
+        ax.text(len(labels) / 2, i + 0.5, f"{name}: constant over all {len(pairs_df)} pairs, no correlation",
+                ha="center", va="center", fontsize=7, style="italic",
+                bbox={"facecolor": "white", "edgecolor": "gray", "alpha": 0.9})
+    n_text = f"n = {len(pairs_df)} response pairs" + (f" ({source})" if source else "")
+    ax.set_title(f"Judge attribute differences (A − B) vs human preference\n{n_text}", fontsize=11)
+    ax.set_xlabel("judge score difference A − B (points) · human label", fontsize=9)
+    ax.set_ylabel("judge score difference A − B (points) · human label", fontsize=9)
+    ax.tick_params(axis="x", labelrotation=40)
+    for t in ax.get_xticklabels():
+        t.set_ha("right")
+    notes = []
+    if simulated_labels:
+        notes.append("Human labels are SIMULATED: the miniature world's noisy crowd labels, not LLaVA-RLHF's.")
+    if constant:
+        notes.append(f"Constant (no correlation defined): {', '.join(constant)}.")
+    if notes:
+        fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, ha="left", va="bottom")
+        fig.get_layout_engine().set(rect=(0, 0.05 * len(notes), 1, 1 - 0.05 * len(notes)))
+    save_figure(fig, out_png)
     return corr

@@ -186,6 +186,44 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class MissingInput(FileNotFoundError):
+    """A stage was opened before the stage that makes its input ran."""
+
+
+def missing_inputs(params: Params, stage: str) -> list[tuple[str, Path]]:
+    """(upstream stage, file or folder) for each input of `stage` not on disk (a folder when the stage's outputs are
+    a set of files and there are none)."""
+    out = []
+    for up in spec_of(stage).upstream:
+        if up not in active_stages(params):
+            continue
+        files = stage_outputs(params, up)
+        if not files:
+            folder = {"04_pair": "datasets"}.get(up, "adapters")
+            out.append((up, params.run_dir / folder))
+        out += [(up, f) for f in files if not f.exists()]
+    return out
+
+
+def require_inputs(params: Params, stage: str, params_path: str | Path = "PARAMS",
+                   overrides: dict | None = None) -> None:
+    """Raise MissingInput naming the missing file, the stage that makes it and the command that runs that stage."""
+    missing = missing_inputs(params, stage)
+    if not missing:
+        return
+    up, path = missing[0]
+    sets = "".join(f" --set {k}" for k in _dotted(overrides or {}))
+    raise MissingInput(f"stage {stage} needs {path}, which stage {up} makes and has not made; run it first: "
+                       f"mmpref run {params_path} --stages {up.split('_')[0]}{sets}")
+
+
+def _dotted(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in tree.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}={v}"]
+    return out
+
+
 class Stage:
     """What a notebook opens at its start and closes at its end: params, run dir, timing, the manifest line."""
 
@@ -199,6 +237,7 @@ class Stage:
         self.run_dir = self.params.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         check_lock(self.run_dir)
+        require_inputs(self.params, name, params_path, overrides)
         self.start = time.time()
         log.info("stage %s of run %s in %s", name, self.params.run.name, self.run_dir)
 
@@ -257,7 +296,8 @@ def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None)
 
 
 def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
-    """'02-04', '3', '05_train_sft_gold', '02,04' -> stage names (in run order)."""
+    """'02-04', '3', '05_train_sft_gold', '02,04', '04-' (04 to the last), '-04' (the first to 04) -> stage names
+    (in run order). A reversed range ('05-02') is a ValueError naming the stages."""
     if not spec:
         return list(available)
 
@@ -274,7 +314,12 @@ def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
     for part in spec.split(","):
         if "-" in part:
             a, b = part.split("-", 1)
-            chosen.update(stages[find(a): find(b) + 1])
+            lo = find(a) if a.strip() else 0
+            hi = find(b) if b.strip() else len(stages) - 1
+            if lo > hi:
+                raise ValueError(f"reversed stage range {part!r}: write it first to last, e.g. "
+                                 f"{stages[hi].split('_')[0]}-{stages[lo].split('_')[0]}; stages: {', '.join(stages)}")
+            chosen.update(stages[lo: hi + 1])
         else:
             chosen.add(stages[find(part)])
     return [s for s in available if s in chosen]
@@ -526,12 +571,16 @@ def status(params_path: str, overrides: dict | None = None) -> list[dict]:
     for s in active_stages(params):
         state, why = stage_why(params, s)
         failed = (lines.get(s, {}).get("summary") or {}).get("failed")
-        out.append({"stage": s, "state": state, "why": why, "failed items": failed or "",
-                    "seconds": lines.get(s, {}).get("seconds"), "finished": lines.get(s, {}).get("finished")})
+        line = lines.get(s, {})
+        seconds = line.get("seconds")
+        out.append({"stage": s, "state": state, "when": line.get("finished") or "not run",
+                    "seconds": "" if seconds is None else f"{seconds:.1f}",
+                    "why": "" if state == "complete" or line == {} else why, "failed items": failed or ""})
     holder = read_lock(params.run_dir)
     if holder is not None:
         out.append({"stage": "(lock)", "state": "running" if lock_alive(holder) else "stale lock",
-                    "why": describe_holder(holder), "failed items": "", "seconds": None, "finished": None})
+                    "when": holder.get("started", ""), "seconds": "", "why": describe_holder(holder),
+                    "failed items": ""})
     return out
 
 

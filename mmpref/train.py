@@ -212,7 +212,7 @@ def plot_loss(history: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("training loss")
     ax.set_title(f"{title}: training loss")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=200)
 
 
 def _with_projector_lr(trainer_cls):

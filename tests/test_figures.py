@@ -18,6 +18,7 @@ from mmpref.figures import (
     table2,
     table3,
 )
+from mmpref.pairing import ATTRIBUTES
 from mmpref.world.truth import key_answer_correct, noisy_human_preferences
 
 PAPER = Path(__file__).resolve().parents[1] / "params" / "paper_results.yaml"
@@ -122,12 +123,52 @@ def test_figure2_writes_png_and_points(tmp_path):
     assert list(pts.fraction) == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert list(pts.mt_bench) == [5.0, 5.2, 5.8, 6.2, 6.5]
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
+    assert out.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
     out2 = tmp_path / "figure2_run_only.png"
     pts2 = figure2(_results()[lambda d: d.model != "dpo_frac0.5"], [0.25, 0.5, 0.75], out2)
     assert list(pts2.fraction) == [0.0, 0.25, 0.75, 1.0]
     assert out2.read_bytes()[:8] == PNG_MAGIC
     with pytest.raises(ValueError, match="MT-Bench"):
         figure2(_results()[lambda d: d.benchmark != "mt_bench"], [0.5], tmp_path / "x.png")
+
+
+def _capture(monkeypatch):
+    """The Figure objects that mmpref.figures saves, in order."""
+    from mmpref import figures as figs
+
+    made, save = [], figs.save_figure
+    monkeypatch.setattr(figs, "save_figure", lambda fig, out, **kw: (made.append(fig), save(fig, out, **kw))[1])
+    return made
+
+
+def test_figure_files_png_200dpi_and_pdf(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "f2.png"
+    figure2(_results(), [0.5], out)
+    dpi = Image.open(out).info["dpi"]
+    assert round(dpi[0]) >= 200 and out.with_suffix(".pdf").stat().st_size > 1000
+
+
+def test_figure2_paper_points_are_points(tmp_path, monkeypatch):
+    made = _capture(monkeypatch)
+    figure2(_results(), [0.25, 0.5, 0.75], tmp_path / "f2.png", paper=load_paper_results(PAPER),
+            source="this run, miniature world")
+    run_ax, paper_ax = made[0].axes[:2]
+    paper_points = [l for l in paper_ax.get_lines() if "Vicuna" not in l.get_label()]
+    assert len(paper_points) == 2
+    for line in paper_points:  # markers only: nothing joins the paper's reported endpoints
+        assert line.get_linestyle() == "None" and line.get_marker() not in (None, "None", "")
+    zero = next(l for l in paper_points if list(l.get_xdata()) == [0.0])
+    assert "visual instruction tuned" in zero.get_label() and "+ DPO" not in zero.get_label()
+    assert all("(paper)" in l.get_label() for l in paper_ax.get_lines())
+    assert all("miniature" in l.get_label() for l in run_ax.get_lines())
+    assert "(1–10)" in run_ax.get_ylabel() and "%" in run_ax.get_xlabel()
+
+
+def test_table2_marks_miniature_rows():
+    t = table2(_results(), load_paper_results(PAPER), run_label="miniature")
+    assert "DPO (miniature)" in t.index and "DPO (paper)" in t.index and "DPO" not in t.index
 
 
 def test_key_answer_rule():
@@ -177,7 +218,7 @@ def _s(h, c, o, x, v):
     return {"helpfulness": h, "correctness": c, "coherence": o, "complexity": x, "verbosity": v}
 
 
-def test_figure3_correlation_on_constructed_case(tmp_path):
+def test_figure3_correlation_on_constructed_case(tmp_path, monkeypatch):
     # correctness difference decides the label exactly; verbosity difference is unrelated noise
     annotations, prefs = [], []
     for i in range(40):
@@ -191,11 +232,20 @@ def test_figure3_correlation_on_constructed_case(tmp_path):
     assert len(pairs) == 40
     assert set(pairs.human_preference) == {0, 1}
     out = tmp_path / "figure3.png"
-    corr = figure3(pairs, out)
+    made = _capture(monkeypatch)
+    corr = figure3(pairs, out, simulated_labels=True)
     assert corr.loc["d_correctness", "human_preference"] == pytest.approx(1.0)
     assert abs(corr.loc["d_verbosity", "human_preference"]) < 0.5
     assert math.isnan(corr.loc["d_helpfulness", "human_preference"])  # constant difference: undefined
     assert out.read_bytes()[:8] == PNG_MAGIC and out.stat().st_size > 5000
+    assert out.with_suffix(".pdf").exists()
+    fig = made[0]
+    ax = fig.axes[0]
+    assert "variable" not in ax.get_xlabel() + ax.get_ylabel()
+    assert [t.get_text() for t in ax.get_yticklabels()][:5] == [f"Δ {a}" for a in ATTRIBUTES]
+    text = " ".join(t.get_text() for t in [*fig.texts, *ax.texts, ax.title])
+    assert "n = 40" in text and "SIMULATED" in text
+    assert "Δ helpfulness: constant over all 40 pairs" in text  # a note, not an empty row
     with pytest.raises(ValueError, match="lacks columns"):
         figure3(pairs.drop(columns=["d_coherence"]), out)
 
@@ -214,3 +264,44 @@ def test_figure3_noisy_labels_weaken_correlation(tmp_path):
                     tmp_path / "b.png")
     assert clean.loc["d_correctness", "human_preference"] == pytest.approx(1.0)
     assert abs(noisy.loc["d_correctness", "human_preference"]) < 0.35
+
+
+def test_no_backend_switching_in_the_package():
+    """A notebook's kernel keeps its backend: nothing in mmpref calls matplotlib.use or imports pyplot."""
+    package = Path(__file__).resolve().parents[1] / "mmpref"
+    for path in package.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert "matplotlib.use(" not in text and "import matplotlib.pyplot" not in text, path
+
+
+def test_only_the_default_tiny_run_writes_the_repository_figures(tmp_path, monkeypatch):
+    from mmpref.analysis import copy_figures, is_repository_run
+    from mmpref.cli import main
+    from mmpref.config import load_params
+
+    monkeypatch.delenv("MMPREF_RUN_DIR", raising=False)
+    tiny = load_params("params/tiny.yaml")
+    assert is_repository_run(tiny, tiny.run_dir)
+    renamed = load_params("params/tiny.yaml", {"run": {"name": "beta02"}})
+    assert not is_repository_run(renamed, renamed.run_dir)
+    elsewhere = load_params("params/tiny.yaml", {"run": {"run_dir": str(tmp_path / "run")}})
+    assert not is_repository_run(elsewhere, elsewhere.run_dir)
+    assert not is_repository_run(load_params("params/paper-13b.yaml"), tiny.run_dir)
+    # on request: mmpref figures PARAMS --to DIR copies PNG and PDF
+    run = tmp_path / "run"
+    figure2(_results(), [0.5], run / "figures" / "figure2_dpo_data_scaling.png")
+    assert main(["figures", "params/tiny.yaml", "--set", f"run.run_dir={run}", "--to", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figure2_dpo_data_scaling.pdf",
+                                                                     "figure2_dpo_data_scaling.png"]
+    with pytest.raises(ValueError, match="no figures"):
+        copy_figures(tmp_path / "empty", tmp_path / "out")
+
+
+def test_readable_rounds_for_reading():
+    from mmpref.figures import readable
+
+    t = pd.DataFrame({"win": [36.666667, 50.0], "f1": [0.123456, 0.5], "mt": [6.12345, float("nan")],
+                      "n": [3, 4], "name": ["a", "b"]})
+    r = readable(t)
+    assert list(r.win) == [36.7, 50.0] and list(r.f1) == [0.123, 0.5] and r.mt[0] == 6.12 and math.isnan(r.mt[1])
+    assert list(r.n) == [3, 4] and list(r.name) == ["a", "b"] and t.win[0] == 36.666667  # a copy

@@ -14,6 +14,13 @@ from pathlib import Path
 import pytest
 
 from mmpref import runner
+
+
+def touch_world(run_dir):
+    """Stand-ins for stage 00's outputs, so stage 01 can be opened."""
+    for m in ("base-lm", "vit"):
+        (run_dir / "world" / m).mkdir(parents=True, exist_ok=True)
+        (run_dir / "world" / m / "model.safetensors").write_bytes(b"x")
 from mmpref.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +55,7 @@ def test_second_run_is_refused_and_stale_lock_taken_over(tmp_path, monkeypatch):
 def test_completeness_follows_input_files_on_disk(tmp_path, monkeypatch):
     monkeypatch.setenv("MMPREF_RUN_DIR", str(tmp_path))
     params = load_params("params/tiny.yaml")
+    touch_world(tmp_path)
     (tmp_path / "prompts.jsonl").write_text('{"id": "a"}\n')
     runner.Stage("params/tiny.yaml", {}, "01_collect").done()
     for name in ("samples.jsonl", "gold.jsonl"):
@@ -98,6 +106,7 @@ def test_killed_run_takes_its_kernel_down_and_keeps_the_last_notebook(tmp_path, 
     (nb_dir / "01_collect.ipynb").write_text(json.dumps(_SLOW))
     run_dir = tmp_path / "run"
     (run_dir / "notebooks").mkdir(parents=True)
+    touch_world(run_dir)
     (run_dir / "notebooks" / "01_collect.ipynb").write_text("previous executed copy")
     script = ("import sys; from pathlib import Path; from mmpref import runner; "
               f"runner.notebooks_dir = lambda: Path({str(nb_dir)!r}); runner.run('params/tiny.yaml', stages='01')")

@@ -6,6 +6,13 @@ from mmpref import runner
 from mmpref.config import load_params
 
 
+def touch_world(run_dir):
+    """Stand-ins for stage 00's outputs, so stage 01 can be opened."""
+    for m in ("base-lm", "vit"):
+        (run_dir / "world" / m).mkdir(parents=True, exist_ok=True)
+        (run_dir / "world" / m / "model.safetensors").write_bytes(b"x")
+
+
 def test_stage_ranges():
     stages = runner.active_stages(load_params("params/tiny.yaml"))
     assert runner.parse_stage_range("02-04", stages) == ["02_sample", "03_annotate", "04_pair"]
@@ -14,6 +21,46 @@ def test_stage_ranges():
     assert runner.parse_stage_range(None, stages) == stages
     with pytest.raises(ValueError, match="unknown stage '42'"):
         runner.parse_stage_range("42", stages)
+
+
+def test_reversed_and_open_ranges():
+    stages = runner.active_stages(load_params("params/tiny.yaml"))
+    with pytest.raises(ValueError, match="reversed stage range '05-02'.*02-05.*00_world"):
+        runner.parse_stage_range("05-02", stages)
+    assert runner.parse_stage_range("04-", stages) == stages[stages.index("04_pair"):]
+    assert runner.parse_stage_range("-02", stages) == ["00_world", "01_collect", "02_sample"]
+    assert runner.parse_stage_range("09-", stages) == ["09_evaluate", "10_analyse"]
+
+
+def test_version(capsys):
+    from mmpref import __version__
+    from mmpref.cli import main
+
+    with pytest.raises(SystemExit) as end:
+        main(["--version"])
+    assert end.value.code == 0 and capsys.readouterr().out.strip() == f"mmpref {__version__}"
+
+
+def test_status_table_for_stages_not_run(tmp_path, monkeypatch, capsys):
+    from mmpref.cli import main
+
+    monkeypatch.setenv("MMPREF_RUN_DIR", str(tmp_path))
+    assert main(["status", "params/tiny.yaml"]) == 0
+    out = capsys.readouterr().out
+    header, first = out.splitlines()[:2]
+    assert header.split()[:5] == ["stage", "state", "when", "seconds", "why"]
+    assert first.split()[:4] == ["00_world", "not", "run", "not"] and "None" not in out
+
+
+def test_missing_input_names_stage_and_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMPREF_RUN_DIR", str(tmp_path))
+    with pytest.raises(runner.MissingInput) as err:
+        runner.Stage("params/tiny.yaml", {"sampling": {"k": 3}}, "03_annotate")
+    msg = str(err.value)
+    assert str(tmp_path / "samples.jsonl") in msg and "stage 02_sample" in msg
+    assert "mmpref run params/tiny.yaml --stages 02 --set sampling.k=3" in msg
+    with pytest.raises(runner.MissingInput, match="datasets, which stage 04_pair makes"):
+        runner.Stage("params/tiny.yaml", {}, "08_train_dpo")
 
 
 def test_active_stages_follow_params():
@@ -27,6 +74,7 @@ def test_stage_state_tracks_params_and_inputs(tmp_path, monkeypatch):
     monkeypatch.setenv("MMPREF_RUN_DIR", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     params_file = runner.resolve_params_path("params/tiny.yaml")
+    touch_world(tmp_path)
     (tmp_path / "prompts.jsonl").write_text('{"id": "a"}\n')
     stage = runner.Stage(str(params_file), {}, "01_collect")
     assert runner.stage_state(stage.params, "01_collect") == "not run"
