@@ -132,3 +132,31 @@ def test_mmvet_score_first_token():
                      ("Score: 0.5", "not a number"), ("nan", "NaN"), ("1.5", "outside"), ("-0.1", "outside")):
         with pytest.raises(ParseError, match=why):
             parse_mmvet_score(bad)
+
+
+def test_literal_eval_runs_one_call_at_a_time(monkeypatch):
+    """Judge replies are parsed in a thread pool, and CPython 3.11's parser is not thread-safe (a tiny run died with
+    "SystemError: AST constructor recursion depth mismatch"): the official parsers' literal_eval is serialised."""
+    import ast
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmpref.evaluate import protocol
+
+    inside, most, lock = [0], [0], threading.Lock()
+    real = ast.literal_eval
+
+    def slow_literal_eval(text):
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.01)
+        with lock:
+            inside[0] -= 1
+        return real(text)
+
+    monkeypatch.setattr(ast, "literal_eval", slow_literal_eval)
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(protocol.literal_eval, ["[1, 2]"] * 24)) == [[1, 2]] * 24
+    assert most[0] == 1

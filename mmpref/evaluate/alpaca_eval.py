@@ -12,7 +12,6 @@ metrics/helpers.py) and the switch-back of annotators/pairwise_evaluator.py (`3 
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import logging
 import math
@@ -23,8 +22,8 @@ from typing import Any, Sequence
 import pandas as pd
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, in_dir, need_judge, need_keys,
-                                      read_json, run_items, score_records, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, in_dir, literal_eval, need_judge,
+                                      need_keys, read_json, run_items, score_records, tidy_rows)
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
@@ -123,7 +122,7 @@ def parse_alpaca_ranking(completion: str, model_1_name: str = "model_1") -> floa
     if completion == "":
         raise ParseError("empty AlpacaEval completion")
     try:
-        ordered_completions = ast.literal_eval(completion) if isinstance(completion, str) else completion
+        ordered_completions = literal_eval(completion) if isinstance(completion, str) else completion
         rank = [c for c in ordered_completions if c["model"] == model_1_name][0]["rank"]
         assert rank in [1, 2]
         return float(rank)

@@ -13,7 +13,6 @@ templates below are used.
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import logging
@@ -23,8 +22,8 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, Score, check_limit, existing, in_dir, mean,
-                                      need_judge, need_keys, run_items, score_records, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, Score, check_limit, existing, in_dir, literal_eval,
+                                      mean, need_judge, need_keys, run_items, score_records, tidy_rows)
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
@@ -235,7 +234,7 @@ def parse_fastchat_rating(judgment: str) -> float:
     if not match:
         match = re.search(one_score_pattern_backup, judgment)
     if match:
-        return float(ast.literal_eval(match.groups()[0]))
+        return float(literal_eval(match.groups()[0]))
     return -1.0
 
 

@@ -27,6 +27,7 @@ Judge runs: `run_benchmark(..., judge_run=r)` with r >= 2 grades run 1's answers
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import math
@@ -49,6 +50,15 @@ SCORING_VERSION = 2
 FAILURES = "judge_failures"  # the metric counting failed gradings of a judge-graded benchmark
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 DEFAULT_CHUNK = 64
+_AST_LOCK = threading.Lock()
+
+
+def literal_eval(text: str):
+    """`ast.literal_eval`, one call at a time: the official parsers read judge replies with it, and CPython 3.11's
+    parser is not safe across threads (grading runs in a thread pool: concurrent calls raised "SystemError: AST
+    constructor recursion depth mismatch" in a tiny run, python/cpython#106905)."""
+    with _AST_LOCK:
+        return ast.literal_eval(text)
 
 
 class Score(NamedTuple):
