@@ -1028,3 +1028,27 @@ def annotation_run(run_dir, n: int):
         prompts.append({"id": f"p{i}", "image": f"images/{i}.png", "question": f"What is shown in picture q{i}x?"})
         samples.append({"prompt_id": f"p{i}", "responses": [f"a circle q{i}x", f"a square q{i}x"]})
     return run_dir, prompts, samples
+
+
+class Killed(BaseException):
+    """A simulated kill: raised in place of a write, so nothing after it runs (BaseException: no handler eats it)."""
+
+
+@contextlib.contextmanager
+def killed_after_writes(module, n: int):
+    """Within the block, `module.append_jsonl` writes n rows and then raises Killed (a kill between two writes),
+    which the block must raise; the real function is back afterwards."""
+    real, written = module.append_jsonl, []
+
+    def append(path, row):
+        if len(written) == n:
+            raise Killed
+        written.append(row)
+        real(path, row)
+
+    module.append_jsonl = append
+    try:
+        with pytest.raises(Killed):
+            yield
+    finally:
+        module.append_jsonl = real

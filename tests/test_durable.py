@@ -13,7 +13,7 @@ from mmpref import annotate
 from mmpref.annotate import TooManyFailures, annotate_samples, collect_gold
 from mmpref.io import read_jsonl
 from mmpref.judges import make_judge
-from tests.loopback import annotation_run, GeminiServer, gemini_request_text
+from tests.loopback import GeminiServer, annotation_run, gemini_request_text, killed_after_writes
 
 N = 8
 
@@ -114,10 +114,6 @@ def test_slow_and_malformed_replies_are_retried_then_recorded(world, no_network_
         assert "Timeout" in recs[1]["error"] or "timed out" in recs[1]["error"]
 
 
-class Killed(BaseException):
-    pass
-
-
 @pytest.mark.parametrize("stage", ["annotate", "gold"])
 def test_kill_at_random_points_then_restart(world, stage, monkeypatch, no_network_but_loopback):
     run_dir, prompts, samples = world
@@ -136,19 +132,8 @@ def test_kill_at_random_points_then_restart(world, stage, monkeypatch, no_networ
             g.clear()
             out, cache = run_dir / f"out{trial}.jsonl", run_dir / f"cache{trial}"
             kill_after = rng.randint(0, N - 1)
-            real = annotate.append_jsonl
-            written: list[str] = []
-
-            def append(path, row):
-                if len(written) == kill_after:
-                    raise Killed
-                written.append(row["prompt_id"])
-                real(path, row)
-
-            monkeypatch.setattr(annotate, "append_jsonl", append)
-            with pytest.raises(Killed):
+            with killed_after_writes(annotate, kill_after):
                 run(cache, out)
-            monkeypatch.setattr(annotate, "append_jsonl", real)
             first = len(g.requests)
             run(cache, out)
             asked = [gemini_request_text(r["body"])[1] for r in g.requests]
@@ -226,18 +211,8 @@ def test_benchmark_grading_durable_through_failures_and_kills(tmp_path, monkeypa
         for trial, kill_after in enumerate(random.Random(3).sample(range(N), 2)):
             g.clear()
             out = tmp_path / f"kill{trial}.jsonl"
-            real, written = protocol.append_jsonl, []
-
-            def append(path, row):
-                if len(written) == kill_after:
-                    raise Killed
-                written.append(row["key"])
-                real(path, row)
-
-            monkeypatch.setattr(protocol, "append_jsonl", append)
-            with pytest.raises(Killed):
+            with killed_after_writes(protocol, kill_after):
                 go(judge(g.url, tmp_path / f"k{trial}"), out)
-            monkeypatch.setattr(protocol, "append_jsonl", real)
             go(judge(g.url, tmp_path / f"k{trial}"), out)
             asked = [gemini_request_text(r["body"])[1] for r in g.requests]
             assert len(asked) == N and all(sum(f"{it}?" in a for a in asked) == 1 for it in items)

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import random
 
-import pytest
 from PIL import Image
 
 from mmpref import sampling
 from mmpref.io import read_jsonl
 from mmpref.sampling import Policy, sample_responses
+from tests.loopback import killed_after_writes
 from tests.test_models import checkpoint  # noqa: F401  (the tiny LLaVA fixture)
 
 K = 3
@@ -25,10 +25,6 @@ def _prompts(run_dir, n):
         out.append({"id": f"p{i}", "image": f"images/{i}.png",
                     "question": ["What color is the square?", "Is there a red circle in the image?"][i % 2]})
     return out
-
-
-class Killed(BaseException):
-    pass
 
 
 def _sample(policy, prompts, run_dir, out, batch_size=2):
@@ -46,19 +42,8 @@ def test_resumed_sampling_equals_uninterrupted(checkpoint, tmp_path, monkeypatch
     for trial in range(3):  # a kill after a random number of written rows, then a restart
         out = tmp_path / f"cut{trial}.jsonl"
         kill_after = rng.randint(1, 6)
-        real_append = sampling.append_jsonl
-        written = []
-
-        def append(path, row):
-            if len(written) == kill_after:
-                raise Killed
-            written.append(row["prompt_id"])
-            real_append(path, row)
-
-        monkeypatch.setattr(sampling, "append_jsonl", append)
-        with pytest.raises(Killed):
+        with killed_after_writes(sampling, kill_after):
             _sample(policy, prompts, tmp_path, out)
-        monkeypatch.setattr(sampling, "append_jsonl", real_append)
         calls = []
         real_generate = policy.generate
         monkeypatch.setattr(policy, "generate", lambda reqs, **kw: calls.append(len(reqs)) or real_generate(reqs, **kw))
