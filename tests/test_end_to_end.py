@@ -98,7 +98,12 @@ def test_adapters_saved(run_dir):
 
 def test_results_cover_every_model_and_benchmark(run_dir):
     rows = list(csv.DictReader((run_dir / "eval" / "results.csv").open()))
-    assert set(rows[0]) == {"model", "benchmark", "metric", "value", "n", "judge"}
+    assert set(rows[0]) == {"model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs"}
+    # one grading per judged benchmark (no sd from a single run), none for the rule-scored ones; no failed gradings
+    for r in rows:
+        assert r["judge_runs"] == ("0" if r["judge"] == "rule" else "1") and r["sd"] == "", r
+        if r["metric"] == "judge_failures":
+            assert float(r["value"]) == 0, r
     have = {(r["model"], r["benchmark"]) for r in rows}
     visual = ["pope", "mmbench", "mmvet", "llava_bench", "mt_bench", "alpaca_eval", "mt_bench_noisy"]
     for model in ["vit", "sft_gold", "steerlm", "rejection_sampling", "dpo"]:
