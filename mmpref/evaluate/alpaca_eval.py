@@ -23,7 +23,7 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, in_dir, literal_eval, need_judge,
-                                      need_keys, read_json, run_items, score_records, tidy_rows)
+                                      need_keys, optional_template, read_json, run_items, score_records, tidy_rows)
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
@@ -236,12 +236,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     except Exception:  # noqa: BLE001 - absent or unreadable: estimate from defaults
         items = [("x" * default_chars[0], "x" * default_chars[1])] * BENCHMARK.default_items
         notes.append(f"default {BENCHMARK.default_items} items (file absent)")
-    try:
-        text = load_alpaca_template(template) if template is not None else None
-    except Exception:  # noqa: BLE001
-        text = None
-    if text is None:
-        notes.append("fallback judge prompt (official template absent)")
+    text = optional_template(load_alpaca_template, template, notes)
     items = items[:limit] if limit else items
     texts = []
     for instruction, output in items:

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, image_file, images_folder,
-                                      need_judge, need_keys, run_items, score_records, tidy_rows)
+                                      need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
@@ -283,12 +283,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
         q, c, ref = ("x" * n for n in default_chars)
         items = [(q, c, ref, "conv")] * BENCHMARK.default_items
         notes.append(f"default {BENCHMARK.default_items} items (file absent)")
-    try:
-        rules = load_llava_rules(template) if template is not None else None
-    except Exception:  # noqa: BLE001
-        rules = None
-    if rules is None:
-        notes.append("fallback judge prompt (official template absent)")
+    rules = optional_template(load_llava_rules, template, notes)
     items = items[:limit] if limit else items
     texts = []
     for question, context, reference, category in items:

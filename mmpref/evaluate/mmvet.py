@@ -23,8 +23,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, image_file, images_folder, in_dir,
-                                      need_judge, need_keys, read_json, run_items, score_records, sum_in_order,
-                                      tidy_rows)
+                                      need_judge, need_keys, optional_template, read_json, run_items, score_records,
+                                      sum_in_order, tidy_rows)
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
@@ -239,12 +239,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     except Exception:  # noqa: BLE001 - absent or unreadable: estimate from defaults
         items = [("x" * default_chars[0], "x" * default_chars[1])] * BENCHMARK.default_items
         notes.append(f"default {BENCHMARK.default_items} items (file absent)")
-    try:
-        header = load_mmvet_prompt(template) if template is not None else None
-    except Exception:  # noqa: BLE001
-        header = None
-    if header is None:
-        notes.append("fallback judge prompt (official template absent)")
+    header = optional_template(load_mmvet_prompt, template, notes)
     items = items[:limit] if limit else items
     return len(items), [render_mmvet_prompt(q, gt, answer, header) for q, gt in items], "; ".join(notes)
 

@@ -23,7 +23,8 @@ from typing import Any, Sequence
 from pydantic import BaseModel
 
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, Score, check_limit, existing, in_dir, literal_eval,
-                                      mean, need_judge, need_keys, run_items, score_records, tidy_rows)
+                                      mean, need_judge, need_keys, optional_template, run_items, score_records,
+                                      tidy_rows)
 from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
@@ -423,12 +424,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
         items = [([turn] * 2, [ref] * 2 if cats[i % 8] in MT_BENCH_NEED_REF_CATS else None)
                  for i in range(BENCHMARK.default_items)]
         notes.append(f"default {BENCHMARK.default_items} items (file absent)")
-    try:
-        table = load_fastchat_judge_prompts(template) if template is not None else None
-    except Exception:  # noqa: BLE001
-        table = None
-    if table is None:
-        notes.append("fallback judge prompt (official template absent)")
+    table = optional_template(load_fastchat_judge_prompts, template, notes)
     items = items[:limit] if limit else items
     texts = []
     for turns, reference in items:

@@ -53,6 +53,18 @@ DEFAULT_CHUNK = 64
 _AST_LOCK = threading.Lock()
 
 
+def optional_template(load: Callable[[Path], Any], path: Path | None, notes: list[str]) -> Any:
+    """For cost estimates: the official judge template read by `load`, or None (mmpref's fallback prompt) when no
+    path is given or the file is absent or unreadable, which `notes` then records."""
+    try:
+        value = load(path) if path is not None else None
+    except Exception:  # noqa: BLE001 - absent or unreadable: estimate with the fallback prompt
+        value = None
+    if value is None:
+        notes.append("fallback judge prompt (official template absent)")
+    return value
+
+
 def literal_eval(text: str):
     """`ast.literal_eval`, one call at a time: the official parsers read judge replies with it, and CPython 3.11's
     parser is not safe across threads (grading runs in a thread pool: concurrent calls raised "SystemError: AST
