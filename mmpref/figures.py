@@ -135,7 +135,8 @@ def load_paper_results(path: str | Path) -> PaperResults:
 PAPER_DECIMALS = {"pope": 3, "mt_bench": 2}  # as the paper prints them (others: 1)
 
 
-def _paper_number(row: BaseModel, bench: str) -> str:
+def paper_number(row: BaseModel, bench: str) -> str:
+    """A paper row's number for a benchmark as the paper prints it (PAPER_DECIMALS)."""
     return f"{_paper_value(row, bench):.{PAPER_DECIMALS.get(bench, 1)}f}"
 
 
@@ -154,7 +155,7 @@ def paper_sentence(paper: PaperResults, model: str) -> str:
         if value is None:
             continue
         ref = _paper_value(policy, bench) if policy is not None and policy is not row else None
-        cells.append(f"{display} {_paper_number(row, bench)}" + (f" ({_paper_number(policy, bench)})" if ref is not None
+        cells.append(f"{display} {paper_number(row, bench)}" + (f" ({paper_number(policy, bench)})" if ref is not None
                                                                    else ""))
     text = f"The paper's {row.name} (Table 2"
     text += f"; in parentheses {policy.name}, the model it fine-tunes): " if policy is not None and policy is not row \
@@ -162,7 +163,7 @@ def paper_sentence(paper: PaperResults, model: str) -> str:
     text += ", ".join(cells) + "."
     if base is not None and base is not row:
         text += " " + base.name + ", the base LM: " + ", ".join(
-            f"{display} {_paper_number(base, bench)}" for bench, display in TABLE2_COLUMNS.items()
+            f"{display} {paper_number(base, bench)}" for bench, display in TABLE2_COLUMNS.items()
             if _paper_value(base, bench) is not None) + "."
     ranked = [r for r in paper.table2 if r.run_model in methods.names() and r.mt_bench is not None]
     if row in ranked:
