@@ -91,11 +91,26 @@ class PaperFigure2(_Strict):
         return dict(sorted(v.items()))
 
 
+class PaperDPOData(_Strict):
+    """Section 3.1 (prompts per source), Table 4 (DPO pairs per source) and section 4.3's data-scaling claim."""
+    prompts: dict[str, int]
+    pairs: dict[str, int]
+    passes_base_lm_below: float | None = None   # share of the DPO data below which DPO passes the base LM on MT-Bench
+
+
+class PaperFigure3(_Strict):
+    """Figure 3 / section 5: the number of pairs and the bound on every correlation with the human preference."""
+    n: int
+    human_r_below: float
+
+
 class PaperResults(_Strict):
     source: str
     table2: list[PaperTable2Row]
     table3: list[PaperTable3Row]
     figure2: PaperFigure2
+    dpo_data: PaperDPOData | None = None
+    figure3: PaperFigure3 | None = None
 
     def table2_for(self, run_model: str) -> PaperTable2Row | None:
         return next((r for r in self.table2 if r.run_model == run_model), None)
@@ -115,6 +130,46 @@ def load_paper_results(path: str | Path) -> PaperResults:
         return PaperResults.model_validate(data)
     except ValidationError as exc:
         raise ValueError(f"{path}: invalid paper results:\n{exc}") from None
+
+
+PAPER_DECIMALS = {"pope": 3, "mt_bench": 2}  # as the paper prints them (others: 1)
+
+
+def paper_number(row: BaseModel, bench: str) -> str:
+    """A paper row's number for a benchmark as the paper prints it (PAPER_DECIMALS)."""
+    return f"{_paper_value(row, bench):.{PAPER_DECIMALS.get(bench, 1)}f}"
+
+
+def paper_sentence(paper: PaperResults, model: str) -> str:
+    """The paper's Table 2 on one run model, as a sentence for a stage notebook: its numbers on every Table 2
+    benchmark with those of the model it fine-tunes (LLaVA-1.5) in parentheses, the base LM's text scores, and its
+    MT-Bench rank among the alignment methods. ValueError when the paper has no row for `model`."""
+    row = paper.table2_for(model)
+    if row is None:
+        raise ValueError(f"the paper's Table 2 has no row for run model {model!r}; rows: "
+                         f"{[r.run_model for r in paper.table2 if r.run_model]}")
+    policy, base = paper.table2_for(methods.POLICY), paper.table2_for(methods.BASE_LM)
+    cells = []
+    for bench, display in TABLE2_COLUMNS.items():
+        value = _paper_value(row, bench)
+        if value is None:
+            continue
+        ref = _paper_value(policy, bench) if policy is not None and policy is not row else None
+        cells.append(f"{display} {paper_number(row, bench)}" + (f" ({paper_number(policy, bench)})" if ref is not None
+                                                                   else ""))
+    text = f"The paper's {row.name} (Table 2"
+    text += f"; in parentheses {policy.name}, the model it fine-tunes): " if policy is not None and policy is not row \
+        else "): "
+    text += ", ".join(cells) + "."
+    if base is not None and base is not row:
+        text += " " + base.name + ", the base LM: " + ", ".join(
+            f"{display} {paper_number(base, bench)}" for bench, display in TABLE2_COLUMNS.items()
+            if _paper_value(base, bench) is not None) + "."
+    ranked = [r for r in paper.table2 if r.run_model in methods.names() and r.mt_bench is not None]
+    if row in ranked:
+        ranked.sort(key=lambda r: -r.mt_bench)
+        text += f" On MT-Bench it ranks {ranked.index(row) + 1} of the {len(ranked)} alignment methods."
+    return text
 
 
 # ----------------------------------------------------------------------------------------------- results frame
