@@ -141,6 +141,21 @@ def test_restarts_while_a_job_runs_poll_it_and_pay_nothing_twice(tmp_path, monke
             pending = json.loads((tmp_path / "eval" / "batch_jobs" / "mmvet" / "pending.json").read_text())
             assert [p["name"] for p in pending] == ["batches/loopback1"] and seen[-1] == "batches/loopback1"
             assert g.batch_calls("create") == 1
+        # a third process gets through rounds 1 and 2 (a rejected reply and a re-ask collected) and dies polling
+        # round 3's job: the outcomes it had not used yet wait in staged.jsonl, nothing is asked again
+        polls = []
+
+        def killed_in_round_3(self, name):
+            polls.append(name)
+            if name == "batches/loopback3":
+                raise Killed
+            return real(self, name)
+
+        monkeypatch.setattr(GeminiJudge, "_wait_for", killed_in_round_3)
+        with pytest.raises(Killed):
+            run_benchmark("mmvet", data, Recorder(answer), judge(g.url, tmp_path / "cache"), out, "vit")
+        assert polls == ["batches/loopback1", "batches/loopback2", "batches/loopback3"]
+        assert (tmp_path / "eval" / "batch_jobs" / "mmvet" / "staged.jsonl").is_file()
         monkeypatch.setattr(GeminiJudge, "_wait_for", real)
         gen = Recorder(answer)
         rows = run_benchmark("mmvet", data, gen, judge(g.url, tmp_path / "cache"), out, "vit")
@@ -150,6 +165,7 @@ def test_restarts_while_a_job_runs_poll_it_and_pay_nothing_twice(tmp_path, monke
         bodies = [json.dumps(b, sort_keys=True) for b in batch_requests(g)]
         assert len(bodies) == len(set(bodies)) == 3 + 2 + 1 + 1 + 1  # every request in exactly one job
         assert g.batch_calls("create") == 5  # five rounds in all: each job submitted once, the restarts polled
+        assert not (tmp_path / "eval" / "batch_jobs" / "mmvet" / "staged.jsonl").exists()  # used, then forgotten
 
 
 def test_failed_batch_items_are_recorded_not_cached_and_retried_on_request(tmp_path, monkeypatch,

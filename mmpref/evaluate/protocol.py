@@ -278,14 +278,16 @@ def run_items(
             store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
                        "answers": answers, "judge": None})
         todo_grade += answered
+    job_dir = Path(out_jsonl).parent / "batch_jobs" / Path(out_jsonl).stem
     if batch and todo_grade:
-        out = Path(out_jsonl)
         rounds = judge.batch_calls([functools.partial(grade, item, answers) for item, _, answers in todo_grade],
-                                   out.parent / "batch_jobs" / out.stem)
+                                   job_dir)
         log.info("%s / %s: %d gradings answered by batch jobs in %d round(s)", model, benchmark, len(todo_grade),
                  rounds)
     for start in range(0, len(todo_grade), chunk_size):
         finish(todo_grade[start:start + chunk_size])
+    if batch and todo_grade:
+        judge.batch_finished(job_dir)
     if derive is not None:
         for item, key in zip(items, keys):
             rec = store.new.get(key) or store.old[key]

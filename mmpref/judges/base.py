@@ -373,6 +373,31 @@ class Judge:
             return staged
         raise Unanswered(key, req, check)
 
+    def stage(self, job_dir: str | Path, key: str, outcome: "JudgeReply | JudgeError") -> None:
+        """Keep a batch outcome the cache does not hold (a reply its check rejected, or an item its job failed) for
+        `complete` to answer once, in memory and in `job_dir/staged.jsonl` (for a restart, see `load_staged`)."""
+        from mmpref.io import append_jsonl
+
+        self._staged[key] = outcome
+        row = {"key": key, "error": str(outcome)} if isinstance(outcome, JudgeError) else \
+            {"key": key, "reply": outcome.model_dump()}
+        append_jsonl(Path(job_dir) / "staged.jsonl", row)
+
+    def load_staged(self, job_dir: str | Path) -> None:
+        """The batch outcomes a killed run collected and had not used yet (see `stage`)."""
+        path = Path(job_dir) / "staged.jsonl"
+        if not path.is_file():
+            return
+        from mmpref.io import read_jsonl
+
+        for row in read_jsonl(path):
+            self._staged[row["key"]] = JudgeError(row["error"]) if "error" in row else \
+                JudgeReply.model_validate(row["reply"])
+
+    def batch_finished(self, job_dir: str | Path) -> None:
+        """A stage has used its batch outcomes: forget the staged ones (a later --retry-failed asks them anew)."""
+        (Path(job_dir) / "staged.jsonl").unlink(missing_ok=True)
+
     def _answered(self, key: str, check) -> bool:
         if key in self._staged:
             return True
@@ -392,6 +417,7 @@ class Judge:
         under `batch_expired: per_request`) is not submitted again: the real pass asks it one by one."""
         if not hasattr(self, "prefetch"):
             raise ValueError(f"{self.judge_id}: this backend has no batch API (only gemini has)")
+        self.load_staged(job_dir)
         given_up: set[str] = set()
         rounds = 0
         while True:
