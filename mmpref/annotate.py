@@ -171,10 +171,11 @@ def annotate_samples(
     images = {pid: _image_path(by_id[pid], run_dir) for pid in todo}  # bad input fails before any call
     log.info("annotate: %d samples, %d already annotated, %d to do (judge %s)",
              len(sample_by_id), len(done), len(todo), judge.judge_id)
-    if todo and getattr(judge, "batch", False):
+    job_dir = Path(batch_dir) if batch_dir else run_dir / "batch_jobs" / "annotate"
+    batch = bool(todo) and getattr(judge, "batch", False)
+    if batch:
         judge.prefetch([annotation_request(by_id[pid]["question"], images[pid], sample_by_id[pid]["responses"],
-                                           _truth(by_id[pid])) for pid in todo],
-                       Path(batch_dir) if batch_dir else run_dir / "batch_jobs" / "annotate",
+                                           _truth(by_id[pid])) for pid in todo], job_dir,
                        checks=[_annotation_check(len(sample_by_id[pid]["responses"])) for pid in todo])
 
     def record(pid: str, **fields) -> dict:
@@ -192,6 +193,8 @@ def annotate_samples(
         return record(pid, status="failed", error=f"judge error: {exc}")
 
     new = _run_resumable(todo, work, on_error, out_path, max_workers, "annotate")
+    if batch:
+        judge.batch_finished(job_dir)
     for rec in new:
         done[rec["prompt_id"]] = rec
     return finish("annotate", list(sample_by_id), done, len(new), out_path, max_failed_fraction, judge)
@@ -216,9 +219,10 @@ def collect_gold(
     images = {pid: _image_path(by_id[pid], run_dir) for pid in todo}
     log.info("gold: %d prompts, %d already answered, %d to do (judge %s)",
              len(by_id), len(done), len(todo), judge.judge_id)
-    if todo and getattr(judge, "batch", False):
+    job_dir, batch = run_dir / "batch_jobs" / "gold", bool(todo) and getattr(judge, "batch", False)
+    if batch:
         judge.prefetch([gold_request(by_id[pid]["question"], images[pid], _truth(by_id[pid])) for pid in todo],
-                       run_dir / "batch_jobs" / "gold", checks=[_non_empty] * len(todo))
+                       job_dir, checks=[_non_empty] * len(todo))
 
     def work(pid: str) -> dict:
         p = by_id[pid]
@@ -230,6 +234,8 @@ def collect_gold(
                 "error": f"{type(exc).__name__}: {exc}"}
 
     new = _run_resumable(todo, work, on_error, out_path, max_workers, "gold answers")
+    if batch:
+        judge.batch_finished(job_dir)
     for rec in new:
         done[rec["prompt_id"]] = rec
     return finish("gold", list(by_id), done, len(new), out_path, max_failed_fraction, judge)

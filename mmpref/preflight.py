@@ -363,7 +363,7 @@ def _usd(jp, section: str, tokens_in: float, tokens_out: float) -> tuple[float, 
     if jp.price_input_per_mtok is None or jp.price_output_per_mtok is None:
         return math.nan, f"price unknown: set {section}.price_input_per_mtok and price_output_per_mtok"
     usd = (tokens_in * jp.price_input_per_mtok + tokens_out * jp.price_output_per_mtok) / 1e6
-    if jp.batch:  # only the stages that prefetch go through the Batch API; the rest are asked one by one
+    if jp.batch:  # 02's gold answers, 03's annotations and 09's gradings go through the Batch API
         return usd, f"{section}.batch: batch jobs billed at {jp.batch_price_factor} of this"
     return usd, ""
 

@@ -7,7 +7,7 @@ openai) by pointing their base URL at the server:
     with OpenAIServer(api_key="sk-k") as o:         # make_judge("openai", "m", base_url=o.url)   (url ends in /v1)
 
 Each server records every request in `.requests` ({"method", "path", "query", "headers" (lower-case names), "body",
-"model"}), checks the API key, validates the request the way the real API would (400 in the API's error format for
+"model"}; "held": True for a request `hold(n)` kept unanswered), checks the API key, validates the request the way the real API would (400 in the API's error format for
 a malformed request), and answers from a FIFO `.script` of canned replies when one is queued (`ok`, `error`, `raw`,
 `blocked`), otherwise from `.responder(request_json) -> str` (default: `gemini_default_responder` /
 `openai_default_responder`, which recognise what mmpref asks and answer in a format its parsers accept:
@@ -343,6 +343,10 @@ class _LoopbackServer:
         self.script: list[tuple[int, Any, dict]] = []
         self.requests: list[dict] = []
         self._lock = threading.Lock()
+        self.hold_after: int | None = None  # see `hold`
+        self.passed = 0
+        self.held = 0
+        self._release = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -358,7 +362,14 @@ class _LoopbackServer:
             def do_POST(self):
                 server._dispatch(self, "POST")
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request, client_address):  # a client killed mid-reply (SIGKILL tests): quiet
+                import sys
+
+                if not isinstance(sys.exc_info()[1], ConnectionError):
+                    super().handle_error(request, client_address)
+
+        self._server = Server(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}{self.url_suffix}"
@@ -381,8 +392,27 @@ class _LoopbackServer:
             self.script.clear()
             self.requests.clear()
 
+    def hold(self, n: int) -> None:
+        """Answer the next n requests, then hold every later one unanswered (its record gets "held": True) until
+        `release()`: a client killed meanwhile never gets those replies (for the SIGKILL tests)."""
+        with self._lock:
+            self.hold_after, self.passed, self.held = n, 0, 0
+            self._release = threading.Event()
+
+    def release(self) -> None:
+        """Let the held requests go (each is answered 503, to a client that is normally gone) and stop holding."""
+        with self._lock:
+            self.hold_after = None
+            self._release.set()
+
+    def answered(self) -> list[dict]:
+        """The recorded requests that were not held (the ones the server answered)."""
+        with self._lock:
+            return [r for r in self.requests if not r.get("held")]
+
     # ---- life cycle -------------------------------------------------------------------------------------------
     def close(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
@@ -408,6 +438,17 @@ class _LoopbackServer:
                   "body": body, "model": None, "time": time.time()}
         with self._lock:
             self.requests.append(record)
+            held = self.hold_after is not None and self.passed >= self.hold_after
+            if held:
+                record["held"], release = True, self._release
+                self.held += 1
+            else:
+                self.passed += 1
+        if held:
+            release.wait()
+            with contextlib.suppress(OSError):
+                self._send(handler, 503, {"error": {"code": 503, "message": "held", "status": "UNAVAILABLE"}})
+            return
         if self.latency_s:
             time.sleep(self.latency_s)
         try:

@@ -20,6 +20,13 @@ different judge, or under an older grading protocol (the benchmark's `grading` t
 kept). Work is appended chunk by chunk, so an interrupted run loses at most one chunk. Judge calls of a chunk run in
 parallel (up to the judge's `max_concurrency`).
 
+Batch judging (`evaluate.judge.batch`, a gemini judge): every answer is generated and written first (ungraded, so a
+restart keeps it), then every grading's judge requests are answered through the Gemini Batch API into the judge cache
+(`Judge.batch_calls`: jobs recorded in `<out dir>/batch_jobs/<out stem>/pending.json` when submitted, polled again
+after a restart, never submitted twice; a re-ask such as MM-Vet's next try at a higher temperature goes into the next
+round's job with the content, attempt and temperature the official protocol sends), then every item is graded from
+the cache with the same grading code as one by one: the same records and scores, at the batch price.
+
 Judge runs: `run_benchmark(..., judge_run=r)` with r >= 2 grades run 1's answers again with distinct judge calls
 (`JudgeRequest.judge_run` enters the judge's cache key from run 2 on, so run 1 keeps today's cache) into
 `<out stem>.judge<r>.jsonl`; `judge_run_rows` reports the mean and standard deviation over runs.
@@ -28,6 +35,7 @@ Judge runs: `run_benchmark(..., judge_run=r)` with r >= 2 grades run 1's answers
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import math
@@ -249,6 +257,10 @@ def run_items(
     def finish(batch: list[tuple[Any, str, list[str]]]) -> None:
         _parallel(one, batch, judge)
 
+    # a batch judge (judge.batch) grades everything at once through the Batch API: first every answer (each written
+    # the moment it is generated, ungraded, so that a restart keeps it), then the gradings' requests as batch jobs
+    # (Judge.batch_calls; a restart polls the jobs it recorded), then the gradings themselves from the judge cache
+    batch = grade is not None and bool(getattr(judge, "batch", False))
     steps = range(0, len(todo_answer), chunk_size)
     for start in tqdm(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2):
         chunk = todo_answer[start:start + chunk_size]
@@ -259,9 +271,23 @@ def run_items(
             follow = [second_turn(item, answers[0]) for item, _, answers in answered]
             for (_, _, answers), a2 in zip(answered, _generate(generate, follow)):
                 answers.append(a2)
-        finish(answered)
+        if not batch:
+            finish(answered)
+            continue
+        for item, key, answers in answered:  # ungraded (judge None): graded below, or again after a restart
+            store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
+                       "answers": answers, "judge": None})
+        todo_grade += answered
+    job_dir = Path(out_jsonl).parent / "batch_jobs" / Path(out_jsonl).stem
+    if batch and todo_grade:
+        rounds = judge.batch_calls([functools.partial(grade, item, answers) for item, _, answers in todo_grade],
+                                   job_dir)
+        log.info("%s / %s: %d gradings answered by batch jobs in %d round(s)", model, benchmark, len(todo_grade),
+                 rounds)
     for start in range(0, len(todo_grade), chunk_size):
         finish(todo_grade[start:start + chunk_size])
+    if batch and todo_grade:
+        judge.batch_finished(job_dir)
     if derive is not None:
         for item, key in zip(items, keys):
             rec = store.new.get(key) or store.old[key]

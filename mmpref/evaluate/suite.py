@@ -14,6 +14,9 @@ Judge failures: results.csv is written whatever happened; then, as annotation do
 the stage fails (`TooManyFailures`) when any (model, benchmark) has more failed gradings than
 `evaluate.judge.max_failed_fraction` of its gradings, after a summary of the failures per model and benchmark;
 `mmpref run ... --retry-failed` re-grades exactly the failed items (also of pairs whose rows were already written).
+
+Batch judging: with `evaluate.judge.batch: true` (a gemini judge) each (model, benchmark) is graded through Gemini Batch
+API jobs kept in eval/<model>/batch_jobs/<benchmark>/ (mmpref.evaluate.protocol); a restarted stage polls them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ requests-per-minute and a tokens-per-minute limiter, network retries with expone
 honouring Retry-After (`network_retries`, distinct from re-asking after an unparsable reply, which is the caller's
 `ask_until_parsed`), and running totals of tokens and cost.
 
+Batch judging of any stage (`batch_calls`): the stage's work runs with the judge in planning mode, in which the cache
+and the batch results answer and the first request they cannot answer stops the work and is recorded; the recorded
+requests are answered through the backend's batch API (`prefetch`, gemini) and the work runs again, round after round,
+until every request it makes is answered. The stage then does its work for real with no per-request call.
+
 Only accepted replies are cached: `complete(req, check=parse)` stores a reply only when `check(text)` accepts it, and
 a cached reply the check rejects (an older cache) is asked again. A reply that fails its check is therefore paid for
 once per ask and never turns into a permanent answer.
@@ -27,6 +32,7 @@ from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from mmpref.io import sha256_file, sha256_json
+from mmpref.judges.parsing import ParseError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,15 @@ class JudgeReply(BaseModel):
     cost_usd: float = 0.0
     cached: bool = False
     judge_id: str
+
+
+class Unanswered(BaseException):
+    """Raised by `Judge.complete` in planning mode (`Judge.batch_calls`): the request neither the cache nor a batch
+    result answers yet. A BaseException, so that no handler of the work it stops takes it for a failure."""
+
+    def __init__(self, key: str, req: "JudgeRequest", check=None):
+        super().__init__(key)
+        self.key, self.req, self.check = key, req, check
 
 
 class JudgeError(RuntimeError):
@@ -214,6 +229,7 @@ class Judge:
         # replies a batch job gave that the cache does not hold (rejected by their check) or errors of its failed
         # items: `complete` answers each once from here, with no call (see GeminiJudge.prefetch)
         self._staged: dict[str, JudgeReply | JudgeError] = {}
+        self._planning = threading.local()  # planning mode of `batch_calls` (in the thread that plans only)
         self.totals = {"calls": 0, "batch_items": 0, "cache_hits": 0, "retries": 0, "rejected": 0, "input_tokens": 0, "output_tokens": 0,
                        "cost_usd": 0.0}
 
@@ -311,6 +327,8 @@ class Judge:
         `check(text)` (optional) validates the reply: a reply it rejects (raises ValueError / ParseError) is returned
         but not cached, and a cached reply it rejects is not used."""
         key = self.cache_key(req)
+        if getattr(self._planning, "on", False):
+            return self._planned(key, req, check)
         hit = self._cache_get(key)
         if hit is not None and accepts(check, hit.text):
             with self._totals_lock:
@@ -340,6 +358,88 @@ class Judge:
             with self._totals_lock:
                 self.totals["rejected"] += 1
         return reply
+
+    # ---- batch judging ------------------------------------------------------------------------------------
+    def _planned(self, key: str, req: JudgeRequest, check) -> JudgeReply:
+        """`complete` in planning mode: what the cache or a batch result answers (a staged reply or failure is only
+        looked at: the real pass takes it), else Unanswered. Nothing is paid and no total counts."""
+        hit = self._cache_get(key)
+        if hit is not None and accepts(check, hit.text):
+            return hit
+        staged = self._staged.get(key)
+        if isinstance(staged, JudgeError):
+            raise staged
+        if staged is not None:
+            return staged
+        raise Unanswered(key, req, check)
+
+    def stage(self, job_dir: str | Path, key: str, outcome: "JudgeReply | JudgeError") -> None:
+        """Keep a batch outcome the cache does not hold (a reply its check rejected, or an item its job failed) for
+        `complete` to answer once, in memory and in `job_dir/staged.jsonl` (for a restart, see `load_staged`)."""
+        from mmpref.io import append_jsonl
+
+        self._staged[key] = outcome
+        row = {"key": key, "error": str(outcome)} if isinstance(outcome, JudgeError) else \
+            {"key": key, "reply": outcome.model_dump()}
+        append_jsonl(Path(job_dir) / "staged.jsonl", row)
+
+    def load_staged(self, job_dir: str | Path) -> None:
+        """The batch outcomes a killed run collected and had not used yet (see `stage`)."""
+        path = Path(job_dir) / "staged.jsonl"
+        if not path.is_file():
+            return
+        from mmpref.io import read_jsonl
+
+        for row in read_jsonl(path):
+            self._staged[row["key"]] = JudgeError(row["error"]) if "error" in row else \
+                JudgeReply.model_validate(row["reply"])
+
+    def batch_finished(self, job_dir: str | Path) -> None:
+        """A stage has used its batch outcomes: forget the staged ones (a later --retry-failed asks them anew)."""
+        (Path(job_dir) / "staged.jsonl").unlink(missing_ok=True)
+
+    def _answered(self, key: str, check) -> bool:
+        if key in self._staged:
+            return True
+        hit = self._cache_get(key)
+        return hit is not None and accepts(check, hit.text)
+
+    def batch_calls(self, calls: list, job_dir: str | Path) -> int:
+        """Answer through the batch API (`prefetch`, jobs kept in `job_dir`) every request the zero-argument `calls`
+        make through `complete`, so that running them afterwards pays no per-request call; returns the rounds run.
+
+        Each round runs every call in planning mode (see the module docstring): a call stops at its first request
+        that neither the cache nor a batch result answers, and all those requests go to `prefetch` together. A
+        request that depends on an earlier reply (a re-ask after an unparsable reply, such as MM-Vet's next try at a
+        higher temperature, or the next grading of the same item) is thus asked in the next round's job, with exactly
+        the content, attempt and temperature the per-request path would send. A call that fails (JudgeError, e.g. an
+        item its job failed, or an unparsable reply the call does not re-ask) is left for the real pass to record. A request its job left unanswered (an expired job
+        under `batch_expired: per_request`) is not submitted again: the real pass asks it one by one."""
+        if not hasattr(self, "prefetch"):
+            raise ValueError(f"{self.judge_id}: this backend has no batch API (only gemini has)")
+        self.load_staged(job_dir)
+        given_up: set[str] = set()
+        rounds = 0
+        while True:
+            asks: dict[str, tuple[JudgeRequest, object]] = {}
+            self._planning.on = True
+            try:
+                for call in calls:
+                    try:
+                        call()
+                    except Unanswered as need:
+                        if need.key not in given_up:
+                            asks.setdefault(need.key, (need.req, need.check))
+                    except (JudgeError, ParseError):
+                        pass
+            finally:
+                self._planning.on = False
+            if not asks:
+                return rounds
+            rounds += 1
+            log.info("%s: batch round %d: %d requests", self.judge_id, rounds, len(asks))
+            self.prefetch([r for r, _ in asks.values()], job_dir, checks=[c for _, c in asks.values()])
+            given_up |= {k for k, (_, check) in asks.items() if not self._answered(k, check)}
 
     def _account(self, reply: JudgeReply, batch: bool = False) -> JudgeReply:
         """Price a paid reply and add it to the totals (a batch item at `batch_price_factor` of the price)."""

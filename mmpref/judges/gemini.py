@@ -10,7 +10,9 @@ jobs), records each job in `job_dir/pending.json` the moment it is created (a re
 never submits them twice), polls them every `batch_poll_s` seconds (`GET batches/{id}`), and writes every reply into
 the same content-hash cache the per-request path uses, so the stage then reads them with no further calls. An item the
 job failed is answered once by `complete` with a JudgeError (recorded failed by the stage, never cached); a reply its
-check rejects goes to the cache's rejected/ folder and is answered once the same way. A job that ends expired,
+check rejects goes to the cache's rejected/ folder and is answered once the same way. Both are kept in
+`job_dir/staged.jsonl` until the stage has used them (`Judge.batch_finished`), so a stage killed after collecting a
+job answers them from there after its restart instead of asking again. A job that ends expired,
 cancelled or failed is logged with its state and error; its items are then asked one by one (`batch_expired:
 per_request`), submitted once more (`resubmit`), or the stage stops with that error (`fail`).
 """
@@ -158,6 +160,7 @@ class GeminiJudge(Judge):
         for i, req in enumerate(reqs):
             by_key.setdefault(self.cache_key(req), (req, checks[i] if checks else None))
         pending = json.loads(pending_path.read_text(encoding="utf-8")) if pending_path.is_file() else []
+        self.load_staged(job_dir)
         if pending:
             log.info("%s: resuming %d batch job(s) recorded in %s: %s", self.judge_id, len(pending), pending_path,
                      [j["name"] for j in pending])
@@ -173,7 +176,7 @@ class GeminiJudge(Judge):
             ended: list[str] = []
             while pending:
                 job = pending[0]
-                ok = self._collect(job, self._wait_for(job["name"]), by_key)
+                ok = self._collect(job, self._wait_for(job["name"]), by_key, job_dir)
                 if not ok:
                     ended += [item[0] for item in job["items"]]
                 pending.pop(0)
@@ -235,7 +238,7 @@ class GeminiJudge(Judge):
             log.info("%s: batch job %s %s after %.0fs", self.judge_id, name, state, time.monotonic() - start)
             time.sleep(self.batch_poll_s)
 
-    def _collect(self, job: dict, result, by_key) -> bool:
+    def _collect(self, job: dict, result, by_key, job_dir: Path) -> bool:
         """Write a finished job's replies into the cache; False when the job did not succeed."""
         from mmpref.judges.base import JudgeRequest as Req
 
@@ -264,17 +267,18 @@ class GeminiJudge(Judge):
                 req = Req(task=task, prompt="", attempt=attempt)
             if item.error is not None or item.response is None:
                 err = item.error
-                self._staged[key] = JudgeError(f"{self.judge_id}: batch job {name} failed this request: "
-                                               f"{getattr(err, 'code', '')} {getattr(err, 'message', 'no response')}")
+                self.stage(job_dir, key, JudgeError(f"{self.judge_id}: batch job {name} failed this request: "
+                                                    f"{getattr(err, 'code', '')} {getattr(err, 'message', 'no response')}"))
                 continue
             reply = self._account(self._reply(item.response), batch=True)
             ok = accepts(check, reply.text)
             self._cache_put(key, req, reply, rejected=not ok, batch=name)
             if not ok:
-                self._staged[key] = reply
+                self.stage(job_dir, key, reply)
         for key in keys:
             if key not in answered:
-                self._staged[key] = JudgeError(f"{self.judge_id}: batch job {name} returned no result for this request")
+                self.stage(job_dir, key, JudgeError(f"{self.judge_id}: batch job {name} returned no result for this "
+                                                    f"request"))
         log.info("%s: batch job %s %s: %d replies, %d failed", self.judge_id, name, state, len(answered),
                  sum(isinstance(self._staged.get(k), JudgeError) for k in keys))
         return True
