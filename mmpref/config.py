@@ -165,6 +165,14 @@ class JudgeParams(Strict):
     price_output_per_mtok: float | None = Field(None, ge=0)
 
 
+class ServedModel(Strict):
+    """A model on another server than engine.base_url (vLLM serves one base model per process: the base LM, or an
+    adapter merged into a checkpoint of its own, each on its own port)."""
+
+    model: str
+    base_url: str
+
+
 class EngineParams(Strict):
     """Sampling and benchmark answers on a serving engine (vLLM, SGLang) through its OpenAI-compatible API
     (mmpref/engine.py; README "Serving engine"). Absent or `backend: hf`: HF `generate` in the stage's process."""
@@ -172,8 +180,11 @@ class EngineParams(Strict):
     backend: Literal["hf", "openai_server"] = "hf"
     base_url: str | None = None            # e.g. http://127.0.0.1:8000/v1
     model: str | None = None               # served name of models.policy (`--served-model-name`)
-    base_lm_model: str | None = None       # served name of models.base_lm; None: the base LM is evaluated with HF
-    adapters: dict[str, str] = {}          # evaluated model (method or data-fraction adapter) -> served name
+    # served name of models.base_lm (on base_url, or {model, base_url}); None: the base LM is evaluated with HF
+    base_lm_model: str | ServedModel | None = None
+    # evaluated model (method or data-fraction adapter) -> served name on base_url (a LoRA module), or
+    # {model, base_url} (a merged checkpoint served by its own server)
+    adapters: dict[str, str | ServedModel] = {}
     use_for: list[Literal["sampling", "evaluate"]] = ["sampling", "evaluate"]
     api_key_env: str | None = None         # NAME of the environment variable with the key (None: no key)
     max_concurrency: int = Field(16, ge=1)  # requests in flight

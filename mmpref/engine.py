@@ -18,8 +18,10 @@ Params (`engine:` section, absent or `backend: hf` = HF generate everywhere):
       backend: openai_server
       base_url: http://127.0.0.1:8000/v1
       model: llava-1.5-13b            # served name of models.policy (vllm serve ... --served-model-name)
-      base_lm_model: null             # served name of models.base_lm; null: the base LM is evaluated with HF
-      adapters: {dpo: dpo, sft_gold: sft_gold}   # evaluated model -> served name (every trained one is needed)
+      base_lm_model: {model: vicuna-13b, base_url: http://127.0.0.1:8001/v1}   # null: evaluated with HF
+      adapters:                       # evaluated model -> served name (every trained one is needed)
+        dpo: dpo                      #   a LoRA module of the policy's server (--lora-modules dpo=...)
+        sft_gold: {model: sft_gold, base_url: http://127.0.0.1:8002/v1}    # a merged checkpoint on its own server
       use_for: [sampling, evaluate]
       api_key_env: null               # NAME of the environment variable holding the key; null: none ("EMPTY")
 """
@@ -204,19 +206,23 @@ def uses_engine(params, stage: str) -> bool:
     return eng is not None and eng.backend == "openai_server" and stage in eng.use_for
 
 
-def served_name(params, name: str, adapter: str | Path | None, base_lm: bool = False) -> str | None:
-    """The served model name that answers for model `name` (None: not on the engine: the base LM without
+def served_name(params, name: str, adapter: str | Path | None, base_lm: bool = False) -> tuple[str, str] | None:
+    """(served model name, server URL) that answers for model `name` (None: not on the engine: the base LM without
     `engine.base_lm_model`). An adapter without an entry in `engine.adapters` is an error naming it."""
     eng = params.engine
     if base_lm:
-        return eng.base_lm_model
-    if adapter is None:
-        return eng.model
-    if name not in eng.adapters:
+        entry = eng.base_lm_model
+    elif adapter is None:
+        entry = eng.model
+    elif name not in eng.adapters:
         raise EngineError(f"params engine.adapters has no served name for {name!r} (adapter {adapter}); add "
                           f"`{name}: <served LoRA or model name>` (see README 'Serving engine') or evaluate with "
                           f"engine.use_for without 'evaluate'")
-    return eng.adapters[name]
+    else:
+        entry = eng.adapters[name]
+    if entry is None:
+        return None
+    return (entry, eng.base_url) if isinstance(entry, str) else (entry.model, entry.base_url)
 
 
 def api_key(params) -> str | None:
@@ -239,11 +245,12 @@ def load_generator(params, name: str, *, stage: str, adapter: str | Path | None 
         return Policy.from_params(params, name, adapter=adapter, base_lm=base_lm,
                                   question_transform=question_transform)
     eng = params.engine
-    policy = ServedPolicy(name, served, eng.base_url, api_key=api_key(params), is_vlm=not base_lm,
+    model, url = served
+    policy = ServedPolicy(name, model, url, api_key=api_key(params), is_vlm=not base_lm,
                           question_transform=question_transform, max_concurrency=eng.max_concurrency,
                           timeout_s=eng.timeout_s, max_retries=eng.max_retries)
     policy.check_served()
-    log.info("%s: served model %r at %s", name, served, eng.base_url)
+    log.info("%s: served model %r at %s", name, model, url)
     return policy
 
 

@@ -219,6 +219,13 @@ def test_adapters_route_to_their_served_names(policies, served, tmp_path, checkp
     params.engine.adapters = {"dpo": "dpo-typo"}
     with pytest.raises(EngineError, match=r"does not serve 'dpo-typo'.*\['llava', 'dpo-merged'\]"):
         load_generator(params, "dpo", stage="evaluate", adapter=policies["adapter"])
+    # a merged checkpoint on a server of its own: its own URL; the policy's server is elsewhere (nobody there)
+    params.engine.base_url = "http://127.0.0.1:9/v1"
+    params.engine.adapters = {"dpo": {"model": "dpo-merged", "base_url": served.url}}
+    assert load_generator(params, "dpo", stage="evaluate", adapter=policies["adapter"]).greedy_fn(8)(req) == \
+        policies["dpo-merged"].greedy_fn(8)(req)
+    with pytest.raises(EngineError, match="cannot reach the serving engine at http://127.0.0.1:9/v1"):
+        load_generator(params, "vit", stage="evaluate")
     # the base LM without a served name, and stages the engine is not used for, load with HF
     assert isinstance(load_generator(params, "base", stage="evaluate", base_lm=True), Policy)
     params.engine.use_for = ["evaluate"]
@@ -332,3 +339,23 @@ def test_written_chat_template_is_the_hf_backends(checkpoint, tmp_path):  # noqa
         assert engine.write_chat_template(params, tmp_path / "b.jinja", base_lm=True).read_text() == \
             base.processor.chat_template
     assert "A chat between a curious user" in (tmp_path / "family.jinja").read_text()  # LLaVA's conv_vicuna_v1
+
+
+def test_sampling_benchmark_runs_every_path(policies, tmp_path, monkeypatch):
+    """bench/sampling_throughput.py scaled down (tiny shape, 2 prompts, k=2, 4 tokens), with the engine path
+    against the loopback stand-in: stock and shared sample the same tokens; the engine gets one request per
+    prompt with n = k."""
+    import importlib
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "bench"))  # children import it by name
+    bench = importlib.import_module("sampling_throughput")
+    responder = PolicyResponder({"bench": policies["llava"]}, tmp_path / "in")
+    with OpenAIServer(responder=responder, models=["bench"]) as server:
+        results = bench.main(["--shape", "tiny", "--prompts", "2", "--k", "2", "--max-new-tokens", "4",
+                              "--threads", "1", "--base-url", server.url])
+    by = {r["path"]: r for r in results}
+    assert set(by) == {"stock", "shared", "engine"}
+    assert by["stock"]["tokens"] == by["shared"]["tokens"] > 0
+    assert all(r["tokens_per_s"] > 0 for r in results) and by["shared"]["peak_memory_bytes"] > 0
+    assert by["engine"]["requests"] == 2 and [c[1] for c in responder.calls] == [2, 2, 2]  # warm-up + 2 prompts

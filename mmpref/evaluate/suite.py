@@ -121,7 +121,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
                        "chat_templates": sha256_json(list(chat_templates(params)))[:16], "decoding": ev.mt_bench_decoding,
                        "seed": params.run.seed, "scoring": SCORING_VERSION,
-                       **({"served": served[name]} if served[name] else {})}  # answers from the serving engine
+                       **({"served": served[name][0]} if served[name] else {})}  # answers from the serving engine
         policy = None
         for bench in benchmarks:
             spec = registry.get(bench)
