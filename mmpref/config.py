@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmpref.io import sha256_json
 
@@ -165,7 +165,45 @@ class JudgeParams(Strict):
     price_output_per_mtok: float | None = Field(None, ge=0)
 
 
-OPTIONAL_SECTIONS = {"human_preferences"}
+class ServedModel(Strict):
+    """A model on another server than engine.base_url (vLLM serves one base model per process: the base LM, or an
+    adapter merged into a checkpoint of its own, each on its own port)."""
+
+    model: str
+    base_url: str
+
+
+class EngineParams(Strict):
+    """Sampling and benchmark answers on a serving engine (vLLM, SGLang) through its OpenAI-compatible API
+    (mmpref/engine.py; README "Serving engine"). Absent or `backend: hf`: HF `generate` in the stage's process."""
+
+    backend: Literal["hf", "openai_server"] = "hf"
+    base_url: str | None = None            # e.g. http://127.0.0.1:8000/v1
+    model: str | None = None               # served name of models.policy (`--served-model-name`)
+    # served name of models.base_lm (on base_url, or {model, base_url}); None: the base LM is evaluated with HF
+    base_lm_model: str | ServedModel | None = None
+    # evaluated model (method or data-fraction adapter) -> served name on base_url (a LoRA module), or
+    # {model, base_url} (a merged checkpoint served by its own server)
+    adapters: dict[str, str | ServedModel] = {}
+    use_for: list[Literal["sampling", "evaluate"]] = ["sampling", "evaluate"]
+    api_key_env: str | None = None         # NAME of the environment variable with the key (None: no key)
+    max_concurrency: int = Field(16, ge=1)  # requests in flight
+    timeout_s: float = Field(600.0, gt=0)
+    max_retries: int = Field(3, ge=0)       # the SDK's retries of 429/5xx/connection errors, with backoff
+
+    @model_validator(mode="after")
+    def _server_named(self) -> "EngineParams":
+        if self.backend == "openai_server":
+            missing = [k for k in ("base_url", "model") if not getattr(self, k)]
+            if missing:
+                raise ValueError(f"engine.backend openai_server needs {' and '.join(missing)} (the server's URL, "
+                                 f"e.g. http://127.0.0.1:8000/v1, and the policy's served model name)")
+        return self
+
+
+OPTIONAL_SECTIONS = {"human_preferences", "engine"}
+# engine settings that change how requests are made, not what is generated: not part of any stage's params hash
+ENGINE_OPERATIONAL = {"base_url", "api_key_env", "max_concurrency", "timeout_s", "max_retries"}
 
 # judge settings that change how calls are made, not what the judge answers: not part of any stage's params hash
 JUDGE_OPERATIONAL = {"tokens_per_minute", "network_retries", "backoff_initial_s", "backoff_max_s", "timeout_s",
@@ -321,6 +359,7 @@ class Params(Strict):
     train: TrainParams = TrainParams()
     evaluate: EvalParams = EvalParams()
     human_preferences: HumanPreferenceParams | None = None
+    engine: EngineParams | None = None
 
     # resolved at load time, not part of the YAML
     _root: Path = Path(".")
@@ -358,6 +397,9 @@ class Params(Strict):
         for judge in (data.get("judge"), (data.get("evaluate") or {}).get("judge")):
             for key in JUDGE_OPERATIONAL & set(judge or {}):
                 del judge[key]
+        if data.get("engine") is not None:  # HF generate, however the section is spelled, hashes as no section
+            data["engine"] = None if data["engine"]["backend"] == "hf" else {
+                k: v for k, v in data["engine"].items() if k not in ENGINE_OPERATIONAL}
         # a section added later enters the hash only when set, so runs made before it keep their hashes
         return sha256_json({s: data.get(s) for s in sections
                             if not (s in OPTIONAL_SECTIONS and data.get(s) is None)})[:16]

@@ -32,10 +32,10 @@ class StageSpec:
 SPECS: dict[str, StageSpec] = {
     "00_world": StageSpec(("run", "world"), ()),
     "01_collect": StageSpec(("run", "prompts"), ("00_world",)),
-    "02_sample": StageSpec(("run", "models", "sampling", "judge"), ("01_collect",)),
+    "02_sample": StageSpec(("run", "models", "sampling", "judge", "engine"), ("01_collect",)),
     "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
     "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
-    "09_evaluate": StageSpec(("run", "models", "evaluate", "train"), ()),  # upstream: every training stage
+    "09_evaluate": StageSpec(("run", "models", "evaluate", "train", "engine"), ()),  # upstream: every training stage
     "10_analyse": StageSpec(("run", "world", "human_preferences"), ("09_evaluate",)),
 }
 

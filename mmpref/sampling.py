@@ -28,6 +28,9 @@ class ChatRequest(BaseModel):
     image: str | None = None
     image_every_turn: bool = False  # the image goes with every user turn (noisy-image MT-Bench), not the first only
     temperature: float | None = None  # None: the generate function's default (greedy for benchmarks)
+    # the request's own sampling seed, for generators that seed each request (a serving engine: `seeds_per_request`);
+    # None: derived from the call's seed. HF `generate` seeds a whole batch and ignores it.
+    seed: int | None = None
 
 
 GenerateFn = Callable[[list[ChatRequest]], list[str]]
@@ -42,11 +45,61 @@ def open_image(path: str | Path) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {exc}") from None
 
 
-class Policy:
-    """A loaded checkpoint that answers ChatRequests."""
+class Generator:
+    """What answers ChatRequests: a local checkpoint (`Policy`, HF `generate`) or a model on a serving engine
+    (`mmpref.engine.ServedPolicy`). Subclasses implement `generate`; the benchmark GenerateFn is shared."""
 
-    def __init__(self, model, processor, name: str, is_vlm: bool, question_transform: Callable[[str], str] | None = None):
+    name: str
+    seeds_per_request = False  # True: every request is sampled with its own seed, so any subset can be asked alone
+
+    def generate(self, requests: list[ChatRequest], *, num_return_sequences: int = 1, temperature: float = 0.0,
+                 top_p: float = 1.0, max_new_tokens: int = 128, batch_size: int = 16, seed: int = 0,
+                 desc: str | None = None) -> list[list[str]]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def image_tokens(self) -> set[str]:
+        return {"<image>"}
+
+    def clean(self, text: str) -> str:
+        """A decoded answer, stripped, without image placeholders spelled out as text (a processor would read one
+        in a training completion as an image with no picture)."""
+        for token in self.image_tokens():
+            text = text.replace(token, "")
+        return text.strip()
+
+    def greedy_fn(self, max_new_tokens: int = 128, batch_size: int = 16, seed: int = 0) -> GenerateFn:
+        """The GenerateFn benchmarks use: one answer per request, greedy unless the request sets a temperature
+        (MT-Bench's per-category temperatures); requests are grouped by temperature, answers keep request order."""
+
+        def generate(requests: list[ChatRequest]) -> list[str]:
+            out: list[str | None] = [None] * len(requests)
+            groups: dict[float, list[int]] = {}
+            for i, r in enumerate(requests):
+                groups.setdefault(float(r.temperature or 0.0), []).append(i)
+            for temperature, idx in sorted(groups.items()):
+                answers = self.generate([requests[i] for i in idx], temperature=temperature,
+                                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc=False)
+                for i, a in zip(idx, answers):
+                    out[i] = a[0]
+            return [str(a) for a in out]
+
+        return generate
+
+
+# Model types whose positions follow `generate`'s left-padding rule (1-D, cumsum of the mask), so one prefill can be
+# shared by k samples exactly (tests/test_engine.py). Not Qwen2-VL: its M-RoPE positions come from the image grid.
+SHARED_PREFILL_TYPES = {"llava", "llava_next", "llama"}
+
+
+class Policy(Generator):
+    """A loaded checkpoint that answers ChatRequests with HF `generate`."""
+
+    def __init__(self, model, processor, name: str, is_vlm: bool, question_transform: Callable[[str], str] | None = None,
+                 shared_prefill: bool | None = None):
         self.model = model
+        # k samples from ONE prefill per prompt (see `_generate_ids`); None: where verified (SHARED_PREFILL_TYPES)
+        self.shared_prefill = (getattr(model.config, "model_type", None) in SHARED_PREFILL_TYPES
+                               if shared_prefill is None else shared_prefill)
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.tokenizer.padding_side = "left"
@@ -74,12 +127,8 @@ class Policy:
                         device=params.models.device, question_transform=question_transform,
                         chat_template=text_template if base_lm else vlm_template)
 
-    def _clean(self, text: str) -> str:
-        """A decoded answer, stripped, without image placeholders spelled out as text (a processor would read one
-        in a training completion as an image with no picture)."""
-        for token in {getattr(self.processor, "image_token", None), "<image>"} - {None}:
-            text = text.replace(token, "")
-        return text.strip()
+    def image_tokens(self) -> set[str]:
+        return {getattr(self.processor, "image_token", None), "<image>"} - {None}
 
     def _render(self, req: ChatRequest) -> str:
         turns = list(req.turns)
@@ -97,6 +146,39 @@ class Policy:
         """The pictures of one request, one per image placeholder its prompt holds (every user turn's, or the
         first's)."""
         return [open_image(req.image)] * (len(req.turns) if req.image_every_turn else 1)
+
+    def _generate_ids(self, enc: dict, k: int, **gen_kwargs) -> torch.Tensor:
+        """Prompt + new token ids, k rows per prompt in prompt order (what `generate(num_return_sequences=k)`
+        returns).
+
+        Stock `generate(num_return_sequences=k)` repeats the inputs k times BEFORE the prefill, so the language
+        model encodes every prompt (576 image tokens for LLaVA-1.5 + the text) k times (transformers < 5.24 runs the
+        vision tower k times too; 5.24 encodes images once and repeats the features). With `shared_prefill` and k > 1 the
+        prompt minus its last token is run once (pixel_values only here), its KV cache is repeated k times
+        (`DynamicCache.batch_repeat_interleave`, the rows `num_return_sequences` would make), and `generate`
+        continues from it with the k-fold ids and mask: the last prompt token, then decoding. Positions follow
+        `generate`'s rule for left padding (cumsum of the mask), so the logits are those of the stock path and so
+        is the distribution sampled from (tests/test_engine.py: greedy outputs equal the stock path's; a seed
+        reproduces its samples)."""
+        if not self.shared_prefill or k == 1 or enc["input_ids"].shape[1] < 2:
+            return self.model.generate(**enc, num_return_sequences=k, **gen_kwargs)
+        import inspect
+
+        from transformers import DynamicCache
+
+        # transformers >= 5.24 names the cache argument `cache` (`past_key_values` deprecated); earlier 5.x releases
+        # only know `past_key_values`
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        cache = DynamicCache(config=self.model.config)
+        extra = {key: v for key, v in enc.items() if key not in ("input_ids", "attention_mask")}
+        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   use_cache=True, logits_to_keep=1, **{key: cache}, **extra)
+        cache.batch_repeat_interleave(k)
+        return self.model.generate(input_ids=ids.repeat_interleave(k, dim=0),
+                                   attention_mask=mask.repeat_interleave(k, dim=0), num_return_sequences=1,
+                                   **{key: cache}, **gen_kwargs)
 
     @torch.no_grad()
     def generate(self, requests: list[ChatRequest], *, num_return_sequences: int = 1, temperature: float = 0.0,
@@ -127,40 +209,16 @@ class Policy:
             if "pixel_values" in enc:
                 enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
             sample = temperature >= 1e-4  # FastChat gen_model_answer.py: below 1e-4 is greedy
-            gen = self.model.generate(
-                **enc,
-                do_sample=sample,
-                temperature=temperature if sample else None,
-                top_p=top_p if sample else None,
-                top_k=None,
-                num_return_sequences=num_return_sequences,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-            )
+            gen = self._generate_ids(enc, num_return_sequences, do_sample=sample,
+                                     temperature=temperature if sample else None, top_p=top_p if sample else None,
+                                     top_k=None, max_new_tokens=max_new_tokens,
+                                     pad_token_id=self.tokenizer.pad_token_id,
+                                     eos_token_id=self.tokenizer.eos_token_id)
             new = gen[:, enc["input_ids"].shape[1]:]
-            decoded = [self._clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+            decoded = [self.clean(t) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
             for i in range(len(chunk)):
                 out.append(decoded[i * num_return_sequences:(i + 1) * num_return_sequences])
         return out
-
-    def greedy_fn(self, max_new_tokens: int = 128, batch_size: int = 16, seed: int = 0) -> GenerateFn:
-        """The GenerateFn benchmarks use: one answer per request, greedy unless the request sets a temperature
-        (MT-Bench's per-category temperatures); requests are grouped by temperature, answers keep request order."""
-
-        def generate(requests: list[ChatRequest]) -> list[str]:
-            out: list[str | None] = [None] * len(requests)
-            groups: dict[float, list[int]] = {}
-            for i, r in enumerate(requests):
-                groups.setdefault(float(r.temperature or 0.0), []).append(i)
-            for temperature, idx in sorted(groups.items()):
-                answers = self.generate([requests[i] for i in idx], temperature=temperature,
-                                        max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, desc=False)
-                for i, a in zip(idx, answers):
-                    out[i] = a[0]
-            return [str(a) for a in out]
-
-        return generate
 
 
 def batch_seed(seed: int, prompt_ids: list[str]) -> int:
@@ -171,39 +229,47 @@ def batch_seed(seed: int, prompt_ids: list[str]) -> int:
     return prompt_seed(seed, "\n".join(prompt_ids)) % (2 ** 63)
 
 
-def sample_responses(policy: "Policy | Callable[[], Policy]", prompts: list[dict], run_dir: Path, out_path: Path, *,
-                     k: int, temperature: float, top_p: float, max_new_tokens: int, batch_size: int,
-                     seed: int) -> list[dict]:
+def sample_responses(policy: "Generator | Callable[[], Generator]", prompts: list[dict], run_dir: Path,
+                     out_path: Path, *, k: int, temperature: float, top_p: float, max_new_tokens: int,
+                     batch_size: int, seed: int) -> list[dict]:
     """k samples per prompt into samples.jsonl, appended batch by batch (an interrupted stage resumes).
 
     Exact resume: the prompts are cut into batches of `batch_size` in prompt order and each batch samples with
     `batch_seed(seed, its ids)`, so a batch that was cut off half-written is generated again identically and only its
-    missing rows are written. A row is reused only for the same k and temperature. At the end the file is rewritten
-    in prompt order with the rows of current prompts only: rows of prompts no longer present are dropped (and so
-    never reach annotation or the training sets). `policy` may be a zero-argument function that loads it, called only
-    when something is left to sample."""
+    missing rows are written. A generator that seeds every request on its own (`seeds_per_request`: a serving
+    engine, one request per prompt with n = k) is asked for the missing prompts only, each with its prompt's own seed
+    (`batch_seed(seed, [id])`, what a batch of one gets). A row is reused only for the same k and temperature. At the
+    end the file is rewritten in prompt order with the rows of current prompts only: rows of prompts no longer present
+    are dropped (and so never reach annotation or the training sets). `policy` may be a zero-argument function that
+    loads it, called only when something is left to sample. Rows: prompt_id, responses (k), model, temperature,
+    seed."""
     old = {r["prompt_id"]: r for r in read_jsonl(out_path)} if out_path.exists() else {}
     ids = [p["id"] for p in prompts]
     if len(set(ids)) != len(ids):
         raise ValueError("sample_responses: duplicate prompt ids")
     done = {pid: r for pid, r in old.items()
             if pid in set(ids) and len(r.get("responses", [])) == k and r.get("temperature") == temperature}
-    batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
-    todo = [b for b in batches if any(p["id"] not in done for p in b)]
-    log.info("sampling %d prompts x %d (already done: %d; dropped: %d rows of prompts no longer present)",
-             sum(p["id"] not in done for b in todo for p in b), k, len(done), len(set(old) - set(ids)))
-    if todo and not isinstance(policy, Policy):
+    missing = [p for p in prompts if p["id"] not in done]
+    if missing and not isinstance(policy, Generator):
         policy = policy()
+    if getattr(policy, "seeds_per_request", False):
+        todo = [missing[i:i + batch_size] for i in range(0, len(missing), batch_size)]
+    else:
+        batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
+        todo = [b for b in batches if any(p["id"] not in done for p in b)]
+    log.info("sampling %d prompts x %d (already done: %d; dropped: %d rows of prompts no longer present)",
+             len(missing), k, len(done), len(set(old) - set(ids)))
     for chunk in tqdm(todo, desc="sample"):
         chunk_seed = batch_seed(seed, [p["id"] for p in chunk])
-        reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"])) for p in chunk]
+        reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"]),
+                            seed=batch_seed(seed, [p["id"]]) if policy.seeds_per_request else None) for p in chunk]
         outs = policy.generate(reqs, num_return_sequences=k, temperature=temperature, top_p=top_p,
                                max_new_tokens=max_new_tokens, batch_size=len(chunk), seed=chunk_seed, desc=False)
-        for p, responses in zip(chunk, outs):
+        for p, req, responses in zip(chunk, reqs, outs):
             if p["id"] in done:
                 continue
             row = {"prompt_id": p["id"], "responses": responses, "model": policy.name, "temperature": temperature,
-                   "seed": chunk_seed}
+                   "seed": chunk_seed if req.seed is None else req.seed}
             append_jsonl(out_path, row)
             done[p["id"]] = row
     rows = [done[pid] for pid in ids]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -38,7 +39,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 __all__ = [
-    "GeminiServer", "OpenAIServer", "NetworkBlocked", "only_loopback", "no_network_but_loopback",
+    "GeminiServer", "OpenAIServer", "Reply", "PolicyResponder", "NetworkBlocked", "only_loopback", "no_network_but_loopback",
     "gemini_server", "openai_server", "classify_prompt", "judge_reply", "annotation_scores",
     "gemini_default_responder", "openai_default_responder", "gemini_request_text", "openai_request_text",
     "gemini_inline_images", "openai_image_urls", "decode_data_url", "is_loopback_address", "gemini_schema_problems",
@@ -800,15 +801,37 @@ def openai_error(code: int, message: str, type_: str | None = None, param: str |
                       "code": err_code}}
 
 
+@dataclasses.dataclass
+class Reply:
+    """What a responder may return instead of one text: the n completions of a request and their token counts
+    (None: estimated from the text)."""
+
+    texts: list[str]
+    prompt_tokens: int | None = None
+    completion_tokens: list[int] | None = None
+    finish_reasons: list[str] | None = None
+
+
 class OpenAIServer(_LoopbackServer):
-    """`POST /v1/chat/completions` in OpenAI's format (`.url` ends in /v1, as openai's base_url does).
+    """`POST /v1/chat/completions` (and `GET /v1/models`) in OpenAI's format (`.url` ends in /v1, as openai's
+    base_url does); with `models`, a serving engine's (vLLM's OpenAI-compatible server) view of it.
 
     api_key: the key `Authorization: Bearer ...` must carry (None: any key, as a local vLLM server accepts).
-    Missing header: 401; wrong key: 401 invalid_api_key. `responder(request_json) -> str` gives the reply text when
-    nothing is scripted. `max_tokens` / `max_completion_tokens` truncate with finish_reason "length".
+    Missing header: 401; wrong key: 401 invalid_api_key. `responder(request_json)` gives the reply when nothing is
+    scripted: a text (every one of the `n` choices), a list of n texts, or a `Reply`. `max_tokens` /
+    `max_completion_tokens` truncate a text reply with finish_reason "length". `n` (1..128) choices come back with
+    their `index`; `usage` counts the prompt once and the completion tokens of all choices.
+    models: the served model names (vllm serve --served-model-name, --lora-modules NAME=...): another `model` is
+    answered 404 as vLLM does ("The model `x` does not exist."), and `GET /v1/models` lists them (None: any model,
+    and GET /v1/models lists none).
     """
 
     url_suffix = "/v1"
+
+    def __init__(self, api_key: str | None = None, responder: Responder | None = None, *,
+                 models: list[str] | None = None, **kw):
+        self.models = list(models) if models is not None else None
+        super().__init__(api_key=api_key, responder=responder, **kw)
 
     def _default_responder(self, body: dict) -> str:
         return openai_default_responder(body)
@@ -889,6 +912,20 @@ class OpenAIServer(_LoopbackServer):
                 else:
                     self._invalid(f"Invalid value: '{kind}'. Supported values are: 'text', 'image_url', "
                                   f"'input_audio', 'refusal', 'audio' and 'file'.", f"{where}.type")
+        n = body.get("n", 1)
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= 128):
+            self._invalid(f"Invalid 'n': expected an integer between 1 and 128, got {n!r}.", "n")
+        seed = body.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)
+                                 or not -2 ** 63 <= seed < 2 ** 63):
+            self._invalid(f"Invalid 'seed': expected a 64-bit integer, got {seed!r}.", "seed")
+        for key in ("max_tokens", "max_completion_tokens"):
+            limit = body.get(key)
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+                self._invalid(f"Invalid '{key}': expected an integer >= 1, got {limit!r}.", key)
+        top_p = body.get("top_p")
+        if top_p is not None and not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+            self._invalid(f"Invalid 'top_p': expected a number in (0, 1], got {top_p!r}.", "top_p")
         temp = body.get("temperature")
         if temp is not None and not 0 <= temp <= 2:
             self._invalid(f"Invalid 'temperature': decimal above maximum value. Expected a value <= 2, got {temp}.",
@@ -913,7 +950,8 @@ class OpenAIServer(_LoopbackServer):
 
     # ---- the route --------------------------------------------------------------------------------------------
     def _handle(self, method, path, headers, body, bad_json, record):
-        if path != "/v1/chat/completions" or method != "POST":
+        route = (method, path)
+        if route not in (("POST", "/v1/chat/completions"), ("GET", "/v1/models")):
             return 404, openai_error(404, f"Invalid URL ({method} {path})"), {}
         auth = headers.get("authorization", "")
         if not auth.startswith("Bearer ") or not auth[7:].strip():
@@ -922,23 +960,117 @@ class OpenAIServer(_LoopbackServer):
                                           "YOUR_KEY)."), {}
         if self.api_key is not None and auth[7:] != self.api_key:
             return 401, openai_error(401, "Incorrect API key provided.", err_code="invalid_api_key"), {}
+        if route == ("GET", "/v1/models"):
+            return 200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": int(time.time()), "owned_by": "vllm", "root": m,
+                 "parent": None} for m in self.models or []]}, {}
         if bad_json is not None:
             return 400, openai_error(400, "We could not parse the JSON body of your request."), {}
         record["model"] = body.get("model") if isinstance(body, dict) else None
         self.validate(body)  # a malformed request is refused even when a reply is scripted, as the API would
+        if self.models is not None and body["model"] not in self.models:
+            return 404, openai_error(404, f"The model `{body['model']}` does not exist.", "NotFoundError",
+                                     err_code="404"), {}
         scripted = self._next_scripted()
         if scripted is not None:
             return scripted
         system, prompt = openai_request_text(body)
-        n_in = self.prompt_tokens if self.prompt_tokens is not None else \
+        n = body.get("n") or 1
+        reply = self.responder(body)  # it may raise _BadRequest (e.g. an image it cannot read)
+        if not isinstance(reply, Reply):
+            reply = Reply([reply] * n if isinstance(reply, str) else list(reply))
+        if len(reply.texts) != n:
+            raise RuntimeError(f"responder gave {len(reply.texts)} texts for n={n}")
+        n_in = reply.prompt_tokens if reply.prompt_tokens is not None else self.prompt_tokens \
+            if self.prompt_tokens is not None else \
             _approx_tokens(system) + _approx_tokens(prompt) + OPENAI_IMAGE_TOKENS * len(openai_image_urls(body))
-        text = self.responder(body)
         limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        finish = "stop"
-        if limit and _approx_tokens(text) > limit:
-            text, finish = text[: 4 * int(limit)], "length"
-        n_out = self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
-        return 200, self.response_json(text, body["model"], n_in, n_out, finish), {}
+        choices, n_out = [], 0
+        for i, text in enumerate(reply.texts):
+            finish = reply.finish_reasons[i] if reply.finish_reasons else "stop"
+            if reply.completion_tokens is None and limit and _approx_tokens(text) > limit:
+                text, finish = text[: 4 * int(limit)], "length"
+            n_out += reply.completion_tokens[i] if reply.completion_tokens is not None else \
+                self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
+            choices.append({"index": i, "message": {"role": "assistant", "content": text, "refusal": None},
+                            "logprobs": None, "finish_reason": finish})
+        payload = self.response_json("", body["model"], n_in, n_out)
+        payload["choices"] = choices
+        return 200, payload, {}
+
+
+class PolicyResponder:
+    """A serving engine's answers from real HF checkpoints, for `OpenAIServer(responder=..., models=[...])`:
+    `policies` maps a served model name (the base model, a LoRA module) to an mmpref `Policy`.
+
+    Each chat-completions body is turned back into what the engine would run: user texts, assistant answers and
+    the images of the `image_url` data URLs (decoded into files under `image_dir`; one that does not decode as an
+    image is refused with 400 as vLLM refuses it), rendered by the policy's chat template (what `vllm serve
+    --chat-template` does with mmpref's template) and answered by `Policy.generate` with the body's n, temperature,
+    top_p, max_tokens and seed. One request at a time: each seeds torch's global RNG. `.calls` lists
+    (model, n, seed) per answered request."""
+
+    def __init__(self, policies: dict, image_dir):
+        from pathlib import Path
+
+        self.policies = policies
+        self.image_dir = Path(image_dir)
+        self.image_dir.mkdir(parents=True, exist_ok=True)
+        self.calls: list[tuple[str, int, int | None]] = []
+        self._lock = threading.Lock()
+
+    def _image_file(self, url: str) -> str:
+        import io
+
+        from PIL import Image
+
+        try:
+            mime, data = decode_data_url(url)
+            Image.open(io.BytesIO(data)).verify()
+        except Exception as exc:  # noqa: BLE001 - whatever PIL or base64 raise
+            raise _BadRequest(400, openai_error(400, f"Failed to load image from the data URL: {exc}",
+                                                "BadRequestError", err_code="400")) from None
+        path = self.image_dir / (hashlib.sha256(data).hexdigest()[:16] + "." + mime.split("/")[-1])
+        path.write_bytes(data)
+        return str(path)
+
+    def request(self, body: dict):
+        """(policy, ChatRequest) of one chat-completions body."""
+        from mmpref.sampling import ChatRequest
+
+        turns, answers, images = [], [], []
+        for msg in body["messages"]:
+            content = msg.get("content")
+            parts = content if isinstance(content, list) else [{"type": "text", "text": content or ""}]
+            text = "".join(p.get("text", "") for p in parts if p.get("type") == "text")
+            if msg["role"] == "user":
+                turns.append(text)
+                images.append([p["image_url"]["url"] for p in parts if p.get("type") == "image_url"])
+            elif msg["role"] == "assistant":
+                answers.append(text)
+        urls = {u for turn in images for u in turn}
+        if len(urls) > 1 or any(len(t) > 1 for t in images):
+            raise _BadRequest(400, openai_error(400, "the loopback engine takes one picture per request",
+                                                "BadRequestError"))
+        every_turn = len(turns) > 1 and all(images)
+        if urls and not images[0]:
+            raise _BadRequest(400, openai_error(400, "the picture must come with the first user turn",
+                                                "BadRequestError"))
+        image = self._image_file(urls.pop()) if urls else None
+        return self.policies[body["model"]], ChatRequest(turns=turns, answers=answers, image=image,
+                                                         image_every_turn=every_turn)
+
+    def __call__(self, body: dict) -> Reply:
+        policy, req = self.request(body)
+        n = body.get("n") or 1
+        with self._lock:
+            self.calls.append((body["model"], n, body.get("seed")))
+            texts = policy.generate([req], num_return_sequences=n, temperature=body.get("temperature") or 0.0,
+                                    top_p=body.get("top_p") or 1.0, max_new_tokens=body.get("max_tokens") or 16,
+                                    seed=body.get("seed") or 0, desc=False)[0]
+        tok = policy.tokenizer
+        return Reply(texts, prompt_tokens=len(tok(policy._render(req), add_special_tokens=False).input_ids),
+                     completion_tokens=[len(tok(t, add_special_tokens=False).input_ids) for t in texts])
 
 
 # ==================================================================================================================

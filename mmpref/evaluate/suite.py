@@ -1,7 +1,9 @@
 """Stage 09: every model of a run on every configured benchmark, into eval/results.csv.
 
 Models: the base LM (text-only benchmarks only), the visually tuned policy ("vit"), one adapter per trained method
-(mmpref.methods), and the data-fraction adapters (their benchmark only, for Figure 2). A (model, benchmark) pair whose
+(mmpref.methods), and the data-fraction adapters (their benchmark only, for Figure 2). Answers come from HF
+`generate` or, with params `engine` (use_for: evaluate), from the served models on a serving engine
+(mmpref.engine; the served name enters the rows' cache key). A (model, benchmark) pair whose
 rows were computed for the same checkpoint, data and judge is not recomputed; inside a benchmark, items already
 answered are reused.
 
@@ -105,18 +107,24 @@ def score_runs(score, judged: bool, judge_runs: int) -> list[dict]:
 def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     from mmpref.evaluate.protocol import SCORING_VERSION
     from mmpref.judges import judge_from_params
+    from mmpref import engine
     from mmpref.models import chat_templates
-    from mmpref.sampling import Policy
 
     ev = params.evaluate
     judge = judge_from_params(ev.judge, run_dir / "judge_cache")
     templates, noise = _judge_templates(params), _noise_dir(params)
     rows: list[dict] = []
-    for name, adapter, benchmarks in plan(params, run_dir):
+    models = plan(params, run_dir)
+    on_engine = engine.uses_engine(params, "evaluate")
+    # every model's served name before any work (an adapter missing from engine.adapters fails here, naming it)
+    served = {name: engine.served_name(params, name, adapter, name == methods.BASE_LM) if on_engine else None
+              for name, adapter, _ in models}
+    for name, adapter, benchmarks in models:
         fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
                        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
                        "chat_templates": sha256_json(list(chat_templates(params)))[:16], "decoding": ev.mt_bench_decoding,
-                       "seed": params.run.seed, "scoring": SCORING_VERSION}
+                       "seed": params.run.seed, "scoring": SCORING_VERSION,
+                       **({"served": served[name][0]} if served[name] else {})}  # answers from the serving engine
         policy = None
         for bench in benchmarks:
             spec = registry.get(bench)
@@ -134,8 +142,8 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
             if policy is None:
                 log.info("loading %s", name)
                 transform = methods.get(name).inference_question if name in methods.names() else None
-                policy = Policy.from_params(params, name, adapter=adapter, base_lm=name == methods.BASE_LM,
-                                            question_transform=transform)
+                policy = engine.load_generator(params, name, stage="evaluate", adapter=adapter,
+                                               base_lm=name == methods.BASE_LM, question_transform=transform)
             log.info("%s on %s", name, bench)
             out = run_dir / "eval" / name / f"{bench}.jsonl"
             got = score_runs(lambda r: score_policy(params, policy, bench, data_path, judge, out, name, judge_run=r),
