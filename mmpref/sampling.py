@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from PIL import Image
 from pydantic import BaseModel
-from tqdm.auto import tqdm
+from mmpref.console import bar
 
 from mmpref.io import append_jsonl, read_jsonl, write_jsonl
 from mmpref.models import chat_messages, chat_templates, load_text_lm, load_vlm
@@ -106,7 +106,7 @@ class Policy:
         torch.manual_seed(seed)
         out: list[list[str]] = []
         batches = range(0, len(requests), batch_size)
-        for start in tqdm(batches, desc=desc or f"generate {self.name}", disable=desc is False):
+        for start in bar(batches, desc=desc or f"generate {self.name}", disable=desc is False):
             chunk = requests[start:start + batch_size]
             texts = [self._render(r) for r in chunk]
             with_images = [r.image is not None for r in chunk]
@@ -194,7 +194,7 @@ def sample_responses(policy: "Policy | Callable[[], Policy]", prompts: list[dict
              sum(p["id"] not in done for b in todo for p in b), k, len(done), len(set(old) - set(ids)))
     if todo and not isinstance(policy, Policy):
         policy = policy()
-    for chunk in tqdm(todo, desc="sample"):
+    for chunk in bar(todo, desc="sample"):
         chunk_seed = batch_seed(seed, [p["id"] for p in chunk])
         reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"])) for p in chunk]
         outs = policy.generate(reqs, num_return_sequences=k, temperature=temperature, top_p=top_p,

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmpref import methods
+from mmpref.console import bar
 from mmpref.evaluate import registry
 from mmpref.io import sha256_json
 
@@ -109,13 +110,16 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     judge = judge_from_params(ev.judge, run_dir / "judge_cache")
     templates, noise = _judge_templates(params), _noise_dir(params)
     rows: list[dict] = []
-    for name, adapter, benchmarks in plan(params, run_dir):
+    work = plan(params, run_dir)
+    progress = bar(total=sum(len(b) for _, _, b in work), desc="evaluate", unit="benchmark")
+    for name, adapter, benchmarks in work:
         fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
                        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
                        "chat_templates": sha256_json(list(chat_templates(params)))[:16], "decoding": ev.mt_bench_decoding,
                        "seed": params.run.seed, "scoring": SCORING_VERSION}
         policy = None
         for bench in benchmarks:
+            progress.set_postfix_str(f"{name} / {bench}")
             spec = registry.get(bench)
             data_path = params.path(ev.benchmarks[bench])
             runs = ev.judge_runs if spec.judged else 1
@@ -127,6 +131,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                 # rows written before judge runs were recorded: one run (judged) or none (rule)
                 rows += [{"sd": math.nan, "judge_runs": 1 if spec.judged else 0, **r}
                          for r in json.loads(done.read_text())["rows"]]
+                progress.update(1)
                 continue
             if policy is None:
                 log.info("loading %s", name)
@@ -139,7 +144,10 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                              spec.judged, runs)
             done.write_text(json.dumps({"key": key, "rows": got}))
             rows += got
+            progress.update(1)
         del policy
+    progress.set_postfix_str(f"{len(work)} models", refresh=False)
+    progress.close()
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     frame.to_csv(run_dir / "eval" / "results.csv", index=False)
     frame.attrs["judge_usage"] = {"judge": judge.judge_id, **judge.usage()}  # for the stage's manifest line
