@@ -571,7 +571,7 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
 
     One run at a time per run directory (`.mmpref.lock`). Each notebook executes into a temporary copy that replaces
     `notebooks/<stage>.ipynb` only when it finishes (a failed one is kept as `<stage>.failed.ipynb`). The kernel dies
-    with this process. `retry_failed`: re-ask the judge items recorded as failed (stages whose last run had failures
+    with this process; it runs headless, so its progress bars each leave one line (MMPREF_PROGRESS=summary). `retry_failed`: re-ask the judge items recorded as failed (stages whose last run had failures
     run again)."""
     import os
     import signal
