@@ -330,7 +330,7 @@ def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
             continue
         top = values.abs().max()
         if not (pd.isna(top) or top == 0):
-            values = values.round(max(0, digits - 1 - int(math.floor(math.log10(top)))))
+            values = values.round(max(0, digits - 1 - int(math.floor(math.log10(top))))) + 0.0  # -0.0 -> 0.0
         present = values.dropna()
         if len(present) and bool((present == present.round()).all()) and present.abs().max() < 2 ** 53:
             values = values.astype("Int64")

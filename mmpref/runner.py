@@ -291,19 +291,29 @@ class StageReport(dict):
         self.outputs = [p for p in outputs if p.exists()]
 
     def wrote(self) -> str:
-        groups: dict[Path, list[Path]] = {}
+        """The output files, grouped: one folder's files together, or one file name across sibling folders
+        (`adapters/{dpo, dpo_frac0.25}/adapter_model.safetensors`)."""
+        def rel(p: Path) -> str:
+            return (p.relative_to(self.run_dir) if p.is_relative_to(self.run_dir) else p).as_posix()
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+        names = [p.name for p in self.outputs]
+        groups: dict[tuple[Path, str | None], list[Path]] = {}
         for p in self.outputs:
-            groups.setdefault(p.parent, []).append(p)
+            key = (p.parent.parent, p.name) if names.count(p.name) > 1 else (p.parent, None)
+            groups.setdefault(key, []).append(p)
         parts = []
-        for folder, files in groups.items():
+        for (folder, name), files in groups.items():
             size = _size(sum(f.stat().st_size for f in files))
-            rel = folder.relative_to(self.run_dir) if folder.is_relative_to(self.run_dir) else folder
             if len(files) == 1:
-                parts.append(f"{(rel / files[0].name).as_posix()} ({size})")
+                parts.append(f"{rel(files[0])} ({size})")
+            elif name is not None:
+                parts.append(f"{rel(folder)}/{{{listed([f.parent.name for f in files])}}}/{name} "
+                             f"({len(files)} files, {size})")
             else:
-                names = [f.name for f in files]
-                shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-                parts.append(f"{rel.as_posix()}/: {len(files)} files ({shown}; {size})")
+                parts.append(f"{rel(folder)}/: {len(files)} files ({listed([f.name for f in files])}; {size})")
         return "; ".join(parts) or "no output files"
 
     def rows(self) -> list[tuple[str, str]]:

@@ -203,7 +203,7 @@ def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprin
 TRAINING_PANELS = [  # (trainer_state key, y label); a panel is drawn when the history logs its key
     ("loss", "training loss (nats)"),
     ("rewards/margins", "reward margin, chosen − rejected (nats)"),
-    ("rewards/accuracies", "pairs with chosen reward > rejected"),
+    ("rewards/accuracies", "share of pairs, chosen reward > rejected"),
 ]
 
 
@@ -212,23 +212,25 @@ def plot_training(history: list[dict], out_png: Path, title: str, rows: int | No
     β·(log π/π_ref(chosen) − log π/π_ref(rejected)) and the share of pairs it orders right, per logged step. Saved as
     PNG (200 dpi) and PDF (figures.save_figure); a bare Figure, so a kernel's matplotlib backend is never switched."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     from mmpref.figures import save_figure
 
     panels = [(k, label) for k, label in TRAINING_PANELS if any(k in h for h in history)] or [TRAINING_PANELS[0]]
-    fig = Figure(figsize=(4.3 * len(panels), 3.2), layout="constrained")
+    fig = Figure(figsize=(max(5.0, 4.3 * len(panels)), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, label) in zip(axes, panels):
         pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
         if pts:
             ax.plot(*zip(*pts), marker=".")
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         if key == "rewards/accuracies":
             ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     n = f", n = {rows} training rows" if rows is not None else ""
-    fig.suptitle(f"{title}: training curves (this run{n})", fontsize=11)
+    fig.suptitle(f"{title}: training curves\n(this run{n})", fontsize=10)
     return save_figure(fig, out_png)
 
 

@@ -309,3 +309,4 @@ def test_readable_rounds_for_reading():
     assert "NaN" not in r.to_html() and "36.666667" not in r.to_html() and "36.7" in r.to_html()
     mixed = readable(pd.DataFrame({"paper": [6.5734, None], "note": ["x", None]}, dtype=object))
     assert list(mixed.paper) == [6.57, ""] and list(mixed.note) == ["x", ""]
+    assert "-0.0" not in readable(pd.DataFrame({"r": [-0.00012, 0.5]})).to_html()

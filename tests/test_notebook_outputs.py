@@ -224,6 +224,11 @@ def test_stage_report_is_short_and_names_what_was_written(tmp_path):
     assert "n prompts 300 · final loss 0.18" in text and "0.18026" not in text
     assert "rubric-v3: 300 calls, 80,603 input + 64,803 output tokens, $0.00" in text
     assert "1 min 23 s" in text
+    for name in ("dpo", "dpo_frac0.5"):
+        (tmp_path / "adapters" / name).mkdir(parents=True)
+        (tmp_path / "adapters" / name / "adapter_model.safetensors").write_bytes(b"x" * 500_000)
+    adapters = StageReport(line, tmp_path, sorted((tmp_path / "adapters").glob("*/adapter_model.safetensors")))
+    assert adapters.wrote() == "adapters/{dpo, dpo_frac0.5}/adapter_model.safetensors (2 files, 1 MB)"
     html = report._repr_html_()
     assert nbcheck.SUMMARY_CLASS in html and "dataframe" not in html
     nb = _notebook()
