@@ -95,7 +95,8 @@ def progress_mode() -> str:
 
 class FinalLineBar(_text_tqdm):
     """A tqdm bar that writes nothing while it runs and, when it closes, one line with its final state (count,
-    elapsed time, overall rate, postfix) to stdout; nothing at all when made with leave=False."""
+    elapsed time, overall rate, postfix) to stdout; nothing at all when made with leave=False or when it went over
+    nothing (an empty loop: the work was done by an earlier run)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("file", sys.stdout)
@@ -109,7 +110,8 @@ class FinalLineBar(_text_tqdm):
         if getattr(self, "disable", True):
             return
         self._ema_dt = lambda: None  # the overall rate, not a moving average
-        line = self.__str__() if self.leave else None
+        idle = self.n == 0 and not self.total  # a loop over nothing (all done earlier): no line
+        line = self.__str__() if self.leave and not idle else None
         self.disable = True
         self._decr_instances(self)
         if line:

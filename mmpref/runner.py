@@ -309,6 +309,8 @@ class StageReport(dict):
             size = _size(sum(f.stat().st_size for f in files))
             if len(files) == 1:
                 parts.append(f"{rel(files[0])} ({size})")
+            elif name is None and folder == self.run_dir:
+                parts.append(f"{listed([f.name for f in files])} ({len(files)} files, {size})")
             elif name is not None:
                 parts.append(f"{rel(folder)}/{{{listed([f.parent.name for f in files])}}}/{name} "
                              f"({len(files)} files, {size})")

@@ -114,6 +114,8 @@ def test_final_line_bar_writes_only_its_final_state(monkeypatch):
         pass
     with console.bar(total=5, desc="inner", file=out, leave=False) as b:
         b.update(5)
+    for _ in console.bar([], desc="nothing left to do", file=out):
+        pass
     b = console.bar(total=10, desc="annotate", file=out)
     b.update(4)
     b.set_postfix(loss="0.69")
@@ -188,7 +190,6 @@ def test_known_library_warnings_are_filtered_exactly():
 def test_peft_still_raises_the_filtered_warning():
     """KNOWN_WARNINGS holds only what the installed libraries still do: when peft stops reading the deprecated
     property, this fails and the filter can go."""
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -199,7 +200,6 @@ def test_peft_still_raises_the_filtered_warning():
         get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert any(issubclass(w.category, FutureWarning) and "`is_gradient_checkpointing` is deprecated" in str(w.message)
                for w in caught), [str(w.message) for w in caught]
-    del torch
 
 
 # ---- Stage.done()'s summary ---------------------------------------------------------------------------------------
@@ -227,6 +227,10 @@ def test_stage_report_is_short_and_names_what_was_written(tmp_path):
     for name in ("dpo", "dpo_frac0.5"):
         (tmp_path / "adapters" / name).mkdir(parents=True)
         (tmp_path / "adapters" / name / "adapter_model.safetensors").write_bytes(b"x" * 500_000)
+    for name in ("samples.jsonl", "gold.jsonl"):
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    top = StageReport(line, tmp_path, [tmp_path / "samples.jsonl", tmp_path / "gold.jsonl"])
+    assert top.wrote() == "samples.jsonl, gold.jsonl (2 files, 2 KB)"
     adapters = StageReport(line, tmp_path, sorted((tmp_path / "adapters").glob("*/adapter_model.safetensors")))
     assert adapters.wrote() == "adapters/{dpo, dpo_frac0.5}/adapter_model.safetensors (2 files, 1 MB)"
     html = report._repr_html_()
