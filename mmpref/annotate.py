@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
-from tqdm.auto import tqdm
+from mmpref.console import bar
 
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
 from mmpref.judges.base import Judge, JudgeError
@@ -75,7 +75,7 @@ def _run_resumable(todo: list[str], work: Callable[[str], dict], on_error: Calla
     """Run `work(pid)` for every pid concurrently and append each record the moment it is ready; a judge that gives
     up on one pid (JudgeError, ParseError) yields `on_error(pid, exc)`, a failed record, and the others go on."""
     new: list[dict] = []
-    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool, tqdm(total=len(todo), desc=desc) as bar:
+    with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool, bar(total=len(todo), desc=desc) as progress:
         futures = {pool.submit(work, pid): pid for pid in todo}
         try:
             for fut in as_completed(futures):
@@ -87,7 +87,7 @@ def _run_resumable(todo: list[str], work: Callable[[str], dict], on_error: Calla
                     record = on_error(pid, exc)
                 append_jsonl(out_path, record)  # durable now (only this thread writes)
                 new.append(record)
-                bar.update(1)
+                progress.update(1)
         except BaseException:  # interrupted: do not start (and pay for) the queued items
             for fut in futures:
                 fut.cancel()

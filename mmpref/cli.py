@@ -57,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
             from mmpref.config import load_params
             from mmpref.train import train_method
 
-            runner.setup_logging()
+            from mmpref.console import setup_logging
+
+            setup_logging()
             for name, info in train_method(load_params(args.params, overrides), args.method).items():
                 print(f"{name}: {info['rows']} rows, {info['seconds']}s, final loss {info['final_loss']}")
         elif args.command == "check":

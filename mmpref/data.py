@@ -248,7 +248,7 @@ def collect_prompts(records_by_source: dict[str, list[dict]], n_per_source: int 
     Records whose image is missing, corrupt or unreadable are logged, skipped and listed in the summary's
     ``"skipped"`` (the next sampled record takes their place). Re-running with the same inputs writes the same file.
     """
-    from tqdm.auto import tqdm
+    from mmpref.console import bar as progress_bar
 
     run_dir = Path(run_dir)
     images_dir = run_dir / "images"
@@ -265,7 +265,7 @@ def collect_prompts(records_by_source: dict[str, list[dict]], n_per_source: int 
         random.Random(f"collect:{seed}:{source}").shuffle(order)
         seen_ids: set[str] = set()
         taken = 0
-        bar = tqdm(total=min(want, len(records)), desc=f"collect {source}")
+        bar = progress_bar(total=min(want, len(records)), desc=f"collect {source}")
         for idx in order:
             if taken >= want:
                 break

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -369,15 +368,30 @@ def save_interval_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> 
 # ----------------------------------------------------------------------------------------------- saving tables
 def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A copy of a table for reading in a notebook: each float column rounded to about `digits` significant digits
-    of its largest value (36.666667 -> 36.7, 0.123456 -> 0.123, 6.123 -> 6.12). The CSV files keep full precision."""
+    of its largest value (36.666667 -> 36.7, 0.123456 -> 0.123, 6.123 -> 6.12), a float column of whole numbers
+    shown as integers (208.0 -> 208), and a missing value (NaN, None) shown blank, as `to_markdown` writes it. The one home
+    of that rule for every table a notebook shows; the CSV files keep full precision."""
     out = df.copy()
     for col in out.columns:
-        if not pd.api.types.is_float_dtype(out[col]):
+        values = out[col]
+        if values.dtype == object:
+            present = values.dropna()
+            if len(present) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+                values = values.astype(float)  # numbers with None among them
+            else:
+                out[col] = values.where(values.notna(), "")
+                continue
+        if not pd.api.types.is_float_dtype(values):
             continue
-        top = out[col].abs().max()
-        if pd.isna(top) or top == 0:
-            continue
-        out[col] = out[col].round(max(0, digits - 1 - int(math.floor(math.log10(top)))))
+        top = values.abs().max()
+        if not (pd.isna(top) or top == 0):
+            values = values.round(max(0, digits - 1 - int(math.floor(math.log10(top))))) + 0.0  # -0.0 -> 0.0
+        present = values.dropna()
+        if len(present) and bool((present == present.round()).all()) and present.abs().max() < 2 ** 53:
+            values = values.astype("Int64")
+        if values.isna().any():
+            values = values.astype(object).where(values.notna(), "")
+        out[col] = values
     return out
 
 
@@ -536,10 +550,10 @@ def figure3(pairs_df: pd.DataFrame, out_png: str | Path, simulated_labels: bool 
     shown.index, shown.columns = labels, labels
     fig = Figure(figsize=(7.6, 6.6), layout="constrained")
     ax = fig.subplots()
-    with warnings.catch_warnings():  # seaborn 0.13 calls a colormap method matplotlib 3.11 plans to deprecate
-        warnings.simplefilter("ignore", PendingDeprecationWarning)
-        sns.heatmap(shown, ax=ax, vmin=-1, vmax=1, center=0, cmap="coolwarm", annot=True, fmt=".2f", square=True,
-                    cbar_kws={"label": "Pearson r"})
+    # vmin/vmax symmetric about 0 centre the diverging map already; seaborn 0.13's `center=` path rebuilds the
+    # colormap with Colormap.set_bad, which matplotlib 3.11 deprecates (PendingDeprecationWarning in the notebook)
+    sns.heatmap(shown, ax=ax, vmin=-1, vmax=1, cmap="coolwarm", annot=True, fmt=".2f", square=True,
+                cbar_kws={"label": "Pearson r"})
     for name in constant:
         i = labels.index(name)
         ax.text(len(labels) / 2, i + 0.5, f"{name}: constant over all {len(pairs_df)} pairs, no correlation",

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mmpref import methods
+from mmpref.console import PROGRESS_ENV, quiet_libraries, setup_logging
 from mmpref.config import Params, load_params, resolve_params_path, stages as all_stages
 from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
 
@@ -174,18 +175,6 @@ def package_versions() -> dict:
     return out
 
 
-def setup_logging(level: int = logging.INFO) -> None:
-    root = logging.getLogger()
-    if not any(getattr(h, "_mmpref", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-        handler._mmpref = True  # type: ignore[attr-defined]
-        root.addHandler(handler)
-    root.setLevel(level)
-    for noisy in ("httpx", "urllib3", "matplotlib", "PIL", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 class MissingInput(FileNotFoundError):
     """A stage was opened before the stage that makes its input ran."""
 
@@ -225,30 +214,138 @@ def _dotted(tree: dict, prefix: str = "") -> list[str]:
 
 
 class Stage:
-    """What a notebook opens at its start and closes at its end: params, run dir, timing, the manifest line."""
+    """What a notebook opens at its start and closes at its end: params, run dir, timing, the manifest line.
+
+    Opening it sends the kernel's log records to `{run_dir}/logs/<stage>.log` (the notebook keeps warnings and errors)
+    and prints that path once; `done()` records the manifest line and shows a short summary of what the stage wrote."""
 
     def __init__(self, params_path: str, overrides: dict | None, name: str):
         if name not in all_stages():
             raise ValueError(f"unknown stage {name!r}; stages: {all_stages()}")
-        setup_logging()
         die_with_runner()
         self.name = name
         self.params = load_params(params_path, overrides)
         self.run_dir = self.params.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = setup_logging(log_file=self.run_dir / "logs" / f"{name}.log")
+        quiet_libraries()
         check_lock(self.run_dir)
         require_inputs(self.params, name, params_path, overrides)
         self.start = time.time()
-        log.info("stage %s of run %s in %s", name, self.params.run.name, self.run_dir)
+        log.info("stage %s of run %s in %s (params %s, overrides %s)", name, self.params.run.name, self.run_dir,
+                 params_path, overrides or {})
+        print(f"stage {name} of run {self.params.run.name}; its log: {self.log_path}")
 
-    def done(self, **summary) -> dict:
+    def done(self, **summary) -> "StageReport":
         exp = expected(self.params, self.name)
         line = {"stage": self.name, "status": "ok", **exp, "outputs_hash": outputs_hash(self.params, self.name),
                 "seconds": round(time.time() - self.start, 1), "versions": package_versions(),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "summary": summary}
         append_jsonl(manifest_path(self.params), line)
         log.info("stage %s done in %.1fs", self.name, line["seconds"])
-        return line
+        return StageReport(line, self.run_dir, stage_outputs(self.params, self.name))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _value(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return f"{len(v)} items"
+    return str(v)
+
+
+def _judge_text(u: dict) -> str:
+    cost = u.get("cost_usd")
+    price = "price unknown" if cost is None else f"${cost:,.2f}"
+    batch = f" ({u['batch_calls']:,} by batch)" if u.get("batch_calls") else ""
+    return (f"{', '.join(u.get('judge_ids') or []) or 'judge'}: {u.get('calls', 0):,} calls{batch}, "
+            f"{u.get('input_tokens', 0):,} input + {u.get('output_tokens', 0):,} output tokens, {price}")
+
+
+class StageReport(dict):
+    """A stage's manifest line (a dict, as written to manifest.jsonl) that a notebook shows as a few lines: what the
+    stage wrote (its output files, sizes), its counts, the judge's spend, its time."""
+
+    def __init__(self, line: dict, run_dir: Path, outputs: list[Path]):
+        super().__init__(line)
+        self.run_dir = Path(run_dir)
+        self.outputs = [p for p in outputs if p.exists()]
+
+    def wrote(self) -> str:
+        """The output files, grouped: one folder's files together, or one file name across sibling folders
+        (`adapters/{dpo, dpo_frac0.25}/adapter_model.safetensors`)."""
+        def rel(p: Path) -> str:
+            return (p.relative_to(self.run_dir) if p.is_relative_to(self.run_dir) else p).as_posix()
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+        names = [p.name for p in self.outputs]
+        groups: dict[tuple[Path, str | None], list[Path]] = {}
+        for p in self.outputs:
+            key = (p.parent.parent, p.name) if names.count(p.name) > 1 else (p.parent, None)
+            groups.setdefault(key, []).append(p)
+        parts = []
+        for (folder, name), files in groups.items():
+            size = _size(sum(f.stat().st_size for f in files))
+            if len(files) == 1:
+                parts.append(f"{rel(files[0])} ({size})")
+            elif name is None and folder == self.run_dir:
+                parts.append(f"{listed([f.name for f in files])} ({len(files)} files, {size})")
+            elif name is not None:
+                parts.append(f"{rel(folder)}/{{{listed([f.parent.name for f in files])}}}/{name} "
+                             f"({len(files)} files, {size})")
+            else:
+                parts.append(f"{rel(folder)}/: {len(files)} files ({listed([f.name for f in files])}; {size})")
+        return "; ".join(parts) or "no output files"
+
+    def rows(self) -> list[tuple[str, str]]:
+        summary = self.get("summary") or {}
+        counts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in summary.items() if not isinstance(v, dict)]
+        out = [("stage", f"{self['stage']} in run directory {self.run_dir}"),
+               ("wrote", self.wrote())]
+        if counts:
+            out.append(("counts", " · ".join(counts)))
+        for k, v in summary.items():
+            if isinstance(v, dict):
+                out.append((k.replace("_", " "), _judge_text(v) if "calls" in v else
+                             " · ".join(f"{a} {_value(b)}" for a, b in v.items() if not isinstance(b, dict))))
+        out.append(("time", f"{_duration(self['seconds'])}, finished {self['finished']}; recorded in manifest.jsonl"))
+        return out
+
+    def __repr__(self) -> str:
+        rows = self.rows()
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = "".join(f"<tr><th style=\"text-align:left\">{html.escape(k)}</th>"
+                       f"<td style=\"text-align:left\">{html.escape(v)}</td></tr>" for k, v in self.rows())
+        return f"<table class=\"mmpref-stage-summary\">{body}</table>"
 
 
 def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None) -> dict:
@@ -486,7 +583,7 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
 
     One run at a time per run directory (`.mmpref.lock`). Each notebook executes into a temporary copy that replaces
     `notebooks/<stage>.ipynb` only when it finishes (a failed one is kept as `<stage>.failed.ipynb`). The kernel dies
-    with this process. `retry_failed`: re-ask the judge items recorded as failed (stages whose last run had failures
+    with this process; it runs headless, so its progress bars each leave one line (MMPREF_PROGRESS=summary). `retry_failed`: re-ask the judge items recorded as failed (stages whose last run had failures
     run again)."""
     import os
     import signal
@@ -507,6 +604,9 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
     params.run_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(params.run_dir)
     os.environ["MMPREF_RUN_LOCK"], os.environ["MMPREF_RUNNER_PID"] = lock["token"], str(os.getpid())
+    # the kernels run headless: each progress bar leaves one line with its final state (mmpref.console)
+    progress_before = os.environ.get(PROGRESS_ENV)
+    os.environ[PROGRESS_ENV] = "summary"
 
     def on_term(signum, frame):  # SIGTERM: unwind (the kernel is shut down, the lock released)
         raise SystemExit(128 + signum)
@@ -556,6 +656,10 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
         release_lock(params.run_dir, lock)
         os.environ.pop("MMPREF_RUN_LOCK", None)
         os.environ.pop("MMPREF_RUNNER_PID", None)
+        if progress_before is None:
+            os.environ.pop(PROGRESS_ENV, None)
+        else:
+            os.environ[PROGRESS_ENV] = progress_before
 
 
 def threading_main() -> bool:

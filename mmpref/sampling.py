@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from PIL import Image
 from pydantic import BaseModel
-from tqdm.auto import tqdm
+from mmpref.console import bar
 
 from mmpref.io import append_jsonl, read_jsonl, write_jsonl
 from mmpref.models import chat_messages, chat_templates, load_text_lm, load_vlm
@@ -188,7 +188,7 @@ class Policy(Generator):
         torch.manual_seed(seed)
         out: list[list[str]] = []
         batches = range(0, len(requests), batch_size)
-        for start in tqdm(batches, desc=desc or f"generate {self.name}", disable=desc is False):
+        for start in bar(batches, desc=desc or f"generate {self.name}", disable=desc is False):
             chunk = requests[start:start + batch_size]
             texts = [self._render(r) for r in chunk]
             with_images = [r.image is not None for r in chunk]
@@ -259,7 +259,7 @@ def sample_responses(policy: "Generator | Callable[[], Generator]", prompts: lis
         todo = [b for b in batches if any(p["id"] not in done for p in b)]
     log.info("sampling %d prompts x %d (already done: %d; dropped: %d rows of prompts no longer present)",
              len(missing), k, len(done), len(set(old) - set(ids)))
-    for chunk in tqdm(todo, desc="sample"):
+    for chunk in bar(todo, desc="sample"):
         chunk_seed = batch_seed(seed, [p["id"] for p in chunk])
         reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"]),
                             seed=batch_seed(seed, [p["id"]]) if policy.seeds_per_request else None) for p in chunk]

@@ -192,7 +192,7 @@ def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprin
     processor.save_pretrained(out_dir)
     history = trainer.state.log_history
     (out_dir / "trainer_state.json").write_text(json.dumps(history, indent=1))
-    plot_loss(history, out_dir / "loss.png", title=settings.method)
+    plot_training(history, out_dir / "loss.png", title=out_dir.name, rows=n_rows)
     info = {"fingerprint": fingerprint, "settings": settings.__dict__, "rows": n_rows, "seconds": round(seconds, 1),
             "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
             "resumed_from": resumed_from}
@@ -200,19 +200,38 @@ def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprin
     return info
 
 
-def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    from matplotlib.figure import Figure  # no pyplot: a kernel's backend is never switched
+TRAINING_PANELS = [  # (trainer_state key, y label); a panel is drawn when the history logs its key
+    ("loss", "training loss (nats)"),
+    ("rewards/margins", "reward margin, chosen − rejected (nats)"),
+    ("rewards/accuracies", "share of pairs, chosen reward > rejected"),
+]
 
-    pts = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
-    fig = Figure(figsize=(5, 3))
-    ax = fig.subplots()
-    if pts:
-        ax.plot(*zip(*pts), marker=".")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(f"{title}: training loss")
-    fig.tight_layout()
-    fig.savefig(path, dpi=200)
+
+def plot_training(history: list[dict], out_png: Path, title: str, rows: int | None = None) -> dict[str, Path]:
+    """The training curves of one run from its trainer log history: loss, and for DPO the implicit reward margin
+    β·(log π/π_ref(chosen) − log π/π_ref(rejected)) and the share of pairs it orders right, per logged step. Saved as
+    PNG (200 dpi) and PDF (figures.save_figure); a bare Figure, so a kernel's matplotlib backend is never switched."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from mmpref.figures import save_figure
+
+    panels = [(k, label) for k, label in TRAINING_PANELS if any(k in h for h in history)] or [TRAINING_PANELS[0]]
+    fig = Figure(figsize=(max(5.0, 4.3 * len(panels)), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (key, label) in zip(axes, panels):
+        pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+        if pts:
+            ax.plot(*zip(*pts), marker=".")
+        ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        if key == "rewards/accuracies":
+            ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    n = f", n = {rows} training rows" if rows is not None else ""
+    fig.suptitle(f"{title}: training curves\n(this run{n})", fontsize=10)
+    return save_figure(fig, out_png)
 
 
 def _with_projector_lr(trainer_cls):
@@ -295,10 +314,53 @@ def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
     return info
 
 
-def _fit_from(trainer, checkpoint: str | None, what: str) -> None:
+def _fit_from(trainer, checkpoint: str | None, what: str, leave_bar: bool = True) -> None:
     if checkpoint is not None:
         log.info("%s: resuming from %s", what, checkpoint)
+    use_step_bar(trainer, f"{what} training", leave=leave_bar)
     trainer.train(resume_from_checkpoint=checkpoint)
+
+
+def use_step_bar(trainer, desc: str, leave: bool = True) -> None:
+    """Replace the trainer's progress display with one mmpref.console bar over optimizer steps (loss as postfix).
+
+    transformers picks NotebookProgressCallback in a kernel (an HTML table per training that reads
+    `<IPython.core.display.HTML object>` outside a browser) and ProgressCallback elsewhere (a tqdm bar plus a printed
+    dict per log step); neither follows MMPREF_PROGRESS. The loss history is in trainer_state.json and loss.png/.pdf."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback, TrainerCallback
+
+    try:
+        from transformers.utils.notebook import NotebookProgressCallback
+        notebook_callback = [NotebookProgressCallback]
+    except ImportError:  # no IPython: transformers never picks it
+        notebook_callback = []
+
+    from mmpref.console import bar
+
+    class StepBar(TrainerCallback):
+        progress = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.progress = bar(total=state.max_steps, initial=state.global_step, desc=desc, unit="step",
+                                    leave=leave)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(state.global_step - self.progress.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is not None and logs and "loss" in logs:
+                self.progress.set_postfix(loss=f"{logs['loss']:.3g}", refresh=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.close()
+                self.progress = None
+
+    for cb in (ProgressCallback, PrinterCallback, *notebook_callback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(StepBar())
 
 
 def reference_key(reference: str, processor_id: str, max_length: int, dtype: str, image_hash: str, row: dict) -> str:
@@ -348,7 +410,7 @@ def _dpo_trainer_class():
             """TRL's `_precompute_ref_logps` loop (trl 1.16 dpo_trainer.py): each rank its share of the batches,
             gathered in order; under DeepSpeed an inference engine places and gathers the (ZeRO-3 sharded) weights."""
             from torch.utils.data import DataLoader
-            from tqdm.auto import tqdm
+            from mmpref.console import bar
 
             loader = DataLoader(dataset, batch_size=self.args.precompute_ref_batch_size or
                                 self.args.per_device_train_batch_size, collate_fn=self.data_collator, shuffle=False,
@@ -360,7 +422,7 @@ def _dpo_trainer_class():
 
                 model = prepare_deepspeed(self.model, self.accelerator)
             chosen, rejected = [], []
-            for batch in tqdm(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
+            for batch in bar(loader, desc="reference log-probs", disable=not self.accelerator.is_local_main_process):
                 c, r = self.compute_ref_log_probs(model, batch)
                 c, r = self.accelerator.gather_for_metrics((c, r))
                 chosen.append(c.float().cpu())
@@ -434,8 +496,9 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
 
 
 def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
-              ref_cache: Path | None = None) -> dict:
-    """DPO with LoRA on (image, question, chosen, rejected) rows; the reference is the policy without the adapter."""
+              ref_cache: Path | None = None, leave_bar: bool = True) -> dict:
+    """DPO with LoRA on (image, question, chosen, rejected) rows; the reference is the policy without the adapter.
+    `leave_bar=False`: the training's progress bar leaves no line (a sweep's trials, which the sweep's bar sums up)."""
     if not rows:
         raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
     fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template), rows, run_dir,
@@ -446,7 +509,7 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
     trainer, processor = dpo_trainer(policy_ref, rows, run_dir, out_dir, settings, ref_cache)
     start = time.time()
     resumed = resume_checkpoint(out_dir, fingerprint)
-    _fit_from(trainer, resumed, "dpo")
+    _fit_from(trainer, resumed, out_dir.name, leave_bar=leave_bar)
     info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start, resumed)
     info["reference_logps"] = trainer.reference_stats
     (out_dir / "mmpref_train.json").write_text(json.dumps(info, indent=1))
@@ -522,6 +585,7 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
 
     import pandas as pd
 
+    from mmpref.console import bar
     from mmpref.evaluate.suite import score_policy
     from mmpref.judges import judge_from_params
     from mmpref.sampling import Policy
@@ -531,10 +595,13 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
     judge = judge_from_params(params.evaluate.judge, run_dir / "judge_cache")
     out_root = run_dir / "adapters" / "dpo_sweep"
     records = []
-    for beta, average, lr in itertools.product(sweep.betas, sweep.average_log_prob, sweep.learning_rates):
+    grid = list(itertools.product(sweep.betas, sweep.average_log_prob, sweep.learning_rates))
+    progress = bar(total=len(grid), desc="dpo sweep", unit="trial")
+    for beta, average, lr in grid:
         tag = f"beta{beta:g}_{'avg' if average else 'sum'}_lr{lr:g}"
+        progress.set_postfix_str(tag)
         trial = dataclasses.replace(settings, beta=beta, average_log_prob=average, learning_rate=lr)
-        info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache)
+        info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache, leave_bar=False)
         policy = Policy.from_params(params, tag, adapter=out_root / tag)
         got = score_policy(params, policy, "llava_bench", params.path(sweep.dev_path), judge,
                            out_root / tag / "dev_llava_bench.jsonl", tag)
@@ -543,8 +610,11 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
         records.append({"tag": tag, "beta": beta, "average_log_prob": average, "learning_rate": lr,
                         "dev_relative_score": score, "final_loss": info.get("final_loss")})
         log.info("dpo sweep: %s -> dev LLaVA-Bench %.1f", tag, score)
+        progress.update(1)
     table = pd.DataFrame(records)
     best = records[int(table["dev_relative_score"].values.argmax())]
+    progress.set_postfix_str(f"best {best['tag']} (dev LLaVA-Bench {best['dev_relative_score']:.1f})", refresh=False)
+    progress.close()
     table["chosen"] = table["tag"] == best["tag"]
     table.to_csv(out_root / "sweep.csv", index=False)
     (out_root / "choice.json").write_text(json.dumps(best, indent=1))

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from mmpref import nbcheck
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ATTRS = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
@@ -149,6 +151,20 @@ def test_intervals_claims_and_anatomy(run_dir):
     assert {r["verdict"] for r in claims} <= {"reproduced", "not reproduced", "inconclusive", "not measured"}
     anatomy = list(csv.DictReader((run_dir / "tables" / "regression_anatomy.csv").open()))
     assert {r["model"] for r in anatomy} >= {"base-lm", "vit", "dpo"}
+
+
+@pytest.mark.parametrize("stage", sorted(nbcheck.EXPECTED))
+def test_notebook_outputs_are_evidence_not_logs(run_dir, stage):
+    """Each executed notebook as a student opens it: no traceback, no raw log line, no library deprecation warning,
+    no progress bar saved without its state, tables rounded, at least its plots and tables, a short summary at the
+    end (mmpref.nbcheck); its log records are in logs/<stage>.log instead."""
+    found = nbcheck.check_file(run_dir / "notebooks" / f"{stage}.ipynb")
+    assert found == [], "\n".join(found)
+    log = (run_dir / "logs" / f"{stage}.log").read_text()
+    assert f"INFO mmpref.runner: stage {stage} done in" in log
+    if stage.split("_")[0] in ("05", "06", "07", "08"):
+        adapters = [d for d in (run_dir / "adapters").iterdir() if (d / "adapter_model.safetensors").exists()]
+        assert all((d / "loss.pdf").exists() and (d / "loss.png").exists() for d in adapters)
 
 
 def test_rerun_does_no_stage_work(run_dir):

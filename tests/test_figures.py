@@ -301,7 +301,12 @@ def test_readable_rounds_for_reading():
     from mmpref.figures import readable
 
     t = pd.DataFrame({"win": [36.666667, 50.0], "f1": [0.123456, 0.5], "mt": [6.12345, float("nan")],
-                      "n": [3, 4], "name": ["a", "b"]})
+                      "n": [3, 4], "name": ["a", "b"], "rows": [208.0, 52.0], "none": [float("nan")] * 2})
     r = readable(t)
-    assert list(r.win) == [36.7, 50.0] and list(r.f1) == [0.123, 0.5] and r.mt[0] == 6.12 and math.isnan(r.mt[1])
+    assert list(r.win) == [36.7, 50.0] and list(r.f1) == [0.123, 0.5] and r.mt[0] == 6.12 and r.mt[1] == ""
     assert list(r.n) == [3, 4] and list(r.name) == ["a", "b"] and t.win[0] == 36.666667  # a copy
+    assert list(r.rows) == [208, 52] and "208.0" not in r.to_html() and list(r["none"]) == ["", ""]
+    assert "NaN" not in r.to_html() and "36.666667" not in r.to_html() and "36.7" in r.to_html()
+    mixed = readable(pd.DataFrame({"paper": [6.5734, None], "note": ["x", None]}, dtype=object))
+    assert list(mixed.paper) == [6.57, ""] and list(mixed.note) == ["x", ""]
+    assert "-0.0" not in readable(pd.DataFrame({"r": [-0.00012, 0.5]})).to_html()

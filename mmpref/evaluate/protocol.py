@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
-from tqdm.auto import tqdm
+from mmpref.console import bar
 
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
 from mmpref.judges.base import JudgeError
@@ -262,7 +262,7 @@ def run_items(
     # (Judge.batch_calls; a restart polls the jobs it recorded), then the gradings themselves from the judge cache
     batch = grade is not None and bool(getattr(judge, "batch", False))
     steps = range(0, len(todo_answer), chunk_size)
-    for start in tqdm(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2):
+    for start in bar(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2, leave=False):
         chunk = todo_answer[start:start + chunk_size]
         flat = [r for _, _, reqs in chunk for r in reqs]
         outs = iter(_generate(generate, flat))

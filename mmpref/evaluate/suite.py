@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from mmpref import methods
+from mmpref.console import bar
 from mmpref.evaluate import registry
 from mmpref.io import sha256_json
 
@@ -119,6 +120,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     # every model's served name before any work (an adapter missing from engine.adapters fails here, naming it)
     served = {name: engine.served_name(params, name, adapter, name == methods.BASE_LM) if on_engine else None
               for name, adapter, _ in models}
+    progress = bar(total=sum(len(b) for _, _, b in models), desc="evaluate", unit="benchmark")
     for name, adapter, benchmarks in models:
         fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
                        "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
@@ -127,6 +129,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                        **({"served": served[name][0]} if served[name] else {})}  # answers from the serving engine
         policy = None
         for bench in benchmarks:
+            progress.set_postfix_str(f"{name} / {bench}")
             spec = registry.get(bench)
             data_path = params.path(ev.benchmarks[bench])
             runs = ev.judge_runs if spec.judged else 1
@@ -138,6 +141,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                 # rows written before judge runs were recorded: one run (judged) or none (rule)
                 rows += [{"sd": math.nan, "judge_runs": 1 if spec.judged else 0, **r}
                          for r in json.loads(done.read_text())["rows"]]
+                progress.update(1)
                 continue
             if policy is None:
                 log.info("loading %s", name)
@@ -150,7 +154,10 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                              spec.judged, runs)
             done.write_text(json.dumps({"key": key, "rows": got}))
             rows += got
+            progress.update(1)
         del policy
+    progress.set_postfix_str(f"{len(models)} models", refresh=False)
+    progress.close()
     frame = pd.DataFrame(rows, columns=RESULT_COLUMNS)
     frame.to_csv(run_dir / "eval" / "results.csv", index=False)
     frame.attrs["judge_usage"] = {"judge": judge.judge_id, **judge.usage()}  # for the stage's manifest line

@@ -178,7 +178,7 @@ def _collate(batch: list[dict], pad_id: int) -> dict:
 def train_from_scratch(model, examples: list[dict], pad_id: int, epochs: float, lr: float, batch_size: int,
                        seed: int, desc: str) -> list[float]:
     """Plain AdamW + cosine loop for the world's own models (these are the world, not the paper's methods)."""
-    from tqdm.auto import tqdm
+    from mmpref.console import bar
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -193,7 +193,7 @@ def train_from_scratch(model, examples: list[dict], pad_id: int, epochs: float, 
     losses: list[float] = []
     order: list[int] = []
     start = time.time()
-    for step in tqdm(range(total), desc=desc):
+    for step in bar(range(total), desc=desc):
         if not order:
             order = list(range(len(examples)))
             rng.shuffle(order)
@@ -219,7 +219,7 @@ def pretrain_vision_tower(tower, pixel_values: torch.Tensor, tags: list[list[str
     prediction (`world.image_tags`: "red circle", "3 shapes", "value 2 is 7", ...) read off the patch features by a
     linear head with a max over patches, so every patch feature says what it shows. The head is dropped afterwards.
     """
-    from tqdm.auto import tqdm
+    from mmpref.console import bar
 
     vocab = sorted({t for ts in tags for t in ts})
     index = {t: i for i, t in enumerate(vocab)}
@@ -237,7 +237,7 @@ def pretrain_vision_tower(tower, pixel_values: torch.Tensor, tags: list[list[str
     tower.train()
     losses: list[float] = []
     start = time.time()
-    for _ in tqdm(range(steps), desc="vision tower on image tags"):
+    for _ in bar(range(steps), desc="vision tower on image tags"):
         idx = torch.randint(0, len(tags), (batch_size,), generator=gen)
         patches = tower(pixel_values=pixel_values[idx]).last_hidden_state[:, 1:]
         logits = head(patches).max(dim=1).values
