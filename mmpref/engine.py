@@ -36,8 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from tqdm.auto import tqdm
-
+from mmpref.console import bar as progress_bar
 from mmpref.sampling import ChatRequest, Generator, Policy, open_image
 
 log = logging.getLogger(__name__)
@@ -182,8 +181,8 @@ class ServedPolicy(Generator):
         out: list[list[str] | None] = [None] * len(requests)
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(requests) or 1))) as pool:
             futures = {pool.submit(one, i): i for i in range(len(requests))}
-            bar = tqdm(total=len(requests), desc=desc or f"generate {self.name} ({self.served_model})",
-                       disable=desc is False)
+            bar = progress_bar(total=len(requests), desc=desc or f"generate {self.name} ({self.served_model})",
+                                disable=desc is False)
             try:
                 for fut in futures:  # in order: the first failure is raised, the rest are cancelled
                     out[futures[fut]] = fut.result()
