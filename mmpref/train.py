@@ -409,8 +409,10 @@ def _dpo_trainer_class():
 
 
 def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
-                ref_cache: Path | None = None):
-    """The configured DPO trainer (LoRA, projector LR, the family's prompt format, cached reference) and processor."""
+                ref_cache: Path | None = None, model=None):
+    """The configured DPO trainer (LoRA, projector LR, the family's prompt format, cached reference, shared prefix)
+    and processor. `model`: an already built policy for policy_ref's processor (bench/dpo_throughput.py makes one
+    with random weights on the device); by default it is loaded from policy_ref."""
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -425,7 +427,7 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
-    model = _load_policy(policy_ref, settings)
+    model = _load_policy(policy_ref, settings) if model is None else model
     reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
     keys = [reference_key(reference, proc_id, settings.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
             for r in rows]

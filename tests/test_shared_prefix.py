@@ -221,3 +221,17 @@ def test_refuses_processors_with_more_than_1d_positions(checkpoint, tmp_path):  
     trainer.data_collator.processor = WithRopeIndex()
     with pytest.raises(ValueError, match=r"\['mm_token_type_ids'\].*share_prefix: false"):
         trainer.data_collator([dict(trainer.train_dataset[0])])
+
+
+def test_params_switch_reaches_the_trainer_and_keeps_the_fingerprint(llava15):
+    from mmpref.config import load_params
+    from mmpref.train import settings_from_params
+
+    ref, _ = llava15
+    models = {"policy": ref, "family": "llava", "chat_template": "family"}
+    on = settings_from_params(load_params("params/paper-7b.yaml", {"models": models}), "dpo")
+    off = settings_from_params(load_params("params/paper-7b.yaml", {"models": models, "train": {
+        "dpo": {"share_prefix": False}}}), "dpo")
+    assert on.share_prefix is True and off.share_prefix is False
+    # the switch changes how the log-probs are computed, not what is learned: an adapter trained either way is reused
+    assert on.fingerprint_fields() == off.fingerprint_fields()
