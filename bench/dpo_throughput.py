@@ -10,15 +10,15 @@ peak memory is its own), through `mmpref.train.dpo_trainer`:
     mmpref-fly   one row per pair, reference on the fly (also packed)
 
 Printed per variant: pairs/s over the timed optimizer steps (after `--warmup` steps), the process's CPU seconds per
-pair over the same steps (fairer when other jobs share the CPUs; with 2 threads on a busy machine OpenMP spin-waits
-inflate it, `--threads 1` avoids that), the FLOPs of one step per pair (torch.utils.flop_counter: the work itself,
+pair over the same steps (fairer when other jobs share the CPUs), the FLOPs of one step per pair (torch.utils.flop_counter: the work itself,
 whatever else runs), the seconds the trainer took to
 build (for the cached variants: the reference pass over all pairs), peak memory (GPU: torch.cuda.max_memory_allocated
-during training; CPU: the process's peak RSS) and the loss of every step; then each variant's ratio against `trl`
-and `trl-cached`, and the largest loss difference between the variants (LoRA dropout is 0 by default, so the losses
-are the same computation and must agree to float tolerance).
+during training; CPU: the process's peak RSS), what training added to the memory it started with, and the loss of
+every step; then each variant's ratio against `trl` and `trl-cached`, and the largest loss difference between the
+variants (LoRA dropout is 0 by default, so the losses are the same computation and must agree to float tolerance).
 
-    python bench/dpo_throughput.py                        # CPU default: small LLaVA-1.5 shape, 576 image tokens
+    python bench/dpo_throughput.py                        # CPU default: small LLaVA-1.5 shape, 576 image tokens,
+                                                          # 1 torch thread (--threads 2 on an idle 2-core machine)
     python bench/dpo_throughput.py --shape 7b             # one GPU: LLaVA-1.5-7B shape, random weights, bf16
     python bench/dpo_throughput.py --shape 13b --batch-size 4
     python bench/dpo_throughput.py --config /path/llava-1.5-7b-hf/config.json   # sizes from a hub config.json
@@ -114,6 +114,35 @@ def build_model(ckpt: Path, shape: dict, device: str):
     return model.eval()
 
 
+class RssSampler:
+    """Peak resident memory of this process while training, sampled from /proc every 5 ms (ru_maxrss cannot be
+    reset, so it also holds what model building took)."""
+
+    def __init__(self):
+        import threading
+
+        self.peak, self.done = 0, threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _run(self):
+        while not self.done.wait(0.005):
+            self.peak = max(self.peak, self.rss())
+
+    def start(self) -> int:
+        self.peak = self.rss()
+        self.thread.start()
+        return self.peak
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join()
+        return max(self.peak, self.rss())
+
+
 def worker(a) -> dict:
     """One variant in this process: build, train warmup + steps optimizer steps, report."""
     import resource
@@ -157,8 +186,12 @@ def worker(a) -> dict:
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    rss = RssSampler() if device == "cpu" else None
+    base = rss.start() if rss else base
     begin = (time.perf_counter(), time.process_time())
     trainer.train()
+    rss_peak = rss.stop() if rss else None
     first = marks[a.warmup - 1] if a.warmup else begin
     timed, cpu = marks[-1][0] - first[0], marks[-1][1] - first[1]
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
@@ -175,7 +208,9 @@ def worker(a) -> dict:
     return {"variant": a.variant, "device": device, "pairs_per_s": a.steps * a.batch_size / timed,
             "step_s": timed / a.steps, "cpu_s_per_pair": cpu / (a.steps * a.batch_size),
             "gflop_per_pair": flops.get_total_flops() / 1e9 / a.batch_size, "setup_s": setup_s, "peak_mem_gib": peak / 2**30,
-            "peak_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS", "losses": losses}
+            "peak_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS",
+            "train_mem_gib": ((rss_peak if rss else torch.cuda.max_memory_allocated()) - base) / 2**30,
+            "losses": losses}
 
 
 def main() -> None:
@@ -190,7 +225,10 @@ def main() -> None:
     ap.add_argument("--lora-dropout", type=float, default=0.0,
                     help="0 (default) makes every variant's loss the same computation; the paper used 0.05")
     ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads per variant (default 1: on CPUs shared with other jobs, OpenMP threads "
+                         "spin-wait at every op, which measures the number of ops rather than the work; 2 on an "
+                         "idle 2-core machine)")
     ap.add_argument("--variant", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -225,10 +263,10 @@ def main() -> None:
           f"~{a.completion_tokens} tokens per completion, device {results[variants[0]]['device']}, "
           f"{results[variants[0]]['peak_kind']}")
     print(f"{'variant':<12} {'pairs/s':>9} {'step s':>8} {'CPU s/pair':>10} {'GFLOP/pair':>10} {'setup s':>8} "
-          f"{'peak GiB':>9}  losses")
+          f"{'peak GiB':>9} {'+train GiB':>10}  losses")
     for v, r in results.items():
         print(f"{v:<12} {r['pairs_per_s']:9.3f} {r['step_s']:8.2f} {r['cpu_s_per_pair']:10.2f} "
-              f"{r['gflop_per_pair']:10.1f} {r['setup_s']:8.2f} {r['peak_mem_gib']:9.2f}  "
+              f"{r['gflop_per_pair']:10.1f} {r['setup_s']:8.2f} {r['peak_mem_gib']:9.2f} {r['train_mem_gib']:10.2f}  "
               + " ".join(f"{x:.6f}" for x in r["losses"]))
     ratios = {}
     for base in ("trl", "trl-cached"):
@@ -239,10 +277,12 @@ def main() -> None:
                 ratios[f"{v}/{base}"] = {"pairs_per_s": r["pairs_per_s"] / results[base]["pairs_per_s"],
                                          "cpu_per_pair": results[base]["cpu_s_per_pair"] / r["cpu_s_per_pair"],
                                          "flop_per_pair": results[base]["gflop_per_pair"] / r["gflop_per_pair"],
-                                         "peak_mem": r["peak_mem_gib"] / results[base]["peak_mem_gib"]}
+                                         "peak_mem": r["peak_mem_gib"] / results[base]["peak_mem_gib"],
+                                         "train_mem": r["train_mem_gib"] / results[base]["train_mem_gib"]}
     for k, r in ratios.items():
         print(f"ratio {k:<24} pairs/s x{r['pairs_per_s']:.2f}   pairs per CPU-second x{r['cpu_per_pair']:.2f}   "
-              f"fewer FLOPs per pair x{r['flop_per_pair']:.2f}   peak memory x{r['peak_mem']:.2f}")
+              f"fewer FLOPs per pair x{r['flop_per_pair']:.2f}   peak memory x{r['peak_mem']:.2f} "
+              f"(training's own x{r['train_mem']:.2f})")
     losses = [r["losses"] for r in results.values()]
     loss_gap = max(abs(x - y) for ls in losses for x, y in zip(ls, losses[0]))
     print(f"largest loss difference between variants: {loss_gap:.2e}; load average {os.getloadavg()[0]:.1f} "

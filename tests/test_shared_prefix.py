@@ -1,6 +1,7 @@
 """DPO with a shared prefix (mmpref/shared_prefix.py) against stock TRL `DPOTrainer` on the same model and batch.
 
-Both trainers come from `mmpref.train.dpo_trainer` with the same LoRA weights (random, so the adapter matters and
+Models: the world's tiny LLaVA (test_models' fixture), the LLaVA-1.5-shaped checkpoint (576 image tokens) and the
+LLaVA-NeXT-shaped one (anyres, 1176 image tokens). Both trainers come from `mmpref.train.dpo_trainer` with the same LoRA weights (random, so the adapter matters and
 every gradient is non-zero); the stock one runs TRL's [prompt+chosen; prompt+rejected] rows, the other one packed row
 per pair. Pairs have prompts and completions of unequal lengths (padding on both sides of TRL's rows), and one
 completion is cut by max_length. Compared in float32: per-token and per-pair policy log-probs, the cached reference
@@ -199,6 +200,20 @@ def test_llava15_shaped_576_image_tokens_equals_stock_trl(llava15, tmp_path):
     assert (stock["batch"]["input_ids"] == image_id).sum(1).tolist() == [576] * 6          # twice per pair
     assert stock["batch"]["attention_mask"][2].sum() == 700  # pair 2's chosen was cut at max_length
     _assert_equal(stock, shared)
+
+
+def test_llava_next_shaped_anyres_equals_stock_trl(tmp_path):
+    """LLaVA-NeXT (anyres: 1176 image tokens for a 336x336 picture, `image_sizes` passed to the model) packs the same."""
+    from mmpref.shapes import build_llava_next_shaped
+
+    ref = str(build_llava_next_shaped(tmp_path / "ckpt"))
+    rows = _rows(tmp_path, 336)
+    runs = {}
+    for share in (False, True):
+        settings = _settings(share, 1300, chat_template=FAMILIES["llava_next"].chat_template, family="llava_next")
+        runs[share] = _run(_trainer(ref, rows, tmp_path, settings))
+    assert runs[True]["batch"]["image_sizes"].shape[0] == 3
+    _assert_equal(runs[False], runs[True])
 
 
 def test_refuses_processors_with_more_than_1d_positions(checkpoint, tmp_path):  # noqa: F811
