@@ -69,8 +69,9 @@ def shape_from_config(path: Path) -> dict:
                 vision_heads=v["num_attention_heads"])
 
 
-def make_data(work: Path, n: int, completion_tokens: int, seed: int = 0) -> list[dict]:
-    """n (image, question, chosen, rejected) rows; completions of about `completion_tokens` tokens, unequal lengths."""
+def make_data(work: Path, n: int, completion_tokens: int, tokenizer, seed: int = 0) -> list[dict]:
+    """n (image, question, chosen, rejected) rows; completions of 0.6-1.4 x `completion_tokens` tokens (mean
+    `completion_tokens`), so chosen and rejected differ in length and batches carry padding."""
     from mmpref.shapes import write_image
 
     rng = random.Random(seed)
@@ -79,8 +80,9 @@ def make_data(work: Path, n: int, completion_tokens: int, seed: int = 0) -> list
         write_image(work / "images" / f"{i}.png", size=(336, 336), seed=i)
 
         def text():
-            k = max(1, int(completion_tokens * rng.uniform(0.6, 1.4) / 1.6))  # ~1.6 tokens per word here
-            return " ".join(rng.choice(WORDS) for _ in range(k)).capitalize() + "."
+            k = max(1, round(completion_tokens * rng.uniform(0.6, 1.4)))
+            words = " ".join(rng.choice(WORDS) for _ in range(k)).capitalize()
+            return tokenizer.decode(tokenizer(words, add_special_tokens=False)["input_ids"][:k]).strip() + "."
 
         rows.append({"prompt_id": f"p{i}", "image": f"images/{i}.png",
                      "question": f"What does figure {i} show about the {rng.choice(WORDS)}?",
@@ -247,7 +249,10 @@ def main() -> None:
         work = Path(tmp)
         build_llava15_shaped(work / "ckpt")  # processor, tokenizer and config layout; weights are made per worker
         (work / "shape.json").write_text(json.dumps(shape))
-        rows = make_data(work, a.batch_size * (a.warmup + a.steps), a.completion_tokens)
+        from transformers import AutoTokenizer
+
+        rows = make_data(work, a.batch_size * (a.warmup + a.steps), a.completion_tokens,
+                         AutoTokenizer.from_pretrained(work / "ckpt"))
         (work / "rows.json").write_text(json.dumps(rows))
         for v in variants:
             cmd = [sys.executable, __file__, "--variant", v, "--workdir", str(work)] + [
