@@ -468,6 +468,17 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
     return info
 
 
+def _share_prefix(choice, family: str) -> bool:
+    """`train.dpo.share_prefix` for a family: auto = where its text positions are 1D; true there only."""
+    from mmpref.families import FAMILIES
+
+    fits = FAMILIES[family].text_positions_1d
+    if choice is True and not fits:
+        raise ValueError(f"train.dpo.share_prefix: true, but the {family} family uses multimodal RoPE positions, "
+                         f"which a packed row would get wrong; use auto or false")
+    return fits if choice == "auto" else bool(choice)
+
+
 def settings_from_params(params, method: str) -> TrainSettings:
     """Translate the `train` params section into the settings of one method (family and template included)."""
     t = params.train
@@ -486,7 +497,7 @@ def settings_from_params(params, method: str) -> TrainSettings:
         return TrainSettings(learning_rate=d.learning_rate, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              epochs=d.epochs, max_length=d.max_length, beta=d.beta,
                              average_log_prob=d.average_log_prob, precompute_ref_log_probs=d.precompute_ref_log_probs,
-                             share_prefix=d.share_prefix,
+                             share_prefix=_share_prefix(d.share_prefix, common["family"]),
                              train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
                              **common)
     s = t.sft

@@ -242,14 +242,24 @@ def test_params_switch_reaches_the_trainer_and_keeps_the_fingerprint(llava15):
     from mmpref.config import load_params
     from mmpref.train import settings_from_params
 
+    from mmpref.train import _share_prefix
+
     ref, _ = llava15
     models = {"policy": ref, "family": "llava", "chat_template": "family"}
-    on = settings_from_params(load_params("params/paper-7b.yaml", {"models": models}), "dpo")
-    off = settings_from_params(load_params("params/paper-7b.yaml", {"models": models, "train": {
-        "dpo": {"share_prefix": False}}}), "dpo")
-    assert on.share_prefix is True and off.share_prefix is False
+
+    def settings(choice):
+        return settings_from_params(load_params("params/paper-7b.yaml", {"models": models, "train": {
+            "dpo": {"share_prefix": choice}}}), "dpo")
+
+    assert load_params("params/paper-7b.yaml").train.dpo.share_prefix == "auto"
+    auto, on, off = settings("auto"), settings(True), settings(False)
+    assert auto.share_prefix is True and on.share_prefix is True and off.share_prefix is False
     # the switch changes how the log-probs are computed, not what is learned: an adapter trained either way is reused
     assert on.fingerprint_fields() == off.fingerprint_fields()
+    # Qwen2-VL's multimodal RoPE: auto keeps TRL's rows, true is refused
+    assert _share_prefix("auto", "qwen2_vl") is False and _share_prefix("auto", "llava_next") is True
+    with pytest.raises(ValueError, match="qwen2_vl family uses multimodal RoPE"):
+        _share_prefix(True, "qwen2_vl")
 
 
 def test_throughput_bench_runs_both_trainers_to_the_same_losses(tmp_path):
