@@ -22,8 +22,9 @@ Truncation follows TRL: a row [prompt + completion] keeps its first `max_length`
 `max_length - len(prompt)` tokens; a prompt of `max_length` tokens or more (TRL would cut image tokens) is refused.
 
 Scope: models whose text positions are 1D (LLaVA-1.5, LLaVA-NeXT, Llama-family LMs) with `sdpa` or `eager`
-attention. Multimodal RoPE (Qwen2-VL: `image_grid_thw`, `mm_token_type_ids`) and `flash_attention_2` (which cannot
-take this mask) are refused with a message that names the switch (`train.dpo.share_prefix: false`).
+attention. `train.dpo.share_prefix: auto` leaves families with multimodal RoPE (Qwen2-VL) on TRL's rows; a processor
+that returns such inputs anyway (`image_grid_thw`, `mm_token_type_ids`) and `flash_attention_2` (which cannot take this
+mask) are refused with a message that names the switch (`train.dpo.share_prefix: false`).
 """
 
 from __future__ import annotations
