@@ -10,8 +10,8 @@ peak memory is its own), through `mmpref.train.dpo_trainer`:
     mmpref-fly   one row per pair, reference on the fly (also packed)
 
 Printed per variant: pairs/s over the timed optimizer steps (after `--warmup` steps), the process's CPU seconds per
-pair over the same steps (fairer when other jobs share the CPUs), the FLOPs of one step per pair (torch.utils.flop_counter: the work itself,
-whatever else runs), the seconds the trainer took to
+pair over the same steps (fairer when other jobs share the CPUs), the FLOPs of one step per pair
+(torch.utils.flop_counter: the work itself, whatever else runs), the seconds the trainer took to
 build (for the cached variants: the reference pass over all pairs), peak memory (GPU: torch.cuda.max_memory_allocated
 during training; CPU: the process's peak RSS), what training added to the memory it started with, and the loss of
 every step; then each variant's ratio against `trl` and `trl-cached`, and the largest loss difference between the
@@ -209,7 +209,8 @@ def worker(a) -> dict:
     trainer.model.zero_grad()
     return {"variant": a.variant, "device": device, "pairs_per_s": a.steps * a.batch_size / timed,
             "step_s": timed / a.steps, "cpu_s_per_pair": cpu / (a.steps * a.batch_size),
-            "gflop_per_pair": flops.get_total_flops() / 1e9 / a.batch_size, "setup_s": setup_s, "peak_mem_gib": peak / 2**30,
+            "gflop_per_pair": flops.get_total_flops() / 1e9 / a.batch_size, "setup_s": setup_s,
+            "peak_mem_gib": peak / 2**30,
             "peak_kind": "cuda max_memory_allocated" if device == "cuda" else "peak RSS",
             "train_mem_gib": ((rss_peak if rss else torch.cuda.max_memory_allocated()) - base) / 2**30,
             "losses": losses}

@@ -266,7 +266,7 @@ def test_dpo_batch_has_bos_system_prompt_image_tokens_and_eos(paper, tmp_path, s
     tok = processor.tokenizer
     batch = trainer.data_collator([dict(trainer.train_dataset[i]) for i in range(2)])
     assert "ref_chosen_logps" in batch
-    if share_prefix:  # one packed row per pair: prompt (image tokens once), chosen, copy of the prompt's last token, rejected
+    if share_prefix:  # one packed row per pair: prompt (image tokens once), chosen, prompt's last token again, rejected
         rows_ = [[t for t, m in zip(ids, mask) if m] for ids, mask in
                  zip(batch["packed_input_ids"].tolist(), batch["packed_attention_mask"].tolist())]
     else:  # TRL's rows: [prompt + chosen; prompt + rejected]

@@ -1,11 +1,12 @@
 """DPO with a shared prefix (mmpref/shared_prefix.py) against stock TRL `DPOTrainer` on the same model and batch.
 
 Models: the world's tiny LLaVA (test_models' fixture), the LLaVA-1.5-shaped checkpoint (576 image tokens) and the
-LLaVA-NeXT-shaped one (anyres, 1176 image tokens). Both trainers come from `mmpref.train.dpo_trainer` with the same LoRA weights (random, so the adapter matters and
-every gradient is non-zero); the stock one runs TRL's [prompt+chosen; prompt+rejected] rows, the other one packed row
-per pair. Pairs have prompts and completions of unequal lengths (padding on both sides of TRL's rows), and one
-completion is cut by max_length. Compared in float32: per-token and per-pair policy log-probs, the cached reference
-log-probs, the loss, TRL's logged metrics and the gradients of every trainable parameter (LoRA and projector).
+LLaVA-NeXT-shaped one (anyres, 1176 image tokens). Both trainers come from `mmpref.train.dpo_trainer` with the same
+LoRA weights (random, so the adapter matters and every gradient is non-zero); the stock one runs TRL's
+[prompt+chosen; prompt+rejected] rows, the other one packed row per pair. Pairs have prompts and completions of
+unequal lengths (padding on both sides of TRL's rows), and one completion is cut by max_length. Compared in float32:
+per-token and per-pair policy log-probs, the cached reference log-probs, the loss, TRL's logged metrics and the
+gradients of every trainable parameter (LoRA and projector).
 
 Tolerances asserted (float32): log-probs rtol 1e-5 / atol 1e-4 (sums of ~50-250 nats); loss rtol 1e-5 / atol 1e-6;
 gradients atol 1e-5 x the largest gradient of the model, rtol 1e-4. Measured: log-probs agree to ~1e-5 absolute,
@@ -93,8 +94,9 @@ def _run(trainer):
     loss = trainer.compute_loss(trainer.model, inputs)
     loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-    ref = (torch.tensor(trainer.train_dataset["ref_chosen_logps"]), torch.tensor(trainer.train_dataset["ref_rejected_logps"])) \
-        if "ref_chosen_logps" in trainer.train_dataset.column_names else None
+    data = trainer.train_dataset
+    ref = (torch.tensor(data["ref_chosen_logps"]), torch.tensor(data["ref_rejected_logps"])) \
+        if "ref_chosen_logps" in data.column_names else None
     return {"per_token": per_token, "per_pair": per_pair, "lengths": lengths, "loss": loss.detach(), "grads": grads,
             "ref": ref, "metrics": {k: v[-1] for k, v in trainer._metrics["train"].items()}, "batch": batch}
 
@@ -203,7 +205,8 @@ def test_llava15_shaped_576_image_tokens_equals_stock_trl(llava15, tmp_path):
 
 
 def test_llava_next_shaped_anyres_equals_stock_trl(tmp_path):
-    """LLaVA-NeXT (anyres: 1176 image tokens for a 336x336 picture, `image_sizes` passed to the model) packs the same."""
+    """LLaVA-NeXT (anyres: 1176 image tokens for a 336x336 picture, `image_sizes` passed to the model) packs the
+    same."""
     from mmpref.shapes import build_llava_next_shaped
 
     ref = str(build_llava_next_shaped(tmp_path / "ckpt"))
