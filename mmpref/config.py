@@ -261,6 +261,11 @@ class DPOParams(Strict):
     max_length: int = 3000
     average_log_prob: bool = False
     precompute_ref_log_probs: bool = True
+    # each pair's image and prompt computed once, chosen and rejected packed after them (mmpref/shared_prefix.py;
+    # equal to stock TRL's log-probs, loss and gradients to float tolerance: tests/test_shared_prefix.py).
+    # auto: on for families with 1D text positions (LLaVA-1.5, LLaVA-NeXT), stock TRL rows for Qwen2-VL's
+    # multimodal RoPE; true: required (refused for Qwen2-VL); false: stock TRL rows
+    share_prefix: Literal["auto"] | bool = "auto"
     train_projector: bool = True
     projector_learning_rate: float | None = 2e-5
     fractions: list[float] = [0.25, 0.5, 0.75]

@@ -81,6 +81,8 @@ class Family:
     chat_template: str                # the VLM's training-time prompt format
     text_chat_template: str           # the base LLM's prompt format
     lora_scope: str = "language_model"  # LoRA goes on linear layers under this module only (never the tower)
+    text_positions_1d: bool = True    # plain 1D RoPE positions (not Qwen2-VL's multimodal RoPE): DPO can share the
+                                      # prompt between chosen and rejected (mmpref/shared_prefix.py)
 
     def lora_target_regex(self, module_names: list[str]) -> str:
         """PEFT target_modules regex: the named linear layers of the language model."""
@@ -94,8 +96,10 @@ FAMILIES: dict[str, Family] = {
                vicuna_v1_template(VICUNA_SYSTEM), vicuna_v1_template(VICUNA_SYSTEM)),
         Family("llava_next", ("llava_next",), "multi_modal_projector", "<image>",
                vicuna_v1_template(VICUNA_SYSTEM), vicuna_v1_template(VICUNA_SYSTEM)),
-        Family("qwen2_vl", ("qwen2_vl",), "merger", "<|image_pad|>", CHATML_TEMPLATE, CHATML_TEMPLATE),
-        Family("qwen2_5_vl", ("qwen2_5_vl",), "merger", "<|image_pad|>", CHATML_TEMPLATE, CHATML_TEMPLATE),
+        Family("qwen2_vl", ("qwen2_vl",), "merger", "<|image_pad|>", CHATML_TEMPLATE, CHATML_TEMPLATE,
+               text_positions_1d=False),
+        Family("qwen2_5_vl", ("qwen2_5_vl",), "merger", "<|image_pad|>", CHATML_TEMPLATE, CHATML_TEMPLATE,
+               text_positions_1d=False),
     )
 }
 

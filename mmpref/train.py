@@ -61,6 +61,7 @@ class TrainSettings:
     beta: float = 0.1
     average_log_prob: bool = False
     precompute_ref_log_probs: bool = True
+    share_prefix: bool = False
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -80,7 +81,9 @@ class TrainSettings:
 
     def fingerprint_fields(self) -> dict:
         """The settings that change what is learned (not how often it is logged or checkpointed)."""
-        skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed"}
+        # share_prefix changes how the DPO log-probs are computed, not their values (equal to float tolerance:
+        # tests/test_shared_prefix.py), so switching it keeps a trained adapter and its checkpoints
+        skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed", "share_prefix"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -374,6 +377,8 @@ def _dpo_trainer_class():
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
+    from mmpref.shared_prefix import SharedPrefixCollator, SharedPrefixMixin, require_mask_attention
+
     class CollatorWithReference(DataCollatorForVisionPreference):
         def torch_call(self, examples):
             ref = None
@@ -385,17 +390,23 @@ def _dpo_trainer_class():
                 out["ref_chosen_logps"], out["ref_rejected_logps"] = ref
             return out
 
-    class DPOWithCachedReference(_with_projector_lr(DPOTrainer)):
-        """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk by content."""
+    class DPOWithCachedReference(SharedPrefixMixin, _with_projector_lr(DPOTrainer)):
+        """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk by content; with
+        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py)."""
 
-        def __init__(self, *args, ref_cache: Path | None = None, pair_keys: list[str] | None = None, **kwargs):
+        def __init__(self, *args, ref_cache: Path | None = None, pair_keys: list[str] | None = None,
+                     share_prefix: bool = False, **kwargs):
             targs = kwargs["args"]
             want = targs.precompute_ref_log_probs
             targs.precompute_ref_log_probs = False  # TRL refuses it for vision data; done below instead
             kwargs.setdefault("data_collator", None)
             super().__init__(*args, **kwargs)
             targs.precompute_ref_log_probs = want
-            self.data_collator = CollatorWithReference(processor=self.processing_class, max_length=targs.max_length)
+            self.share_prefix = share_prefix
+            collator = SharedPrefixCollator if share_prefix else CollatorWithReference
+            self.data_collator = collator(processor=self.processing_class, max_length=targs.max_length)
+            if share_prefix:
+                require_mask_attention(self._prefix_attention())
             self.reference_stats = {"computed": 0, "cached": 0}
             if want:
                 self.train_dataset = self._with_reference(self.train_dataset, ref_cache, pair_keys)
@@ -460,8 +471,10 @@ def _dpo_trainer_class():
 
 
 def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
-                ref_cache: Path | None = None):
-    """The configured DPO trainer (LoRA, projector LR, the family's prompt format, cached reference) and processor."""
+                ref_cache: Path | None = None, model=None):
+    """The configured DPO trainer (LoRA, projector LR, the family's prompt format, cached reference, shared prefix)
+    and processor. `model`: an already built policy for policy_ref's processor (bench/dpo_throughput.py makes one
+    with random weights on the device); by default it is loaded from policy_ref."""
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -476,7 +489,7 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
-    model = _load_policy(policy_ref, settings)
+    model = _load_policy(policy_ref, settings) if model is None else model
     reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
     keys = [reference_key(reference, proc_id, settings.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
             for r in rows]
@@ -491,7 +504,8 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
     trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
     trainer_cls.projector_lr = settings.projector_learning_rate
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=processor,
-                          peft_config=lora_config(settings), ref_cache=ref_cache, pair_keys=keys)
+                          peft_config=lora_config(settings), ref_cache=ref_cache, pair_keys=keys,
+                          share_prefix=settings.share_prefix)
     return trainer, processor
 
 
@@ -517,6 +531,17 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
     return info
 
 
+def _share_prefix(choice, family: str) -> bool:
+    """`train.dpo.share_prefix` for a family: auto = where its text positions are 1D; true there only."""
+    from mmpref.families import FAMILIES
+
+    fits = FAMILIES[family].text_positions_1d
+    if choice is True and not fits:
+        raise ValueError(f"train.dpo.share_prefix: true, but the {family} family uses multimodal RoPE positions, "
+                         f"which a packed row would get wrong; use auto or false")
+    return fits if choice == "auto" else bool(choice)
+
+
 def settings_from_params(params, method: str) -> TrainSettings:
     """Translate the `train` params section into the settings of one method (family and template included)."""
     t = params.train
@@ -535,6 +560,7 @@ def settings_from_params(params, method: str) -> TrainSettings:
         return TrainSettings(learning_rate=d.learning_rate, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              epochs=d.epochs, max_length=d.max_length, beta=d.beta,
                              average_log_prob=d.average_log_prob, precompute_ref_log_probs=d.precompute_ref_log_probs,
+                             share_prefix=_share_prefix(d.share_prefix, common["family"]),
                              train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
                              **common)
     s = t.sft

@@ -253,24 +253,31 @@ def test_sft_batch_has_bos_system_prompt_image_tokens_and_eos(paper, tmp_path):
         assert _text(tok, learned).strip() == "The curve decreases.</s>"  # loss on the answer and its EOS only
 
 
-def test_dpo_batch_has_bos_system_prompt_image_tokens_and_eos(paper, tmp_path):
+@pytest.mark.parametrize("share_prefix", [False, True])
+def test_dpo_batch_has_bos_system_prompt_image_tokens_and_eos(paper, tmp_path, share_prefix):
     from mmpref.train import dpo_trainer, settings_from_params
 
-    params = _params(paper)
+    params = _params(paper, train={"dpo": {"share_prefix": share_prefix}})
     rows = _pairs(paper)
     settings = settings_from_params(params, "dpo")
+    assert settings.share_prefix is share_prefix
     trainer, processor = dpo_trainer(params.model_ref(params.models.policy), rows, params.run_dir, tmp_path,
                                      settings, ref_cache=tmp_path / "ref.jsonl")
     tok = processor.tokenizer
     batch = trainer.data_collator([dict(trainer.train_dataset[i]) for i in range(2)])
     assert "ref_chosen_logps" in batch
-    completions = []
-    for ids, mask, comp in zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist(),
-                               batch["completion_mask"].tolist()):
-        real = [t for t, m in zip(ids, mask) if m]
+    if share_prefix:  # one packed row per pair: prompt (image tokens once), chosen, prompt's last token again, rejected
+        rows_ = [[t for t, m in zip(ids, mask) if m] for ids, mask in
+                 zip(batch["packed_input_ids"].tolist(), batch["packed_attention_mask"].tolist())]
+    else:  # TRL's rows: [prompt + chosen; prompt + rejected]
+        rows_ = [[t for t, m in zip(ids, mask) if m] for ids, mask in
+                 zip(batch["input_ids"].tolist(), batch["attention_mask"].tolist())]
+    for real in rows_:
         assert real[0] == tok.bos_token_id and real.count(tok.bos_token_id) == 1
         assert _text(tok, real[1:]).startswith(VICUNA_SYSTEM + " USER:")
         assert real.count(tok.convert_tokens_to_ids("<image>")) == 576
+    completions = []  # TRL's [chosen; rejected] completion layout, which both give TRL's loss code
+    for ids, comp in zip(batch["input_ids"].tolist(), batch["completion_mask"].tolist()):
         completions.append(_text(tok, [t for t, c in zip(ids, comp) if c]).strip())
         assert [t for t, c in zip(ids, comp) if c][-1] == tok.eos_token_id
     assert completions == ["A short clear answer.</s>"] * 2 + ["Wrong.</s>"] * 2  # [chosen; rejected]
