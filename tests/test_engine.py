@@ -8,7 +8,6 @@ import random
 
 import pytest
 import torch
-from PIL import Image
 
 from mmpref import engine, sampling
 from mmpref.config import ParamsError, Params, load_params
@@ -17,6 +16,7 @@ from mmpref.io import read_jsonl
 from mmpref.sampling import ChatRequest, Policy, batch_seed, sample_responses
 from tests.loopback import OpenAIServer, PolicyResponder, decode_data_url, killed_after_writes
 from tests.test_models import checkpoint  # noqa: F401  (the tiny LLaVA fixture)
+from tests.test_resume import _prompts  # the same small prompt set and pictures
 
 K = 3
 
@@ -50,16 +50,6 @@ def served(policies, tmp_path):
     with OpenAIServer(responder=responder, models=["llava", "dpo-merged"]) as server:
         server.policy_responder = responder
         yield server
-
-
-def _prompts(run_dir, n):
-    (run_dir / "images").mkdir(parents=True, exist_ok=True)
-    out = []
-    for i in range(n):
-        Image.new("RGB", (16, 16), ["red", "blue", "green"][i % 3]).save(run_dir / "images" / f"{i}.png")
-        out.append({"id": f"p{i}", "image": f"images/{i}.png",
-                    "question": ["What color is the square?", "Is there a red circle in the image?"][i % 2]})
-    return out
 
 
 def _sample(policy, prompts, run_dir, out, batch_size=2):
