@@ -497,12 +497,13 @@ def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Pa
 
 
 def save_figure(fig: Figure, out_png: str | Path, dpi: int = 200) -> dict[str, Path]:
-    """Write the figure as ``<name>.png`` (``dpi``) and ``<name>.pdf`` beside it; returns both paths."""
+    """Write the figure as ``<name>.png`` (``dpi``) and ``<name>.pdf`` beside it; returns both paths. The PDF carries
+    no creation date, so a regenerated figure that did not change is byte-identical (no churn in `figures/`)."""
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     pdf = out_png.with_suffix(".pdf")
     fig.savefig(out_png, dpi=dpi)
-    fig.savefig(pdf)
+    fig.savefig(pdf, metadata={"CreationDate": None})
     return {"png": out_png, "pdf": pdf}
 
 

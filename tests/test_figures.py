@@ -310,3 +310,20 @@ def test_readable_rounds_for_reading():
     mixed = readable(pd.DataFrame({"paper": [6.5734, None], "note": ["x", None]}, dtype=object))
     assert list(mixed.paper) == [6.57, ""] and list(mixed.note) == ["x", ""]
     assert "-0.0" not in readable(pd.DataFrame({"r": [-0.00012, 0.5]})).to_html()
+
+
+def test_saved_pdf_is_byte_identical_when_the_figure_is(tmp_path, monkeypatch):
+    """A regenerated figure that did not change must not change `figures/` (no creation date in the PDF)."""
+    import matplotlib.pyplot as plt
+
+    from mmpref.figures import save_figure
+
+    pdfs = []
+    for i, epoch in enumerate(("1700000000", "1800000000")):
+        monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+        monkeypatch.setattr("time.time", lambda e=epoch: float(e))
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [2, 1, 3])
+        pdfs.append(save_figure(fig, tmp_path / f"f{i}.png")["pdf"].read_bytes())
+        plt.close(fig)
+    assert pdfs[0] == pdfs[1] and pdfs[0].startswith(b"%PDF")
