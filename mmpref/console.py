@@ -14,6 +14,8 @@
   `transformers.utils.logging.disable_progress_bar()`; warnings that a library raises about another library's use
   of it, which a reader cannot act on, are filtered by exact category, message and raising module (`KNOWN_WARNINGS`,
   each with the reason).
+- **A stage's closing summary** (`StageReport`, what `Stage.done()` returns): the manifest line shown as a few lines
+  (files written with sizes, counts, the judge's spend, the time), as an HTML table of class SUMMARY_CLASS.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from tqdm.std import tqdm as _text_tqdm
 
-PROGRESS_ENV = "MMPREF_PROGRESS"  # "live" (default: tqdm.auto), "summary" (one final line per bar), "off"
+PROGRESS_ENV = "MMPREF_PROGRESS"
+SUMMARY_CLASS = "mmpref-stage-summary"  # the HTML class of a stage's closing summary (StageReport; mmpref.nbcheck)  # "live" (default: tqdm.auto), "summary" (one final line per bar), "off"
 
 # (category, message regex, raising module regex, why it cannot be handled at its cause)
 KNOWN_WARNINGS: list[tuple[type[Warning], str, str, str]] = [
@@ -130,3 +133,106 @@ def bar(iterable=None, **kwargs):
     from tqdm.auto import tqdm
 
     return tqdm(iterable, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- a stage's summary
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    return ""  # unreachable
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _value(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+    if isinstance(v, (list, tuple)):
+        return f"{len(v)} items"
+    return str(v)
+
+
+def _judge_text(u: dict) -> str:
+    cost = u.get("cost_usd")
+    price = "price unknown" if cost is None else f"${cost:,.2f}"
+    batch = f" ({u['batch_calls']:,} by batch)" if u.get("batch_calls") else ""
+    return (f"{', '.join(u.get('judge_ids') or []) or 'judge'}: {u.get('calls', 0):,} calls{batch}, "
+            f"{u.get('input_tokens', 0):,} input + {u.get('output_tokens', 0):,} output tokens, {price}")
+
+
+class StageReport(dict):
+    """A stage's manifest line (a dict, as written to manifest.jsonl) that a notebook shows as a few lines: what the
+    stage wrote (its output files, sizes), its counts, the judge's spend, its time."""
+
+    def __init__(self, line: dict, run_dir: Path, outputs: list[Path]):
+        super().__init__(line)
+        self.run_dir = Path(run_dir)
+        self.outputs = [p for p in outputs if p.exists()]
+
+    def wrote(self) -> str:
+        """The output files, grouped: one folder's files together, or one file name across sibling folders
+        (`adapters/{dpo, dpo_frac0.25}/adapter_model.safetensors`)."""
+        def rel(p: Path) -> str:
+            return (p.relative_to(self.run_dir) if p.is_relative_to(self.run_dir) else p).as_posix()
+
+        def listed(names: list[str]) -> str:
+            return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
+
+        names = [p.name for p in self.outputs]
+        groups: dict[tuple[Path, str | None], list[Path]] = {}
+        for p in self.outputs:
+            key = (p.parent.parent, p.name) if names.count(p.name) > 1 else (p.parent, None)
+            groups.setdefault(key, []).append(p)
+        parts = []
+        for (folder, name), files in groups.items():
+            size = _size(sum(f.stat().st_size for f in files))
+            if len(files) == 1:
+                parts.append(f"{rel(files[0])} ({size})")
+            elif name is None and folder == self.run_dir:
+                parts.append(f"{listed([f.name for f in files])} ({len(files)} files, {size})")
+            elif name is not None:
+                parts.append(f"{rel(folder)}/{{{listed([f.parent.name for f in files])}}}/{name} "
+                             f"({len(files)} files, {size})")
+            else:
+                parts.append(f"{rel(folder)}/: {len(files)} files ({listed([f.name for f in files])}; {size})")
+        return "; ".join(parts) or "no output files"
+
+    def rows(self) -> list[tuple[str, str]]:
+        summary = self.get("summary") or {}
+        counts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in summary.items() if not isinstance(v, dict)]
+        out = [("stage", f"{self['stage']} in run directory {self.run_dir}"),
+               ("wrote", self.wrote())]
+        if counts:
+            out.append(("counts", " · ".join(counts)))
+        for k, v in summary.items():
+            if isinstance(v, dict):
+                out.append((k.replace("_", " "), _judge_text(v) if "calls" in v else
+                             " · ".join(f"{a} {_value(b)}" for a, b in v.items() if not isinstance(b, dict))))
+        out.append(("time", f"{_duration(self['seconds'])}, finished {self['finished']}; recorded in manifest.jsonl"))
+        return out
+
+    def __repr__(self) -> str:
+        rows = self.rows()
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+    def _repr_pretty_(self, p, cycle) -> None:
+        p.text(repr(self))
+
+    def _repr_html_(self) -> str:
+        import html
+
+        body = "".join(f"<tr><th style=\"text-align:left\">{html.escape(k)}</th>"
+                       f"<td style=\"text-align:left\">{html.escape(v)}</td></tr>" for k, v in self.rows())
+        return f"<table class=\"{SUMMARY_CLASS}\">{body}</table>"

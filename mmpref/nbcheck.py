@@ -23,6 +23,8 @@ import re
 import sys
 from pathlib import Path
 
+from mmpref.console import SUMMARY_CLASS  # Stage.done()'s HTML table (StageReport)
+
 # the tiny run's notebooks (params/tiny.yaml: a DPO sweep, the miniature world, Figure 3 from simulated labels):
 # at least this many plots and pandas tables, and Stage.done()'s summary at the end
 EXPECTED: dict[str, dict] = {
@@ -39,7 +41,6 @@ EXPECTED: dict[str, dict] = {
     "10_analyse": {"png": 2, "tables": 10, "summary": True},
 }
 
-SUMMARY_CLASS = "mmpref-stage-summary"  # Stage.done()'s HTML table (mmpref.runner.StageReport)
 
 LOG_LINE = re.compile(
     r"^\s*(?:\[?\d{4}-\d\d-\d\d[ T])?\[?\d\d:\d\d:\d\d(?:[.,]\d+)?\]?\s+(?:DEBUG|INFO)\b"  # 12:00:01 INFO ...

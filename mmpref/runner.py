@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mmpref import methods
-from mmpref.console import PROGRESS_ENV, quiet_libraries, setup_logging
+from mmpref.console import PROGRESS_ENV, StageReport, quiet_libraries, setup_logging
 from mmpref.config import Params, load_params, resolve_params_path, stages as all_stages
 from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
 
@@ -244,108 +244,6 @@ class Stage:
         append_jsonl(manifest_path(self.params), line)
         log.info("stage %s done in %.1fs", self.name, line["seconds"])
         return StageReport(line, self.run_dir, stage_outputs(self.params, self.name))
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1000
-    return ""  # unreachable
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(round(seconds), 60)
-    return f"{minutes} min {sec:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
-
-
-def _value(v) -> str:
-    if isinstance(v, bool) or v is None:
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.3g}"
-    if isinstance(v, (list, tuple)):
-        return f"{len(v)} items"
-    return str(v)
-
-
-def _judge_text(u: dict) -> str:
-    cost = u.get("cost_usd")
-    price = "price unknown" if cost is None else f"${cost:,.2f}"
-    batch = f" ({u['batch_calls']:,} by batch)" if u.get("batch_calls") else ""
-    return (f"{', '.join(u.get('judge_ids') or []) or 'judge'}: {u.get('calls', 0):,} calls{batch}, "
-            f"{u.get('input_tokens', 0):,} input + {u.get('output_tokens', 0):,} output tokens, {price}")
-
-
-class StageReport(dict):
-    """A stage's manifest line (a dict, as written to manifest.jsonl) that a notebook shows as a few lines: what the
-    stage wrote (its output files, sizes), its counts, the judge's spend, its time."""
-
-    def __init__(self, line: dict, run_dir: Path, outputs: list[Path]):
-        super().__init__(line)
-        self.run_dir = Path(run_dir)
-        self.outputs = [p for p in outputs if p.exists()]
-
-    def wrote(self) -> str:
-        """The output files, grouped: one folder's files together, or one file name across sibling folders
-        (`adapters/{dpo, dpo_frac0.25}/adapter_model.safetensors`)."""
-        def rel(p: Path) -> str:
-            return (p.relative_to(self.run_dir) if p.is_relative_to(self.run_dir) else p).as_posix()
-
-        def listed(names: list[str]) -> str:
-            return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
-
-        names = [p.name for p in self.outputs]
-        groups: dict[tuple[Path, str | None], list[Path]] = {}
-        for p in self.outputs:
-            key = (p.parent.parent, p.name) if names.count(p.name) > 1 else (p.parent, None)
-            groups.setdefault(key, []).append(p)
-        parts = []
-        for (folder, name), files in groups.items():
-            size = _size(sum(f.stat().st_size for f in files))
-            if len(files) == 1:
-                parts.append(f"{rel(files[0])} ({size})")
-            elif name is None and folder == self.run_dir:
-                parts.append(f"{listed([f.name for f in files])} ({len(files)} files, {size})")
-            elif name is not None:
-                parts.append(f"{rel(folder)}/{{{listed([f.parent.name for f in files])}}}/{name} "
-                             f"({len(files)} files, {size})")
-            else:
-                parts.append(f"{rel(folder)}/: {len(files)} files ({listed([f.name for f in files])}; {size})")
-        return "; ".join(parts) or "no output files"
-
-    def rows(self) -> list[tuple[str, str]]:
-        summary = self.get("summary") or {}
-        counts = [f"{k.replace('_', ' ')} {_value(v)}" for k, v in summary.items() if not isinstance(v, dict)]
-        out = [("stage", f"{self['stage']} in run directory {self.run_dir}"),
-               ("wrote", self.wrote())]
-        if counts:
-            out.append(("counts", " · ".join(counts)))
-        for k, v in summary.items():
-            if isinstance(v, dict):
-                out.append((k.replace("_", " "), _judge_text(v) if "calls" in v else
-                             " · ".join(f"{a} {_value(b)}" for a, b in v.items() if not isinstance(b, dict))))
-        out.append(("time", f"{_duration(self['seconds'])}, finished {self['finished']}; recorded in manifest.jsonl"))
-        return out
-
-    def __repr__(self) -> str:
-        rows = self.rows()
-        width = max(len(k) for k, _ in rows)
-        return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
-
-    def _repr_pretty_(self, p, cycle) -> None:
-        p.text(repr(self))
-
-    def _repr_html_(self) -> str:
-        import html
-
-        body = "".join(f"<tr><th style=\"text-align:left\">{html.escape(k)}</th>"
-                       f"<td style=\"text-align:left\">{html.escape(v)}</td></tr>" for k, v in self.rows())
-        return f"<table class=\"mmpref-stage-summary\">{body}</table>"
 
 
 def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None) -> dict:

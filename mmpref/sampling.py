@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 from PIL import Image
 from pydantic import BaseModel
-from mmpref.console import bar
 
+from mmpref.console import bar
 from mmpref.io import append_jsonl, read_jsonl, write_jsonl
 from mmpref.models import chat_messages, chat_templates, load_text_lm, load_vlm
 

@@ -1,5 +1,5 @@
 """What a notebook shows: the checker of saved outputs (mmpref.nbcheck) on hand-made notebooks, the pieces that keep
-outputs clean (mmpref.console: log file, final-line progress bars, library noise; runner.StageReport), and one real
+outputs clean (mmpref.console: log file, final-line progress bars, library noise; console.StageReport), and one real
 stage notebook executed headless the way `mmpref run` does. The end-to-end test checks every notebook of a tiny run
 with the same checker (tests/test_end_to_end.py::test_notebook_outputs_are_evidence_not_logs)."""
 
@@ -205,7 +205,7 @@ def test_peft_still_raises_the_filtered_warning():
 # ---- Stage.done()'s summary ---------------------------------------------------------------------------------------
 
 def test_stage_report_is_short_and_names_what_was_written(tmp_path):
-    from mmpref.runner import StageReport
+    from mmpref.console import StageReport
 
     (tmp_path / "datasets").mkdir()
     for name, size in (("dpo.jsonl", 2000), ("sft_gold.jsonl", 1500)):
