@@ -86,6 +86,11 @@ class WorldParams(Strict):
     # own text data (LLaVA-1.5 mixed 40K ShareGPT conversations into its 665K); the rest is open-ended.
     short_share: float = Field(0.15, ge=0.0, le=1.0)
     mc_share: float = Field(0.10, ge=0.0, le=1.0)
+    # What a multiple-choice row is answered with: "letter" (LLaVA-1.5's A-OKVQA rows: the option's letter) or
+    # "option" (the option's text, which MMBench's matcher maps to its letter, as it does for models that answer in
+    # words). A letter bound to content the model works out from the picture is a skill a 4-layer LM from scratch
+    # did not learn within the world's budget (README: "The multiple-choice letter").
+    mc_answer: Literal["letter", "option"] = "letter"
     # Share of the short-answer rows that carry LLaVA-1.5's format instruction; the rest answer a plain question with
     # one word, as pre-1.5 VQA mixtures did (the source of InstructBLIP's terse answers).
     short_prompted: float = Field(1.0, ge=0.0, le=1.0)

@@ -289,6 +289,8 @@ def test_bad_arguments_are_rejected(tmp_path):
         build.build_world_data(tmp_path, seed=0, image_size=8)
     with pytest.raises(ValueError, match="n_pool"):
         build.build_world_data(tmp_path, seed=0, n_pool=0)
+    with pytest.raises(ValueError, match="mc_answer must be 'letter' or 'option', got 'text'"):
+        pools.build_visual_train(scenes.Images(tmp_path, 48), random.Random(0), 10, mc_answer="text")
 
 
 def _mc_options(question: str) -> tuple[str, dict[str, str]]:
@@ -346,7 +348,9 @@ def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
     assert presence["yes"] == presence["no"] == 300
 
 
-def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mc_answer", ["letter", "option"])
+def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch, mc_answer):
+    from mmpref.evaluate.mmbench import mmbench_match
     truth: dict[str, questions.McItem] = {}
     make = questions._mmbench_item
 
@@ -356,7 +360,7 @@ def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch):
         return item
 
     monkeypatch.setattr(pools, "_mmbench_item", recording)
-    rows = pools.build_visual_train(scenes.Images(tmp_path, 48), random.Random(11), 300)
+    rows = pools.build_visual_train(scenes.Images(tmp_path, 48), random.Random(11), 300, mc_answer=mc_answer)
     mc = [r for r in rows if r["format"] == "multiple_choice"]
     assert len(mc) == 30 == len(truth)
     letters = Counter()
@@ -364,8 +368,11 @@ def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch):
         question, options = _mc_options(r["question"])
         item = truth[_pixels(tmp_path / r["image"])]
         assert question == item.question and sorted(options.values()) == sorted(item.options)
-        assert r["answer"] == r["reference"] == r["answer"].strip() and r["answer"] in options
+        assert r["answer"] == r["answer"].strip() and r["answer"] in options      # the key is always the letter
         assert options[r["answer"]] == item.correct
+        # the trained answer: the letter, or the right option's text; MMBench's matcher reads either as the letter
+        assert r["reference"] == (r["answer"] if mc_answer == "letter" else item.correct)
+        assert mmbench_match(r["reference"], options) == r["answer"]
         assert r["source"] == item.source and not r["negative"]
         letters[r["answer"]] += 1
     assert len(letters) >= 2                                       # the right answer is not always "A"

@@ -67,14 +67,15 @@ def _rng(seed: int, part: str) -> random.Random:
 def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_visual_train: int = 3000,
                      n_text_train: int = 3000, n_pool: int = 400, n_bench: int = 60, n_text_bench: int | None = None,
                      cell: int | None = None, short_share: float = 0.15, mc_share: float = 0.10,
-                     short_prompted: float = 1.0) -> dict:
+                     short_prompted: float = 1.0, mc_answer: str = "letter") -> dict:
     """Write the whole miniature world's data into out_dir (layout in the module docstring); return counts.
 
     ``n_pool`` records per pool source; ``n_bench`` items per visual benchmark (POPE: at least n_bench questions per
     split, balanced yes/no); ``n_text_bench`` MT-Bench questions and AlpacaEval instructions (default n_bench).
     ``cell``: scenes put every shape inside one cell of that many pixels (the tower's patch size). ``short_share`` and
     ``mc_share``: shares of the visual instruction-tuning rows in LLaVA-1.5's short-answer and multiple-choice
-    formats, ``short_prompted`` the share of short-answer rows that carry its format instruction. The generated
+    formats, ``short_prompted`` the share of short-answer rows that carry its format instruction, ``mc_answer`` what a
+    multiple-choice row is answered with ("letter" or "option": its text). The generated
     sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir is touched.
     """
     n_text_bench = n_bench if n_text_bench is None else n_text_bench
@@ -112,7 +113,7 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     counts["pool_lrv_negative"] = sum(r["task"] == "negative" for r in lrv)
 
     visual = build_visual_train(imgs, _rng(seed, "visual-train"), n_visual_train, short_rate=short_share,
-                                mc_rate=mc_share, short_prompted=short_prompted)
+                                mc_rate=mc_share, short_prompted=short_prompted, mc_answer=mc_answer)
     write_jsonl(out / "visual_train.jsonl", visual)
     write_jsonl(out / "image_tags.jsonl", imgs.tags)
     text = build_text_train(_rng(seed, "text-train"), n_text_train, held)
@@ -191,7 +192,7 @@ def build_world(world_dir: Path, world_params, seed: int) -> dict:
         n_text_bench=world_params.n_text_bench,
         cell=world_params.vision.patch_size if world_params.objects_on_patches else None,
         short_share=world_params.short_share, mc_share=world_params.mc_share,
-        short_prompted=world_params.short_prompted,
+        short_prompted=world_params.short_prompted, mc_answer=world_params.mc_answer,
     )
     timings["data_seconds"] = round(time.time() - start, 1)
     start = time.time()

@@ -14,7 +14,8 @@ from mmpref.world.text_tasks import sample_text_item
 
 
 def build_visual_train(imgs: Images, rng: random.Random, n: int, per_image: int = 3, negative_rate: float = 0.25,
-                       short_rate: float = 0.15, mc_rate: float = 0.10, short_prompted: float = 1.0) -> list[dict]:
+                       short_rate: float = 0.15, mc_rate: float = 0.10, short_prompted: float = 1.0,
+                       mc_answer: str = "letter") -> list[dict]:
     """Visual instruction-tuning data, n rows in random order, in three formats (the "format" field):
 
     - "open" (the rest): half charts, half scenes, per_image free-form questions per picture;
@@ -25,8 +26,11 @@ def build_visual_train(imgs: Images, rng: random.Random, n: int, per_image: int 
       LLaVA-1.5 added it (InstructBLIP-style short answers to plain questions, which teach a model to answer
       tersely where no short answer was asked for);
     - "multiple_choice" (round(n * mc_rate) rows): A-OKVQA-style items built like the MMBench benchmark's, rendered
-      with the evaluation's ``mmbench_prompt``; reference and answer key are the option letter. One per picture.
+      with the evaluation's ``mmbench_prompt``; the answer key is the option letter, the reference the letter
+      (``mc_answer="letter"``, LLaVA-1.5's A-OKVQA rows) or the option's text (``"option"``). One per picture.
     """
+    if mc_answer not in ("letter", "option"):
+        raise ValueError(f"mc_answer must be 'letter' or 'option', got {mc_answer!r}")
     if short_rate < 0 or mc_rate < 0 or short_rate + mc_rate > 1:
         raise ValueError(f"short_rate and mc_rate must be >= 0 and sum to at most 1, got {short_rate}, {mc_rate}")
     n_short, n_mc = round(n * short_rate), round(n * mc_rate)
@@ -69,7 +73,8 @@ def build_visual_train(imgs: Images, rng: random.Random, n: int, per_image: int 
         item = _mmbench_item(rng, imgs)
         letters, letter = _lettered(item, rng)
         rel = imgs.save(item.image, f"images/mc_{i:05d}.png")
-        qa = QA(mmbench_prompt(item.question, None, letters), letter, letter, "multiple_choice")
+        qa = QA(mmbench_prompt(item.question, None, letters), letter,
+                letter if mc_answer == "letter" else item.correct, "multiple_choice")
         rows.append(row(rel, qa, item.source, "multiple_choice"))
     rng.shuffle(rows)
     return rows
