@@ -89,7 +89,7 @@ class WorldParams(Strict):
     # What a multiple-choice row is answered with: "letter" (LLaVA-1.5's A-OKVQA rows: the option's letter) or
     # "option" (the option's text, which MMBench's matcher maps to its letter, as it does for models that answer in
     # words). A letter bound to content the model works out from the picture is a skill a 4-layer LM from scratch
-    # did not learn within the world's budget (README: "The multiple-choice letter").
+    # did not learn within the world's budget (README, "The miniature world").
     mc_answer: Literal["letter", "option"] = "letter"
     # Share of the short-answer rows that carry LLaVA-1.5's format instruction; the rest answer a plain question with
     # one word, as pre-1.5 VQA mixtures did (the source of InstructBLIP's terse answers).

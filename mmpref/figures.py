@@ -561,7 +561,8 @@ def figure3(pairs_df: pd.DataFrame, out_png: str | Path, simulated_labels: bool 
                 ha="center", va="center", fontsize=7, style="italic",
                 bbox={"facecolor": "white", "edgecolor": "gray", "alpha": 0.9})
     n_text = f"n = {len(pairs_df)} response pairs" + (f" ({source})" if source else "")
-    ax.set_title(f"Judge attribute differences (A − B) vs human preference\n{n_text}", fontsize=11)
+    # a figure title, so the constrained layout centres it over the heatmap and its colour bar without overlap
+    fig.suptitle(f"Judge attribute differences (A − B) vs human preference\n{n_text}", fontsize=11)
     ax.set_xlabel("judge score difference A − B (points) · human label", fontsize=9)
     ax.set_ylabel("judge score difference A − B (points) · human label", fontsize=9)
     ax.tick_params(axis="x", labelrotation=40)

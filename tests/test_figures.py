@@ -243,8 +243,14 @@ def test_figure3_correlation_on_constructed_case(tmp_path, monkeypatch):
     ax = fig.axes[0]
     assert "variable" not in ax.get_xlabel() + ax.get_ylabel()
     assert [t.get_text() for t in ax.get_yticklabels()][:5] == [f"Δ {a}" for a in ATTRIBUTES]
-    text = " ".join(t.get_text() for t in [*fig.texts, *ax.texts, ax.title])
+    text = " ".join([fig.get_suptitle(), *(t.get_text() for t in [*fig.texts, *ax.texts, ax.title])])
     assert "n = 40" in text and "SIMULATED" in text
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    title = fig._suptitle.get_window_extent(canvas.get_renderer())
+    for part in fig.axes:       # the heatmap and its colour bar, tick labels included, sit below the title
+        assert not title.overlaps(part.get_tightbbox(canvas.get_renderer()))
     assert "Δ helpfulness: constant over all 40 pairs" in text  # a note, not an empty row
     with pytest.raises(ValueError, match="lacks columns"):
         figure3(pairs.drop(columns=["d_coherence"]), out)
