@@ -47,3 +47,10 @@ def test_human_labels_and_rubric_share_one_answer_rule():
                           ("The circle is reddish.", "red"), ("The values are 1, 2, 3.", "1, 2, 3")]:
         assert key_answer_correct(response, key) == key_match(response, key)[0]
     assert key_answer_correct("There isn't a triangle.", "absent")
+
+
+def test_an_answer_that_only_contradicts_itself_is_sorted_by_correctness():
+    """"not stopped" is for looping or garbled answers; a clean sentence that contradicts itself is right or wrong."""
+    assert answer_kind("Yes, there is no star in the image.", "absent", "There is no star in the image.") == "wrong"
+    assert answer_kind("No, the cross is green, not green.", "no", "No, the cross is green, not red.") == "full"
+    assert answer_kind("no no no no no no no no no no no no", "no", "No, the cross is green, not red.") == "not stopped"

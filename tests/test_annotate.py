@@ -60,7 +60,7 @@ def test_annotate_writes_records_and_resumes(world):
     assert all(str(run_dir / "images") in r.images[0] for r in j.seen)
     rec = first[0]
     assert set(rec) == {"prompt_id", "judge", "status", "reasoning", "raw", "scores", "error", "responses_hash"}
-    assert rec["judge"] == "rubric-v3" and rec["status"] == "ok" and rec["error"] is None
+    assert rec["judge"] == "rubric-v4" and rec["status"] == "ok" and rec["error"] is None
     assert rec["scores"][0]["correctness"] == 4 and rec["scores"][1]["correctness"] == 0
     # resume: only the new prompt is judged; the file grows by one line
     j2 = CountingRubric()
@@ -100,5 +100,5 @@ def test_collect_gold_resumable(world):
     rows = collect_gold(j, prompts, run_dir, out, max_workers=2)
     assert len(j.seen) == 4
     assert [r["prompt_id"] for r in rows] == ["p0", "p1", "p2", "neg"]
-    assert rows[3] == {"prompt_id": "neg", "answer": "There is no triangle in the image.", "judge": "rubric-v3"}
+    assert rows[3] == {"prompt_id": "neg", "answer": "There is no triangle in the image.", "judge": "rubric-v4"}
     assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()].count("p0") == 1

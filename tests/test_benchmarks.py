@@ -590,7 +590,7 @@ def test_with_the_rubric_judge(tmp_path):
     bad = run_benchmark("mt_bench", make_mt_bench(tmp_path / "b"), Recorder(lambda r: "I do not know."), judge,
                         tmp_path / "bad.jsonl", "bad")
     assert headline(good, "mt_bench") > headline(bad, "mt_bench")
-    assert {r["judge"] for r in good} == {"rubric-v3"}
+    assert {r["judge"] for r in good} == {"rubric-v4"}
     alpaca = run_benchmark("alpaca_eval", make_alpaca(tmp_path, 4), Recorder(lambda r: "I do not know."), judge,
                            tmp_path / "alpaca.jsonl", "bad")
     assert 0.0 <= headline(alpaca, "alpaca_eval") <= 100.0

@@ -159,7 +159,7 @@ def test_make_judge_errors(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with pytest.raises(RuntimeError, match="OPENAI_API_KEY"):
         make_judge("openai", "gpt-4o", None)
-    assert make_judge("rubric").judge_id == "rubric-v3"
+    assert make_judge("rubric").judge_id == "rubric-v4"
     # the params' judge block fits every backend: API-only options are ignored by the rubric
     r = make_judge("rubric", "ignored", None, base_url=None, max_workers=3, requests_per_minute=None)
     assert r.max_concurrency == 3

@@ -221,3 +221,58 @@ def test_answers_about_other_objects_lose_coherence(text, reference, strays):
     assert (score <= 2) == strays
     # without a reference there is nothing to stray from
     assert not any("speaks of the" in n for n in coherence_score(text)[1])
+
+
+@pytest.mark.parametrize("text, question, note", [
+    # the other end of the question's superlative: it answers another question
+    ("The shortest bar is bar 3.", "Which bar has the highest value?", "answers about the shortest"),
+    ("The largest number is 9.", "What is the smallest number in 3, 9, 4?", "answers about the largest"),
+    # a correction of a colour the question never named
+    ("No, the triangle is green, not red.", "Is there a blue triangle in the image?", "corrects a red"),
+    # denying the asked colour and shape, then saying the shape has that colour
+    ("No, the diamond is red, not yellow.", "Is there a red diamond in the image?", "denies the red diamond"),
+    # consistent with its question: wrong or right, it keeps full coherence
+    ("The tallest bar is bar 3.", "Which bar has the highest value?", None),
+    ("No, the triangle is green, not blue.", "Is there a blue triangle in the image?", None),
+    ("No, the triangle is red, not blue.", "Is there a blue triangle in the image?", None),
+    ("3, 4, 9.", "Sort 3, 9, 4 from smallest to largest.", None),
+    ("The star is yellow.", "What color is the star?", None),
+])
+def test_answers_that_do_not_fit_their_question_lose_coherence(text, question, note):
+    score, notes = coherence_score(text, None, question)
+    if note is None:
+        assert (score, notes) == (4, [])
+    else:
+        assert score <= 2 and any(note in n for n in notes), notes
+    assert coherence_score(text) == (4, [])  # read without the question, each of these is coherent
+
+
+def test_the_worlds_own_references_fit_their_questions():
+    """Every question type of the world, answered with its own reference sentence, keeps full coherence when read
+    with its question (the question-aware checks flag only answers that do not fit)."""
+    import random
+
+    from mmpref.world import questions, scenes
+
+    rng = random.Random(0)
+    qas = []
+    for _ in range(200):
+        scene = scenes.sample_scene(rng, 48)
+        qas += questions.scene_positive_qas(scene, rng) + questions.scene_negative_qas(scene, rng)
+        qas += questions.chart_qas(scenes.sample_chart(rng), rng)
+    assert {qa.qtype for qa in qas} >= {"attr_absent", "color_absent", "bar_tallest", "bar_shortest", "line_max"}
+    bad = [(qa.question, qa.reference, coherence_score(qa.reference, qa.reference, qa.question)[1]) for qa in qas
+           if coherence_score(qa.reference, qa.reference, qa.question)[0] < 4]
+    assert not bad
+
+
+def test_annotation_reads_the_question(judge):
+    """The judge is asked with the question, and the rubric reads it: the same answer is coherent to one question
+    and contradicts another."""
+    no = {"answer": "no", "reference": "No, the diamond is red, not yellow."}
+    fits = annotate_responses(judge, "Is there a yellow diamond in the image?", None,
+                              ["No, the diamond is red, not yellow."], truth=no)
+    contradicts = annotate_responses(judge, "Is there a red diamond in the image?", None,
+                                     ["No, the diamond is red, not yellow."], truth=no)
+    assert fits.scores[0].coherence == 4
+    assert contradicts.scores[0].coherence == 2 and "denies the red diamond" in contradicts.reasoning

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from mmpref import methods
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
-from mmpref.world.scenes import SHAPES
-from mmpref.world.truth import NEGATIONS, key_match, tokens
+from mmpref.world.scenes import COLORS, SHAPES
+from mmpref.world.truth import NEGATIONS, contains_phrase, key_match, tokens
 
 _ODD_CHARS = re.compile(r"[^\w\s.,;:!?'\"()\-%/+=*<>]")
 
@@ -65,12 +65,43 @@ def _subjects(text: str) -> set[str]:
     return {t for t in tokens(text) if t in SHAPES} | {f"{m[1]} {m[2]}" for m in _NUMBERED.finditer(text.lower())}
 
 
-def consistency_notes(text: str, reference: str | None = None) -> list[str]:
+# The two ends of the world's superlatives ("Which bar is the tallest?", "the smallest number"): an answer about the
+# other end than the question's answers another question.
+_HIGH = {"highest", "tallest", "maximum", "largest"}
+_LOW = {"lowest", "shortest", "minimum", "smallest"}
+_CORRECTION = re.compile(r"\b(\w+),? not (\w+)\b")
+
+
+def _question_notes(text: str, question: str) -> list[str]:
+    """Inconsistencies with the question asked (what a judge reading question and answer together sees): an answer
+    about the other end of the question's superlative ("The shortest bar is bar 3." to "Which bar has the highest
+    value?"), a correction of a colour the question never named ("the triangle is green, not red" to "Is there a blue
+    triangle?"), and denying the asked "<colour> <shape>" and then saying that the shape is that colour ("No, the
+    diamond is red, not yellow." to "Is there a red diamond?")."""
+    q, toks = tokens(question), tokens(text)
+    notes = []
+    asked_ends = [end for end in (_HIGH, _LOW) if end & set(q)]
+    said = (_HIGH | _LOW) & set(toks)
+    if len(asked_ends) == 1 and said and not said & asked_ends[0]:
+        notes.append(f"it answers about the {', '.join(sorted(said))} where the question asks about the "
+                     f"{', '.join(sorted(asked_ends[0] & set(q)))}")
+    for m in _CORRECTION.finditer(text.lower()):
+        if m[1] in COLORS and m[2] in COLORS and m[2] not in q:
+            notes.append(f"it corrects a {m[2]} the question did not mention")
+    if toks and toks[0] == "no":
+        asked = dict.fromkeys((q[i + 1], q[i]) for i in range(len(q) - 1) if q[i] in COLORS and q[i + 1] in SHAPES)
+        for shape, colour in asked:
+            if contains_phrase(toks, [shape, "is", colour]):
+                notes.append(f"it denies the {colour} {shape} and then says the {shape} is {colour}")
+    return notes
+
+
+def consistency_notes(text: str, reference: str | None = None, question: str | None = None) -> list[str]:
     """What makes an answer inconsistent (HelpSteer's coherence: "consistency and clarity"): affirming and then
     denying ("Yes, there is no star."), denying and then affirming ("No, there is a star."), "X, not X", naming the
     same item twice in one enumeration, and, given the reference answer, speaking of other objects than the ones the
     answer is about ("The cross is green." where the question and its reference are about the star, "bar 3" where
-    they are about bar 2)."""
+    they are about bar 2); given the question, the inconsistencies with it of `_question_notes`."""
     toks = tokens(text)
     notes = []
     if toks and toks[0] == "yes" and any(t in NEGATIONS for t in toks[1:]):
@@ -90,12 +121,14 @@ def consistency_notes(text: str, reference: str | None = None) -> list[str]:
     if asked and named and not asked & named:
         notes.append(f"it speaks of the {', '.join(sorted(named))} where the answer is about the "
                      f"{', '.join(sorted(asked))}")
+    if question:
+        notes += _question_notes(text, question)
     return notes
 
 
-def coherence_score(response: str, reference: str | None = None) -> tuple[int, list[str]]:
-    """4 minus penalties for repeated n-grams, stuttering, garbage characters, unfinished text and answers that
-    contradict or repeat themselves or stray from the reference answer's subject (`consistency_notes`)."""
+def fluency_score(response: str) -> tuple[int, list[str]]:
+    """Clarity of the text alone: 4 minus penalties for repeated n-grams, stuttering, garbage characters and
+    unfinished text (what an answer that did not stop cleanly shows)."""
     text = response.strip()
     toks = tokens(text)
     if not toks:
@@ -117,7 +150,14 @@ def coherence_score(response: str, reference: str | None = None) -> tuple[int, l
         score, notes = score - 2, notes + ["it contains garbled text"]
     if len(toks) >= 4 and not re.search(r"[.!?)\"'\]]$", text):
         score, notes = score - 1, notes + ["it is unfinished"]
-    inconsistent = consistency_notes(text, reference)
+    return max(0, score), notes
+
+
+def coherence_score(response: str, reference: str | None = None, question: str | None = None) -> tuple[int, list[str]]:
+    """HelpSteer's coherence: `fluency_score`, less 2 for answers that contradict or repeat themselves, stray from
+    the reference answer's subject or do not fit the question (`consistency_notes`)."""
+    score, notes = fluency_score(response)
+    inconsistent = consistency_notes(response.strip(), reference, question) if score else []
     if inconsistent:
         score, notes = score - 2, notes + inconsistent
     return max(0, score), notes
@@ -139,11 +179,12 @@ def verbosity_score(n_words: int, ref_words: int) -> int:
     return 0 if ratio < 0.34 else 1 if ratio < 0.67 else 2 if ratio <= 1.6 else 3 if ratio <= 3.0 else 4
 
 
-def assess(response: str, key: str | None, reference: str | None) -> Assessment:
-    """Score one response 0..4 on the five HelpSteer attributes against the key answer and reference sentence."""
+def assess(response: str, key: str | None, reference: str | None, question: str | None = None) -> Assessment:
+    """Score one response 0..4 on the five HelpSteer attributes against the key answer and reference sentence; the
+    question, where given, is read for coherence too (`consistency_notes`)."""
     toks = tokens(response)
     ref_toks = tokens(reference) if reference else []
-    coherence, notes = coherence_score(response, reference)
+    coherence, notes = coherence_score(response, reference, question)
     form = len(set(toks) & set(ref_toks)) / len(set(ref_toks)) if ref_toks else 0.0
     ref_words = len(ref_toks) if ref_toks else 10
     verbosity = verbosity_score(len(toks), ref_words)
@@ -202,10 +243,11 @@ def _explain(a: Assessment, key: str | None) -> str:
 
 
 class RubricJudge(Judge):
-    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v3')."""
+    """Deterministic ground-truth judge for the miniature world (judge id 'rubric-v4': v4 reads the question for
+    coherence too, `_question_notes`)."""
 
-    judge_id = "rubric-v3"
-    model = "rubric-v3"
+    judge_id = "rubric-v4"
+    model = "rubric-v4"
     uses_truth = True
 
     def __init__(self, cache_dir=None, **limits):
@@ -229,14 +271,14 @@ class RubricJudge(Judge):
 
     def _annotate(self, inputs: dict, truth: dict) -> str:
         (responses,) = self._need(inputs, "responses")
-        key, ref = truth.get("answer"), truth.get("reference")
+        key, ref, question = truth.get("answer"), truth.get("reference"), inputs.get("question")
         if key is None:
             raise ValueError("rubric judge: annotation needs truth['answer'] (the key answer)")
         lines = ["Let me work through this step by step.",
                  f'The correct answer is "{key}"' + (f' (reference: "{ref}").' if ref else ".")]
         scores = []
         for i, resp in enumerate(responses, 1):
-            a = assess(resp, key, ref)
+            a = assess(resp, key, ref, question)
             lines.append(f"Response {i}: {_explain(a, key)}")
             scores.append(a.scores())
         body = json.dumps({"responses": scores})
@@ -255,14 +297,15 @@ class RubricJudge(Judge):
         if not answers:
             raise ValueError("rubric judge: grade_single got no answers")
         answer = answers[-1] if inputs.get("multi_turn") else answers[0]
+        turns = inputs.get("question_turns") or [None]
         key, ref = truth.get("answer"), truth.get("reference")
-        a = assess(answer, key, ref)
+        a = assess(answer, key, ref, turns[-1] if inputs.get("multi_turn") else turns[0])
         return f"{_explain(a, key)}\n\nRating: [[{rating_1_10(a)}]]"
 
     def _grade_pairwise(self, inputs: dict, truth: dict) -> str:
         out1, out2 = self._need(inputs, "output_1", "output_2")
         key, ref = truth.get("answer"), truth.get("reference")
-        a1, a2 = assess(out1, key, ref), assess(out2, key, ref)
+        a1, a2 = (assess(out, key, ref, inputs.get("instruction")) for out in (out1, out2))
         q1, q2 = a1.quality(), a2.quality()
         if q1 != q2:
             first_wins, why = q1 > q2, f"quality {q1} vs {q2}"
@@ -290,6 +333,6 @@ class RubricJudge(Judge):
         ref_answer, answer = self._need(inputs, "reference_answer", "answer")
         key = truth.get("answer")
         ref = truth.get("reference") or ref_answer
-        a_ref, a_model = assess(ref_answer, key, ref), assess(answer, key, ref)
+        a_ref, a_model = (assess(text, key, ref, inputs.get("question")) for text in (ref_answer, answer))
         s1, s2 = rating_1_10(a_ref), rating_1_10(a_model)
         return f"{s1} {s2}\nAssistant 1: {_explain(a_ref, key)}\nAssistant 2: {_explain(a_model, key)}"

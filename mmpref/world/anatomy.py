@@ -4,8 +4,8 @@ Every answer (each turn) is sorted into one kind by the rubric's own reading of 
 the item's key answer and reference sentence), checked in this order:
 
 - ``empty``: no words at all;
-- ``not stopped``: it loops, repeats itself or is garbled, usually until cut off (coherence below 3) — it did
-  not stop cleanly;
+- ``not stopped``: it loops, repeats itself or is garbled, usually until cut off (`fluency_score` below 3; an
+  answer that only contradicts itself or its question is sorted by its correctness below) — it did not stop cleanly;
 - ``wrong``: the key answer is not in it (correctness);
 - ``over-long``: right, but far longer than asked (verbosity 4: e.g. a sentence where one word was asked for);
 - ``terse``: right, but less complete than the reference (word overlap under 0.4: "8." for "3 plus 5 is 8.");
@@ -25,7 +25,7 @@ import pandas as pd
 from mmpref.evaluate.protocol import scored_records
 from mmpref.evaluate.mt_bench import load_mt_bench
 from mmpref.io import read_jsonl
-from mmpref.judges.rubric import assess
+from mmpref.judges.rubric import assess, fluency_score
 
 KINDS = ["full", "terse", "over-long", "wrong", "not stopped", "empty"]
 
@@ -34,7 +34,7 @@ def answer_kind(answer: str, key: str, reference: str | None) -> str:
     a = assess(answer, key, reference)
     if a.n_words == 0:
         return "empty"
-    if a.coherence < 3:
+    if fluency_score(answer)[0] < 3:
         return "not stopped"
     if not a.correct:
         return "wrong"
@@ -81,8 +81,7 @@ def pair_anatomy(run_dir: str | Path) -> pd.DataFrame:
         p = truth.get(pair["prompt_id"])
         if p is None or p.get("answer") is None:
             continue
-        rows.append({"chosen": answer_kind(pair["chosen"], p["answer"], p.get("reference")),
-                     "rejected": answer_kind(pair["rejected"], p["answer"], p.get("reference"))})
+        rows.append({side: answer_kind(pair[side], p["answer"], p.get("reference")) for side in ("chosen", "rejected")})
     frame = pd.DataFrame(rows, columns=["chosen", "rejected"])
     return pd.crosstab(frame["chosen"], frame["rejected"]).reindex(index=KINDS, columns=KINDS).fillna(0).astype(int)
 

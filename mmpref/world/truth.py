@@ -24,7 +24,7 @@ def _as_number(tok: str) -> float | None:
     return float(tok) if _NUMBER.match(tok) else None
 
 
-def _contains(seq: list[str], sub: list[str]) -> bool:
+def contains_phrase(seq: list[str], sub: list[str]) -> bool:
     n = len(sub)
     return n > 0 and any(seq[i : i + n] == sub for i in range(len(seq) - n + 1))
 
@@ -44,11 +44,11 @@ def key_match(response: str, key: str) -> tuple[bool, float, str]:
         return ok, float(ok), "that it is absent" if ok else "that it is present"
     if "," in key:
         items = [tokens(part) for part in key.split(",") if tokens(part)]
-        found = sum(_contains(toks, item) for item in items)
+        found = sum(contains_phrase(toks, item) for item in items)
         frac = found / len(items) if items else 0.0
         return frac == 1.0, frac, f"{found} of the {len(items)} listed items"
     key_toks = tokens(key)
-    present = _contains(toks, key_toks)
+    present = contains_phrase(toks, key_toks)
     key_num = _as_number(key_n) if len(key_toks) == 1 else None
     if key_num is not None:
         nums = [float(t) for t in toks if _as_number(t) is not None]
