@@ -79,6 +79,9 @@ class WorldParams(Strict):
     align_lr: float = 1e-3
     perception_warmup_steps: int = Field(0, ge=0)  # "is there a <shape>?" alone before the mixture (a curriculum)
     perception_warmup_lr: float = 5e-4
+    # trained to a criterion: at a constant rate until the mean loss of 50 steps is below this (at most
+    # perception_warmup_steps); None: all the steps, on a cosine
+    perception_warmup_stop_loss: float | None = Field(None, gt=0.0)
     vit_epochs: float = 4.0
     vit_lr: float = 1e-3
     # The visual instruction-tuning mixture, in LLaVA-1.5's formats (shares of its rows): short answers with the

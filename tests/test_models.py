@@ -150,3 +150,56 @@ def test_policy_gives_every_turn_its_image(checkpoint):
     assert vlm._render(two.model_copy(update={"image_every_turn": False})).count("<image>") == 1
     outs = vlm.generate([two, one], max_new_tokens=3, batch_size=2)
     assert len(outs) == 2 and all(isinstance(o[0], str) for o in outs)
+
+
+@pytest.mark.parametrize("kind", ["text", "mixture"])
+def test_world_training_step_computes_the_models_own_loss_and_gradient(checkpoint, kind):
+    """`_backward_batch` (halves by length, output layer at answer positions only) gives the loss and gradient of
+    `model(**batch).loss` on the whole padded batch: text rows of different lengths for the base LM, and a visual
+    mixture with text-only rows for the tiny LLaVA."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    from mmpref.world.models import _backward_batch, _collate, encode_text_with_image
+
+    proc = checkpoint.proc
+    qa = [("What is 3 plus 5?", "3 plus 5 is 8."), ("What color is the square?", "The square is blue."),
+          ("Is there a red circle in the image?", "Yes, there is a red circle."), ("What is 3 plus 5?", "8.")]
+    if kind == "text":
+        model = AutoModelForCausalLM.from_pretrained(checkpoint.base)
+        batch = [encode_example(proc.tokenizer, [q] * n, [a] * n) for n, (q, a) in enumerate(qa * 2, 1)]
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint.vit)
+        model.model.vision_tower.requires_grad_(False)
+        pixels = proc.image_processor(images=[Image.open(checkpoint.image)], return_tensors="pt")["pixel_values"][0]
+        batch = [encode_text_with_image(proc, q, a, pixels, 128) for q, a in qa]
+        batch += [encode_example(proc.tokenizer, [q] * n, [a] * n) for n, (q, a) in enumerate(qa[:3], 1)]
+    assert len({len(b["input_ids"]) for b in batch}) > 2
+    params = [p for p in model.parameters() if p.requires_grad]
+    stock = model(**_collate(batch, proc.tokenizer.pad_token_id)).loss
+    stock.backward()
+    want = [p.grad.clone() for p in params]
+    model.zero_grad(set_to_none=True)
+    got = _backward_batch(model, batch, proc.tokenizer.pad_token_id)
+    assert got == pytest.approx(stock.item(), rel=1e-5)
+    for p, g in zip(params, want):
+        torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-6)
+
+
+def test_training_to_a_criterion_stops_once_the_loss_is_below_it(checkpoint):
+    """`stop_below` trains until the mean loss of the last 50 steps is under it (the perception warm-up's
+    criterion), at most the given epochs; without it every step runs."""
+    from transformers import AutoModelForCausalLM
+
+    from mmpref.world.models import train_from_scratch
+
+    tok = checkpoint.proc.tokenizer
+    examples = [encode_example(tok, ["What is 3 plus 5?"], ["3 plus 5 is 8."])] * 8
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.base)
+    losses = train_from_scratch(model, examples, tok.pad_token_id, epochs=400, lr=3e-3, batch_size=8, seed=0,
+                                desc="to a criterion", stop_below=0.5)
+    assert 100 <= len(losses) < 400 and sum(losses[-50:]) / 50 < 0.5
+    assert sum(losses[-51:-1]) / 50 >= 0.5 or len(losses) == 100  # it stopped at the first step that met it
+    model = AutoModelForCausalLM.from_pretrained(checkpoint.base)
+    assert len(train_from_scratch(model, examples, tok.pad_token_id, epochs=150, lr=3e-3, batch_size=8, seed=0,
+                                  desc="all steps")) == 150

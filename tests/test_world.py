@@ -83,6 +83,17 @@ def test_text_train_rows(built):
         assert len(r["turns"]) == len(r["references"]) == len(r["answers"])
 
 
+def test_the_base_lm_reads_the_pictures_words():
+    """The base LM's text data names every shape and colour the pictures show (a real LLM knows those words before
+    visual instruction tuning), in list questions whose answer depends on finding the word among the items."""
+    rows = pools.build_text_train(random.Random(0), 2000, set())
+    words = Counter(t for r in rows if r["task"] == "list" for turn in r["turns"] for t in re.findall(r"[a-z]+", turn))
+    assert all(words[w] for w in scenes.SHAPES + list(scenes.COLORS)), words
+    member = [r for r in rows if r["task"] == "list" and r["answers"][0] in ("yes", "no")
+              and any(w in r["turns"][0] for w in scenes.SHAPES)]
+    assert {r["answers"][0] for r in member} == {"yes", "no"}
+
+
 def test_arithmetic_and_follow_ups_are_true():
     rng = random.Random(0)
     ops = {"plus": lambda a, b: a + b, "minus": lambda a, b: a - b, "times": lambda a, b: a * b}

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import random
 
+from mmpref.world.scenes import COLORS, SHAPES
+
 WORDS = ["cat", "dog", "sun", "tree", "bird", "fish", "book", "lamp", "rain", "star", "moon", "cake", "ship", "frog",
          "milk", "rose", "ring", "door", "desk", "kite", "hat", "cup", "pen", "box", "bus", "car", "egg", "map", "key",
          "bed", "leaf", "road", "snow", "wind", "salt", "gold", "nest", "bell", "drum", "coin"]
+# The list tasks name the pictures' shapes and colours too: a real LLM knows the words its images are about before
+# visual instruction tuning, and matching a word to an earlier one in its context is the lookup the tiny LLaVA then
+# uses to find a shape among its image tokens (without them, the base LM first meets "circle" in a picture).
+LIST_WORDS = WORDS + [w for w in SHAPES + list(COLORS) if w not in WORDS]
 CAPITALS = {"France": "Paris", "Spain": "Madrid", "Italy": "Rome", "Germany": "Berlin", "Japan": "Tokyo",
             "China": "Beijing", "Egypt": "Cairo", "Russia": "Moscow", "Greece": "Athens", "Peru": "Lima",
             "Kenya": "Nairobi", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw", "Cuba": "Havana",
@@ -110,9 +116,10 @@ def task_list(rng: random.Random, two_turn: bool) -> dict:
         k = rng.randint(1, 9)
         follow = (f"Now add {k} to it.", str(m + k), f"{m} plus {k} is {m + k}.")
     elif kind == "member":
-        w = rng.choice(WORDS)
-        items = rng.sample([x for x in WORDS if x != w], len(xs) - 1) + ([w] if rng.random() < 0.5 else [])
-        items = items if len(items) == len(xs) else items + [rng.choice([x for x in WORDS if x not in items + [w]])]
+        w = rng.choice(LIST_WORDS)
+        items = rng.sample([x for x in LIST_WORDS if x != w], len(xs) - 1) + ([w] if rng.random() < 0.5 else [])
+        if len(items) < len(xs):
+            items.append(rng.choice([x for x in LIST_WORDS if x not in items + [w]]))
         rng.shuffle(items)
         q = rng.choice(["Is {w} in the list {L}?", "In the list {L}, is there a {w}?",
                         "Does the list {L} contain {w}?"]).format(w=w, L=", ".join(items))
@@ -126,7 +133,7 @@ def task_list(rng: random.Random, two_turn: bool) -> dict:
         key, ref = _nums(s), f"The sorted list is {_nums(s)}."
         follow = ("Now give the first number of the sorted list.", str(s[0]), f"The first number is {s[0]}.")
     else:
-        items = rng.sample(WORDS, len(xs))
+        items = rng.sample(LIST_WORDS, len(xs))
         q = rng.choice(["How many items are in the list {L}?", "Count the items in {L}."]).format(L=", ".join(items))
         n = len(items)
         key, ref = str(n), f"There are {n} items in the list."
