@@ -1,7 +1,8 @@
 """Stage 03 (annotation) and the gold-answer half of stage 02: durable, resumable, concurrent judge calls.
 
 Every finished prompt is appended to the output file the moment it arrives, so an interruption loses nothing, and a
-restarted stage skips the prompts already there. A prompt the judge gives up on (network retries exhausted, a refused
+restarted stage skips the prompts already there, when the same judge (its `judge_id`: backend and model) made them:
+another judge's records are asked again of the current one. A prompt the judge gives up on (network retries exhausted, a refused
 request, an unparsable reply after its re-asks) is recorded as failed with the reason and never stops the others;
 `retry_failed=True` re-asks exactly those (failed replies are never cached, so they are asked again for real).
 At the end the file is rewritten with one record per current prompt, in input order: records of prompts no longer in
@@ -19,7 +20,7 @@ from typing import Callable
 from mmpref.console import bar
 
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
-from mmpref.judges.base import Judge, JudgeError
+from mmpref.judges.base import Judge, JudgeError, JudgeStopped
 from mmpref.judges.parsing import ParseError, parse_annotation
 from mmpref.judges.tasks import _non_empty, annotate_responses, annotation_request, gold_answer, gold_request
 
@@ -59,7 +60,7 @@ def _done_ids(out_path: Path) -> dict[str, dict]:
     if not Path(out_path).exists():
         return {}
     done = {}
-    for row in read_jsonl(out_path):
+    for row in read_jsonl(out_path, appended=True):
         if "prompt_id" not in row:
             raise ValueError(f"{out_path}: a record lacks 'prompt_id'")
         done[row["prompt_id"]] = row
@@ -70,27 +71,49 @@ def is_failed(record: dict) -> bool:
     return record.get("status") == "failed"
 
 
+def failed_count(out_path: Path) -> int:
+    """The prompts an annotation or gold-answer file records as failed (the last record of each prompt counts)."""
+    return sum(is_failed(r) for r in _done_ids(out_path).values())
+
+
 def _run_resumable(todo: list[str], work: Callable[[str], dict], on_error: Callable[[str, Exception], dict],
                    out_path: Path, max_workers: int, desc: str) -> list[dict]:
     """Run `work(pid)` for every pid concurrently and append each record the moment it is ready; a judge that gives
-    up on one pid (JudgeError, ParseError) yields `on_error(pid, exc)`, a failed record, and the others go on."""
+    up on one pid (JudgeError, ParseError) yields `on_error(pid, exc)`, a failed record, and the others go on. A judge
+    that stopped (JudgeStopped: too many calls failed in a row) stops the work: the queued pids are not started, the
+    ones in flight are written as they end, and JudgeStopped is raised."""
     new: list[dict] = []
+
+    def outcome(fut, pid: str) -> dict:
+        try:
+            return fut.result()
+        except (JudgeError, ParseError) as exc:
+            log.warning("%s: %s failed: %s", desc, pid, exc)
+            return on_error(pid, exc)
+
     with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool, bar(total=len(todo), desc=desc) as progress:
         futures = {pool.submit(work, pid): pid for pid in todo}
+        written = set()
         try:
             for fut in as_completed(futures):
-                pid = futures[fut]
-                try:
-                    record = fut.result()
-                except (JudgeError, ParseError) as exc:
-                    log.warning("%s: %s failed: %s", desc, pid, exc)
-                    record = on_error(pid, exc)
+                record = outcome(fut, futures[fut])
                 append_jsonl(out_path, record)  # durable now (only this thread writes)
+                written.add(fut)
                 new.append(record)
                 progress.update(1)
-        except BaseException:  # interrupted: do not start (and pay for) the queued items
+        except BaseException as exc:  # interrupted: do not start (and pay for) the queued items
             for fut in futures:
                 fut.cancel()
+            if isinstance(exc, JudgeStopped):  # keep what the items in flight finish
+                for fut, pid in futures.items():
+                    if fut in written or fut.cancelled():
+                        continue
+                    try:
+                        record = outcome(fut, pid)
+                    except JudgeStopped:
+                        continue
+                    append_jsonl(out_path, record)
+                    new.append(record)
             raise
     return new
 
@@ -145,8 +168,8 @@ def annotate_samples(
 ) -> list[dict]:
     """Annotate every sample's k responses; append each record to `out_path` (annotations.jsonl) as it finishes.
 
-    A record is reused only for the same responses (`responses_hash`); records of samples no longer present are
-    dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`. Images are
+    A record is reused only for the same responses (`responses_hash`) and the same judge (`judge_id`); records of
+    samples no longer present are dropped. Returns the records for all samples (earlier runs' included), in the order of `samples`. Images are
     read from `run_dir`; a batch judge keeps its jobs in `batch_dir` (default run_dir/batch_jobs/annotate).
     """
     run_dir, out_path = Path(run_dir), Path(out_path)
@@ -160,7 +183,7 @@ def annotate_samples(
         sample_by_id[s["prompt_id"]] = s
 
     def current(rec: dict | None, pid: str) -> bool:
-        if rec is None or (retry_failed and is_failed(rec)):
+        if rec is None or rec.get("judge") != judge.judge_id or (retry_failed and is_failed(rec)):
             return False
         return rec.get("responses_hash", responses_hash(sample_by_id[pid]["responses"])) == \
             responses_hash(sample_by_id[pid]["responses"])
@@ -210,11 +233,13 @@ def collect_gold(
     max_failed_fraction: float | None = None,
 ) -> list[dict]:
     """Ask the judge to answer every prompt itself: {"prompt_id","answer","judge"} rows in gold.jsonl, or
-    {"prompt_id","answer": None,"judge","status": "failed","error"} for a prompt the judge gave no answer to."""
+    {"prompt_id","answer": None,"judge","status": "failed","error"} for a prompt the judge gave no answer to. A row is
+    reused only when the same judge (`judge_id`) wrote it."""
     run_dir, out_path = Path(run_dir), Path(out_path)
     by_id = _index_prompts(prompts)
     old = _done_ids(out_path)
-    done = {pid: old[pid] for pid in by_id if pid in old and not (retry_failed and is_failed(old[pid]))}
+    done = {pid: old[pid] for pid in by_id if pid in old and old[pid].get("judge") == judge.judge_id
+            and not (retry_failed and is_failed(old[pid]))}
     todo = [pid for pid in by_id if pid not in done]
     images = {pid: _image_path(by_id[pid], run_dir) for pid in todo}
     log.info("gold: %d prompts, %d already answered, %d to do (judge %s)",

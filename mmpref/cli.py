@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from pathlib import Path
 
@@ -91,7 +92,32 @@ def main(argv: list[str] | None = None) -> int:
     except runner.StageFailed as exc:
         print(f"mmpref: {exc}", file=sys.stderr)
         return 1
+    except runner.Interrupted as exc:  # Ctrl-C or SIGTERM in `mmpref run`: one line (kernel down, lock released)
+        print(f"mmpref: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:  # Ctrl-C anywhere else
+        print(f"mmpref: {runner.Interrupted('Ctrl-C')}", file=sys.stderr)
+        return runner.Interrupted("Ctrl-C").exit_code
+    except OSError as exc:  # a full disk, a folder it may not write: one line, not a traceback
+        print(f"mmpref: {os_error_line(exc, args.command)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def os_error_line(exc: OSError, command: str) -> str:
+    """What went wrong with which file, and what to do: a full disk (finished work is kept: files are written whole
+    or appended row by row, mmpref.io) or a folder that cannot be written."""
+    what, path = exc.strerror or str(exc), exc.filename
+    if path is None:
+        return f"{what}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"cannot write {path} ({what}); free some space (or copy the run to a disk with room and name it with "
+                f"--set run.run_dir=DIR), then run the same command again: finished work is kept")
+    if command in ("run", "train", "figures") and exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS,
+                                                                 errno.ENOTDIR, errno.EISDIR):
+        where = "--to DIR" if command == "figures" else "--set run.run_dir=DIR or MMPREF_RUN_DIR=DIR"
+        return f"cannot write {path} ({what}); choose a folder you can write ({where})"
+    return f"{path}: {what}"
 
 
 if __name__ == "__main__":

@@ -117,6 +117,12 @@ class ModelParams(Strict):
     # with its system prompt, BOS, </s> after each answer; the base LLM: Vicuna v1.1); "checkpoint": the template
     # the checkpoint ships (the miniature world's own).
     chat_template: Literal["family", "checkpoint"] = "family"
+    # How a picture becomes pixels, in sampling, training and evaluation alike. "family": as the family was trained
+    # (LLaVA-1.5: padded to a square of the image processor's mean colour before CLIP's resize and crop, LLaVA's
+    # `--image_aspect_ratio pad` in haotian-liu/LLaVA scripts/v1_5/finetune.sh and in every training script of the
+    # authors, e.g. findalexli/mllm-dpo scripts/v1_5/finetune_dpo.sh; llava-hf's processor does not pad, so it crops
+    # the sides of a wide picture away); "pad": always padded; "processor": the checkpoint's image processor as is
+    image_aspect_ratio: Literal["family", "pad", "processor"] = "family"
 
 
 class PromptSource(Strict):
@@ -159,6 +165,9 @@ class JudgeParams(Strict):
     # (`mmpref run ... --retry-failed`)
     max_failed_fraction: float = Field(0.05, ge=0, le=1)
     retry_failed: bool = False
+    # a judge whose calls fail this many times in a row (wrong key, model name or endpoint) stops the stage instead of
+    # failing every remaining item (None: never stop); what was finished is kept
+    max_consecutive_failures: int | None = Field(20, ge=1)
     # Gemini Batch API (half price, hours of latency): submit the stage's requests as one batch job, keep its id in
     # the run directory, poll every batch_poll_s seconds (a restarted stage resumes polling)
     # the Batch API bills batch_price_factor of the prices below (0.5: half). A job that ends expired, cancelled or
@@ -215,7 +224,7 @@ ENGINE_OPERATIONAL = {"base_url", "api_key_env", "max_concurrency", "timeout_s",
 
 # judge settings that change how calls are made, not what the judge answers: not part of any stage's params hash
 JUDGE_OPERATIONAL = {"tokens_per_minute", "network_retries", "backoff_initial_s", "backoff_max_s", "timeout_s",
-                     "max_failed_fraction", "retry_failed", "batch", "batch_poll_s",
+                     "max_failed_fraction", "retry_failed", "max_consecutive_failures", "batch", "batch_poll_s",
                      "batch_price_factor", "batch_expired"}
 
 
@@ -274,6 +283,10 @@ class DPOParams(Strict):
     # auto: on for families with 1D text positions (LLaVA-1.5, LLaVA-NeXT), stock TRL rows for Qwen2-VL's
     # multimodal RoPE; true: required (refused for Qwen2-VL); false: stock TRL rows
     share_prefix: Literal["auto"] | bool = "auto"
+    # TRL's DPOConfig(disable_dropout=True) sets every dropout of the policy to 0, LoRA's (train.lora.dropout)
+    # included; the authors' DPO trainer (findalexli/mllm-dpo llava/train/llava_trainer.py LLavaDPOTrainer, a plain
+    # transformers Trainer) keeps LLaVA's lora_dropout 0.05 (llava/train/train.py), so the default keeps it too
+    disable_dropout: bool = False
     train_projector: bool = True
     projector_learning_rate: float | None = 2e-5
     fractions: list[float] = [0.25, 0.5, 0.75]
@@ -413,6 +426,15 @@ class Params(Strict):
         if data.get("engine") is not None:  # HF generate, however the section is spelled, hashes as no section
             data["engine"] = None if data["engine"]["backend"] == "hf" else {
                 k: v for k, v in data["engine"].items() if k not in ENGINE_OPERATIONAL}
+        # where the run lies is not what it computes: run.run_dir never counts (a `{run_dir}` path names the run's own
+        # files, which move with it and are hashed as stage outputs), so a moved or copied run directory keeps its
+        # stages complete; run.name and run.data_dir count only for a stage whose paths use them ({name},
+        # {data_dir}): nothing hashes the downloaded files, and another data folder may hold other data
+        used = repr([data.get(s) for s in sections if s != "run"])
+        if "{data_dir}" in used:
+            used += data["run"]["data_dir"]
+        where = {"run_dir"} | {k for k in ("name", "data_dir") if f"{{{k}}}" not in used}
+        data["run"] = {k: v for k, v in data["run"].items() if k not in where}
         # a section added later enters the hash only when set, so runs made before it keep their hashes
         return sha256_json({s: data.get(s) for s in sections
                             if not (s in OPTIONAL_SECTIONS and data.get(s) is None)})[:16]

@@ -13,7 +13,10 @@
   shard-writing bars (not tqdm.auto, and under a second for these models) are switched off with
   `transformers.utils.logging.disable_progress_bar()`; warnings that a library raises about another library's use
   of it, which a reader cannot act on, are filtered by exact category, message and raising module (`KNOWN_WARNINGS`,
-  each with the reason).
+  each with the reason). The HTTP clients' and SDKs' INFO record per request (`_QUIET_LOGGERS`: "HTTP Request: POST
+  ...") is dropped wherever `setup_logging` runs: the runner, `mmpref train`, every stage's kernel. A kernel's own
+  output (ipykernel's warnings, the traceback of a kernel stopped mid-cell) goes to the stage's log file
+  (`mmpref.runner.stage_kernel`), not to the terminal.
 - **A stage's closing summary** (`StageReport`, what `Stage.done()` returns): the manifest line shown as a few lines
   (files written with sizes, counts, the judge's spend, the time), as an HTML table of class SUMMARY_CLASS.
 """
@@ -39,7 +42,10 @@ KNOWN_WARNINGS: list[tuple[type[Warning], str, str, str]] = [
 ]
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-_QUIET_LOGGERS = ("httpx", "urllib3", "matplotlib", "PIL", "datasets", "filelock")
+# INFO records per HTTP request ("HTTP Request: POST ...": httpx, and the copy google-genai uses, httpx2) or per
+# judge call (google_genai: "AFC is enabled ..."; openai): a stage makes thousands
+_QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "google_genai", "openai", "urllib3", "matplotlib", "PIL", "datasets",
+                  "filelock")
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None,

@@ -15,6 +15,14 @@ Prompt formats (`models.chat_template: family`, the default for real checkpoints
   as is, and the base LLM gets the same ChatML format.
 - LLaVA-NeXT: the llava-v1.6-vicuna checkpoints use `conv_vicuna_v1` too; for the Mistral/Yi variants use
   `chat_template: checkpoint` after checking their hub template ends answers with EOS.
+
+Pictures (`models.image_aspect_ratio: family`, the default): LLaVA-1.5 was trained, and is evaluated, on pictures
+padded to a square of the image processor's mean colour before CLIP's resize and centre crop (haotian-liu/LLaVA
+`llava/mm_utils.py` expand2square / process_images under `image_aspect_ratio pad`, commit c121f04; the authors'
+findalexli/mllm-dpo keeps it, llava/mm_utils.py lines 28-40 at commit dab3458, and passes `--image_aspect_ratio pad` in
+every training script). llava-hf's conversion ships a CLIPImageProcessor, which does not pad: a wide picture loses its
+sides to the crop. `set_image_padding` swaps in transformers' LlavaImageProcessor with `do_pad` (the same CLIP
+settings; its pad_to_square is expand2square: tests/test_official_scoring.py).
 """
 
 from __future__ import annotations
@@ -83,6 +91,7 @@ class Family:
     lora_scope: str = "language_model"  # LoRA goes on linear layers under this module only (never the tower)
     text_positions_1d: bool = True    # plain 1D RoPE positions (not Qwen2-VL's multimodal RoPE): DPO can share the
                                       # prompt between chosen and rejected (mmpref/shared_prefix.py)
+    pad_images: bool = False          # trained on pictures padded to square (LLaVA-1.5's `image_aspect_ratio pad`)
 
     def lora_target_regex(self, module_names: list[str]) -> str:
         """PEFT target_modules regex: the named linear layers of the language model."""
@@ -93,7 +102,7 @@ FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
         Family("llava", ("llava",), "multi_modal_projector", "<image>",
-               vicuna_v1_template(VICUNA_SYSTEM), vicuna_v1_template(VICUNA_SYSTEM)),
+               vicuna_v1_template(VICUNA_SYSTEM), vicuna_v1_template(VICUNA_SYSTEM), pad_images=True),
         Family("llava_next", ("llava_next",), "multi_modal_projector", "<image>",
                vicuna_v1_template(VICUNA_SYSTEM), vicuna_v1_template(VICUNA_SYSTEM)),
         Family("qwen2_vl", ("qwen2_vl",), "merger", "<|image_pad|>", CHATML_TEMPLATE, CHATML_TEMPLATE,
@@ -137,6 +146,30 @@ def apply_chat_template_choice(processor, template: str | None, what: str) -> No
     processor.chat_template = template
     if tok is not processor:
         tok.chat_template = template
+
+
+def set_image_padding(processor, pad: bool, what: str = "the checkpoint") -> None:
+    """Make `processor` pad pictures to a square of its image mean before its CLIP preprocessing (`pad`), or not.
+    A LlavaImageProcessor gets `do_pad`; a CLIPImageProcessor to be padded is replaced by the LlavaImageProcessor of
+    the same backend and settings with `do_pad=True` (saved with the adapters, so a loaded adapter pads as it was
+    trained). Another image processor cannot be padded this way: ValueError naming it."""
+    import transformers
+
+    image_proc = getattr(processor, "image_processor", None)
+    name = type(image_proc).__name__
+    if name.startswith("LlavaImageProcessor"):
+        image_proc.do_pad = pad
+        return
+    if not pad:
+        return
+    cls = getattr(transformers, name.replace("CLIP", "Llava", 1), None) if name.startswith("CLIPImageProcessor") else None
+    if cls is None:
+        raise ValueError(f"models.image_aspect_ratio asks for pictures padded to square, but {what}'s image processor "
+                         f"is {name}, which mmpref cannot pad (only LLaVA-1.5's CLIP processor); set "
+                         f"models.image_aspect_ratio: processor")
+    settings = {k: v for k, v in image_proc.to_dict().items()
+                if k not in ("image_processor_type", "processor_class") and not k.startswith("_")}
+    processor.image_processor = cls(**settings, do_pad=True)
 
 
 def processor_identity(processor) -> str:

@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, create_model, field
 
 from mmpref import methods
 from mmpref.evaluate import registry
+from mmpref.evaluate.suite import RESULT_COLUMNS
 from mmpref.io import read_jsonl
 from mmpref.pairing import ATTRIBUTES
 
@@ -41,7 +42,6 @@ MODEL_ORDER = methods.model_order()
 MODEL_NAMES = {m: methods.display_name(m) for m in MODEL_ORDER}
 TABLE2_COLUMNS = {b.name: b.display for b in registry.benchmarks() if b.in_table2}
 TEXT_BENCHMARKS = [b.name for b in registry.benchmarks() if b.text_only]
-RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs"]
 DIFF_COLUMNS = [f"d_{a}" for a in ATTRIBUTES]
 PREFERENCE_COLUMN = "human_preference"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mmpref.families import apply_chat_template_choice, family_for_checkpoint
+from mmpref.families import apply_chat_template_choice, family_for_checkpoint, set_image_padding
 from mmpref.io import sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,24 @@ def chat_templates(params) -> tuple[str | None, str | None]:
     return fam.chat_template, fam.text_chat_template
 
 
-def load_processor(ref: str, chat_template: str | None = None):
-    """AutoProcessor of a VLM checkpoint with the chosen chat template installed (None: the checkpoint's)."""
+def image_padding(params) -> bool:
+    """Whether the run pads pictures to square before the image processor (`models.image_aspect_ratio`; "family":
+    as the policy's family was trained, mmpref/families.py)."""
+    choice = params.models.image_aspect_ratio
+    if choice == "family":
+        return family_for_checkpoint(params.model_ref(params.models.policy), params.models.family).pad_images
+    return choice == "pad"
+
+
+def load_processor(ref: str, chat_template: str | None = None, pad_images: bool | None = None):
+    """AutoProcessor of a VLM checkpoint with the chosen chat template installed (None: the checkpoint's) and its
+    pictures padded to square or not (`image_padding`; None: as the processor is saved)."""
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(ref)
     apply_chat_template_choice(processor, chat_template, ref)
+    if pad_images is not None:
+        set_image_padding(processor, pad_images, ref)
     return processor
 
 
@@ -90,14 +102,14 @@ def checkpoint_identity(ref: str) -> str:
 
 
 def load_vlm(ref: str, adapter: str | Path | None = None, dtype: str = "bfloat16", device: str = "auto",
-             chat_template: str | None = None):
+             chat_template: str | None = None, pad_images: bool | None = None):
     """Load a VLM checkpoint (+ optional PEFT adapter, merged for fast generation) and its processor, with the
-    chosen chat template (None: the one saved with the adapter or the checkpoint)."""
+    chosen chat template and picture padding (None: as saved with the adapter or the checkpoint)."""
     from transformers import AutoModelForImageTextToText
 
     dev = pick_device(device)
     saved = adapter and Path(adapter, "processor_config.json").exists()
-    processor = load_processor(str(adapter) if saved else ref, chat_template)
+    processor = load_processor(str(adapter) if saved else ref, chat_template, pad_images)
     model = AutoModelForImageTextToText.from_pretrained(ref, dtype=torch_dtype(dtype, dev))
     if adapter is not None:
         from peft import PeftModel

@@ -350,7 +350,9 @@ def _filler(tokens: int) -> str:
 
 
 def _thinking(jp) -> int:
-    return THINKING_OUTPUT_TOKENS if jp.backend == "gemini" and re.search(r"gemini-(2\.5|[3-9])", jp.model or "") else 0
+    from mmpref.judges.gemini import thinks
+
+    return THINKING_OUTPUT_TOKENS if jp.backend == "gemini" and thinks(jp.model) else 0
 
 
 def _judge_label(jp) -> str:

@@ -26,31 +26,62 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageSpec:
-    sections: tuple[str, ...]
-    upstream: tuple[str, ...]
+    """A stage's params sections and its inputs: the files it reads, by the stage that writes them
+    ({upstream stage: paths relative to the run directory, globs allowed; () = all that stage's outputs}).
+    `optional`: upstream stages whose files it reads when they are there (a notebook's side remark), so they are
+    hashed but not required."""
 
+    sections: tuple[str, ...]
+    reads: dict[str, tuple[str, ...]]
+    optional: tuple[str, ...] = ()
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        return tuple(self.reads)
+
+
+WORLD = "00_world"  # the miniature world is built as one unit from its params: every stage that reads any part of it
+#                     (pools, checkpoints, benchmarks) hashes its checkpoints, which change whenever it is rebuilt
+PROMPTS, SAMPLES, GOLD, ANNOTATIONS = "prompts.jsonl", "samples.jsonl", "gold.jsonl", "annotations.jsonl"
 
 SPECS: dict[str, StageSpec] = {
-    "00_world": StageSpec(("run", "world"), ()),
-    "01_collect": StageSpec(("run", "prompts"), ("00_world",)),
-    "02_sample": StageSpec(("run", "models", "sampling", "judge", "engine"), ("01_collect",)),
-    "03_annotate": StageSpec(("run", "judge"), ("02_sample",)),
-    "04_pair": StageSpec(("run", "pairing"), ("03_annotate",)),
-    "09_evaluate": StageSpec(("run", "models", "evaluate", "train", "engine"), ()),  # upstream: every training stage
-    "10_analyse": StageSpec(("run", "world", "human_preferences"), ("09_evaluate",)),
+    "00_world": StageSpec(("run", "world"), {}),
+    "01_collect": StageSpec(("run", "prompts"), {WORLD: ()}),
+    "02_sample": StageSpec(("run", "models", "sampling", "judge", "engine"), {WORLD: (), "01_collect": (PROMPTS,)}),
+    "03_annotate": StageSpec(("run", "judge"), {"01_collect": (PROMPTS,), "02_sample": (SAMPLES,)}),
+    "04_pair": StageSpec(("run", "pairing"), {"01_collect": (PROMPTS,), "02_sample": (SAMPLES, GOLD),
+                                              "03_annotate": (ANNOTATIONS,)}),
+    # training stages: spec_of; 09 also reads every training stage's adapters
+    "09_evaluate": StageSpec(("run", "models", "evaluate", "train", "engine"), {WORLD: ()}),
+    # the miniature's Figure 3 and anatomy tables read 01-04; a paper run's Figure 3 asks `judge` about human pairs
+    "10_analyse": StageSpec(("run", "world", "judge", "human_preferences"), {
+        WORLD: (), "01_collect": (PROMPTS,), "02_sample": (SAMPLES,), "03_annotate": (ANNOTATIONS,),
+        "04_pair": ("datasets/dpo.jsonl",), "08_train_dpo": ("adapters/dpo/trainer_state.json",),
+        "09_evaluate": ("eval/results.csv", "eval/*/*.jsonl")}, optional=("08_train_dpo",)),
+}
+
+# what a training notebook reads besides its dataset, to show it (06: the questions; 07: the judged qualities and
+# SFT-gold's first loss)
+TRAINING_NOTEBOOK_READS: dict[str, dict[str, tuple[str, ...]]] = {
+    "06_train_steerlm": {"01_collect": (PROMPTS,)},
+    "07_train_rejection_sampling": {"03_annotate": (ANNOTATIONS,),
+                                    "05_train_sft_gold": ("adapters/sft_gold/trainer_state.json",)},
 }
 
 
 def spec_of(stage: str) -> StageSpec:
-    """A stage's params sections and upstream stages; a training stage's come from its method (mmpref.methods):
-    DPO's sweep scores its trials on a dev split with the evaluation judge (train.dpo.sweep), so it reads
-    `evaluate` too; stage 09 reads every training stage."""
+    """A stage's params sections and inputs; a training stage's come from its method (mmpref.methods): it reads the
+    world's checkpoint and its own dataset, and DPO's sweep scores its trials on a dev split with the evaluation
+    judge (train.dpo.sweep), so it reads `evaluate` too; stage 09 reads every training stage's adapters."""
     train = methods.by_stage()
     if stage in train:
-        dpo = methods.get(train[stage]).trainer == "dpo"
-        return StageSpec(("run", "models", "train", "evaluate") if dpo else ("run", "models", "train"), ("04_pair",))
+        method = methods.get(train[stage])
+        sections = ("run", "models", "train", "evaluate") if method.trainer == "dpo" else ("run", "models", "train")
+        extra = TRAINING_NOTEBOOK_READS.get(stage, {})
+        return StageSpec(sections, {WORLD: (), "04_pair": (f"datasets/{method.dataset}.jsonl",), **extra},
+                         optional=tuple(s for s in extra if s in train))
     if stage == "09_evaluate":
-        return StageSpec(SPECS[stage].sections, tuple(train))
+        return StageSpec(SPECS[stage].sections, {**SPECS[stage].reads, **{s: () for s in train}})
     return SPECS[stage]
 
 
@@ -101,13 +132,31 @@ def _file_hash(path: Path) -> str:
     return _FILE_HASHES[key]
 
 
-def outputs_hash(params: Params, stage: str) -> str | None:
-    """Hash of a stage's output files as they are on disk now (None when one is missing)."""
-    files = stage_outputs(params, stage)
+def files_hash(params: Params, files: list[Path]) -> str | None:
+    """Hash of files of the run directory as they are on disk now (None when there are none or one is missing)."""
     if not files or not all(f.exists() for f in files):
         return None
     return sha256_json({f.name if f.parent == params.run_dir else str(f.relative_to(params.run_dir)): _file_hash(f)
                         for f in files})[:16]
+
+
+def outputs_hash(params: Params, stage: str) -> str | None:
+    """Hash of a stage's output files as they are on disk now (None when one is missing)."""
+    return files_hash(params, stage_outputs(params, stage))
+
+
+def stage_inputs(params: Params, stage: str) -> dict[str, list[Path]]:
+    """The files a stage reads, by the active upstream stage that writes them (`spec_of(stage).reads`)."""
+    rd, active = params.run_dir, active_stages(params)
+    out = {}
+    for up, paths in spec_of(stage).reads.items():
+        if up not in active:
+            continue
+        if not paths:
+            out[up] = stage_outputs(params, up)
+            continue
+        out[up] = [f for p in paths for f in (sorted(rd.glob(p)) if any(c in p for c in "*?[") else [rd / p])]
+    return out
 
 
 def manifest_path(params: Params) -> Path:
@@ -118,19 +167,17 @@ def last_lines(params: Params) -> dict[str, dict]:
     path = manifest_path(params)
     lines: dict[str, dict] = {}
     if path.exists():
-        for row in read_jsonl(path):
+        for row in read_jsonl(path, appended=True):
             lines[row["stage"]] = row
     return lines
 
 
 def expected(params: Params, stage: str) -> dict:
     """What a stage's manifest line must hold to be complete: the hash of its params sections, and the hashes of
-    its inputs, i.e. its upstream stages' output files as they are on disk now (not as the manifest remembers them:
-    a damaged or replaced input makes every stage that read it stale)."""
-    spec = spec_of(stage)
-    ups = [u for u in spec.upstream if u in active_stages(params)]
-    return {"params_hash": params.section_hash(*spec.sections),
-            "input_hashes": {u: outputs_hash(params, u) for u in ups}}
+    its inputs, i.e. the files it reads, per upstream stage, as they are on disk now (not as the manifest remembers
+    them: a damaged or replaced input makes every stage that read it stale)."""
+    return {"params_hash": params.section_hash(*spec_of(stage).sections),
+            "input_hashes": {u: files_hash(params, files) for u, files in stage_inputs(params, stage).items()}}
 
 
 def stage_why(params: Params, stage: str) -> tuple[str, str]:
@@ -183,8 +230,9 @@ def missing_inputs(params: Params, stage: str) -> list[tuple[str, Path]]:
     """(upstream stage, file or folder) for each input of `stage` not on disk (a folder when the stage's outputs are
     a set of files and there are none)."""
     out = []
-    for up in spec_of(stage).upstream:
-        if up not in active_stages(params):
+    spec = spec_of(stage)
+    for up in spec.upstream:
+        if up not in active_stages(params) or up in spec.optional:
             continue
         files = stage_outputs(params, up)
         if not files:
@@ -200,7 +248,7 @@ def require_inputs(params: Params, stage: str, params_path: str | Path = "PARAMS
     missing = missing_inputs(params, stage)
     if not missing:
         return
-    up, path = missing[0]
+    up, path = max(missing, key=lambda m: all_stages().index(m[0]))  # the nearest stage that has not made its files
     sets = "".join(f" --set {k}" for k in _dotted(overrides or {}))
     raise MissingInput(f"stage {stage} needs {path}, which stage {up} makes and has not made; run it first: "
                        f"mmpref run {params_path} --stages {up.split('_')[0]}{sets}")
@@ -213,17 +261,25 @@ def _dotted(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
+FORCE_ENV = "MMPREF_FORCE"  # the stages `mmpref run --force` runs, comma-separated, for their kernels (Stage.force)
+
+
 class Stage:
     """What a notebook opens at its start and closes at its end: params, run dir, timing, the manifest line.
 
     Opening it sends the kernel's log records to `{run_dir}/logs/<stage>.log` (the notebook keeps warnings and errors)
-    and prints that path once; `done()` records the manifest line and shows a short summary of what the stage wrote."""
+    and prints that path once; `done()` records the manifest line and shows a short summary of what the stage wrote.
+    `force`: the stage redoes its work rather than reusing what it finds (a training stage retrains); true when
+    `mmpref run --force STAGE` runs it (the FORCE_ENV variable names the forced stages) or when passed."""
 
-    def __init__(self, params_path: str, overrides: dict | None, name: str):
+    def __init__(self, params_path: str, overrides: dict | None, name: str, force: bool | None = None):
+        import os
+
         if name not in all_stages():
             raise ValueError(f"unknown stage {name!r}; stages: {all_stages()}")
         die_with_runner()
         self.name = name
+        self.force = name in os.environ.get(FORCE_ENV, "").split(",") if force is None else force
         self.params = load_params(params_path, overrides)
         self.run_dir = self.params.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -322,6 +378,63 @@ def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
 
 class StageFailed(RuntimeError):
     pass
+
+
+class Interrupted(RuntimeError):
+    """`mmpref run` stopped by Ctrl-C or SIGTERM (`signal_name`); the stage that was running, if any, is `stage`."""
+
+    def __init__(self, signal_name: str, stage: str | None = None):
+        import signal
+
+        self.signal_name, self.stage = signal_name, stage
+        self.exit_code = 128 + (signal.SIGINT if signal_name == "Ctrl-C" else signal.SIGTERM)  # as the shell reports
+        where = f" during stage {stage}; its kernel was stopped and every item it finished is kept" if stage else ""
+        super().__init__(f"interrupted ({signal_name}){where}: run the same command again to go on")
+
+
+# the output file in which a judging stage records its failed items (gold answers, annotations, gradings)
+FAILED_ITEMS_FILE = {"02_sample": "gold.jsonl", "03_annotate": "annotations.jsonl", "09_evaluate": "results.csv"}
+
+
+def failed_items(params: Params, stage: str, since: float | None = None) -> int | None:
+    """The judge items a stage's output file records as failed (FAILED_ITEMS_FILE), for a stage that ended without
+    its manifest summary; None when the stage has no such file, or it was not written since `since`."""
+    files = [f for f in stage_outputs(params, stage) if f.name == FAILED_ITEMS_FILE.get(stage)]
+    if not files or not files[0].is_file() or (since is not None and files[0].stat().st_mtime < since):
+        return None
+    if files[0].suffix == ".csv":
+        import pandas as pd
+
+        from mmpref.evaluate.protocol import FAILURES
+
+        frame = pd.read_csv(files[0])
+        return int(frame.loc[frame["metric"] == FAILURES, "value"].sum())
+    from mmpref.annotate import failed_count
+
+    return failed_count(files[0])
+
+
+def retry_hint(params_path: str | Path, stage: str, overrides: dict | None, failed: int) -> str:
+    """How many judge items of a stage failed and the command that re-asks exactly those."""
+    sets = "".join(f" --set {k}" for k in _dotted(overrides or {}))
+    items = "item" if failed == 1 else "items"
+    return (f"{failed} judge {items} failed (recorded, not scored); re-ask {'it' if failed == 1 else 'them'} with: "
+            f"mmpref run {params_path} --stages {stage.split('_')[0]}{sets} --retry-failed")
+
+
+def stage_kernel(log_path: Path):
+    """The kernel manager class papermill starts a stage's kernel with: the kernel's own stdout and stderr (its
+    start-up warnings, the traceback of a kernel stopped in the middle of a cell, a crash) go to the stage's log
+    file, not to the terminal (jupyter_client's documented hook, `_async_launch_kernel`)."""
+    from jupyter_client import AsyncKernelManager
+
+    class StageKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "ab") as fh:  # the kernel keeps its own copy of the descriptor
+                await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": fh, "stderr": fh})
+
+    return StageKernelManager
 
 
 # ---- one run at a time per run directory -------------------------------------------------------------------------
@@ -481,18 +594,24 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
 
     One run at a time per run directory (`.mmpref.lock`). Each notebook executes into a temporary copy that replaces
     `notebooks/<stage>.ipynb` only when it finishes (a failed one is kept as `<stage>.failed.ipynb`). The kernel dies
-    with this process; it runs headless, so its progress bars each leave one line (MMPREF_PROGRESS=summary). `retry_failed`: re-ask the judge items recorded as failed (stages whose last run had failures
-    run again)."""
+    with this process; it runs headless, so its progress bars each leave one line (MMPREF_PROGRESS=summary), and its
+    own output goes to the stage's log file (`stage_kernel`). `retry_failed`: re-ask the judge items recorded as
+    failed (stages whose last run had failures run again). A stage that ends with failed judge items (under its
+    threshold) prints one line with their number and the command that re-asks them; a failed stage's manifest line
+    holds its failed items too (`failed_items`). Ctrl-C or SIGTERM raises Interrupted (the kernel shut down, the lock
+    released, the stage recorded as interrupted)."""
     import os
     import signal
 
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     from tqdm.auto import tqdm
 
     from mmpref.config import deep_merge
 
     setup_logging()
     path = resolve_params_path(params_path)
+    asked = overrides  # the user's --set values, for the commands this prints
     if retry_failed:
         overrides = deep_merge(overrides or {}, {"judge": {"retry_failed": True},
                                                  "evaluate": {"judge": {"retry_failed": True}}})
@@ -502,12 +621,13 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
     params.run_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(params.run_dir)
     os.environ["MMPREF_RUN_LOCK"], os.environ["MMPREF_RUNNER_PID"] = lock["token"], str(os.getpid())
+    os.environ[FORCE_ENV] = ",".join(sorted(forced))  # a forced stage redoes its work (Stage.force)
     # the kernels run headless: each progress bar leaves one line with its final state (mmpref.console)
     progress_before = os.environ.get(PROGRESS_ENV)
     os.environ[PROGRESS_ENV] = "summary"
 
     def on_term(signum, frame):  # SIGTERM: unwind (the kernel is shut down, the lock released)
-        raise SystemExit(128 + signum)
+        raise Interrupted("SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, on_term) if threading_main() else None
     try:
@@ -522,31 +642,52 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
             if state == "complete" and stage not in forced and not (retry_failed and failures):
                 log.info("%s: complete, skipped", stage)
                 report.append({"stage": stage, "action": "skipped (complete)", "seconds": 0.0})
+                if failures:
+                    tqdm.write(f"{stage}: {retry_hint(params_path, stage, asked, failures)}", file=sys.stdout)
                 continue
             src = notebooks_dir() / f"{stage}.ipynb"
             dst = out_dir / f"{stage}.ipynb"
             tmp = out_dir / f".{stage}.running.ipynb"
             start = time.time()
             log.info("%s: running (%s%s) -> %s", stage, state, f": {why}" if why else "", dst)
+            kernel_log = params.run_dir / "logs" / f"{stage}.log"
+
+            def failed_line(error: str) -> None:
+                failed = failed_items(params, stage, since=start)
+                append_jsonl(manifest_path(params), {
+                    "stage": stage, "status": "failed", "error": error, "seconds": round(time.time() - start, 1),
+                    "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **({"summary": {"failed": failed}} if failed is not None else {})})
+
             try:
                 pm.execute_notebook(str(src), str(tmp),
                                     parameters={"params_path": str(path), "overrides": overrides or {}},
-                                    cwd=str(src.parent), progress_bar=False, log_output=False, kernel_name="python3")
+                                    cwd=str(src.parent), progress_bar=False, log_output=False, kernel_name="python3",
+                                    kernel_manager_class=stage_kernel(kernel_log))
             except pm.PapermillExecutionError as exc:
                 failed_copy = out_dir / f"{stage}.failed.ipynb"
                 os.replace(tmp, failed_copy)
-                append_jsonl(manifest_path(params), {"stage": stage, "status": "failed",
-                                                     "error": f"{exc.ename}: {exc.evalue}",
-                                                     "seconds": round(time.time() - start, 1)})
+                failed_line(f"{exc.ename}: {exc.evalue}")
                 raise StageFailed(
                     f"stage {stage} failed in notebook {src.name}, cell {exc.cell_index + 1} ({exc.ename}: "
                     f"{exc.evalue}).\nThe executed copy with the traceback is {failed_copy}"
                 ) from None
+            except (KeyboardInterrupt, Interrupted) as exc:
+                name = exc.signal_name if isinstance(exc, Interrupted) else "Ctrl-C"
+                failed_line(f"interrupted ({name})")
+                raise Interrupted(name, stage) from None
+            except DeadKernelError as exc:
+                failed_line(f"the kernel died: {exc}")
+                raise StageFailed(f"stage {stage}: its kernel died ({exc}; out of memory?); the stage's log is "
+                                  f"{kernel_log}") from None
             os.replace(tmp, dst)
             (out_dir / f"{stage}.failed.ipynb").unlink(missing_ok=True)
             seconds = round(time.time() - start, 1)
             report.append({"stage": stage, "action": "ran", "seconds": seconds})
             log.info("%s: finished in %.1fs", stage, seconds)
+            failures = (last_lines(params).get(stage, {}).get("summary") or {}).get("failed") or 0
+            if failures:  # under the stage's threshold, or it would have failed: said here, not only in the notebook
+                tqdm.write(f"{stage}: {retry_hint(params_path, stage, asked, failures)}", file=sys.stdout)
         return report
     finally:
         if previous is not None:
@@ -554,6 +695,7 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
         release_lock(params.run_dir, lock)
         os.environ.pop("MMPREF_RUN_LOCK", None)
         os.environ.pop("MMPREF_RUNNER_PID", None)
+        os.environ.pop(FORCE_ENV, None)
         if progress_before is None:
             os.environ.pop(PROGRESS_ENV, None)
         else:
@@ -567,17 +709,21 @@ def threading_main() -> bool:
 
 
 def status(params_path: str, overrides: dict | None = None) -> list[dict]:
+    """One row per stage: its state (complete, stale, failed, not run), when its last run ended, why it is in that
+    state (a complete stage with failed judge items: the command that re-asks them) and its failed judge items."""
     params = load_params(params_path, overrides)
     lines = last_lines(params)
     out = []
     for s in active_stages(params):
         state, why = stage_why(params, s)
-        failed = (lines.get(s, {}).get("summary") or {}).get("failed")
         line = lines.get(s, {})
+        failed = (line.get("summary") or {}).get("failed")
         seconds = line.get("seconds")
-        out.append({"stage": s, "state": state, "when": line.get("finished") or "not run",
+        if state == "complete":
+            why = retry_hint(params_path, s, overrides, failed) if failed else ""
+        out.append({"stage": s, "state": state, "when": line.get("finished") or ("not run" if not line else ""),
                     "seconds": "" if seconds is None else f"{seconds:.1f}",
-                    "why": "" if state == "complete" or line == {} else why, "failed items": failed or ""})
+                    "why": "" if line == {} else why, "failed items": failed or ""})
     holder = read_lock(params.run_dir)
     if holder is not None:
         out.append({"stage": "(lock)", "state": "running" if lock_alive(holder) else "stale lock",

@@ -16,8 +16,8 @@ from PIL import Image
 from pydantic import BaseModel
 
 from mmpref.console import bar
-from mmpref.io import append_jsonl, read_jsonl, write_jsonl
-from mmpref.models import chat_messages, chat_templates, load_text_lm, load_vlm
+from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
+from mmpref.models import chat_messages, chat_templates, checkpoint_identity, image_padding, load_text_lm, load_vlm
 
 log = logging.getLogger(__name__)
 
@@ -110,22 +110,25 @@ class Policy(Generator):
     @classmethod
     def load(cls, ref: str, name: str, adapter: str | Path | None = None, text_only: bool = False,
              dtype: str = "bfloat16", device: str = "auto", question_transform=None,
-             chat_template: str | None = None) -> "Policy":
+             chat_template: str | None = None, pad_images: bool | None = None) -> "Policy":
         if text_only:
             model, tok = load_text_lm(ref, dtype=dtype, device=device, chat_template=chat_template)
             return cls(model, tok, name, is_vlm=False, question_transform=question_transform)
-        model, proc = load_vlm(ref, adapter=adapter, dtype=dtype, device=device, chat_template=chat_template)
+        model, proc = load_vlm(ref, adapter=adapter, dtype=dtype, device=device, chat_template=chat_template,
+                               pad_images=pad_images)
         return cls(model, proc, name, is_vlm=True, question_transform=question_transform)
 
     @classmethod
     def from_params(cls, params, name: str, adapter: str | Path | None = None, base_lm: bool = False,
                     question_transform=None) -> "Policy":
-        """The run's policy (or its base LLM), in the prompt format `models.chat_template` asks for."""
+        """The run's policy (or its base LLM), in the prompt format `models.chat_template` asks for, its pictures
+        padded as `models.image_aspect_ratio` asks (mmpref.models.image_padding)."""
         vlm_template, text_template = chat_templates(params)
         ref = params.model_ref(params.models.base_lm if base_lm else params.models.policy)
         return cls.load(ref, name, adapter=adapter, text_only=base_lm, dtype=params.models.dtype,
                         device=params.models.device, question_transform=question_transform,
-                        chat_template=text_template if base_lm else vlm_template)
+                        chat_template=text_template if base_lm else vlm_template,
+                        pad_images=None if base_lm else image_padding(params))
 
     def image_tokens(self) -> set[str]:
         return {getattr(self.processor, "image_token", None), "<image>"} - {None}
@@ -229,26 +232,45 @@ def batch_seed(seed: int, prompt_ids: list[str]) -> int:
     return prompt_seed(seed, "\n".join(prompt_ids)) % (2 ** 63)
 
 
+def sampler_identity(params) -> str:
+    """The content identity of what draws the samples of stage 02, which `sample_responses` keys its rows by: the
+    policy checkpoint's content, the `models` section (prompt format, picture padding, dtype), the chat templates it
+    resolves to, the serving engine's settings when it samples there, and the decoding settings (k, temperature,
+    top-p, max_new_tokens) and seed. Another policy or setting samples again; the batch size does not count."""
+    from mmpref.engine import uses_engine  # engine builds on this module
+
+    s = params.sampling
+    return sha256_json({"checkpoint": checkpoint_identity(params.model_ref(params.models.policy)),
+                        "models": params.section_hash("models"), "chat_templates": list(chat_templates(params)),
+                        "engine": params.section_hash("engine") if uses_engine(params, "sampling") else None,
+                        "k": s.k, "temperature": s.temperature, "top_p": s.top_p, "max_new_tokens": s.max_new_tokens,
+                        "seed": params.run.seed})[:16]
+
+
 def sample_responses(policy: "Generator | Callable[[], Generator]", prompts: list[dict], run_dir: Path,
                      out_path: Path, *, k: int, temperature: float, top_p: float, max_new_tokens: int,
-                     batch_size: int, seed: int) -> list[dict]:
+                     batch_size: int, seed: int, sampled_by: str | None = None) -> list[dict]:
     """k samples per prompt into samples.jsonl, appended batch by batch (an interrupted stage resumes).
 
     Exact resume: the prompts are cut into batches of `batch_size` in prompt order and each batch samples with
     `batch_seed(seed, its ids)`, so a batch that was cut off half-written is generated again identically and only its
     missing rows are written. A generator that seeds every request on its own (`seeds_per_request`: a serving
     engine, one request per prompt with n = k) is asked for the missing prompts only, each with its prompt's own seed
-    (`batch_seed(seed, [id])`, what a batch of one gets). A row is reused only for the same k and temperature. At the
+    (`batch_seed(seed, [id])`, what a batch of one gets). A row is reused only for the same k and temperature and, given
+    `sampled_by` (`sampler_identity`), only a row drawn by that policy with those settings (rows drawn by another
+    checkpoint are sampled again, so the annotations and pairs never mix models). At the
     end the file is rewritten in prompt order with the rows of current prompts only: rows of prompts no longer present
     are dropped (and so never reach annotation or the training sets). `policy` may be a zero-argument function that
     loads it, called only when something is left to sample. Rows: prompt_id, responses (k), model, temperature,
     seed."""
-    old = {r["prompt_id"]: r for r in read_jsonl(out_path)} if out_path.exists() else {}
+    old = {r["prompt_id"]: r for r in read_jsonl(out_path, appended=True)} if out_path.exists() else {}
     ids = [p["id"] for p in prompts]
     if len(set(ids)) != len(ids):
         raise ValueError("sample_responses: duplicate prompt ids")
     done = {pid: r for pid, r in old.items()
-            if pid in set(ids) and len(r.get("responses", [])) == k and r.get("temperature") == temperature}
+            if pid in set(ids) and len(r.get("responses", [])) == k and r.get("temperature") == temperature
+            and (sampled_by is None or r.get("sampled_by") == sampled_by)}
+    redone = sum(pid in set(ids) and pid not in done for pid in old)
     missing = [p for p in prompts if p["id"] not in done]
     if missing and not isinstance(policy, Generator):
         policy = policy()
@@ -257,8 +279,9 @@ def sample_responses(policy: "Generator | Callable[[], Generator]", prompts: lis
     else:
         batches = [prompts[i:i + batch_size] for i in range(0, len(prompts), batch_size)]
         todo = [b for b in batches if any(p["id"] not in done for p in b)]
-    log.info("sampling %d prompts x %d (already done: %d; dropped: %d rows of prompts no longer present)",
-             len(missing), k, len(done), len(set(old) - set(ids)))
+    log.info("sampling %d prompts x %d (already done: %d; %d sampled before by another policy or settings; "
+             "dropped: %d rows of prompts no longer present)", len(missing), k, len(done), redone,
+             len(set(old) - set(ids)))
     for chunk in bar(todo, desc="sample"):
         chunk_seed = batch_seed(seed, [p["id"] for p in chunk])
         reqs = [ChatRequest(turns=[p["question"]], image=str(run_dir / p["image"]),
@@ -269,7 +292,8 @@ def sample_responses(policy: "Generator | Callable[[], Generator]", prompts: lis
             if p["id"] in done:
                 continue
             row = {"prompt_id": p["id"], "responses": responses, "model": policy.name, "temperature": temperature,
-                   "seed": chunk_seed if req.seed is None else req.seed}
+                   "seed": chunk_seed if req.seed is None else req.seed,
+                   **({"sampled_by": sampled_by} if sampled_by is not None else {})}
             append_jsonl(out_path, row)
             done[p["id"]] = row
     rows = [done[pid] for pid in ids]

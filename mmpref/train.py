@@ -22,7 +22,6 @@ made for the same data and settings. Multi-GPU: the same functions run under `ac
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -33,8 +32,8 @@ import torch
 
 from mmpref import methods
 from mmpref.families import Family, family_for_checkpoint, processor_identity
-from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
-from mmpref.models import chat_messages, chat_templates, checkpoint_identity, load_processor
+from mmpref.io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_json, write_json
+from mmpref.models import chat_messages, chat_templates, checkpoint_identity, image_padding, load_processor
 from mmpref.sampling import open_image
 
 log = logging.getLogger(__name__)
@@ -56,12 +55,14 @@ class TrainSettings:
     target_modules: list[str]
     family: str = "llava"
     chat_template: str | None = None
+    pad_images: bool | None = None  # pictures padded to square (models.image_aspect_ratio); None: as saved
     train_projector: bool = False
     projector_learning_rate: float | None = None
     beta: float = 0.1
     average_log_prob: bool = False
     precompute_ref_log_probs: bool = True
     share_prefix: bool = False
+    disable_dropout: bool | None = None  # DPO: TRL's disable_dropout (train.dpo.disable_dropout); None for SFT
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -83,7 +84,10 @@ class TrainSettings:
         """The settings that change what is learned (not how often it is logged or checkpointed)."""
         # share_prefix changes how the DPO log-probs are computed, not their values (equal to float tolerance:
         # tests/test_shared_prefix.py), so switching it keeps a trained adapter and its checkpoints
-        skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed", "share_prefix"}
+        # pad_images changes the processor, whose identity the fingerprint holds already (mmpref.families)
+        skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed", "share_prefix", "pad_images"}
+        if self.disable_dropout is None:  # SFT: TRL's SFTTrainer keeps dropout; only DPO's trainer can disable it
+            skip.add("disable_dropout")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -163,21 +167,90 @@ def _common_args(s: TrainSettings, out_dir: Path) -> dict:
     )
 
 
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # what PEFT loads from an adapter folder
+
+
+def adapter_hashes(out_dir: Path) -> dict[str, str]:
+    """sha256 of the files PEFT loads from an adapter folder: recorded in mmpref_train.json when it is saved, and the
+    adapter's content identity (stage 09 keys its answers by it)."""
+    return {name: sha256_file(Path(out_dir) / name) for name in ADAPTER_FILES}
+
+
+def _adapter_problem(out_dir: Path, recorded: dict | None) -> str | None:
+    """Why the adapter in out_dir cannot be used, else None: a file PEFT loads is missing or does not load, or is
+    not the file saved (its sha256 differs from the one recorded at save time)."""
+    for name in ADAPTER_FILES:
+        path = out_dir / name
+        if not path.is_file():
+            return f"{path} is missing"
+        try:
+            if name.endswith(".safetensors"):
+                from safetensors import safe_open
+
+                with safe_open(str(path), "pt") as fh:
+                    fh.keys()
+            else:
+                read_json(path)
+        except Exception as exc:  # noqa: BLE001 - safetensors, JSON and OS errors alike: the file is unusable
+            return f"{path} does not load ({type(exc).__name__}: {exc})"
+        if recorded and name in recorded and sha256_file(path) != recorded[name]:
+            return f"{path} is not the file saved with this adapter (its sha256 differs): damaged or replaced"
+    return None
+
+
 def _finished(out_dir: Path, fingerprint: str) -> bool:
-    info = out_dir / "mmpref_train.json"
-    return info.exists() and json.loads(info.read_text()).get("fingerprint") == fingerprint and (
-        out_dir / "adapter_config.json"
-    ).exists()
+    """Whether out_dir holds the whole finished adapter of this fingerprint (`_adapter_state`)."""
+    return _adapter_state(out_dir, fingerprint) == "finished"
 
 
-def resume_checkpoint(out_dir: Path, fingerprint: str) -> str | None:
-    """The last checkpoint a killed run of the same data and settings left, else None (stale ones are removed)."""
+def _adapter_state(out_dir: Path, fingerprint: str) -> str:
+    """"finished" when out_dir holds the whole adapter of this fingerprint (data, settings, checkpoint):
+    mmpref_train.json names the fingerprint, and the adapter's files load and are the ones saved; "damaged" when
+    that adapter was finished but its record or files are unreadable or not the ones saved (named in a warning);
+    "" when none of this fingerprint was finished. An adapter saved before its hashes were recorded is checked by
+    loading, and its hashes are recorded now."""
+    path = out_dir / "mmpref_train.json"
+    if not path.exists():
+        return ""
+    try:
+        info = read_json(path)
+    except (OSError, ValueError) as exc:
+        log.warning("%s; the adapter in %s is trained again", exc, out_dir)
+        return "damaged"
+    if info.get("fingerprint") != fingerprint:
+        return ""
+    problem = _adapter_problem(out_dir, info.get("adapter_sha256"))
+    if problem is not None:
+        log.warning("%s; the adapter in %s is trained again", problem, out_dir)
+        return "damaged"
+    if not info.get("adapter_sha256"):
+        write_json(path, {**info, "adapter_sha256": adapter_hashes(out_dir)})
+    return "finished"
+
+
+def _skip_or_start(out_dir: Path, fingerprint: str, force: bool, what: str) -> tuple[dict | None, bool]:
+    """(the record of the finished adapter in out_dir to reuse, or None to train; whether to train from the start).
+    Forced or damaged: trained from the start, its checkpoints dropped (a damaged adapter's may be damaged too), and
+    its record removed first, so that an interrupted run is not taken for finished."""
+    state = "forced" if force else _adapter_state(out_dir, fingerprint)
+    if state == "finished":
+        log.info("%s: adapter for these rows and settings exists in %s; skipping", what, out_dir)
+        return read_json(out_dir / "mmpref_train.json"), False
+    if state:
+        log.info("%s: %s: training again from the start into %s", what, state, out_dir)
+        (out_dir / "mmpref_train.json").unlink(missing_ok=True)
+    return None, bool(state)
+
+
+def resume_checkpoint(out_dir: Path, fingerprint: str, fresh: bool = False) -> str | None:
+    """The last checkpoint a killed run of the same data and settings left, else None (stale ones are removed);
+    `fresh`: remove every checkpoint (a forced run, or one replacing a damaged adapter, trains from the start)."""
     from transformers.trainer_utils import get_last_checkpoint
 
     trainer_dir = out_dir / "trainer"
     stamp = trainer_dir / "mmpref_fingerprint.json"
     if trainer_dir.is_dir():
-        same = stamp.exists() and json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+        same = not fresh and stamp.exists() and read_json(stamp).get("fingerprint") == fingerprint
         if not same:
             shutil.rmtree(trainer_dir)
         else:
@@ -185,7 +258,7 @@ def resume_checkpoint(out_dir: Path, fingerprint: str) -> str | None:
             if last is not None:
                 return last
     trainer_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    write_json(stamp, {"fingerprint": fingerprint})
     return None
 
 
@@ -194,12 +267,12 @@ def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprin
     trainer.model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     history = trainer.state.log_history
-    (out_dir / "trainer_state.json").write_text(json.dumps(history, indent=1))
+    write_json(out_dir / "trainer_state.json", history)
     plot_training(history, out_dir / "loss.png", title=out_dir.name, rows=n_rows)
     info = {"fingerprint": fingerprint, "settings": settings.__dict__, "rows": n_rows, "seconds": round(seconds, 1),
             "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
-            "resumed_from": resumed_from}
-    (out_dir / "mmpref_train.json").write_text(json.dumps(info, indent=1))
+            "resumed_from": resumed_from, "adapter_sha256": adapter_hashes(out_dir)}
+    write_json(out_dir / "mmpref_train.json", info)
     return info
 
 
@@ -283,7 +356,7 @@ def sft_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
 
     if not rows:
         raise ValueError(f"{settings.method}: the training set is empty; nothing to train")
-    processor = load_processor(policy_ref, settings.chat_template)
+    processor = load_processor(policy_ref, settings.chat_template, settings.pad_images)
     images = _images(rows, run_dir)
     check_lengths(processor, rows, images, settings.max_length, ["response"], settings.family_row.image_token)
     data = Dataset.from_dict({
@@ -299,18 +372,20 @@ def sft_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
     return trainer, processor
 
 
-def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings) -> dict:
-    """SFT with LoRA on (image, question, response) rows: SFT-gold, SteerLM or rejection sampling."""
+def train_sft(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
+              force: bool = False) -> dict:
+    """SFT with LoRA on (image, question, response) rows: SFT-gold, SteerLM or rejection sampling. A finished adapter
+    of the same rows and settings is reused, unless `force`."""
     if not rows:
         raise ValueError(f"{settings.method}: the training set is empty; nothing to train")
-    fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template), rows, run_dir,
-                               settings)
-    if _finished(out_dir, fingerprint):
-        log.info("%s: adapter for these rows and settings exists in %s; skipping", settings.method, out_dir)
-        return json.loads((out_dir / "mmpref_train.json").read_text())
+    fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template, settings.pad_images),
+                               rows, run_dir, settings)
+    done, fresh = _skip_or_start(out_dir, fingerprint, force, settings.method)
+    if done is not None:
+        return done
     trainer, processor = sft_trainer(policy_ref, rows, run_dir, out_dir, settings)
     start = time.time()
-    resumed = resume_checkpoint(out_dir, fingerprint)
+    resumed = resume_checkpoint(out_dir, fingerprint, fresh=fresh)
     _fit_from(trainer, resumed, settings.method)
     info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start, resumed)
     log.info("%s: trained on %d rows in %.1fs (final loss %s)", settings.method, len(rows), info["seconds"], info["final_loss"])
@@ -443,7 +518,7 @@ def _dpo_trainer_class():
         def _with_reference(self, dataset, cache_path: Path | None, keys: list[str] | None):
             cache: dict[str, list[float]] = {}
             if cache_path is not None and cache_path.exists():
-                cache = {r["key"]: r["logps"] for r in read_jsonl(cache_path)}
+                cache = {r["key"]: r["logps"] for r in read_jsonl(cache_path, appended=True)}
             keys = keys or [str(i) for i in range(len(dataset))]
             first: dict[str, int] = {}  # one computation per distinct missing key
             for i, k in enumerate(keys):
@@ -480,7 +555,7 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
 
     if not rows:
         raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
-    processor = load_processor(policy_ref, settings.chat_template)
+    processor = load_processor(policy_ref, settings.chat_template, settings.pad_images)
     images = _images(rows, run_dir)
     check_lengths(processor, rows, images, settings.max_length, ["chosen", "rejected"], settings.family_row.image_token)
     data = Dataset.from_dict({
@@ -499,6 +574,8 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         # summed log-probs = TRL's "sigmoid" loss; averaged (length-normalised) = "sigmoid_norm"
         loss_type=["sigmoid_norm" if settings.average_log_prob else "sigmoid"],
         precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        # TRL's default True zeroes every dropout, LoRA's too; the authors' trainer kept it (train.dpo.disable_dropout)
+        disable_dropout=bool(settings.disable_dropout),
     )
     trainer_cls = _dpo_trainer_class()
     trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
@@ -510,23 +587,24 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
 
 
 def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, settings: TrainSettings,
-              ref_cache: Path | None = None, leave_bar: bool = True) -> dict:
+              ref_cache: Path | None = None, leave_bar: bool = True, force: bool = False) -> dict:
     """DPO with LoRA on (image, question, chosen, rejected) rows; the reference is the policy without the adapter.
+    A finished adapter of the same pairs and settings is reused, unless `force`.
     `leave_bar=False`: the training's progress bar leaves no line (a sweep's trials, which the sweep's bar sums up)."""
     if not rows:
         raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
-    fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template), rows, run_dir,
-                               settings)
-    if _finished(out_dir, fingerprint):
-        log.info("dpo: adapter for these pairs and settings exists in %s; skipping", out_dir)
-        return json.loads((out_dir / "mmpref_train.json").read_text())
+    fingerprint = _fingerprint(policy_ref, load_processor(policy_ref, settings.chat_template, settings.pad_images),
+                               rows, run_dir, settings)
+    done, fresh = _skip_or_start(out_dir, fingerprint, force, "dpo")
+    if done is not None:
+        return done
     trainer, processor = dpo_trainer(policy_ref, rows, run_dir, out_dir, settings, ref_cache)
     start = time.time()
-    resumed = resume_checkpoint(out_dir, fingerprint)
+    resumed = resume_checkpoint(out_dir, fingerprint, fresh=fresh)
     _fit_from(trainer, resumed, out_dir.name, leave_bar=leave_bar)
     info = _save(trainer, processor, out_dir, settings, fingerprint, len(rows), time.time() - start, resumed)
     info["reference_logps"] = trainer.reference_stats
-    (out_dir / "mmpref_train.json").write_text(json.dumps(info, indent=1))
+    write_json(out_dir / "mmpref_train.json", info)
     log.info("dpo: trained on %d pairs in %.1fs (final loss %s)", len(rows), info["seconds"], info["final_loss"])
     return info
 
@@ -553,7 +631,7 @@ def settings_from_params(params, method: str) -> TrainSettings:
         deepspeed=str(params.path(t.deepspeed)) if t.deepspeed else None, logging_steps=t.logging_steps,
         save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=params.run.seed,
         family=family_for_checkpoint(policy_ref, params.models.family).name,
-        chat_template=chat_templates(params)[0],
+        chat_template=chat_templates(params)[0], pad_images=image_padding(params),
     )
     if methods.method_of(method).trainer == "dpo":
         d = t.dpo
@@ -561,6 +639,7 @@ def settings_from_params(params, method: str) -> TrainSettings:
                              epochs=d.epochs, max_length=d.max_length, beta=d.beta,
                              average_log_prob=d.average_log_prob, precompute_ref_log_probs=d.precompute_ref_log_probs,
                              share_prefix=_share_prefix(d.share_prefix, common["family"]),
+                             disable_dropout=d.disable_dropout,
                              train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
                              **common)
     s = t.sft
@@ -569,8 +648,9 @@ def settings_from_params(params, method: str) -> TrainSettings:
                          projector_learning_rate=s.projector_learning_rate, **common)
 
 
-def train_method(params, method: str) -> dict[str, dict]:
-    """Train one method from the run's datasets/ into adapters/; DPO also trains its data-fraction runs.
+def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
+    """Train one method from the run's datasets/ into adapters/; DPO also trains its data-fraction runs (and its
+    sweep's trials). `force`: train every one again, even a finished one (`mmpref run --force STAGE`: Stage.force).
 
     Notebooks 05-08 call this in-process; on a multi-GPU node the same call runs under accelerate:
     `accelerate launch --config_file params/accelerate/zero3-4gpu.yaml -m mmpref.cli train PARAMS METHOD`.
@@ -589,30 +669,33 @@ def train_method(params, method: str) -> dict[str, dict]:
     spec = methods.get(method)
     rows = read_jsonl(run_dir / "datasets" / f"{spec.dataset}.jsonl")
     if spec.trainer == "sft":
-        return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings)}
+        return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, force=force)}
     ref_cache = run_dir / "adapters" / "reference_logps.jsonl"
     infos = {}
     if params.train.dpo.sweep is not None:
-        settings, infos["sweep"] = dpo_sweep(params, rows, settings, ref_cache)
-    infos[method] = train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, ref_cache=ref_cache)
+        settings, infos["sweep"] = dpo_sweep(params, rows, settings, ref_cache, force=force)
+    infos[method] = train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, ref_cache=ref_cache,
+                              force=force)
     for fraction in params.train.dpo.fractions if spec.trains_fractions else []:
         name = methods.fraction_adapter(method, fraction)
         infos[name] = train_dpo(policy_ref, subsample(rows, fraction, seed=params.run.seed), run_dir,
-                                run_dir / "adapters" / name, settings, ref_cache=ref_cache)
+                                run_dir / "adapters" / name, settings, ref_cache=ref_cache, force=force)
     return infos
 
 
-def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path) -> tuple[TrainSettings, dict]:
+def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path,
+              force: bool = False) -> tuple[TrainSettings, dict]:
     """The paper's DPO search (`train.dpo.sweep`): train every (beta, averaged, lr) combination into
-    adapters/dpo_sweep/<tag>, score each on the dev split with the evaluation judge, and return the winner's settings
-    with the sweep's record (also written to adapters/dpo_sweep/sweep.csv and choice.json)."""
+    adapters/dpo_sweep/<tag> (`force`: train each again), score each on the dev split with the evaluation judge, and
+    return the winner's settings with the sweep's record (also written to adapters/dpo_sweep/sweep.csv and
+    choice.json). A trial's dev answers are reused only for the same adapter (as stage 09's: suite.answer_identity)."""
     import dataclasses
     import itertools
 
     import pandas as pd
 
     from mmpref.console import bar
-    from mmpref.evaluate.suite import score_policy
+    from mmpref.evaluate.suite import answer_identity, score_policy
     from mmpref.judges import judge_from_params
     from mmpref.sampling import Policy
 
@@ -627,10 +710,12 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
         tag = f"beta{beta:g}_{'avg' if average else 'sum'}_lr{lr:g}"
         progress.set_postfix_str(tag)
         trial = dataclasses.replace(settings, beta=beta, average_log_prob=average, learning_rate=lr)
-        info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache, leave_bar=False)
+        info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache, leave_bar=False,
+                         force=force)
         policy = Policy.from_params(params, tag, adapter=out_root / tag)
         got = score_policy(params, policy, "llava_bench", params.path(sweep.dev_path), judge,
-                           out_root / tag / "dev_llava_bench.jsonl", tag)
+                           out_root / tag / "dev_llava_bench.jsonl", tag,
+                           answered_by=answer_identity(params, tag, str(out_root / tag)))
         del policy
         score = next(r["value"] for r in got if r["metric"] == "relative_score")
         records.append({"tag": tag, "beta": beta, "average_log_prob": average, "learning_rate": lr,
@@ -643,7 +728,7 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
     progress.close()
     table["chosen"] = table["tag"] == best["tag"]
     table.to_csv(out_root / "sweep.csv", index=False)
-    (out_root / "choice.json").write_text(json.dumps(best, indent=1))
+    write_json(out_root / "choice.json", best)
     chosen = dataclasses.replace(settings, beta=best["beta"], average_log_prob=best["average_log_prob"],
                                  learning_rate=best["learning_rate"])
     return chosen, {"table": records, "chosen": best, "rows": len(rows)}

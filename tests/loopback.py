@@ -233,6 +233,15 @@ def _get(d: dict, camel: str, snake: str, default: Any = None) -> Any:
     return d[camel] if camel in d else d.get(snake, default)
 
 
+def _gemini_capped(body: dict, text: str) -> tuple[str, str]:
+    """A reply text cut at the request's `generationConfig.maxOutputTokens` (~4 characters a token), with its
+    finish reason: what a per-request call and a batch job's item both answer."""
+    limit = _get(_get(body, "generationConfig", "generation_config") or {}, "maxOutputTokens", "max_output_tokens")
+    if limit and _approx_tokens(text) > limit:
+        return text[: 4 * int(limit)], "MAX_TOKENS"
+    return text, "STOP"
+
+
 def _b64decode(data: str) -> bytes:
     """Standard or URL-safe base64 (the API accepts both), padding optional."""
     if not isinstance(data, str):
@@ -489,6 +498,7 @@ class _LoopbackServer:
 _GEMINI_PATH = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):(generateContent|countTokens)$")
 _GEMINI_BATCH_CREATE = re.compile(r"^/(v1|v1beta|v1alpha)/models/([^/:]+):batchGenerateContent$")
 _GEMINI_BATCH_GET = re.compile(r"^/(v1|v1beta|v1alpha)/batches/([^/:]+)$")
+_GEMINI_BATCH_LIST = re.compile(r"^/(v1|v1beta|v1alpha)/batches$")
 _GEMINI_TOP_LEVEL = {"contents", "systemInstruction", "system_instruction", "generationConfig", "generation_config",
                      "safetySettings", "safety_settings", "tools", "toolConfig", "tool_config", "cachedContent",
                      "cached_content", "labels", "model"}
@@ -554,13 +564,21 @@ class GeminiServer(_LoopbackServer):
     `batch_end` (FIFO, e.g. "BATCH_STATE_EXPIRED"; default BATCH_STATE_SUCCEEDED) with, when it succeeded,
     `metadata.output.inlinedResponses.inlinedResponses` in request order, each {"response", "metadata"} or, where
     `batch_item_error(request_body)` returns an error dict, {"error", "metadata"}. `.jobs` holds the jobs by name.
+    `GET .../batches?pageSize=&pageToken=` (`batches.list`) answers {"operations": [<job>, ...], "nextPageToken"}, the
+    newest job first. `hold_batch_creates()`: every later create makes its job and then holds its reply until
+    `release()` (a client killed meanwhile never learns the job's name: the SIGKILL tests).
+
+    models: the model ids the key may use (None: any); another is answered 404 NOT_FOUND as the API answers an unknown
+    or retired model ("models/x is not found for API version v1beta, or is not supported for generateContent").
     """
 
     model_version_suffix = "-loopback"
 
     def __init__(self, api_key: str | None = None, responder: Responder | None = None, *,
-                 strict_schema: bool = False, **kwargs):
+                 strict_schema: bool = False, models: list[str] | None = None, **kwargs):
         self.strict_schema = strict_schema
+        self.models = list(models) if models is not None else None
+        self.hold_batch_create = False
         self.batch_polls = 2
         self.batch_end: list[str] = []
         self.batch_item_error: Callable[[dict], dict | None] | None = None
@@ -568,9 +586,20 @@ class GeminiServer(_LoopbackServer):
         super().__init__(api_key=api_key, responder=responder, **kwargs)
 
     def batch_calls(self, kind: str = "create") -> int:
-        """How many batch-job creates ("create") or polls ("get") the server answered."""
-        pattern = _GEMINI_BATCH_CREATE if kind == "create" else _GEMINI_BATCH_GET
+        """How many batch-job creates ("create"), polls ("get") or listings ("list") the server received."""
+        pattern = {"create": _GEMINI_BATCH_CREATE, "get": _GEMINI_BATCH_GET, "list": _GEMINI_BATCH_LIST}[kind]
         return sum(bool(pattern.match(r["path"])) for r in self.requests)
+
+    def hold_batch_creates(self) -> None:
+        """Every later batch create makes its job, then holds its reply until `release()`."""
+        with self._lock:
+            self.hold_batch_create = True
+            self._release = threading.Event()
+
+    def release(self) -> None:
+        with self._lock:
+            self.hold_batch_create = False
+        super().release()
 
     def generate_calls(self) -> int:
         """How many per-request generateContent calls the server received."""
@@ -678,9 +707,9 @@ class GeminiServer(_LoopbackServer):
         image_tokens = GEMINI_IMAGE_TOKENS * len(gemini_inline_images(body))
         n_in = self.prompt_tokens if self.prompt_tokens is not None else \
             _approx_tokens(system) + _approx_tokens(prompt) + image_tokens
-        text = self.responder(body)
+        text, finish = _gemini_capped(body, self.responder(body))
         n_out = self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
-        return self.response_json(text, model + self.model_version_suffix, n_in, n_out, "STOP", min(image_tokens, n_in))
+        return self.response_json(text, model + self.model_version_suffix, n_in, n_out, finish, min(image_tokens, n_in))
 
     def _job_json(self, job: dict) -> dict:
         meta = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
@@ -718,7 +747,21 @@ class GeminiServer(_LoopbackServer):
                                "state": "BATCH_STATE_PENDING", "requests": items, "polls": 0,
                                "end": self.batch_end.pop(0) if self.batch_end else "BATCH_STATE_SUCCEEDED",
                                "createTime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-            return 200, self._job_json(self.jobs[name]), {}
+            reply, hold, release = self._job_json(self.jobs[name]), self.hold_batch_create, self._release
+        if hold:  # the job exists; its creator does not learn its name until release()
+            release.wait()
+        return 200, reply, {}
+
+    def _batch_list(self, query: dict):
+        size = int((query.get("pageSize") or ["50"])[0])
+        start = int((query.get("pageToken") or ["0"])[0] or 0)
+        with self._lock:
+            jobs = list(self.jobs.values())[::-1]  # the newest first
+            page = [self._job_json(job) for job in jobs[start:start + size]]
+        out: dict = {"operations": page} if page else {}
+        if start + size < len(jobs):
+            out["nextPageToken"] = str(start + size)
+        return 200, out, {}
 
     def _batch_get(self, name: str):
         with self._lock:
@@ -746,7 +789,9 @@ class GeminiServer(_LoopbackServer):
     def _handle(self, method, path, headers, body, bad_json, record):
         m = _GEMINI_PATH.match(path)
         create, get = _GEMINI_BATCH_CREATE.match(path), _GEMINI_BATCH_GET.match(path)
-        if not (m and method == "POST") and not (create and method == "POST") and not (get and method == "GET"):
+        listing = _GEMINI_BATCH_LIST.match(path)
+        if not (m and method == "POST") and not (create and method == "POST") and \
+                not ((get or listing) and method == "GET"):
             return 404, gemini_error(404, f"Method not found: {method} {path}", "NOT_FOUND"), {}
         record["model"] = m.group(2) if m else create.group(2) if create else None
         key = headers.get("x-goog-api-key")
@@ -760,10 +805,17 @@ class GeminiServer(_LoopbackServer):
                                        "reason": "API_KEY_INVALID", "domain": "googleapis.com"}]), {}
         if bad_json is not None:
             return 400, gemini_error(400, f"Invalid JSON payload received. {bad_json}"), {}
+        if self.models is not None and record["model"] is not None and record["model"] not in self.models:
+            version = (m or create).group(1)
+            return 404, gemini_error(404, f"models/{record['model']} is not found for API version {version}, or is "
+                                          f"not supported for generateContent. Call ListModels to see the list of "
+                                          f"available models and their supported methods.", "NOT_FOUND"), {}
         if create:
             return self._batch_create(create.group(2), body)
         if get:
             return self._batch_get(get.group(2))
+        if listing:
+            return self._batch_list(record["query"])
         self.validate(body)  # a malformed request is refused even when a reply is scripted, as the API would
         scripted = self._next_scripted()
         if scripted is not None:
@@ -775,12 +827,7 @@ class GeminiServer(_LoopbackServer):
             _approx_tokens(system) + _approx_tokens(prompt) + image_tokens
         if m.group(3) == "countTokens":
             return 200, {"totalTokens": n_in}, {}
-        text = self.responder(body)
-        gen = _get(body, "generationConfig", "generation_config") or {}
-        limit = _get(gen, "maxOutputTokens", "max_output_tokens")
-        finish = "STOP"
-        if limit and _approx_tokens(text) > limit:
-            text, finish = text[: 4 * int(limit)], "MAX_TOKENS"
+        text, finish = _gemini_capped(body, self.responder(body))
         n_out = self.output_tokens if self.output_tokens is not None else _approx_tokens(text)
         return 200, self.response_json(text, m.group(2) + self.model_version_suffix, n_in, n_out, finish,
                                        min(image_tokens, n_in)), {}

@@ -28,8 +28,8 @@ def temperature(body: dict) -> float:
 
 def responder(body: dict) -> str:
     """The default judge, except for replies the official parsers reject: MM-Vet's "What is 3 plus 5?" at every
-    temperature (five tries, then a failed grading) and "How many bars?" at temperature 0 only (graded on the second
-    try, at 0.5); one AlpacaEval ranking, one LLaVA-Bench review and MT-Bench's second turn of question 82."""
+    temperature (five tries, then a failed grading) and "How many bars?" at temperature 0 only (graded on the third
+    try, the first at 0.5: the evaluator asks at 0.0, 0.0, 0.5, 1.0, 1.5); one AlpacaEval ranking, one LLaVA-Bench review and MT-Bench's second turn of question 82."""
     system, prompt = gemini_request_text(body)
     if "Prediction" in prompt and ("What is 3 plus 5?" in prompt or
                                    ("How many bars?" in prompt and temperature(body) == 0.0)):
@@ -90,7 +90,7 @@ def test_batch_grading_equals_the_per_request_path(bench, tmp_path, monkeypatch,
         assert g.batch_calls("create") == rounds
         if bench == "mmvet":
             temps = sorted(temperature(b) for b in batch_requests(g) if "What is 3 plus 5?" in gemini_request_text(b)[1])
-            assert temps == [0.0, 0.5, 1.0, 1.5, 2.0]  # the evaluator's rising temperatures, one per try
+            assert temps == [0.0, 0.0, 0.5, 1.0, 1.5]  # the evaluator's temperatures, one per try
             rec = next(r for r in read_jsonl(tmp_path / "eval" / "mmvet.jsonl") if r["question_id"] == "v1_0")
             assert rec["failed"] and rec["score"] is None
         # a rerun reads everything from the records: no job, no call, no generation
@@ -163,7 +163,7 @@ def test_restarts_while_a_job_runs_poll_it_and_pay_nothing_twice(tmp_path, monke
         assert not gen.requests  # answered once, before the first kill
         assert g.generate_calls() == 0
         bodies = [json.dumps(b, sort_keys=True) for b in batch_requests(g)]
-        assert len(bodies) == len(set(bodies)) == 3 + 2 + 1 + 1 + 1  # every request in exactly one job
+        assert len(bodies) == len(set(bodies)) == 3 + 2 + 2 + 1 + 1  # every request in exactly one job
         assert g.batch_calls("create") == 5  # five rounds in all: each job submitted once, the restarts polled
         assert not (tmp_path / "eval" / "batch_jobs" / "mmvet" / "staged.jsonl").exists()  # used, then forgotten
 

@@ -516,7 +516,7 @@ def test_grading_protocol_change_regrades_without_generating(tmp_path, monkeypat
                         graded.append(q) or (1.0, "1.0"))
     d, out = make_mmvet(tmp_path), tmp_path / "mmvet.jsonl"
     run_benchmark("mmvet", d, Recorder(lambda r: "x"), FakeJudge(), out, "vit")
-    assert len(graded) == 3 and {r["grading"] for r in read_jsonl(out)} == {"mm-vet@acde843"}
+    assert len(graded) == 3 and {r["grading"] for r in read_jsonl(out)} == {"mm-vet@acde843#2"}
     run_benchmark("mmvet", d, fail_generate, FakeJudge(), out, "vit")
     assert len(graded) == 3  # same judge, same protocol: reused
     old = [{k: v for k, v in r.items() if k != "grading"} | {"score": 0.0} for r in read_jsonl(out)]

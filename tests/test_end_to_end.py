@@ -100,7 +100,7 @@ def test_adapters_saved(run_dir):
 
 def test_results_cover_every_model_and_benchmark(run_dir):
     rows = list(csv.DictReader((run_dir / "eval" / "results.csv").open()))
-    assert set(rows[0]) == {"model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs"}
+    assert set(rows[0]) == {"model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs", "note"}
     # one grading per judged benchmark (no sd from a single run), none for the rule-scored ones; no failed gradings
     for r in rows:
         assert r["judge_runs"] == ("0" if r["judge"] == "rule" else "1") and r["sd"] == "", r

@@ -210,7 +210,7 @@ def test_mmvet_grading_follows_the_evaluator_retry_rule():
     j = ScriptedJudge(["The answer is right.", "1.7", "0.6 it is partly right"])
     score, raw = grade_mmvet(j, "What is x?", "-1<AND>-5", "x = -1")
     assert score == 0.6 and raw == "0.6 it is partly right"
-    assert [c.attempt for c in j.calls] == [0, 1, 2] and [c.temperature for c in j.calls] == [0.0, 0.5, 1.0]
+    assert [c.attempt for c in j.calls] == [0, 1, 2] and [c.temperature for c in j.calls] == [0.0, 0.0, 0.5]
     first = ev_mmvet.render_mmvet_prompt("What is x?", "-1<AND>-5", "x = -1")
     assert j.calls[0].prompt == first and first.endswith("\nWhat is x? | -1 <AND> -5 | x = -1 | ")
     assert j.calls[1].prompt == j.calls[2].prompt == first + "\nPredict the correctness of the answer (digit): "
@@ -220,7 +220,7 @@ def test_mmvet_grading_follows_the_evaluator_retry_rule():
 def test_mmvet_grading_fails_after_five_replies_never_zero():
     j = ScriptedJudge(["x"] * 6)
     assert grade_mmvet(j, "q", "gt", "pred") == (None, "x")
-    assert len(j.calls) == 5 and j.calls[-1].temperature == 2.0
+    assert len(j.calls) == 5 and j.calls[-1].temperature == 1.5  # the evaluator's fifth reply: 0, 0, .5, 1, 1.5
 
 
 def test_mmvet_prompt_is_read_from_the_official_evaluator_file(tmp_path):

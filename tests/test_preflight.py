@@ -278,7 +278,7 @@ def test_judge_spend_and_manifest_total(tmp_path):
     assert usage["judge_ids"] == ["gemini:gemini-2.5-pro"]
     unpriced = judge_spend(params.run_dir, ["annotate"], params.judge.model_copy(update={"price_input_per_mtok": None}))
     assert unpriced["cost_usd"] is None
-    for name in ("samples.jsonl", "gold.jsonl"):  # stage 02's outputs, which 03 reads
+    for name in ("prompts.jsonl", "samples.jsonl", "gold.jsonl"):  # what 01 and 02 write, which 03 reads
         (params.run_dir / name).write_text("{}\n")
     stage = Stage(str(PAPER), {"run": {"run_dir": str(params.run_dir)}}, "03_annotate")
     stage.done(annotations=2, judge_usage=usage)

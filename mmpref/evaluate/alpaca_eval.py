@@ -8,6 +8,11 @@ alpaca_eval_gpt4 prompt (src/alpaca_eval/evaluators_configs/alpaca_eval_gpt4/alp
 `evaluate.judge_templates.alpaca_eval`; the fallback below without it), src/alpaca_eval/completion_parsers.py
 `ranking_parser`, src/alpaca_eval/metrics/winrate.py `pairwise_to_winrate` (AbsoluteScoringRule.describe_head2head in
 metrics/helpers.py) and the switch-back of annotators/pairwise_evaluator.py (`3 - x`).
+Order of the two outputs: `main.evaluate` annotates head to head with output_1 the reference and output_2 the model;
+annotators/pairwise_evaluator.py's SinglePairwiseAnnotator switches them by src/alpaca_eval/processors.py
+RandomSwitchTwoColumnsProcessor (`_switch_column="is_switched_outputs"`, seeded by the instruction and the annotator's
+seed, 0 by default: `alpaca_switch`). Identical outputs: PairwiseAnnotatorLocal._preprocess sets their preference to
+1.5 and the judge is never asked about them.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -32,7 +38,8 @@ from mmpref.sampling import ChatRequest, GenerateFn
 
 log = logging.getLogger(__name__)
 
-GRADING = "alpaca_eval@cd543a1"  # records graded under another protocol are graded again
+# records graded under another protocol are graded again (#2: alpaca_eval's order coin and identical outputs)
+GRADING = "alpaca_eval@cd543a1#2"
 
 
 class AlpacaItem(BaseModel):
@@ -183,22 +190,33 @@ def score(recs: Sequence[dict]) -> dict[str, Score]:
 # --------------------------------------------------------------------------------------------------------------
 # protocol
 
-def alpaca_switch(instruction: str, seed: int = 0) -> bool:
-    """AlpacaEval's seeded coin (seeded by the instruction): True puts the model's output first (output_1)."""
-    return int(hashlib.sha256(f"{seed}:{instruction}".encode("utf-8")).hexdigest(), 16) % 2 == 1
+ALPACA_SWITCH_COLUMN = "is_switched_outputs"  # pairwise_evaluator.py's `_switch_column`, which prefixes the coin's seed
+ALPACA_SEED = 0  # BaseAnnotator's default `seed`, which its annotators pass to their processors
+
+
+def alpaca_switch(instruction: str, seed: int = ALPACA_SEED) -> bool:
+    """AlpacaEval's order coin: RandomSwitchTwoColumnsProcessor.preprocess draws
+    `utils.random_seeded_choice(seed=_switch_column + "".join(row[["instruction"]]) + str(seed), choices=[False,
+    True])`, i.e. `random.Random(seed string).choices([False, True], k=1)[0]`. True puts the model's output first
+    (output_1)."""
+    return random.Random(ALPACA_SWITCH_COLUMN + instruction + str(seed)).choices([False, True], k=1)[0]
 
 
 def run_alpaca_eval(items: Sequence[AlpacaItem], generate: GenerateFn, judge: Any, out_jsonl: str | Path,
-                    model: str, template_path: str | Path | None = None, seed: int = 0,
+                    model: str, template_path: str | Path | None = None, seed: int = ALPACA_SEED,
                     chunk_size: int = DEFAULT_CHUNK,
                     answers_from: str | Path | None = None) -> list[dict]:
-    """AlpacaEval v1: the judge ranks the reference output against the model's; the order is switched by a seeded coin
-    per instruction and the preference mapped back (2.0 = the model wins). win_rate and standard_error in percent."""
+    """AlpacaEval v1: the judge ranks the reference output against the model's; the order is switched by alpaca_eval's
+    seeded coin per instruction and the preference mapped back (2.0 = the model wins); an output identical to the
+    reference scores 1.5 with no judge call. win_rate and standard_error in percent."""
     judge_id = need_judge(judge, "alpaca_eval")
     template = load_alpaca_template(template_path) if template_path is not None else None
 
     def grade(it: AlpacaItem, answers: list[str]) -> dict:
         switched = alpaca_switch(it.instruction, seed)
+        if answers[0] == it.output:  # alpaca_eval: `output_1 == output_2` -> preference 1.5, never annotated
+            return {"switched": switched, "raw_preference": None, "preference": 1.5, "failed": False,
+                    "identical": True, "judge_raw": ""}
         first, second = (answers[0], it.output) if switched else (it.output, answers[0])
         truth = {k: v for k, v in (("answer", it.answer_key), ("reference", it.reference)) if v}
         raw_pref, raw = grade_pairwise_alpaca(judge, it.instruction, first, second, truth=truth,

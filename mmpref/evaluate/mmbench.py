@@ -1,7 +1,17 @@
 """MMBench (dev, EN), circular evaluation, scored by rule.
 
 Loader: OpenCompass MMBench TSV (index, question, hint, A..D, answer, category, l2-category, image as base64).
-Prompt: LLaVA's model_vqa_mmbench.py layout and suffix; greedy answers; every rotation of the options is asked.
+Prompt: LLaVA's model_vqa_mmbench.py layout and suffix (haotian-liu/LLaVA scripts/v1_5/eval/mmbench.sh, as the
+authors' findalexli/mllm-dpo scripts/v1_5/eval/mmbench.sh runs it: --single-pred-prompt --temperature 0, no
+--all-rounds); greedy answers.
+Circular evaluation, two layouts (the records' "circular" and the results' metric `circular_from_file` say which):
+- "file": the official dev/test TSVs already hold each question's circular copies as rows of their own (index
+  i + k * 1e6, options rotated, answer letter moved). As LLaVA's script does, every row is asked once in its own
+  option order, and the rows are grouped into questions as VLMEvalKit's `multiple_choice_eval` groups them
+  (`data[data['index'] % int(1e6) == idx]` for each row with index < 1e6): a question is right only when all its
+  rows are. A copy whose question row is missing is an error (VLMEvalKit would skip it silently).
+- "rotated": a file with no copy rows (the miniature world's) is rotated by mmpref: for n options, n rounds, round k
+  shifting the options left by k (LLaVA's `--all-rounds`: `options[1:] + options[:1]` per round).
 Matching and metric: open-compass/VLMEvalKit vlmeval/utils/matching_util.py (can_infer_option, can_infer_text,
 can_infer) and vlmeval/evaluate/multiple_choice.py (circular groups: prefetch_sub_data / eval_data_groups), commit
 c6bdffd3a3f2772ce9eaa157d7d31ec741b245b0 (March 2024; these functions were unchanged from January 2024 to August
@@ -29,6 +39,9 @@ from mmpref.sampling import ChatRequest, GenerateFn
 
 # Prompt suffix of LLaVA-1.5's model_vqa_mmbench.py.
 MMBENCH_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
+CIRCULAR_STEP = 1_000_000    # VLMEvalKit: the circular copies of question i are the rows i + k * 1e6
+FILE_COPIES, ROTATED = "file", "rotated"   # where a question's rounds come from (see the module docstring)
+LAYOUT_METRIC = "circular_from_file"       # % of questions whose rounds are the file's own copy rows
 
 
 class MMBenchItem(BaseModel):
@@ -40,6 +53,15 @@ class MMBenchItem(BaseModel):
     category: str = ""
     l2_category: str = ""
     image: str
+
+
+class MMBenchQuestion(BaseModel):
+    """One question of the circular evaluation: its rounds are asked one by one, round 0 (its own row, the original
+    option order) counting for vanilla accuracy."""
+    index: int | str             # the question's row (index < 1e6)
+    category: str = ""
+    rounds: list[MMBenchItem]    # FILE_COPIES: its rows in index order; ROTATED: its options rotated
+    circular: str                # FILE_COPIES or ROTATED
 
 
 def _blank(value: Any) -> bool:
@@ -61,7 +83,8 @@ def _image_suffix(data: bytes) -> str:
 def load_mmbench(path: str | Path, limit: int | None = None, image_dir: str | Path | None = None) -> list[MMBenchItem]:
     """MMBench TSV (index, question, hint, A..D, answer, category, l2-category, image as base64, ...); `path` is the
     .tsv or a folder holding exactly one. Images are decoded once into `image_dir` (default: <tsv stem>_images next to
-    the file), named by content hash."""
+    the file), named by content hash. Returns the rows; `limit` keeps the first `limit` questions, with their circular
+    copy rows where the file has them (mmbench_questions groups the rows)."""
     import pandas as pd
 
     check_limit(limit)
@@ -80,9 +103,26 @@ def load_mmbench(path: str | Path, limit: int | None = None, image_dir: str | Pa
         raise ValueError(f"MMBench: {path} lacks column(s) {missing} (has {list(frame.columns)})")
     out_dir = Path(image_dir) if image_dir is not None else path.parent / f"{path.stem}_images"
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = frame.to_dict("records")
+    rows = list(enumerate(frame.to_dict("records"), 2))  # (line, row); line 1 is the header
+    indices = [_index(rec["index"]) for _, rec in rows]
+    if any(isinstance(i, int) and i >= CIRCULAR_STEP for i in indices):  # the official layout: copies as rows
+        mains = [i for i in indices if isinstance(i, int) and i < CIRCULAR_STEP]
+        questions = set(mains)
+        for (rowno, rec), idx in zip(rows, indices):
+            if not isinstance(idx, int) or idx < 0:
+                raise ValueError(f"{path}:{rowno} (index {rec['index']}): the file holds circular copies (index + k * "
+                                 f"{CIRCULAR_STEP}), so every index must be a whole number >= 0")
+            if idx >= CIRCULAR_STEP and idx % CIRCULAR_STEP not in questions:
+                raise ValueError(f"{path}:{rowno} (index {idx}): a circular copy of question {idx % CIRCULAR_STEP}, "
+                                 f"which {path.name} lacks (VLMEvalKit would skip the copy); restore the question's "
+                                 f"row or remove its copies")
+        if limit:
+            keep = set(mains[:limit])
+            rows = [r for r, idx in zip(rows, indices) if idx % CIRCULAR_STEP in keep]
+    elif limit:
+        rows = rows[:limit]
     items: list[MMBenchItem] = []
-    for rowno, rec in enumerate(rows[:limit] if limit else rows, 2):  # line 1 is the header
+    for rowno, rec in rows:
         where = f"{path}:{rowno} (index {rec['index']})"
         options = []
         for letter in "ABCDEFGHI":
@@ -105,13 +145,38 @@ def load_mmbench(path: str | Path, limit: int | None = None, image_dir: str | Pa
         if not img.exists():
             img.write_bytes(data)
         items.append(MMBenchItem(
-            index=int(rec["index"]) if str(rec["index"]).lstrip("-").isdigit() else rec["index"],
+            index=_index(rec["index"]),
             question=str(rec["question"]), hint=None if _blank(rec.get("hint")) else str(rec["hint"]),
             options=options, answer_index="ABCDEFGHI".index(answer), category=str(rec.get("category", "")),
             l2_category=str(rec.get("l2-category", "")), image=str(img)))
     if not items:
         raise ValueError(f"MMBench: {path} holds no questions")
     return items
+
+
+def _index(value: Any) -> int | str:
+    return int(value) if str(value).lstrip("-").isdigit() else value
+
+
+def mmbench_questions(items: Sequence[MMBenchItem]) -> list[MMBenchQuestion]:
+    """The loaded rows as questions of the circular evaluation. Rows with circular copies (an index >= 1e6, the
+    official layout) are grouped as VLMEvalKit groups them, by index % 1e6, each question's rows in index order
+    (its own row first); a file without copies gets every row rotated (`mmbench_rotations`)."""
+    if not any(isinstance(it.index, int) and it.index >= CIRCULAR_STEP for it in items):
+        return [MMBenchQuestion(index=it.index, category=it.category, circular=ROTATED, rounds=[
+            it.model_copy(update={"options": list(opts.values()), "answer_index": LETTERS.index(letter)})
+            for opts, letter in mmbench_rotations(it.options, it.answer_index)]) for it in items]
+    if any(not isinstance(it.index, int) for it in items):
+        raise ValueError("MMBench: rows with circular copies need whole-number indices")
+    groups: dict[int, list[MMBenchItem]] = {}
+    for it in sorted(items, key=lambda it: it.index):
+        groups.setdefault(it.index % CIRCULAR_STEP, []).append(it)
+    mains = [it for it in items if it.index < CIRCULAR_STEP]
+    orphans = sorted(set(groups) - {it.index for it in mains})
+    if orphans:
+        raise ValueError(f"MMBench: circular copies of question(s) {orphans[:5]} whose own rows are missing")
+    return [MMBenchQuestion(index=it.index, category=it.category, rounds=groups[it.index], circular=FILE_COPIES)
+            for it in mains]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -191,7 +256,12 @@ def mmbench_scores(passes: Sequence[Sequence[bool]]) -> dict[str, Score]:
 
 
 def score(recs: Sequence[dict]) -> dict[str, Score]:
-    return mmbench_scores([r["passes"] for r in recs])
+    """mmbench_scores, plus LAYOUT_METRIC: the % of questions whose rounds are the file's own circular copies
+    (100: the official layout, VLMEvalKit's grouping; 0: rotated by mmpref; records from before the layouts were told
+    apart were rotated)."""
+    out = mmbench_scores([r["passes"] for r in recs])
+    out[LAYOUT_METRIC] = Score(100.0 * sum(r.get("circular") == FILE_COPIES for r in recs) / len(recs), len(recs))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -205,33 +275,40 @@ def mmbench_prompt(question: str, hint: str | None, options: dict[str, str], suf
     return text + suffix
 
 
+def _lettered(row: MMBenchItem) -> dict[str, str]:
+    return dict(zip(LETTERS, row.options))
+
+
 def run_mmbench(items: Sequence[MMBenchItem], generate: GenerateFn, out_jsonl: str | Path, model: str,
                 prompt_suffix: str = MMBENCH_PROMPT_SUFFIX, chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
-    """MMBench circular evaluation: every rotation of the options is asked; a question counts for
-    circular_accuracy only when every rotation is answered right (matched by letter, then by option text)."""
+    """MMBench circular evaluation over the questions of `mmbench_questions(items)`: every round is asked once; a
+    question counts for circular_accuracy only when every round is answered right (matched by letter, then by
+    option text)."""
+    questions = mmbench_questions(items)
 
-    def requests(it: MMBenchItem) -> list[ChatRequest]:
-        return [ChatRequest(turns=[mmbench_prompt(it.question, it.hint, opts, prompt_suffix)], image=it.image)
-                for opts, _ in mmbench_rotations(it.options, it.answer_index)]
+    def requests(q: MMBenchQuestion) -> list[ChatRequest]:
+        return [ChatRequest(turns=[mmbench_prompt(r.question, r.hint, _lettered(r), prompt_suffix)], image=r.image)
+                for r in q.rounds]
 
-    def describe(it: MMBenchItem) -> dict:
-        return {"question_id": it.index, "category": it.category,
-                "correct": [letter for _, letter in mmbench_rotations(it.options, it.answer_index)]}
+    def describe(q: MMBenchQuestion) -> dict:
+        rows = {"rows": [r.index for r in q.rounds]} if q.circular == FILE_COPIES else {}
+        return {"question_id": q.index, "category": q.category, **rows,
+                "correct": [LETTERS[r.answer_index] for r in q.rounds]}
 
-    recs = run_items("mmbench", items, [str(it.index) for it in items], requests, generate, out_jsonl, model, None,
-                None, describe, chunk_size=chunk_size, derive=lambda it, answers: {"passes": mmbench_passes(it, answers)})
+    recs = run_items("mmbench", questions, [str(q.index) for q in questions], requests, generate, out_jsonl, model,
+                     None, None, describe, chunk_size=chunk_size,
+                     derive=lambda q, answers: {"passes": mmbench_passes(q, answers), "circular": q.circular})
     return tidy_rows(model, "mmbench", score_records("mmbench", recs), RULE_JUDGE)
 
 
-def mmbench_passes(item: MMBenchItem, answers: Sequence[str]) -> list[bool]:
-    """Correctness of each rotation's answer (matched by letter, then by option text)."""
-    rots = mmbench_rotations(item.options, item.answer_index)
-    return [mmbench_match(a, opts) == letter for a, (opts, letter) in zip(answers, rots)]
+def mmbench_passes(question: MMBenchQuestion, answers: Sequence[str]) -> list[bool]:
+    """Correctness of each round's answer (matched by letter, then by option text)."""
+    return [mmbench_match(a, _lettered(r)) == LETTERS[r.answer_index] for a, r in zip(answers, question.rounds)]
 
 
 def add_mmbench_passes(records: Sequence[dict], items: Sequence[MMBenchItem]) -> list[dict]:
     """Records written before "passes" was stored, with "passes" computed from the benchmark's items (by key)."""
-    by_key = {str(it.index): it for it in items}
+    by_key = {str(q.index): q for q in mmbench_questions(items)}
     missing = sorted({r["key"] for r in records if "passes" not in r and r["key"] not in by_key})
     if missing:
         raise ValueError(f"mmbench: records {missing[:5]} have no item in the benchmark data")

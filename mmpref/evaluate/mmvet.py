@@ -3,7 +3,10 @@
 Loader: yuweihao/MM-Vet release `mm-vet.zip` (mm-vet.json {id: {imagename, capability, question, answer}}, images/).
 Prompt: the question as it is; greedy answers.
 Judge prompt, grade parsing, retry rule and metric: yuweihao/MM-Vet mm-vet_evaluator.py (`runs`, `export_result` with
-num_run 1, decimal_places 1), commit acde843e02dae30047bb456ee4a8ab28dee7e0ae. The few-shot prompt is the module-level
+num_run 1, decimal_places 1), commit acde843e02dae30047bb456ee4a8ab28dee7e0ae (the file is unchanged since c7ff270,
+February 2024). Every grading call is sent as the evaluator sends it: `max_tokens=3`, the first at temperature 0.0, each
+re-ask at the temperature then current, raised by 0.5 after it (so 0.0, 0.0, 0.5, 1.0, 1.5 for the five replies it
+reads; `MMVET_TEMPERATURES`). The few-shot prompt is the module-level
 string `prompt` of the official evaluator, read from its file (params `evaluate.judge_templates.mmvet`); without it
 mmpref's own header below is used, with the same layout and the same output contract (the reply's first token is the
 score). The evaluator sends no system message. It scores an item whose grading failed five times as 0.0; here it is
@@ -32,7 +35,8 @@ from mmpref.sampling import ChatRequest, GenerateFn
 
 log = logging.getLogger(__name__)
 
-GRADING = "mm-vet@acde843"  # records graded under another protocol are graded again
+# records graded under another protocol are graded again (#2: the evaluator's temperatures and max_tokens=3)
+GRADING = "mm-vet@acde843#2"
 
 
 class MMVetItem(BaseModel):
@@ -125,6 +129,10 @@ def parse_mmvet_score(content: str) -> float:
 
 
 MMVET_TRIES = 5  # replies the evaluator reads: the first and four retries
+MMVET_MAX_TOKENS = 3  # `max_tokens=3` of every call of the evaluator
+# the temperature of each of those calls: `temperature = 0.0` before the first; a re-ask is sent at the current
+# temperature, then `temperature += 0.5`
+MMVET_TEMPERATURES = tuple(0.5 * max(0, attempt - 1) for attempt in range(MMVET_TRIES))
 
 
 def grade_mmvet(
@@ -137,18 +145,20 @@ def grade_mmvet(
 ) -> tuple[float | None, str]:
     """MM-Vet grading 0.0..1.0 as yuweihao/MM-Vet mm-vet_evaluator.py `runs` does it (commit
     acde843e02dae30047bb456ee4a8ab28dee7e0ae): the few-shot prompt (`header`, mmpref's fallback when None) at
-    temperature 0.0; while the reply's first token is not a grade in 0..1, ask again with "Predict the correctness of
-    the answer (digit): " appended and the temperature raised by 0.5. The evaluator reads five replies; after the
-    fifth it makes a sixth call at temperature 2.5 (which OpenAI rejects), never reads it and scores 0.0. Here the
-    grading stops after the five read replies and returns None (a failed grading, left out of the score and counted),
-    never 0.0. Returns (grade or None, the last reply)."""
+    temperature 0.0 with max_tokens=3; while the reply's first token is not a grade in 0..1, ask again with "Predict
+    the correctness of the answer (digit): " appended, at the temperature then current, which the evaluator raises
+    by 0.5 after each re-ask (MMVET_TEMPERATURES: 0.0, 0.0, 0.5, 1.0, 1.5). The evaluator reads five replies; after
+    the fifth it makes a sixth call at temperature 2.0, never reads it and scores 0.0. Here the grading stops after
+    the five read replies and returns None (a failed grading, left out of the score and counted), never 0.0.
+    Returns (grade or None, the last reply)."""
     text = ""
     for attempt in range(MMVET_TRIES):
         req = JudgeRequest(task="grade_mmvet", system=MMVET_SYSTEM,
                            prompt=render_mmvet_prompt(question, gt_answer, prediction, header,
                                                               retry=attempt > 0),
                            inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
-                           truth=truth or {}, attempt=attempt, temperature=0.5 * attempt)
+                           truth=truth or {}, attempt=attempt, temperature=MMVET_TEMPERATURES[attempt],
+                           max_tokens=MMVET_MAX_TOKENS)
         text = judge.complete(req, check=parse_mmvet_score).text  # an unparsable grade is not cached
         try:
             return parse_mmvet_score(text), text
@@ -248,7 +258,7 @@ BENCHMARK = Benchmark(
     name="mmvet", display="MM-Vet", headline="total", headline_name="MM-Vet total", order=0, in_table2=True,
     paper_key="mmvet", grading=GRADING, judge_template="mmvet", run=_run, score=score, load=load_mmvet, check=check,
     check_template=lambda p: f"few-shot prompt read ({len(load_mmvet_prompt(p))} characters)",
-    cost_inputs=cost_inputs, output_tokens=5, default_items=218,   # output: a number 0.0-1.0
+    cost_inputs=cost_inputs, output_tokens=MMVET_MAX_TOKENS, default_items=218,   # output: a number 0.0-1.0
     data=DataFile("mmvet", "MM-Vet", "09_evaluate", "evaluate.benchmarks.mmvet", "mm-vet",
                   ("mm-vet/mm-vet.json", "mm-vet/images/"),
                   "github yuweihao/MM-Vet release `mm-vet.zip` (mm-vet.json + images/)"),

@@ -15,10 +15,13 @@ Judge failures: a grading whose reply the official parser rejects is recorded wi
 counted: every judge-graded benchmark's rows include the metric "judge_failures" (value = failed gradings, n = gradings;
 MT-Bench counts turns).
 
-Resume: records already in `out_jsonl` for the same model and the same request are reused; an answer graded by a
-different judge, or under an older grading protocol (the benchmark's `grading` tag), is graded again (the answer is
-kept). Work is appended chunk by chunk, so an interrupted run loses at most one chunk. Judge calls of a chunk run in
-parallel (up to the judge's `max_concurrency`).
+Resume: records already in `out_jsonl` for the same model, the same request and the same answering model identity are
+reused: `run_benchmark(..., answered_by=ID)` (stage 09's `suite.answer_identity`: checkpoint and adapter content,
+decoding settings) is recorded with every answer, and an answer given under another identity (a retrained adapter
+under the same model name) is answered again, its grading with it. An answer graded by a different judge, or under an
+older grading protocol (the benchmark's `grading` tag), is graded again (the answer is kept). Work is appended chunk by
+chunk, so an interrupted run loses at most one chunk. Judge calls of a chunk run in parallel (up to the judge's
+`max_concurrency`).
 
 Batch judging (`evaluate.judge.batch`, a gemini judge): every answer is generated and written first (ungraded, so a
 restart keeps it), then every grading's judge requests are answered through the Gemini Batch API into the judge cache
@@ -125,6 +128,19 @@ def request_signature(requests: Sequence[ChatRequest], extra: Any = None) -> str
     return sha256_json({"requests": [one(r) for r in requests], "extra": extra})
 
 
+def answering_as(generate: GenerateFn, answered_by: str | None) -> GenerateFn:
+    """`generate` marked with the content identity of the model that answers through it: run_items records it with
+    every answer and reuses only answers given under it (None: unmarked, as a bare function)."""
+    if answered_by is None:
+        return generate
+
+    def answer(requests: list[ChatRequest]) -> list[str]:
+        return generate(requests)
+
+    answer.answered_by = answered_by
+    return answer
+
+
 def _generate(generate: GenerateFn, requests: list[ChatRequest]) -> list[str]:
     if not requests:
         return []
@@ -142,16 +158,18 @@ class _Records:
         self.old: dict[str, dict] = {}
         self.others: list[dict] = []
         if self.path.exists():
-            for rec in read_jsonl(self.path):
+            for rec in read_jsonl(self.path, appended=True):
                 if rec.get("model") == model and rec.get("benchmark") == benchmark and "key" in rec:
                     self.old[rec["key"]] = rec
                 else:
                     self.others.append(rec)
         self.new: dict[str, dict] = {}
 
-    def reusable(self, key: str, signature: str) -> dict | None:
+    def reusable(self, key: str, signature: str, answered_by: str | None = None) -> dict | None:
+        """The record of `key` for the same request answered by the same model identity, else None."""
         rec = self.old.get(key)
-        return rec if rec is not None and rec.get("signature") == signature else None
+        ok = rec is not None and rec.get("signature") == signature and rec.get("answered_by") == answered_by
+        return rec if ok else None
 
     def add(self, rec: dict) -> None:
         self.new[rec["key"]] = rec
@@ -211,8 +229,11 @@ def run_items(
     `derive(item, answers)` returns fields scored by rule, recomputed for every current record (not hashed).
     `grading` is the benchmark's grading protocol tag (records graded under another one are graded again).
     `answers_from`: another per-item file of the same model and benchmark whose answers are reused and only graded
-    (a repeated judge run grades the answers of run 1)."""
+    (a repeated judge run grades the answers of run 1). A `generate` marked by `answering_as` reuses only answers
+    given under its identity."""
     retry_failed = bool(getattr(judge, "retry_failed", False))
+    answered_by = getattr(generate, "answered_by", None)
+    by = {"answered_by": answered_by} if answered_by is not None else {}  # recorded with every answer
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})[:5]
         raise ValueError(f"{benchmark}: duplicate item ids {dup}")
@@ -222,11 +243,14 @@ def run_items(
     first = _Records(answers_from, model, benchmark) if answers_from is not None else None
     todo_answer, todo_grade = [], []
     sigs = {}
+    other_model = 0
     for item, key in zip(items, keys):
         reqs = requests(item)
         sigs[key] = request_signature(reqs, describe(item))
-        rec = store.reusable(key, sigs[key])
-        answered = first.reusable(key, sigs[key]) if first is not None and rec is None else None
+        rec = store.reusable(key, sigs[key], answered_by)
+        before = store.old.get(key)
+        other_model += rec is None and before is not None and before.get("signature") == sigs[key]
+        answered = first.reusable(key, sigs[key], answered_by) if first is not None and rec is None else None
         if answered is not None:
             todo_grade.append((item, key, answered["answers"]))
         elif rec is None:
@@ -234,8 +258,9 @@ def run_items(
         elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != grading
                                     or (retry_failed and _failed(rec))):
             todo_grade.append((item, key, rec["answers"]))
-    log.info("%s / %s: %d items, %d to answer, %d to re-grade, %d reused", model, benchmark, len(items),
-             len(todo_answer), len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
+    log.info("%s / %s: %d items, %d to answer (%d of them answered before by another checkpoint or settings), "
+             "%d to re-grade, %d reused", model, benchmark, len(items), len(todo_answer), other_model,
+             len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
 
     def grade_or_fail(b: tuple[Any, str, list[str]]) -> dict:
         try:
@@ -251,8 +276,8 @@ def run_items(
         fields = grade_or_fail(b) if grade is not None else {}
         tag = {"grading": grading} if grade is not None else {}
         with write_lock:  # each record is durable the moment its grading arrives
-            store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
-                       "answers": answers, "judge": judge_id, **tag, **fields})
+            store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **by,
+                       **describe(item), "answers": answers, "judge": judge_id, **tag, **fields})
 
     def finish(batch: list[tuple[Any, str, list[str]]]) -> None:
         _parallel(one, batch, judge)
@@ -275,8 +300,8 @@ def run_items(
             finish(answered)
             continue
         for item, key, answers in answered:  # ungraded (judge None): graded below, or again after a restart
-            store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **describe(item),
-                       "answers": answers, "judge": None})
+            store.add({"key": key, "model": model, "benchmark": benchmark, "signature": sigs[key], **by,
+                       **describe(item), "answers": answers, "judge": None})
         todo_grade += answered
     job_dir = Path(out_jsonl).parent / "batch_jobs" / Path(out_jsonl).stem
     if batch and todo_grade:
@@ -452,6 +477,7 @@ def run_benchmark(
     noise_images_dir: str | Path | None = None,
     limit: int | None = None,
     judge_run: int = 1,
+    answered_by: str | None = None,
     **options: Any,
 ) -> list[dict]:
     """Load benchmark `name` (a name in mmpref.evaluate.registry) from `data_path` (file or folder, official format),
@@ -459,12 +485,15 @@ def run_benchmark(
     go to `out_jsonl`. `judge_templates` maps a benchmark's `judge_template` key ("mt_bench", "alpaca_eval",
     "llava_bench", "mmvet") to the official judge prompt file; without it the module's fallback prompt is used.
     `judge_run` r >= 2 grades run 1's answers again with distinct judge calls (see the module docstring).
+    `answered_by`: the content identity of the model behind `generate` (stage 09: `suite.answer_identity`); saved
+    answers given under another are answered again.
     `options` go to the benchmark's run_* function (e.g. prompt_suffix, chunk_size, seed, decoding)."""
     from mmpref.evaluate import registry
 
     spec = registry.get(name)
     if judge_run < 1:
         raise ValueError(f"judge_run counts from 1, got {judge_run}")
+    generate = answering_as(generate, answered_by)
     answers_from = None
     if judge_run > 1:
         if not spec.judged:

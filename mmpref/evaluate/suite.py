@@ -3,16 +3,19 @@
 Models: the base LM (text-only benchmarks only), the visually tuned policy ("vit"), one adapter per trained method
 (mmpref.methods), and the data-fraction adapters (their benchmark only, for Figure 2). Answers come from HF
 `generate` or, with params `engine` (use_for: evaluate), from the served models on a serving engine
-(mmpref.engine; the served name enters the rows' cache key). A (model, benchmark) pair whose
-rows were computed for the same checkpoint, data and judge is not recomputed; inside a benchmark, items already
-answered are reused.
+(mmpref.engine; the served name enters the rows' cache key). Every saved answer is keyed by the content identity of
+the model that gave it (`answer_identity`: checkpoint and adapter file hashes, served name, decoding settings), so a
+retrained adapter answers again. A (model, benchmark) pair whose rows were computed for the same model identity,
+data and judge is not recomputed; inside a benchmark, items already answered by the same model identity are reused.
 
 Judge variance: with `evaluate.judge_runs` N >= 2 every judge-graded benchmark is graded N times (run 1's answers,
 distinct judge calls) and its rows hold the mean over runs with the standard deviation in `sd` (numpy's population sd,
 as MM-Vet reports it); `judge_failures` rows count the failed gradings of all runs. results.csv columns: model,
-benchmark, metric, value, sd, n, judge (the judge model id, "rule" for rule-scored benchmarks), judge_runs.
+benchmark, metric, value, sd, n, judge (the judge model id, "rule" for rule-scored benchmarks), judge_runs, note
+(empty, or why a row has no value: every grading of that model and benchmark failed).
 
-Judge failures: results.csv is written whatever happened; then, as annotation does with `judge.max_failed_fraction`,
+Judge failures: results.csv is written whatever happened (a benchmark whose every grading failed gets a NaN headline
+and a note saying why, `scored_or_why`, and the other models and benchmarks are graded); then, as annotation does with `judge.max_failed_fraction`,
 the stage fails (`TooManyFailures`) when any (model, benchmark) has more failed gradings than
 `evaluate.judge.max_failed_fraction` of its gradings, after a summary of the failures per model and benchmark;
 `mmpref run ... --retry-failed` re-grades exactly the failed items (also of pairs whose rows were already written).
@@ -23,7 +26,6 @@ API jobs kept in eval/<model>/batch_jobs/<benchmark>/ (mmpref.evaluate.protocol)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -33,11 +35,11 @@ import pandas as pd
 from mmpref import methods
 from mmpref.console import bar
 from mmpref.evaluate import registry
-from mmpref.io import sha256_json
+from mmpref.io import read_json, sha256_json, write_json
 
 log = logging.getLogger(__name__)
 
-RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs"]
+RESULT_COLUMNS = ["model", "benchmark", "metric", "value", "sd", "n", "judge", "judge_runs", "note"]
 
 
 def plan(params, run_dir: Path) -> list[tuple[str, str | None, list[str]]]:
@@ -65,10 +67,27 @@ def _checkpoint_id(params, name: str, adapter: str | None) -> str:
     ref = checkpoint_identity(params.model_ref(params.models.policy))
     if adapter is None:
         return ref
-    info = Path(adapter) / "mmpref_train.json"
-    if not info.exists():
-        raise ValueError(f"model {name}: no trained adapter in {adapter}; run its training stage first")
-    return f"{ref}+{json.loads(info.read_text())['fingerprint']}"
+    from mmpref.train import ADAPTER_FILES, adapter_hashes
+
+    missing = [f for f in ("mmpref_train.json", *ADAPTER_FILES) if not (Path(adapter) / f).is_file()]
+    if missing:
+        raise ValueError(f"model {name}: no trained adapter in {adapter} ({', '.join(missing)} missing); run its "
+                         f"training stage first")
+    # the adapter's content, not the fingerprint of its training inputs: a forced or otherwise repeated training
+    # of the same inputs can give other weights
+    return f"{ref}+{sha256_json(adapter_hashes(Path(adapter)))[:16]}"
+
+
+def answer_identity(params, name: str, adapter: str | None, served: str | None = None) -> str:
+    """The content identity of the model that answers, as saved answers are keyed by it (mmpref.evaluate.protocol):
+    its checkpoint (and adapter) content, the serving engine's model name when it answers there, and every setting
+    that changes a greedy answer: the `models` section (dtype, device, prompt format and picture padding, which the
+    checkpoint's family resolves), the prompt format it resolves to, max_new_tokens and the seed."""
+    from mmpref.models import chat_templates
+
+    return sha256_json({"checkpoint": _checkpoint_id(params, name, adapter), "served": served,
+                        "models": params.section_hash("models"), "chat_templates": list(chat_templates(params)),
+                        "max_new_tokens": params.evaluate.max_new_tokens, "seed": params.run.seed})[:16]
 
 
 def _judge_templates(params) -> dict[str, str]:
@@ -79,19 +98,20 @@ def _noise_dir(params) -> str | None:
     return str(params.path(params.evaluate.noise_images)) if params.evaluate.noise_images else None
 
 
-def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, name: str,
+def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, name: str, *, answered_by: str,
                  judge_run: int = 1) -> list[dict]:
     """One loaded model on one benchmark file with the run's evaluation settings (greedy answers of
     `evaluate.max_new_tokens`, the benchmark's own options such as MT-Bench decoding, judge templates, noise images,
     limit): tidy rows. Stage 09 scores every model this way; DPO's sweep scores its trials on the dev split this way
-    too. `judge_run` >= 2 grades run 1's answers again (mmpref.evaluate.protocol)."""
+    too. `answered_by`: the model's `answer_identity` (answers saved under another are answered again). `judge_run`
+    >= 2 grades run 1's answers again (mmpref.evaluate.protocol)."""
     from mmpref.evaluate import run_benchmark
 
     ev = params.evaluate
     return run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,
                          out_jsonl, model=name, judge_templates=_judge_templates(params),
                          noise_images_dir=_noise_dir(params), limit=ev.limit, judge_run=judge_run,
-                         **registry.get(bench).options(ev))
+                         answered_by=answered_by, **registry.get(bench).options(ev))
 
 
 def score_runs(score, judged: bool, judge_runs: int) -> list[dict]:
@@ -109,7 +129,6 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     from mmpref.evaluate.protocol import SCORING_VERSION
     from mmpref.judges import judge_from_params
     from mmpref import engine
-    from mmpref.models import chat_templates
 
     ev = params.evaluate
     judge = judge_from_params(ev.judge, run_dir / "judge_cache")
@@ -122,11 +141,9 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
               for name, adapter, _ in models}
     progress = bar(total=sum(len(b) for _, _, b in models), desc="evaluate", unit="benchmark")
     for name, adapter, benchmarks in models:
-        fingerprint = {"checkpoint": _checkpoint_id(params, name, adapter), "judge": judge.judge_id,
-                       "limit": ev.limit, "max_new_tokens": ev.max_new_tokens, "templates": templates,
-                       "chat_templates": sha256_json(list(chat_templates(params)))[:16], "decoding": ev.mt_bench_decoding,
-                       "seed": params.run.seed, "scoring": SCORING_VERSION,
-                       **({"served": served[name][0]} if served[name] else {})}  # answers from the serving engine
+        answered_by = answer_identity(params, name, adapter, served[name][0] if served[name] else None)
+        fingerprint = {"answers": answered_by, "judge": judge.judge_id, "limit": ev.limit, "templates": templates,
+                       "decoding": ev.mt_bench_decoding, "scoring": SCORING_VERSION}
         policy = None
         for bench in benchmarks:
             progress.set_postfix_str(f"{name} / {bench}")
@@ -136,11 +153,11 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
             key = sha256_json({**fingerprint, "data": str(data_path), "noise": noise if spec.uses_noise_images else None,
                                **({"judge_runs": runs} if runs > 1 else {})})
             done = run_dir / "eval" / name / f"{bench}.rows.json"
-            if done.exists() and json.loads(done.read_text()).get("key") == key and not (
-                    ev.judge.retry_failed and _n_failed(json.loads(done.read_text())["rows"])):
+            if done.exists() and read_json(done).get("key") == key and not (
+                    ev.judge.retry_failed and _n_failed(read_json(done)["rows"])):
                 # rows written before judge runs were recorded: one run (judged) or none (rule)
                 rows += [{"sd": math.nan, "judge_runs": 1 if spec.judged else 0, **r}
-                         for r in json.loads(done.read_text())["rows"]]
+                         for r in read_json(done)["rows"]]
                 progress.update(1)
                 continue
             if policy is None:
@@ -150,9 +167,10 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                                                base_lm=name == methods.BASE_LM, question_transform=transform)
             log.info("%s on %s", name, bench)
             out = run_dir / "eval" / name / f"{bench}.jsonl"
-            got = score_runs(lambda r: score_policy(params, policy, bench, data_path, judge, out, name, judge_run=r),
-                             spec.judged, runs)
-            done.write_text(json.dumps({"key": key, "rows": got}))
+            got = score_runs(lambda r: scored_or_why(
+                lambda: score_policy(params, policy, bench, data_path, judge, out, name, answered_by=answered_by,
+                                     judge_run=r), out, r, name, bench), spec.judged, runs)
+            write_json(done, {"key": key, "rows": got})
             rows += got
             progress.update(1)
         del policy
@@ -163,6 +181,35 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     frame.attrs["judge_usage"] = {"judge": judge.judge_id, **judge.usage()}  # for the stage's manifest line
     check_judge_failures(frame, ev.judge.max_failed_fraction)
     return frame
+
+
+def scored_or_why(score, out: Path, judge_run: int, model: str, bench: str) -> list[dict]:
+    """`score()`, the rows of one judge run; when every grading of that run failed (the benchmark's metric has
+    nothing to score and raises ValueError), rows that say so instead: the headline metric NaN with n 0, the
+    `judge_failures` count, and a `note` with the reason and the command that re-grades them, so that results.csv is
+    still written and the other benchmarks and models are graded."""
+    from mmpref.evaluate.protocol import FAILURES, judge_run_path, scored_records
+
+    try:
+        return score()
+    except ValueError:
+        spec, path = registry.get(bench), judge_run_path(out, judge_run)
+        recs = scored_records(path, model, bench) if spec.judged else []
+        failed = spec.failures(recs) if recs else None
+        if failed is None or not failed.n or failed.value < failed.n:
+            raise
+    last = recs[-1]
+    raw = last.get("judge_raw")
+    raw = raw[-1] if isinstance(raw, list) else raw
+    example = last.get("judge_error") or f"the judge's replies did not parse, e.g. {str(raw)[:80]!r}"
+    note = (f"all {failed.n} gradings failed, nothing to score ({example}); per-item records in {path}; re-grade "
+            f"them with `mmpref run PARAMS --stages 09 --retry-failed`")
+    log.warning("%s / %s: %s", model, bench, note)
+    judge = last.get("judge")
+    return [{"model": model, "benchmark": bench, "metric": spec.headline, "value": math.nan, "n": 0, "judge": judge,
+             "note": note},
+            {"model": model, "benchmark": bench, "metric": FAILURES, "value": float(failed.value), "n": failed.n,
+             "judge": judge, "note": note}]
 
 
 def _n_failed(rows: list[dict]) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError
+from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, JudgeStopped, RetryableJudgeError
 from mmpref.judges.parsing import AttributeScores, ParseError
 from mmpref.judges.rubric import RubricJudge
 from mmpref.judges.tasks import Annotation, annotate_responses, gold_answer
@@ -49,6 +49,7 @@ def judge_from_params(j, cache_dir: str | Path | None) -> Judge:
                       max_retries=j.network_retries, backoff_initial_s=j.backoff_initial_s,
                       backoff_max_s=j.backoff_max_s, timeout_s=j.timeout_s, **prices)
     judge.retry_failed = j.retry_failed  # graders re-ask the items whose grading failed (mmpref.evaluate.protocol)
+    judge.max_consecutive_failures = j.max_consecutive_failures  # then the judge stops (JudgeStopped)
     if j.batch:
         if not hasattr(judge, "prefetch"):
             raise ValueError(f"judge.batch: the {j.backend} backend has no batch API (only gemini has)")
@@ -57,5 +58,5 @@ def judge_from_params(j, cache_dir: str | Path | None) -> Judge:
     return judge
 
 
-__all__ = ["Judge", "JudgeError", "JudgeReply", "JudgeRequest", "RetryableJudgeError", "AttributeScores",
+__all__ = ["Judge", "JudgeError", "JudgeReply", "JudgeRequest", "JudgeStopped", "RetryableJudgeError", "AttributeScores",
            "ParseError", "RubricJudge", "Annotation", "annotate_responses", "gold_answer", "make_judge", "judge_from_params", "BACKENDS"]

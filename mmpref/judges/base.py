@@ -10,6 +10,11 @@ and the batch results answer and the first request they cannot answer stops the 
 requests are answered through the backend's batch API (`prefetch`, gemini) and the work runs again, round after round,
 until every request it makes is answered. The stage then does its work for real with no per-request call.
 
+A judge that fails call after call (a wrong key, model name or endpoint) stops: after `max_consecutive_failures`
+calls in a row failed for good (JudgeError: refused, or network retries exhausted), `complete` raises JudgeStopped, for
+that call and every later one, without calling. JudgeStopped is no JudgeError, so no stage records it as one more
+failed item: it ends the stage, with what was finished kept. Any reply (parsable or not) resets the count.
+
 Only accepted replies are cached: `complete(req, check=parse)` stores a reply only when `check(text)` accepts it, and
 a cached reply the check rejects (an older cache) is asked again. A reply that fails its check is therefore paid for
 once per ask and never turns into a permanent answer.
@@ -51,6 +56,8 @@ class JudgeRequest(BaseModel):
     # the sampling temperature an official script uses for this call (MM-Vet's retries, LLaVA-Bench's 0.2); None
     # leaves the backend's own setting
     temperature: float | None = None
+    # the cap on the reply's tokens an official script sends (MM-Vet's max_tokens=3); None leaves the backend's own
+    max_tokens: int | None = None
     # the judge run (repeated grading for judge variance); from run 2 on it enters the cache key: a distinct call
     judge_run: int = 1
 
@@ -75,6 +82,11 @@ class Unanswered(BaseException):
 
 class JudgeError(RuntimeError):
     """A judge call that failed for good (bad request, auth, retries exhausted)."""
+
+
+class JudgeStopped(RuntimeError):
+    """The judge failed `max_consecutive_failures` calls in a row and makes no more calls (see the module docstring).
+    Not a JudgeError: it stops the stage instead of failing one more item."""
 
 
 class RetryableJudgeError(JudgeError):
@@ -200,6 +212,9 @@ class Judge:
     batch_poll_s: float = 30.0  # seconds between polls of a batch job
     batch_price_factor: float = 0.5  # a batch reply costs this fraction of the interactive price
     batch_expired: str = "per_request"  # items of an expired/cancelled/failed job: per_request, resubmit or fail
+    max_consecutive_failures: int | None = 20  # calls failed in a row before the judge stops (None: never)
+    key_env: str | None = None  # the environment variable(s) its API key comes from, for error messages
+    base_url: str | None = None  # its endpoint (None: the backend's default)
 
     def __init__(
         self,
@@ -230,6 +245,8 @@ class Judge:
         # items: `complete` answers each once from here, with no call (see GeminiJudge.prefetch)
         self._staged: dict[str, JudgeReply | JudgeError] = {}
         self._planning = threading.local()  # planning mode of `batch_calls` (in the thread that plans only)
+        self._failures_in_a_row = 0
+        self._stopped: str | None = None  # why the judge stopped (see JudgeStopped)
         self.totals = {"calls": 0, "batch_items": 0, "cache_hits": 0, "retries": 0, "rejected": 0, "input_tokens": 0, "output_tokens": 0,
                        "cost_usd": 0.0}
 
@@ -256,6 +273,8 @@ class Judge:
         }
         if req.temperature is not None:  # only when set, so the keys of earlier requests stay valid
             material["temperature"] = req.temperature
+        if req.max_tokens is not None:  # the same
+            material["max_tokens"] = req.max_tokens
         if req.judge_run > 1:  # run 1 keeps the keys of earlier requests
             material["judge_run"] = req.judge_run
         if self.uses_truth:
@@ -312,7 +331,33 @@ class Judge:
         log.warning("%s: transient error (%s); retry %d in %.1fs", self.judge_id, exc, state.attempt_number, delay)
         return delay
 
+    def what_to_check(self) -> str:
+        """What to check when every call fails: the key, the model name, the endpoint."""
+        key = f"the API key ({self.key_env})" if self.key_env else "the API key"
+        return (f"{key}, the model name ({self.model!r}) and the endpoint "
+                f"({self.base_url or 'the backend default'})")
+
+    def _failed_call(self, exc: JudgeError) -> None:
+        """Count a call that failed for good; raise JudgeStopped when it is the `max_consecutive_failures`-th in a
+        row."""
+        with self._totals_lock:
+            self._failures_in_a_row += 1
+            limit = self.max_consecutive_failures
+            if limit and self._failures_in_a_row >= limit and self._stopped is None:
+                self._stopped = (
+                    f"{self.judge_id}: {self._failures_in_a_row} judge calls failed in a row "
+                    f"(judge.max_consecutive_failures = {limit}), so the judge stopped instead of asking the remaining "
+                    f"items. Last error: {exc}. Check {self.what_to_check()}. Every finished item is kept: run the "
+                    f"stage again once the judge answers (--retry-failed re-asks the items recorded as failed).")
+                log.error("%s", self._stopped)
+        self._raise_if_stopped()
+
+    def _raise_if_stopped(self) -> None:
+        if self._stopped is not None:
+            raise JudgeStopped(self._stopped)
+
     def _call_once(self, req: JudgeRequest) -> JudgeReply:
+        self._raise_if_stopped()  # also between the network retries of a call
         estimate = estimate_tokens(req)
         with self._slots:
             self._tokens.take(estimate)
@@ -350,7 +395,14 @@ class Judge:
         try:
             reply = retrying(self._call_once, req)
         except RetryableJudgeError as exc:
-            raise JudgeError(f"{self.judge_id}: giving up after {self.max_retries} retries: {exc}") from exc
+            error = JudgeError(f"{self.judge_id}: giving up after {self.max_retries} retries: {exc}")
+            self._failed_call(error)
+            raise error from exc
+        except JudgeError as exc:
+            self._failed_call(exc)
+            raise
+        with self._totals_lock:
+            self._failures_in_a_row = 0
         reply = self._account(reply)
         ok = accepts(check, reply.text)
         self._cache_put(key, req, reply, rejected=not ok)
@@ -390,7 +442,7 @@ class Judge:
             return
         from mmpref.io import read_jsonl
 
-        for row in read_jsonl(path):
+        for row in read_jsonl(path, appended=True):
             self._staged[row["key"]] = JudgeError(row["error"]) if "error" in row else \
                 JudgeReply.model_validate(row["reply"])
 

@@ -6,8 +6,9 @@ The API key comes only from the environment (GEMINI_API_KEY, else GOOGLE_API_KEY
 Batch API (`judge.batch: true`, half the price, hours of latency): `prefetch(requests, job_dir)` submits the requests
 the cache cannot answer as batch jobs of inlined requests (`client.batches.create`, REST
 `POST models/{model}:batchGenerateContent`; a stage larger than the API's ~20 MB inline limit is split into several
-jobs), records each job in `job_dir/pending.json` the moment it is created (a restarted stage polls the same jobs and
-never submits them twice), polls them every `batch_poll_s` seconds (`GET batches/{id}`), and writes every reply into
+jobs), records each job in `job_dir/pending.json` before it is created, under a display name of its own, and again with
+its id once created: a restarted stage polls the same jobs and never submits them twice, and a job whose creation a
+kill cut short (made by the API, its id never received) is found by that display name (`batches.list`). It polls them every `batch_poll_s` seconds (`GET batches/{id}`), and writes every reply into
 the same content-hash cache the per-request path uses, so the stage then reads them with no further calls. An item the
 job failed is answered once by `complete` with a JudgeError (recorded failed by the stage, never cached); a reply its
 check rejects goes to the cache's rejected/ folder and is answered once the same way. Both are kept in
@@ -19,16 +20,17 @@ per_request`), submitted once more (`resubmit`), or the stage stops with that er
 
 from __future__ import annotations
 
-import json
 import logging
 import mimetypes
 import os
+import re
 import time
+import uuid
 from pathlib import Path
 
 from mmpref.judges.base import Judge, JudgeError, JudgeReply, JudgeRequest, RetryableJudgeError, parse_retry_after
 from mmpref.judges.base import accepts, is_retryable_status, is_transient
-from mmpref.io import write_json
+from mmpref.io import read_json, write_json
 from mmpref.judges.parsing import SCHEMAS
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ KEY_ENV_VARS = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
 BATCH_INLINE_LIMIT = 19_000_000  # bytes of inlined requests per batch job (the API takes up to 20 MB)
 BATCH_DONE = {"JOB_STATE_SUCCEEDED", "JOB_STATE_PARTIALLY_SUCCEEDED"}
 BATCH_ENDED = BATCH_DONE | {"JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED"}
+
+
+def thinks(model: str | None) -> bool:
+    """Whether a Gemini model thinks before it answers (2.5 and later; 2.5 Pro cannot be told not to). Its thoughts
+    are billed as output and count against `max_output_tokens` (googleapis/python-genai#811: a small cap leaves an
+    empty reply with finish reason MAX_TOKENS)."""
+    return bool(re.search(r"gemini-(2\.5|[3-9])", model or ""))
 
 
 def api_key_from_env() -> str:
@@ -66,6 +75,8 @@ def image_part(path: str | Path):
 class GeminiJudge(Judge):
     """Judge backed by the Gemini API (`models.generate_content`)."""
 
+    key_env = " or ".join(KEY_ENV_VARS)
+
     def __init__(
         self,
         model: str = "gemini-2.5-pro",
@@ -85,6 +96,7 @@ class GeminiJudge(Judge):
         self.judge_id = f"gemini:{model}"
         self.temperature = temperature
         self.max_output_tokens = max_output_tokens
+        self.base_url = base_url
         http_options = types.HttpOptions(
             base_url=base_url,
             api_version=api_version,
@@ -100,7 +112,11 @@ class GeminiJudge(Judge):
         kwargs: dict = {"temperature": self.temperature if req.temperature is None else req.temperature}
         if req.system:
             kwargs["system_instruction"] = req.system
-        if self.max_output_tokens:
+        # the request's cap (MM-Vet's max_tokens=3) before the judge's own; a model that thinks would spend it on its
+        # thoughts and reply nothing (`thinks`), so it gets no cap from the request
+        if req.max_tokens is not None and not thinks(self.model):
+            kwargs["max_output_tokens"] = req.max_tokens
+        elif self.max_output_tokens:
             kwargs["max_output_tokens"] = self.max_output_tokens
         if req.json_schema:
             if req.json_schema not in SCHEMAS:
@@ -159,7 +175,11 @@ class GeminiJudge(Judge):
         by_key: dict[str, tuple[JudgeRequest, object]] = {}
         for i, req in enumerate(reqs):
             by_key.setdefault(self.cache_key(req), (req, checks[i] if checks else None))
-        pending = json.loads(pending_path.read_text(encoding="utf-8")) if pending_path.is_file() else []
+        pending = read_json(pending_path, fix="it lists the batch jobs this stage submitted: delete it only to submit "
+                            "their items again (paid again)") if pending_path.is_file() else []
+        if any(job.get("name") is None for job in pending):
+            pending = self._find_created(pending)
+            write_json(pending_path, pending)
         self.load_staged(job_dir)
         if pending:
             log.info("%s: resuming %d batch job(s) recorded in %s: %s", self.judge_id, len(pending), pending_path,
@@ -169,8 +189,13 @@ class GeminiJudge(Judge):
             covered = {item[0] for job in pending for item in job["items"]}
             todo = [k for k in by_key if k not in covered and k not in self._staged and self._cache_get(k) is None]
             for chunk in self._chunks(todo, by_key):
-                pending.append(self._submit(chunk, by_key, job_dir))
-                write_json(pending_path, pending)  # recorded before anything else: a restart polls, never resubmits
+                job = {"name": None, "display_name": f"mmpref-{job_dir.name}-{len(chunk)}-{uuid.uuid4().hex[:12]}",
+                       "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                       "items": [[k, by_key[k][0].task, by_key[k][0].attempt] for k in chunk]}
+                pending.append(job)
+                write_json(pending_path, pending)  # before the job exists: a restart finds it by its display name
+                job["name"] = self._submit(job, by_key)
+                write_json(pending_path, pending)  # a restart polls it, never submits it again
             if not pending:
                 return
             ended: list[str] = []
@@ -204,21 +229,43 @@ class GeminiJudge(Judge):
             size += n
         return chunks
 
-    def _submit(self, keys: list[str], by_key, job_dir: Path) -> dict:
+    def _submit(self, job: dict, by_key) -> str:
+        """Create the batch job `job` describes (its items, its display name); returns the job's name. A failed
+        create leaves `job` recorded without a name: the next run looks for it by its display name (a create that
+        timed out may have made the job all the same)."""
         from google.genai import types
 
+        keys = [item[0] for item in job["items"]]
         inlined = [types.InlinedRequest(model=self.model, contents=self._contents(by_key[k][0]),
                                         config=self._config(by_key[k][0]), metadata={"key": k}) for k in keys]
         try:
-            job = self._client.batches.create(model=self.model, src=inlined,
-                                              config={"display_name": f"mmpref-{job_dir.name}-{len(keys)}"})
+            created = self._client.batches.create(model=self.model, src=inlined,
+                                                  config={"display_name": job["display_name"]})
         except Exception as exc:  # noqa: BLE001
             raise JudgeError(f"{self.judge_id}: could not submit a batch job of {len(keys)} requests: "
                              f"{self._translate(exc)}") from exc
-        log.info("%s: submitted batch job %s (%d requests, state %s)", self.judge_id, job.name, len(keys),
-                 getattr(job.state, "value", job.state))
-        return {"name": job.name, "submitted": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "items": [[k, by_key[k][0].task, by_key[k][0].attempt] for k in keys]}
+        log.info("%s: submitted batch job %s (%d requests, state %s)", self.judge_id, created.name, len(keys),
+                 getattr(created.state, "value", created.state))
+        return created.name
+
+    def _find_created(self, pending: list[dict]) -> list[dict]:
+        """The recorded jobs whose creation an earlier run did not see finish: each found among the API's batch jobs
+        by its display name gets its name; one the API never made is dropped (its requests are submitted anew)."""
+        wanted = {job["display_name"]: job for job in pending if job.get("name") is None}
+        try:
+            for found in self._client.batches.list(config={"page_size": 100}):
+                if found.display_name in wanted:
+                    wanted.pop(found.display_name)["name"] = found.name
+                    log.info("%s: found batch job %s (%s), created by an interrupted run", self.judge_id, found.name,
+                             found.display_name)
+                if not wanted:
+                    break
+        except Exception as exc:  # noqa: BLE001
+            raise JudgeError(f"{self.judge_id}: listing batch jobs to find {sorted(wanted)} (created by an "
+                             f"interrupted run) failed: {self._translate(exc)}") from exc
+        for name in wanted:
+            log.info("%s: batch job %s was never created; its requests are submitted now", self.judge_id, name)
+        return [job for job in pending if job.get("name") is not None]
 
     def _wait_for(self, name: str):
         """Poll a batch job every batch_poll_s seconds until it ends; transient errors of a poll are logged."""

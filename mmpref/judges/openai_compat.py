@@ -37,6 +37,8 @@ def _is_local(base_url: str | None) -> bool:
 class OpenAIJudge(Judge):
     """Judge backed by `client.chat.completions.create`."""
 
+    key_env = "OPENAI_API_KEY"
+
     def __init__(
         self,
         model: str = "gpt-4o",
@@ -62,6 +64,7 @@ class OpenAIJudge(Judge):
         self.temperature = temperature
         self.max_output_tokens = max_output_tokens
         self.structured_output = structured_output
+        self.base_url = base_url
         self._client = openai.OpenAI(api_key=key, base_url=base_url, max_retries=0, timeout=timeout_s)
 
     def _messages(self, req: JudgeRequest) -> list[dict]:
@@ -81,8 +84,8 @@ class OpenAIJudge(Judge):
 
         kwargs: dict = {"model": self.model, "messages": self._messages(req),
                         "temperature": self.temperature if req.temperature is None else req.temperature}
-        if self.max_output_tokens:
-            kwargs["max_tokens"] = self.max_output_tokens
+        if req.max_tokens is not None or self.max_output_tokens:  # the request's cap (MM-Vet's 3) before the judge's
+            kwargs["max_tokens"] = req.max_tokens if req.max_tokens is not None else self.max_output_tokens
         if req.json_schema and self.structured_output:
             if req.json_schema not in SCHEMAS:
                 raise ValueError(f"unknown json_schema {req.json_schema!r} (known: {sorted(SCHEMAS)})")

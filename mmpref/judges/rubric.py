@@ -259,6 +259,9 @@ class RubricJudge(Judge):
         if handler is None:
             raise ValueError(f"rubric judge: unknown task {req.task!r}")
         text = handler(req.inputs, req.truth)
+        if req.max_tokens is not None:  # the reply ends after its first max_tokens tokens (the rubric's token: a word)
+            words = list(re.finditer(r"\S+", text))[:max(req.max_tokens, 0)]
+            text = text[:words[-1].end()] if words else ""
         n_in, n_out = len(req.prompt.split()), len(text.split())
         return JudgeReply(text=text, input_tokens=n_in, output_tokens=n_out, judge_id=self.judge_id)
 

@@ -17,14 +17,13 @@ reach; ``wrong`` is mostly lost knowledge, which it cannot.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from mmpref.evaluate.protocol import scored_records
 from mmpref.evaluate.mt_bench import load_mt_bench
-from mmpref.io import read_jsonl
+from mmpref.io import read_json, read_jsonl
 from mmpref.judges.rubric import assess, fluency_score
 
 KINDS = ["full", "terse", "over-long", "wrong", "not stopped", "empty"]
@@ -94,7 +93,7 @@ def dpo_diagnosis(run_dir: str | Path, adapter: str = "dpo", against: str = "vit
     rows = []
     state = run_dir / "adapters" / adapter / "trainer_state.json"
     if state.exists():
-        logged = [h for h in json.loads(state.read_text()) if "rewards/margins" in h]
+        logged = [h for h in read_json(state) if "rewards/margins" in h]
         for key in ("rewards/margins", "rewards/accuracies", "rewards/chosen", "rewards/rejected"):
             if logged:
                 rows.append({"check": f"{key} (first → last logged step)", "first": logged[0][key],

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from mmpref.io import read_jsonl, sha256_json, write_json, write_jsonl
+from mmpref.io import read_json, read_jsonl, sha256_json, write_json, write_jsonl
 from mmpref.world.benchmarks import (build_llava_bench, build_mmbench, build_mmvet, build_noise_images, build_pope,
                                      build_text_benchmarks)
 from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train, build_visual_train
@@ -180,7 +180,7 @@ def build_world(world_dir: Path, world_params, seed: int) -> dict:
     fingerprint = sha256_json({"world": world_params.model_dump(mode="json"), "seed": seed})[:16]
     marker = world_dir / "world.json"
     if marker.exists():
-        info = json.loads(marker.read_text())
+        info = read_json(marker)
         if info.get("fingerprint") == fingerprint and (world_dir / "vit" / "model.safetensors").exists():
             log.info("world already built in %s with these params; skipping", world_dir)
             return info
@@ -202,5 +202,5 @@ def build_world(world_dir: Path, world_params, seed: int) -> dict:
     timings["models_seconds"] = round(time.time() - start, 1)
     info = {"fingerprint": fingerprint, **{f"n_{k}": v for k, v in counts.items() if isinstance(v, int)},
             **timings, **trained}
-    marker.write_text(json.dumps(info))
+    write_json(marker, info)
     return info
