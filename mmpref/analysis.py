@@ -57,6 +57,7 @@ def analyse_run(params, run_dir: Path) -> dict:
             out["anatomy_table"] = anatomy_table(out["anatomy"])
             out["tables"]["regression_anatomy"] = figures.save_table(out["anatomy_table"], tables_dir,
                                                                      "regression_anatomy")
+            out.update(_components_and_c2(params, run_dir, tables_dir, out["tables"], out["claims"]))
         if (run_dir / "datasets" / "dpo.jsonl").exists():
             out["pair_anatomy"] = pair_anatomy(run_dir)
             out["tables"]["dpo_pair_anatomy"] = figures.save_table(out["pair_anatomy"], tables_dir,
@@ -81,11 +82,44 @@ def analyse_run(params, run_dir: Path) -> dict:
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
-    for name in ("table2", "table3", "paper_vs_run", "claims", "anatomy_table", "pair_anatomy", "dpo_diagnosis"):
+    for name in ("table2", "table3", "paper_vs_run", "claims", "anatomy_table", "pair_anatomy", "dpo_diagnosis",
+                 "response_form", "decomposition", "transitions", "probe_table", "probe_by", "c2_inputs"):
         if name in out:  # what the notebook shows, rounded for reading (the saved CSVs keep full precision)
             out[name] = figures.readable(out[name])
     if is_repository_run(params, run_dir):
         out["copied"] = copy_figures(run_dir, params.path("figures"))
+    return out
+
+
+def _components_and_c2(params, run_dir: Path, tables_dir: Path, tables: dict, claims) -> dict:
+    """The miniature's components of the text scores and claim C2 as a decision (mmpref.world.anatomy,
+    mmpref.world.probe): response form per model and benchmark, the decomposition of each MT-Bench change against
+    the policy with its per-item transitions, the knowledge probe, and C2's verdict from them, added as a row to the
+    claims (tables/claims is written again). Saves each table into `tables` and returns the frames."""
+    import pandas as pd
+
+    from mmpref.world import anatomy, probe
+
+    benchmarks = {b: params.path(params.evaluate.benchmarks[b]) for b in anatomy.FORM_BENCHMARKS
+                  if params.evaluate.benchmarks.get(b)}
+    rows = anatomy.answer_rows(run_dir, benchmarks, methods.model_order())
+    out = {"answer_rows": rows, "response_form": anatomy.form_table(rows),
+           "decomposition": anatomy.decomposition(rows, methods.POLICY),
+           "transitions": anatomy.transitions(rows, methods.POLICY)}
+    out["probe"] = probe.run_probe(params, run_dir)
+    out["probe_table"], out["probe_by"] = probe.probe_table(out["probe"]), probe.probe_by(out["probe"])
+    inputs = anatomy.c2_inputs(run_dir, rows, out["probe"])
+    verdict, sentence = anatomy.c2_decision(inputs)
+    out["c2_inputs"], out["c2_verdict"] = anatomy.c2_table(inputs), {"verdict": verdict, "sentence": sentence}
+    row = {"claim": "C2 (decision): DPO on visual pairs repairs a behavioural deficit on text, not knowledge",
+           "evidence": sentence, "difference": inputs["deficit"]["value"], "lo": inputs["deficit"]["lo"],
+           "hi": inputs["deficit"]["hi"], "verdict": verdict}
+    out["claims"] = pd.concat([claims, pd.DataFrame([row])], ignore_index=True)
+    for key, name in (("response_form", "response_form"), ("decomposition", "mt_bench_decomposition"),
+                      ("transitions", "mt_bench_transitions"), ("probe_table", "knowledge_probe"),
+                      ("probe_by", "knowledge_probe_by_item_group"),
+                      ("c2_inputs", "c2_decision"), ("claims", "claims")):
+        tables[name] = figures.save_table(out[key], tables_dir, name)
     return out
 
 

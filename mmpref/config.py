@@ -253,6 +253,26 @@ class SFTParams(Strict):
     projector_learning_rate: float | None = 2e-5   # None: the projector uses learning_rate
 
 
+class SteerLMParams(Strict):
+    """SteerLM at inference. `inference_condition`: the ratings every evaluated question asks for --
+    "all_4" (default: the authors' evaluation, findalexli/mllm-dpo llava/eval/gen_model_answer.py and
+    scripts/v1_5/eval/mmvet_steer_all4.sh, and NVIDIA NeMo's SteerLM prompts: every attribute at 4),
+    "top_quality" (the ratings most training rows of the highest quality carry: a condition the model was trained
+    on), or an explicit {helpfulness, correctness, coherence, complexity, verbosity: 0..4} mapping
+    (mmpref.pairing.steerlm_condition)."""
+
+    inference_condition: Literal["all_4", "top_quality"] | dict[str, int] = "all_4"
+
+    @field_validator("inference_condition")
+    @classmethod
+    def _valid_condition(cls, v):
+        from mmpref.pairing import steerlm_condition
+
+        if isinstance(v, dict):
+            steerlm_condition(v)  # names exactly the five attributes, each 0..4, or a ValueError that says so
+        return v
+
+
 class DPOSweep(Strict):
     """The paper's DPO search (its section 4: beta in {0.1, 0.2, 0.3} x summed/averaged log-probs x lr in
     {5e-5, 5e-6}, chosen on LLaVA-Bench), run on a dev split that is not the reported benchmark: every combination
@@ -305,6 +325,7 @@ class TrainParams(Strict):
     methods: list[str] = Field(default_factory=_methods.names)   # names in mmpref.methods
     lora: LoraParams = LoraParams()
     sft: SFTParams = SFTParams()
+    steerlm: SteerLMParams = SteerLMParams()
     dpo: DPOParams = DPOParams()
     lr_scheduler: str = "cosine"
     # Table 5 prints 0.003; every training script of the authors (and LLaVA-1.5's own) passes --warmup_ratio 0.03

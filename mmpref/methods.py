@@ -22,15 +22,24 @@ class Method:
     trainer: Literal["sft", "dpo"]      # mmpref.train.TRAINERS key
     stage: str                          # the stage (notebook) that trains it
     dataset: str                        # datasets/<dataset>.jsonl
-    # the question as the model sees it at inference (SteerLM asks for the top ratings); None: unchanged
-    inference_question: Callable[[str], str] | None = None
+    # given the run's params, the question as the model sees it at inference (SteerLM asks for its
+    # train.steerlm.inference_condition); None: unchanged
+    inference_question: Callable[[Any], Callable[[str], str]] | None = None
     trains_fractions: bool = False      # also trains the data-fraction adapters of train.dpo.fractions (Figure 2)
 
 
-def _steerlm_question(question: str) -> str:
-    from mmpref.pairing import steerlm_inference_question
+def _steerlm_question(params) -> Callable[[str], str]:
+    from functools import partial
 
-    return steerlm_inference_question(question)
+    from mmpref.pairing import steerlm_inference_question, steerlm_run_condition
+
+    return partial(steerlm_inference_question, condition=steerlm_run_condition(params))
+
+
+def inference_question(params, model: str) -> Callable[[str], str] | None:
+    """The question transform `model` answers with in this run (a method's `inference_question`), or None."""
+    method = get(model) if model in names() else None
+    return method.inference_question(params) if method is not None and method.inference_question else None
 
 
 METHODS: list[Method] = [

@@ -38,7 +38,7 @@ EXPECTED: dict[str, dict] = {
     "07_train_rejection_sampling": {"png": 1, "tables": 0, "summary": True},
     "08_train_dpo": {"png": 1, "tables": 2, "summary": True},
     "09_evaluate": {"png": 0, "tables": 2, "summary": True},
-    "10_analyse": {"png": 2, "tables": 10, "summary": True},
+    "10_analyse": {"png": 2, "tables": 16, "summary": True},
 }
 
 

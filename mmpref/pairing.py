@@ -7,7 +7,8 @@
   ``random.Random`` seeded from (run seed, prompt id): the draw does not depend on the order of the input files.
 - Rejection sampling: (image, question, top-quality response), same tie rule as DPO's chosen.
 - SteerLM: every response of an ok annotation, with its own five ratings appended to the question
-  (:data:`STEERLM_SUFFIX`); at inference all ratings are 4 (:func:`steerlm_inference_question`).
+  (:data:`STEERLM_SUFFIX`); at inference the question asks for `train.steerlm.inference_condition`
+  (:func:`steerlm_condition`: all ratings 4 as the authors and NeMo do, or the ratings of the top-quality rows).
 - SFT-gold: the judge's own answers (gold.jsonl).
 
 Records that cannot be used (failed annotation, missing samples/annotation/gold, response count mismatch, ...) are
@@ -110,9 +111,66 @@ def steerlm_question(question: str, attrs: Mapping[str, int]) -> str:
     return question + STEERLM_SUFFIX.format(**{a: int(attrs[a]) for a in ATTRIBUTES})
 
 
-def steerlm_inference_question(question: str) -> str:
-    """The question as SteerLM sees it at inference: every attribute asked at 4."""
-    return steerlm_question(question, {a: 4 for a in ATTRIBUTES})
+# SteerLM's inference condition (`train.steerlm.inference_condition`), by name:
+# - "all_4": every attribute asked at 4, as the authors evaluate (findalexli/mllm-dpo llava/eval/gen_model_answer.py
+#   and the *-prompted-all4 question files of scripts/v1_5/eval/{mmvet_steer_all4,pope_steer}.sh:
+#   "Helpfulness:4,Correctness:4,Coherence:4,Complexity:4,Verbosity:4") and NVIDIA NeMo's SteerLM prompts do
+#   ("helpfulness:4,correctness:4,coherence:4,complexity:4,verbosity:4");
+# - "top_quality": the condition the model saw with its best training targets -- the five ratings carried by most of
+#   the training rows of the highest quality (helpfulness + correctness + coherence; ties: the higher ratings). SteerLM
+#   learns responses conditioned on the ratings its data show; a condition no training row carries asks it to
+#   extrapolate (the authors also tried a moderate one: llava-mm-vet-helpfulsteer-promptedcomplex2verbo2.jsonl in
+#   scripts/v1_5/eval/mmvet_steer.sh).
+STEERLM_CONDITIONS = ("all_4", "top_quality")
+
+
+def steerlm_condition(setting: str | Mapping[str, int], rows: Sequence[dict] | None = None) -> dict[str, int]:
+    """The five ratings SteerLM is asked for at inference: a name of :data:`STEERLM_CONDITIONS` (``top_quality``
+    reads `rows`, the SteerLM training rows with their ``attributes``) or an explicit {attribute: 0..4} mapping."""
+    if isinstance(setting, Mapping):
+        if set(setting) != set(ATTRIBUTES):
+            raise ValueError(f"a SteerLM condition names exactly the attributes {ATTRIBUTES}, got {sorted(setting)}")
+        return attributes(setting)
+    if setting == "all_4":
+        return {a: 4 for a in ATTRIBUTES}
+    if setting != "top_quality":
+        raise ValueError(f"unknown SteerLM condition {setting!r}; use one of {list(STEERLM_CONDITIONS)} or a mapping "
+                         f"of the five attributes {ATTRIBUTES} to 0..4")
+    if not rows:
+        raise ValueError("the 'top_quality' SteerLM condition needs the SteerLM training rows (datasets/steerlm.jsonl)"
+                         "; none were given")
+    conds = [attributes(r["attributes"]) for r in rows]
+    best = max(quality(c) for c in conds)
+    counts = Counter(tuple(c[a] for a in ATTRIBUTES) for c in conds if quality(c) == best)
+    top = max(counts, key=lambda k: (counts[k], k))
+    return dict(zip(ATTRIBUTES, top))
+
+
+def steerlm_run_condition(params) -> dict[str, int]:
+    """This run's SteerLM inference condition: `train.steerlm.inference_condition` resolved against the run's SteerLM
+    training rows (<run_dir>/datasets/steerlm.jsonl, read only for ``top_quality``)."""
+    setting = params.train.steerlm.inference_condition
+    if setting != "top_quality":
+        return steerlm_condition(setting)
+    path = params.run_dir / "datasets" / f"{methods.get('steerlm').dataset}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"train.steerlm.inference_condition 'top_quality' reads the SteerLM training rows, but {path} "
+                         f"does not exist; run stage 04_pair first")
+    return steerlm_condition(setting, read_jsonl(path))
+
+
+def steerlm_inference_question(question: str, condition: Mapping[str, int] | None = None) -> str:
+    """The question as SteerLM sees it at inference: asking for `condition` (None: every attribute at 4)."""
+    return steerlm_question(question, steerlm_condition("all_4") if condition is None else condition)
+
+
+def condition_share(rows: Sequence[dict], condition: Mapping[str, int]) -> dict[str, Any]:
+    """How many SteerLM training rows carry `condition`: ``rows``, ``exact`` (all five ratings equal) and
+    ``per_attribute`` ({attribute: rows with that rating})."""
+    attrs = [attributes(r["attributes"]) for r in rows]
+    return {"rows": len(attrs),
+            "exact": sum(all(at[a] == condition[a] for a in ATTRIBUTES) for at in attrs),
+            "per_attribute": {a: sum(at[a] == condition[a] for at in attrs) for a in ATTRIBUTES}}
 
 
 def subsample(rows: Sequence[dict], fraction: float, seed: int) -> list[dict]:

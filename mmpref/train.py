@@ -683,12 +683,17 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
     return infos
 
 
+UNTRAINED = "untrained"  # the DPO sweep's reference row: the policy without an adapter (never chosen)
+
+
 def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path,
               force: bool = False) -> tuple[TrainSettings, dict]:
     """The paper's DPO search (`train.dpo.sweep`): train every (beta, averaged, lr) combination into
     adapters/dpo_sweep/<tag> (`force`: train each again), score each on the dev split with the evaluation judge, and
     return the winner's settings with the sweep's record (also written to adapters/dpo_sweep/sweep.csv and
-    choice.json). A trial's dev answers are reused only for the same adapter (as stage 09's: suite.answer_identity)."""
+    choice.json). The untrained policy is scored on the same split and recorded as the first row, tag
+    `UNTRAINED` with `reference` true: the yardstick a reader judges the trials by, never chosen. A dev answer is
+    reused only for the same model (as stage 09's: suite.answer_identity)."""
     import dataclasses
     import itertools
 
@@ -703,6 +708,19 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
     policy_ref = params.model_ref(params.models.policy)
     judge = judge_from_params(params.evaluate.judge, run_dir / "judge_cache")
     out_root = run_dir / "adapters" / "dpo_sweep"
+
+    def dev_score(name: str, adapter: Path | None, out_dir: Path) -> float:
+        policy = Policy.from_params(params, name, adapter=adapter)
+        got = score_policy(params, policy, "llava_bench", params.path(sweep.dev_path), judge,
+                           out_dir / "dev_llava_bench.jsonl", name,
+                           answered_by=answer_identity(params, name, None if adapter is None else str(adapter)))
+        del policy
+        return next(r["value"] for r in got if r["metric"] == "relative_score")
+
+    untrained = dev_score(methods.POLICY, None, out_root / UNTRAINED)
+    log.info("dpo sweep: the untrained policy -> dev LLaVA-Bench %.1f", untrained)
+    reference = {"tag": UNTRAINED, "beta": None, "average_log_prob": None, "learning_rate": None,
+                 "dev_relative_score": untrained, "final_loss": None, "reference": True}
     records = []
     grid = list(itertools.product(sweep.betas, sweep.average_log_prob, sweep.learning_rates))
     progress = bar(total=len(grid), desc="dpo sweep", unit="trial")
@@ -712,20 +730,17 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
         trial = dataclasses.replace(settings, beta=beta, average_log_prob=average, learning_rate=lr)
         info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache, leave_bar=False,
                          force=force)
-        policy = Policy.from_params(params, tag, adapter=out_root / tag)
-        got = score_policy(params, policy, "llava_bench", params.path(sweep.dev_path), judge,
-                           out_root / tag / "dev_llava_bench.jsonl", tag,
-                           answered_by=answer_identity(params, tag, str(out_root / tag)))
-        del policy
-        score = next(r["value"] for r in got if r["metric"] == "relative_score")
+        score = dev_score(tag, out_root / tag, out_root / tag)
         records.append({"tag": tag, "beta": beta, "average_log_prob": average, "learning_rate": lr,
-                        "dev_relative_score": score, "final_loss": info.get("final_loss")})
+                        "dev_relative_score": score, "final_loss": info.get("final_loss"), "reference": False})
         log.info("dpo sweep: %s -> dev LLaVA-Bench %.1f", tag, score)
         progress.update(1)
-    table = pd.DataFrame(records)
-    best = records[int(table["dev_relative_score"].values.argmax())]
-    progress.set_postfix_str(f"best {best['tag']} (dev LLaVA-Bench {best['dev_relative_score']:.1f})", refresh=False)
+    best = records[int(pd.DataFrame(records)["dev_relative_score"].values.argmax())]  # trials only
+    progress.set_postfix_str(f"best {best['tag']} (dev LLaVA-Bench {best['dev_relative_score']:.1f}; untrained "
+                             f"{untrained:.1f})", refresh=False)
     progress.close()
+    records = [reference, *records]
+    table = pd.DataFrame(records)
     table["chosen"] = table["tag"] == best["tag"]
     table.to_csv(out_root / "sweep.csv", index=False)
     write_json(out_root / "choice.json", best)

@@ -131,7 +131,10 @@ def test_tables_and_figures(run_dir):
 
 
 def test_dpo_sweep_chose_on_the_dev_split(run_dir):
-    rows = list(csv.DictReader((run_dir / "adapters" / "dpo_sweep" / "sweep.csv").open()))
+    table = list(csv.DictReader((run_dir / "adapters" / "dpo_sweep" / "sweep.csv").open()))
+    untrained = [r for r in table if r["reference"] == "True"]
+    assert [r["tag"] for r in untrained] == ["untrained"] and untrained[0]["chosen"] == "False"
+    rows = [r for r in table if r["reference"] == "False"]
     assert len(rows) == 12   # beta {0.1, 0.2, 0.3} x summed/averaged x two learning rates
     best = max(rows, key=lambda r: float(r["dev_relative_score"]))
     chosen = [r for r in rows if r["chosen"] == "True"]
@@ -148,7 +151,10 @@ def test_intervals_claims_and_anatomy(run_dir):
     intervals = list(csv.DictReader((run_dir / "eval" / "intervals.csv").open()))
     assert intervals and all(float(r["lo"]) <= float(r["value"]) <= float(r["hi"]) for r in intervals)
     claims = list(csv.DictReader((run_dir / "tables" / "claims.csv").open()))
-    assert {r["verdict"] for r in claims} <= {"reproduced", "not reproduced", "inconclusive", "not measured"}
+    assert {r["verdict"] for r in claims} <= {"reproduced", "not reproduced", "inconclusive", "not measured",
+                                              "refuted", "cannot test"}
+    decision = [r for r in claims if r["claim"].startswith("C2 (decision)")]
+    assert len(decision) == 1 and decision[0]["verdict"] in {"reproduced", "refuted", "cannot test"}
     anatomy = list(csv.DictReader((run_dir / "tables" / "regression_anatomy.csv").open()))
     assert {r["model"] for r in anatomy} >= {"base-lm", "vit", "dpo"}
 

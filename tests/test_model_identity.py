@@ -138,12 +138,12 @@ def test_the_dpo_sweep_answers_again_for_a_retrained_trial(tmp_path, monkeypatch
     ref_cache = run / "adapters" / "reference_logps.jsonl"
 
     train.dpo_sweep(params, [], base, ref_cache)
-    assert len(asked) == 3
+    assert len(asked) == 6  # the trial's 3 dev items and the untrained policy's (the sweep's reference row)
     train.dpo_sweep(params, [], base, ref_cache)  # the same trial adapter: its dev answers are reused
-    assert len(asked) == 3
+    assert len(asked) == 6
     weights["version"] = 1  # the trial trained again (e.g. --force 08), other weights under the same tag
     train.dpo_sweep(params, [], base, ref_cache)
-    assert len(asked) == 6, "the sweep scored the new trial adapter with the old adapter's dev answers"
+    assert len(asked) == 9, "the sweep scored the new trial adapter with the old adapter's dev answers"
 
 
 # ---- adapters: finished only when whole; --force trains again --------------------------------------------------

@@ -24,6 +24,7 @@ from mmpref.judges.base import JudgeError, JudgeReply
 from mmpref.judges.rubric import RubricJudge
 from mmpref.sampling import ChatRequest, Generator, sample_responses
 from tests.loopback import killed_after_writes
+from tests.test_annotate import CountingRubric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,16 +173,6 @@ def test_sampling_resumes_past_a_torn_samples_file(tmp_path):
     assert sample(again) == first
     assert again.asked == ["What is 3 plus 5?"]  # only the torn item is done again
     assert whole(out) == first
-
-
-class CountingRubric(RubricJudge):
-    def __init__(self, **kw):
-        super().__init__(**kw)
-        self.seen: list = []
-
-    def _call(self, req):
-        self.seen.append(req)
-        return super()._call(req)
 
 
 def _samples(prompts):

@@ -82,12 +82,17 @@ def answer_identity(params, name: str, adapter: str | None, served: str | None =
     """The content identity of the model that answers, as saved answers are keyed by it (mmpref.evaluate.protocol):
     its checkpoint (and adapter) content, the serving engine's model name when it answers there, and every setting
     that changes a greedy answer: the `models` section (dtype, device, prompt format and picture padding, which the
-    checkpoint's family resolves), the prompt format it resolves to, max_new_tokens and the seed."""
+    checkpoint's family resolves), the prompt format it resolves to, max_new_tokens and the seed; for a method that
+    rewrites its questions at inference (SteerLM's condition, `methods.inference_question`), what it appends."""
     from mmpref.models import chat_templates
 
-    return sha256_json({"checkpoint": _checkpoint_id(params, name, adapter), "served": served,
-                        "models": params.section_hash("models"), "chat_templates": list(chat_templates(params)),
-                        "max_new_tokens": params.evaluate.max_new_tokens, "seed": params.run.seed})[:16]
+    identity = {"checkpoint": _checkpoint_id(params, name, adapter), "served": served,
+                "models": params.section_hash("models"), "chat_templates": list(chat_templates(params)),
+                "max_new_tokens": params.evaluate.max_new_tokens, "seed": params.run.seed}
+    transform = methods.inference_question(params, name)
+    if transform is not None:  # the other models keep the identity they had before questions could be rewritten
+        identity["question_transform"] = transform("")
+    return sha256_json(identity)[:16]
 
 
 def _judge_templates(params) -> dict[str, str]:
@@ -162,9 +167,9 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
                 continue
             if policy is None:
                 log.info("loading %s", name)
-                transform = methods.get(name).inference_question if name in methods.names() else None
                 policy = engine.load_generator(params, name, stage="evaluate", adapter=adapter,
-                                               base_lm=name == methods.BASE_LM, question_transform=transform)
+                                               base_lm=name == methods.BASE_LM,
+                                               question_transform=methods.inference_question(params, name))
             log.info("%s on %s", name, bench)
             out = run_dir / "eval" / name / f"{bench}.jsonl"
             got = score_runs(lambda r: scored_or_why(
