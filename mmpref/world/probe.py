@@ -23,7 +23,7 @@ import torch
 from mmpref.evaluate.alpaca_eval import load_alpaca_eval
 from mmpref.evaluate.mt_bench import load_mt_bench
 from mmpref.models import chat_messages
-from mmpref.world.text_tasks import _replace_last, wrong_key
+from mmpref.world.text_tasks import replace_last, wrong_key
 
 N_WRONG = 3  # wrong copies per item at most (yes/no and two-number lists have one)
 PROBE_COLUMNS = ["model", "benchmark", "unit", "turn", "category", "known", "n_candidates", "margin"]
@@ -46,7 +46,7 @@ def wrong_copies(reference: str, key: str, n: int = N_WRONG, seed: int = 0) -> l
                     else reference.replace("No, ", "Yes, ", 1).replace(" is not in ", " is in ", 1))
         else:
             wrong = wrong.capitalize() if found == key.capitalize() and found != key else wrong
-            copy = _replace_last(reference, found, wrong)
+            copy = replace_last(reference, found, wrong)
         if copy != reference and copy not in out:
             out.append(copy)
         if len(out) == n:

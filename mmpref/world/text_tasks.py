@@ -247,9 +247,9 @@ def _wrong_reference(item: dict, rng: random.Random) -> str:
     wrong = wrong_key(key, rng)
     if key in OPPOSITES.values() or key in SOUNDS.values():
         key = key.capitalize() if ref.startswith(key.capitalize()) else key
-    return _replace_last(ref, key, wrong)
+    return replace_last(ref, key, wrong)
 
 
-def _replace_last(text: str, old: str, new: str) -> str:
+def replace_last(text: str, old: str, new: str) -> str:
     i = text.rfind(old)
     return text if i < 0 else text[:i] + new + text[i + len(old):]
