@@ -68,15 +68,20 @@ def main() -> None:
         return encode_example(proc.tokenizer, r["turns"], r["references"], max_length=192)
 
     def visual(r):
-        return encode_text_with_image(proc, r["question"], r["reference"], pixels(r["image"]), 192)
+        if r["image"] is None:
+            return text(r)
+        return encode_text_with_image(proc, r["turns"], r["references"], pixels(r["image"]), 192)
+
+    def warm_up(r, q, ref):
+        return encode_text_with_image(proc, q, ref, pixels(r["image"]), 192)
 
     n = args.batches * args.batch_size
-    warm = [r for r in visual_rows if r["format"] == "short" and r["qtype"] in ("exist", "exist_absent")]
+    warm = [(r, q, ref) for r in visual_rows if r["kind"] == "vqa"
+            for q, ref, qtype in zip(r["turns"], r["references"], r["qtypes"]) if qtype in ("exist", "exist_absent")]
     kinds = {
         "base LM": ("base-lm", [text(r) for r in rng.sample(text_rows, n)]),
-        "mixture": ("vit", [visual(r) for r in rng.sample(visual_rows, n - n // 16)]
-                    + [text(r) for r in rng.sample(text_rows, n // 16)]),
-        "warm-up": ("vit", [visual(r) for r in rng.sample(warm, n)]),
+        "mixture": ("vit", [visual(r) for r in rng.sample(visual_rows, n)]),
+        "warm-up": ("vit", [warm_up(*w) for w in rng.sample(warm, n)]),
     }
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, "

@@ -83,7 +83,8 @@ def analyse_run(params, run_dir: Path) -> dict:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
     for name in ("table2", "table3", "paper_vs_run", "claims", "anatomy_table", "pair_anatomy", "dpo_diagnosis",
-                 "response_form", "decomposition", "transitions", "probe_table", "probe_by", "c2_inputs"):
+                 "response_form", "response_form_by", "decomposition", "transitions", "probe_table", "probe_by",
+                 "c2_inputs"):
         if name in out:  # what the notebook shows, rounded for reading (the saved CSVs keep full precision)
             out[name] = figures.readable(out[name])
     if is_repository_run(params, run_dir):
@@ -104,6 +105,7 @@ def _components_and_c2(params, run_dir: Path, tables_dir: Path, tables: dict, cl
                   if params.evaluate.benchmarks.get(b)}
     rows = anatomy.answer_rows(run_dir, benchmarks, methods.model_order())
     out = {"answer_rows": rows, "response_form": anatomy.form_table(rows),
+           "response_form_by": anatomy.form_table(rows, ("model", "benchmark", "category", "turn")),
            "decomposition": anatomy.decomposition(rows, methods.POLICY),
            "transitions": anatomy.transitions(rows, methods.POLICY)}
     out["probe"] = probe.run_probe(params, run_dir)
@@ -115,7 +117,9 @@ def _components_and_c2(params, run_dir: Path, tables_dir: Path, tables: dict, cl
            "evidence": sentence, "difference": inputs["deficit"]["value"], "lo": inputs["deficit"]["lo"],
            "hi": inputs["deficit"]["hi"], "verdict": verdict}
     out["claims"] = pd.concat([claims, pd.DataFrame([row])], ignore_index=True)
-    for key, name in (("response_form", "response_form"), ("decomposition", "mt_bench_decomposition"),
+    for key, name in (("response_form", "response_form"),
+                      ("response_form_by", "response_form_by_category_turn"),
+                      ("decomposition", "mt_bench_decomposition"),
                       ("transitions", "mt_bench_transitions"), ("probe_table", "knowledge_probe"),
                       ("probe_by", "knowledge_probe_by_item_group"),
                       ("c2_inputs", "c2_decision"), ("claims", "claims")):

@@ -1,4 +1,5 @@
-"""`mmpref run PARAMS`, `mmpref status PARAMS`, `mmpref check PARAMS`, `mmpref figures PARAMS --to DIR`, `mmpref train`."""
+"""`mmpref run PARAMS`, `mmpref status PARAMS`, `mmpref check PARAMS`, `mmpref figures PARAMS --to DIR`, `mmpref train`,
+`mmpref seeds PARAMS --seeds 0,1,2`."""
 
 from __future__ import annotations
 
@@ -27,6 +28,12 @@ def main(argv: list[str] | None = None) -> int:
                             "(the same as --set evaluate.judge_runs=N)")
     p_run.add_argument("--retry-failed", action="store_true",
                        help="re-ask exactly the judge items recorded as failed (gold answers, annotations, gradings)")
+    p_seeds = sub.add_parser("seeds", help="run the params under several seeds (one run each) and tabulate the spread "
+                                           "of the headline numbers and claims (mmpref.seeds)")
+    p_seeds.add_argument("params")
+    p_seeds.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
+    p_seeds.add_argument("--stages", help="as for run (default: all)")
+    p_seeds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p_train = sub.add_parser("train", help="train one method from a run's datasets (e.g. under accelerate launch)")
     p_train.add_argument("params")
     p_train.add_argument("method", choices=methods.names())
@@ -54,6 +61,16 @@ def main(argv: list[str] | None = None) -> int:
                                 retry_failed=args.retry_failed)
             print(runner.summary_table(report))
             print(f"total {sum(r['seconds'] for r in report):.1f}s")
+        elif args.command == "seeds":
+            from mmpref.seeds import run_seeds
+
+            try:
+                seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+            except ValueError:
+                raise ValueError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
+            done = run_seeds(args.params, seeds, overrides=overrides, stages=args.stages)
+            print(done["spread"].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+            print(f"tables in {done['dir']}")
         elif args.command == "train":
             from mmpref.config import load_params
             from mmpref.train import train_method

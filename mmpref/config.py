@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mmpref.io import sha256_json
 
 from mmpref import methods as _methods
+from mmpref.world import mix as _mix
 
 def stages() -> list[str]:
     """The stages in run order; one training stage per registered method (mmpref.methods)."""
@@ -57,11 +58,31 @@ class VisionShape(Strict):
     patch_size: int = 12
 
 
+class VisualMix(Strict):
+    """Shares of LLaVA-1.5's mix kinds (mmpref/world/mix.py, which cites each); they sum to 1."""
+
+    vqa: float = Field(_mix.LLAVA_15_SHARES["vqa"], ge=0.0, le=1.0)
+    multiple_choice: float = Field(_mix.LLAVA_15_SHARES["multiple_choice"], ge=0.0, le=1.0)
+    region: float = Field(_mix.LLAVA_15_SHARES["region"], ge=0.0, le=1.0)
+    caption: float = Field(_mix.LLAVA_15_SHARES["caption"], ge=0.0, le=1.0)
+    conversation: float = Field(_mix.LLAVA_15_SHARES["conversation"], ge=0.0, le=1.0)
+    detail: float = Field(_mix.LLAVA_15_SHARES["detail"], ge=0.0, le=1.0)
+    reasoning: float = Field(_mix.LLAVA_15_SHARES["reasoning"], ge=0.0, le=1.0)
+    text: float = Field(_mix.LLAVA_15_SHARES["text"], ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self):
+        total = sum(self.model_dump().values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"the shares of world.mix must sum to 1, got {total:.4f}")
+        return self
+
+
 class WorldParams(Strict):
     """The miniature world (stage 00). Absent (null) for runs on real checkpoints."""
 
     image_size: int = 48
-    n_visual_train: int = 3000
+    n_visual_train: int = 3000          # conversations of the visual instruction mix (world.mix)
     n_text_train: int = 3000
     n_pool: int = 400
     n_bench: int = 60                   # items per visual benchmark
@@ -84,20 +105,40 @@ class WorldParams(Strict):
     perception_warmup_stop_loss: float | None = Field(None, gt=0.0)
     vit_epochs: float = 4.0
     vit_lr: float = 1e-3
-    # The visual instruction-tuning mixture, in LLaVA-1.5's formats (shares of its rows): short answers with the
-    # "single word or phrase" suffix, lettered multiple choice, and text-only conversations drawn from the base LM's
-    # own text data (LLaVA-1.5 mixed 40K ShareGPT conversations into its 665K); the rest is open-ended.
-    short_share: float = Field(0.15, ge=0.0, le=1.0)
-    mc_share: float = Field(0.10, ge=0.0, le=1.0)
+    # LLaVA-1.5's visual instruction mix in shares of conversations (mmpref/world/mix.py: each kind's datasets, format
+    # prompt and count in llava_v1_5_mix665k); QA pairs of one image are merged into one conversation.
+    mix: VisualMix = Field(default_factory=lambda: VisualMix())
+    # The share of VQA conversations whose format prompt ends only their first question; the later questions are
+    # plain and answered as briefly. So are the mix's OCR-VQA rows (80K of its 244K VQA conversations: 0.33); its
+    # VQAv2 and GQA rows carry the prompt on every question.
+    vqa_prompt_first_only: float = Field(0.0, ge=0.0, le=1.0)
     # What a multiple-choice row is answered with: "letter" (LLaVA-1.5's A-OKVQA rows: the option's letter) or
     # "option" (the option's text, which MMBench's matcher maps to its letter, as it does for models that answer in
     # words). A letter bound to content the model works out from the picture is a skill a 4-layer LM from scratch
     # did not learn within the world's budget (README, "The miniature world").
     mc_answer: Literal["letter", "option"] = "letter"
-    # Share of the short-answer rows that carry LLaVA-1.5's format instruction; the rest answer a plain question with
-    # one word, as pre-1.5 VQA mixtures did (the source of InstructBLIP's terse answers).
-    short_prompted: float = Field(1.0, ge=0.0, le=1.0)
-    text_share: float = Field(0.0, ge=0.0, lt=1.0)
+    # The phrasings of the base LM's instruction data (mmpref/world/text_tasks._phrase): "train" keeps MT-Bench's and
+    # AlpacaEval's phrasings out of every training text; "all" lets the base LM (the "Vicuna") read them too, under
+    # other prompts (the benchmarks still hold out their exact prompts). The mix's text rehearsal always uses the
+    # training phrasings.
+    base_lm_phrasings: Literal["train", "all"] = "train"
+    # Knowledge before format: epochs of plain-text statements of the world's facts before the base LM's instruction
+    # tuning (a real LLM's pretraining); 0 skips the pass.
+    knowledge_epochs: float = Field(0.0, ge=0.0)
+    # Shapes in each POPE picture: POPE draws its 500 COCO images from those with at least three annotated objects
+    # (Li et al. 2023, section 4.1), busier than the average training picture (1-3 shapes here).
+    pope_shapes: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
+
+    @field_validator("pope_shapes")
+    @classmethod
+    def _pope_has_absent_shapes(cls, value: list[int]) -> list[int]:
+        from mmpref.world.scenes import SHAPES
+
+        bad = [n for n in value if not 1 <= n < len(SHAPES)]
+        if bad:  # a picture with every shape type has no absent object to ask about
+            raise ValueError(f"pope_shapes must be between 1 and {len(SHAPES) - 1} (there are {len(SHAPES)} shape "
+                             f"types and POPE asks about absent ones), got {bad}")
+        return value
     objects_on_patches: bool = False    # every scene object inside one patch cell of the vision tower
     batch_size: int = 32
     human_flip_prob: float = Field(0.3, ge=0.0, le=0.5)

@@ -28,7 +28,7 @@ from mmpref.console import SUMMARY_CLASS  # Stage.done()'s HTML table (StageRepo
 # the tiny run's notebooks (params/tiny.yaml: a DPO sweep, the miniature world, Figure 3 from simulated labels):
 # at least this many plots and pandas tables, and Stage.done()'s summary at the end
 EXPECTED: dict[str, dict] = {
-    "00_world": {"png": 2, "tables": 2, "summary": True},
+    "00_world": {"png": 2, "tables": 3, "summary": True},
     "01_collect": {"png": 0, "tables": 2, "summary": True},
     "02_sample": {"png": 0, "tables": 2, "summary": True},
     "03_annotate": {"png": 1, "tables": 2, "summary": True},
@@ -38,7 +38,7 @@ EXPECTED: dict[str, dict] = {
     "07_train_rejection_sampling": {"png": 1, "tables": 0, "summary": True},
     "08_train_dpo": {"png": 1, "tables": 2, "summary": True},
     "09_evaluate": {"png": 0, "tables": 2, "summary": True},
-    "10_analyse": {"png": 2, "tables": 16, "summary": True},
+    "10_analyse": {"png": 2, "tables": 17, "summary": True},
 }
 
 

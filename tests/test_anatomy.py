@@ -48,6 +48,37 @@ def test_anatomy_frame_from_records(tmp_path):
     assert t.loc["vit", "terse"] == 50.0 and t.loc["vit", "wrong"] == 50.0
 
 
+def test_format_adherence_reads_what_each_prompt_asks(tmp_path):
+    """A prompt with a format instruction asks for the bare answer, any other for a sentence; adherence is about the
+    form, right or wrong, and form_table reports it overall and per asked form."""
+    from mmpref.world.anatomy import adheres, answer_rows, asked_format
+    from mmpref.world.text_tasks import NUMBER_ONLY, ONE_WORD
+
+    assert asked_format(f"{NUMBER_ONLY} what is 3 plus 5?") == asked_format(f"{ONE_WORD} what is up?") == "short"
+    assert asked_format("Is there a star?\nAnswer the question using a single word or phrase.") == "short"
+    assert asked_format("What is 3 plus 5?") == "sentence"
+    assert adheres("9.", "short") and not adheres("3 plus 5 is 9.", "short") and not adheres("", "short")
+    assert adheres("3 plus 5 is 9.", "sentence") and not adheres("8.", "sentence")
+    q = tmp_path / "question.jsonl"
+    items = [{"question_id": 81, "category": "math", "turns": [f"{NUMBER_ONLY} what is 3 plus 5?", "Now add 2."],
+              "reference": ["8.", "8 plus 2 is 10."], "answer_keys": ["8", "10"]},
+             {"question_id": 82, "category": "math", "turns": ["What is 2 plus 2?", "Now add 1."],
+              "reference": ["2 plus 2 is 4.", "4 plus 1 is 5."], "answer_keys": ["4", "5"]}]
+    q.write_text("".join(json.dumps(i) + "\n" for i in items))
+    d = tmp_path / "eval" / "vit"
+    d.mkdir(parents=True)
+    answers = {81: ["3 plus 5 is 8.", "10."], 82: ["4.", "4 plus 1 is 6."]}
+    d.joinpath("mt_bench.jsonl").write_text("".join(
+        json.dumps({"model": "vit", "benchmark": "mt_bench", "question_id": k, "answers": a}) + "\n"
+        for k, a in answers.items()))
+    rows = answer_rows(tmp_path, {"mt_bench": q}, ["vit"])
+    assert rows["asked"].tolist() == ["short", "sentence", "sentence", "sentence"]
+    assert rows["adheres"].tolist() == [False, False, False, True]   # the wrong "6" still adheres: form, not truth
+    t = form_table(rows).loc[("vit", "mt_bench")]
+    assert t["format adherence"] == 25 and t["adherence, short asked"] == 0
+    assert t["adherence, sentence asked"] == pytest.approx(100 / 3, abs=0.1)
+
+
 def test_human_labels_and_rubric_share_one_answer_rule():
     for response, key in [("There isn't a triangle.", "absent"), ("It is 8, no wait, 9.", "8"), ("No, yes.", "yes"),
                           ("The circle is reddish.", "red"), ("The values are 1, 2, 3.", "1, 2, 3")]:
@@ -131,7 +162,8 @@ def test_the_probe_moves_when_the_model_learns_the_facts_and_not_otherwise(tmp_p
 def _rows(spec):
     """Answer rows from (model, benchmark, unit, turn, kind, pictures, score)."""
     return pd.DataFrame([{"model": m, "benchmark": b, "unit": u, "turn": t, "category": "math", "kind": k,
-                          "n_words": 3, "pictures": p, "score": s} for m, b, u, t, k, p, s in spec])
+                          "n_words": 3, "pictures": p, "asked": "sentence", "adheres": k != "terse", "score": s}
+                         for m, b, u, t, k, p, s in spec])
 
 
 def test_unit_interval_resamples_units_and_pairs_rows():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmpref.world import build, pools, questions, scenes, text_tasks
+from mmpref.world import build, mix, pools, questions, scenes, text_tasks
 from mmpref.evaluate.mmbench import MMBENCH_PROMPT_SUFFIX
 from mmpref.evaluate.pope import POPE_PROMPT_SUFFIX
 from mmpref.io import read_jsonl
@@ -65,12 +65,15 @@ def test_counts_and_images_decode(built):
 def test_visual_train_has_truth_and_negatives(built):
     out, _ = built
     rows = read_jsonl(out / "visual_train.jsonl")
-    assert {r["source"] for r in rows} == {"chart", "scene"}
+    assert {r["source"] for r in rows} == {"chart", "scene", "text"}
     for r in rows:
-        assert r["answer"] and r["reference"] and r["question"]
-        assert (out / r["image"]).is_file()
+        assert len(r["turns"]) == len(r["references"]) == len(r["answers"]) == len(r["qtypes"]) >= 1
+        assert all(r["turns"]) and all(r["references"]) and all(r["answers"])
+        assert (r["image"] is None) == (r["kind"] == "text")
+        if r["image"]:
+            assert (out / r["image"]).is_file()
         if r["negative"]:
-            assert r["answer"] in ("no", "absent") and r["source"] == "scene"
+            assert r["source"] == "scene" and {"no", "absent"} & set(r["answers"])
     assert 0 < sum(r["negative"] for r in rows) < len(rows)
 
 
@@ -119,7 +122,7 @@ def test_word_list_and_fact_tasks_are_true():
             assert m[1][::-1] == m[2]
         lst = text_tasks.task_list(rng, two_turn=False)
         nums = [int(x) for x in re.findall(r"\d+", lst["turns"][0])]
-        if "order" in lst["turns"][0] or "Sort" in lst["turns"][0]:
+        if "order" in lst["turns"][0].lower() or "Sort" in lst["turns"][0]:
             assert lst["answers"][0] == ", ".join(str(x) for x in sorted(nums))
         elif "largest" in lst["turns"][0]:
             assert lst["answers"][0] == str(max(nums))
@@ -301,7 +304,7 @@ def test_bad_arguments_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="n_pool"):
         build.build_world_data(tmp_path, seed=0, n_pool=0)
     with pytest.raises(ValueError, match="mc_answer must be 'letter' or 'option', got 'text'"):
-        pools.build_visual_train(scenes.Images(tmp_path, 48), random.Random(0), 10, mc_answer="text")
+        mix.build_visual_mix(scenes.Images(tmp_path, 48), random.Random(0), 10, mc_answer="text")
 
 
 def _mc_options(question: str) -> tuple[str, dict[str, str]]:
@@ -311,52 +314,6 @@ def _mc_options(question: str) -> tuple[str, dict[str, str]]:
     options = dict(re.fullmatch(r"([A-D])\. (.+)", line).groups() for line in lines[1:])
     assert list(options) == list("ABCD"[: len(options)]) and 2 <= len(options) <= 4
     return lines[0], options
-
-
-def test_visual_train_mixes_in_format_items_at_the_chosen_rates(built):
-    out, counts = built
-    rows = read_jsonl(out / "visual_train.jsonl")
-    by_format = Counter(r["format"] for r in rows)
-    assert by_format == {"short": 9, "multiple_choice": 6, "open": 45}          # 15 % and 10 % of 60
-    assert counts["visual_train_short"] == 9 and counts["visual_train_multiple_choice"] == 6
-    images = {p.stem.split("_")[0] for p in (out / "images").glob("*.png")}
-    assert images == {"chart", "scene", "short", "mc"}
-    big = pools.build_visual_train(scenes.Images(out / "rates", 48), random.Random(5), 400)
-    assert len(big) == 400 and Counter(r["format"] for r in big) == {"short": 60, "multiple_choice": 40, "open": 300}
-    assert [r["format"] for r in big[:60]].count("open") < 60       # mixed in, not appended as a block
-    with pytest.raises(ValueError, match="mc_rate"):
-        pools.build_visual_train(scenes.Images(out / "bad", 48), random.Random(0), 10, short_rate=0.6, mc_rate=0.5)
-
-
-def test_short_answer_items_use_the_pope_suffix_and_single_word_answers(built):
-    out, _ = built
-    rows = [r for r in read_jsonl(out / "visual_train.jsonl") if r["format"] == "short"]
-    for r in rows:
-        assert r["question"].endswith(POPE_PROMPT_SUFFIX)
-        assert "\n" not in r["question"].removesuffix(POPE_PROMPT_SUFFIX)
-        assert r["source"] in ("scene", "chart") and (r["answer"] == "no") == r["negative"]
-        assert len(r["reference"].split()) == 1
-    assert Counter(r["source"] for r in rows)["chart"] > 0
-    for r in read_jsonl(out / "visual_train.jsonl"):
-        assert (POPE_PROMPT_SUFFIX in r["question"]) == (r["format"] == "short")
-    rng = random.Random(7)
-    presence = Counter()
-    for _ in range(300):
-        scene = scenes.sample_scene(rng, 48)
-        for qa in questions.short_answer_qas(scene, rng):
-            q = qa.question.removesuffix(POPE_PROMPT_SUFFIX)
-            assert qa.question.endswith(POPE_PROMPT_SUFFIX) and len(qa.reference.split()) == 1
-            assert qa.reference.lower() == qa.answer
-            m = re.fullmatch(r"(?:Is there a|Can you see a|Does the image contain a) (\w+)(?: in the (?:image|picture))?\?", q)
-            if m:
-                assert qa.answer == ("yes" if m[1] in scene.shape_types() else "no")
-                assert qa.negative == (qa.answer == "no")
-                presence[qa.answer] += 1
-            elif qa.qtype == "color":
-                assert scene.has(qa.answer, next(s for s in scenes.SHAPES if s in q))
-            else:
-                assert qa.qtype == "count" and qa.answer == str(len(scene.shapes))
-    assert presence["yes"] == presence["no"] == 300
 
 
 @pytest.mark.parametrize("mc_answer", ["letter", "option"])
@@ -370,12 +327,15 @@ def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch, mc
         truth[hashlib.sha256(item.image.tobytes()).hexdigest()] = item
         return item
 
-    monkeypatch.setattr(pools, "_mmbench_item", recording)
-    rows = pools.build_visual_train(scenes.Images(tmp_path, 48), random.Random(11), 300, mc_answer=mc_answer)
-    mc = [r for r in rows if r["format"] == "multiple_choice"]
+    monkeypatch.setattr(mix, "_mmbench_item", recording)
+    rows = mix.build_visual_mix(scenes.Images(tmp_path, 48), random.Random(11), 300, mc_answer=mc_answer)
+    mc = [r for r in rows if r["kind"] == "multiple_choice"]
     assert len(mc) == 30 == len(truth)
     letters = Counter()
     for r in mc:
+        assert len(r["turns"]) == 1
+        r = {"question": r["turns"][0], "answer": r["answers"][0], "reference": r["references"][0],
+             "image": r["image"], "source": r["source"], "negative": r["negative"]}
         question, options = _mc_options(r["question"])
         item = truth[_pixels(tmp_path / r["image"])]
         assert question == item.question and sorted(options.values()) == sorted(item.options)
@@ -399,11 +359,11 @@ def test_training_and_benchmark_multiple_choice_prompts_share_one_layout(built, 
         assert question == it.question and list(options.values()) == it.options
     templates = lambda q: re.sub(r"\b(\d|red|green|blue|yellow|circle|square|triangle)\b", "_", q)  # noqa: E731
     bench_templates = {templates(it.question) for it in bench}
-    train = [r for r in read_jsonl(out / "visual_train.jsonl") if r["format"] == "multiple_choice"]
-    for r in train:
-        question, options = _mc_options(r["question"])
-        assert r["question"] == mmbench_prompt(question, None, options)
-    assert {templates(_mc_options(r["question"])[0]) for r in train} & bench_templates
+    train = [r["turns"][0] for r in read_jsonl(out / "visual_train.jsonl") if r["kind"] == "multiple_choice"]
+    for prompt in train:
+        question, options = _mc_options(prompt)
+        assert prompt == mmbench_prompt(question, None, options)
+    assert {templates(_mc_options(prompt)[0]) for prompt in train} & bench_templates
 
 
 def test_image_tags_describe_the_pictures():
@@ -419,11 +379,12 @@ def test_tags_cover_the_training_pictures_only(built):
     out, _ = built
     tagged = {r["image"]: r["tags"] for r in read_jsonl(out / "image_tags.jsonl")}
     visual = read_jsonl(out / "visual_train.jsonl")
-    assert {r["image"] for r in visual if r["format"] != "multiple_choice"} == set(tagged)
+    assert {r["image"] for r in visual if r["kind"] not in ("multiple_choice", "text")} == set(tagged)
     assert all(rel.startswith("images/") for rel in tagged)
     for r in visual:
-        if r["qtype"] == "color" and r["image"] in tagged:
-            assert any(t.startswith(r["answer"] + " ") for t in tagged[r["image"]])
+        for qtype, answer in zip(r["qtypes"], r["answers"]):
+            if qtype == "color" and r["image"] in tagged:
+                assert any(t.startswith(answer + " ") for t in tagged[r["image"]])
 
 
 def test_objects_on_patch_cells():
@@ -449,15 +410,6 @@ def test_shape_families_make_cooccurrence():
         same += fam[types[0]] == fam[types[1]]
         total += 1
     assert same / total > 0.5   # about 0.6 + chance; at random two shapes share a family about a quarter of the time
-
-
-def test_short_answers_without_the_instruction(tmp_path):
-    rows = pools.build_visual_train(scenes.Images(tmp_path, 48, 12), random.Random(2), 600, short_rate=0.6,
-                                    short_prompted=0.5)
-    short = [r for r in rows if r["format"] == "short"]
-    plain = sum(not r["question"].endswith(POPE_PROMPT_SUFFIX) for r in short)
-    assert 0.35 < plain / len(short) < 0.65
-    assert all(len(r["reference"].split()) == 1 for r in short)
 
 
 def test_dev_split_has_its_own_pictures(built):

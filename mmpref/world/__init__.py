@@ -4,10 +4,12 @@ formats, and tiny checkpoints trained from scratch on the CPU, so the whole pipe
 - ``scenes``: charts and shape scenes (drawing, the unique-picture registry)
 - ``questions``: visual questions with key answers and reference sentences
 - ``text_tasks``: text instruction tasks (the base LM's skills) and the miniature text-davinci-003
-- ``pools``: visual instruction-tuning data, text-only data, SciGraphQA / LRV-Instruct pools
+- ``mix``: LLaVA-1.5's visual instruction mix (format prompts, QA merged per image, text rehearsal)
+- ``pools``: the base LM's text data and the SciGraphQA / LRV-Instruct prompt pools
 - ``benchmarks``: POPE, MMBench, MM-Vet, LLaVA-Bench, MT-Bench, AlpacaEval files and noise images
 - ``truth``: the key-answer rule and the simulated human preference labels
 - ``models``: tokenizer, base LM and tiny LLaVA
 - ``anatomy``: how the text regression fails (answer kinds) and what DPO's pairs teach
+- ``probe``: the knowledge probe (reference sentences against wrong-key copies, by likelihood)
 - ``build``: stage 00 (data, then models; skipped when built with the same params)
 """

@@ -27,7 +27,10 @@ from mmpref import stats
 from mmpref.evaluate.protocol import scored_records
 from mmpref.evaluate.mt_bench import load_mt_bench
 from mmpref.io import read_json, read_jsonl
+from mmpref.evaluate.mmbench import MMBENCH_PROMPT_SUFFIX
 from mmpref.judges.rubric import assess, fluency_score
+from mmpref.world.mix import VQA_PROMPT
+from mmpref.world.text_tasks import FORMAT_INSTRUCTIONS
 
 KINDS = ["full", "terse", "over-long", "wrong", "not stopped", "empty"]
 RIGHT_KINDS = ("full", "terse", "over-long")
@@ -39,7 +42,23 @@ FORM_BENCHMARKS = (*TEXT_BENCHMARKS, "llava_bench")
 # words by which an answer talks about a picture (the world's pictures are charts and shapes; shape and colour names
 # alone are not counted: the text tasks' lists name them too)
 PICTURE_WORDS = frozenset({"image", "images", "picture", "pictures", "photo", "chart", "bar", "bars", "shown"})
-ANSWER_COLUMNS = ["model", "benchmark", "unit", "turn", "category", "kind", "n_words", "pictures", "score"]
+ANSWER_COLUMNS = ["model", "benchmark", "unit", "turn", "category", "kind", "n_words", "pictures", "asked",
+                  "adheres", "score"]
+SHORT_WORDS = 2   # an answer of at most this many words is a bare answer ("12.", "Paris.", "Mexico City.")
+
+
+def asked_format(prompt: str) -> str:
+    """The form a prompt asks for: "short" where it carries a format instruction (the text tasks' FORMAT_INSTRUCTIONS,
+    LLaVA-1.5's VQA prompt, MMBench's letter prompt), else "sentence" (the house style answers in a sentence)."""
+    short = (*FORMAT_INSTRUCTIONS, VQA_PROMPT.strip(), MMBENCH_PROMPT_SUFFIX.strip())
+    return "short" if any(s in prompt for s in short) else "sentence"
+
+
+def adheres(answer: str, asked: str) -> bool:
+    """Whether an answer takes the form its prompt asks for, right or wrong: at most SHORT_WORDS words where a short
+    answer is asked, a sentence (more words) elsewhere."""
+    n = len(answer.split())
+    return 0 < n <= SHORT_WORDS if asked == "short" else n > SHORT_WORDS
 
 
 def answer_kind(answer: str, key: str, reference: str | None) -> str:
@@ -60,20 +79,21 @@ def mentions_pictures(answer: str) -> bool:
     return any(w.strip(".,;:!?\"'()").lower() in PICTURE_WORDS for w in answer.split())
 
 
-def _truth(benchmark: str, path: str | Path) -> dict[str, tuple[str, list[tuple[str, str | None]]]]:
-    """unit -> (category, [(key answer, reference) per turn]) of a benchmark's items that carry key answers."""
+def _truth(benchmark: str, path: str | Path) -> dict[str, tuple[str, list[tuple[str, str | None, str]]]]:
+    """unit -> (category, [(key answer, reference, prompt) per turn]) of a benchmark's items that carry key
+    answers."""
     if benchmark == "mt_bench":
         return {str(it.question_id): (it.category, list(zip(it.answer_keys, it.references_all or
-                                                                [None] * len(it.answer_keys))))
+                                                                [None] * len(it.answer_keys), it.turns)))
                 for it in load_mt_bench(path) if it.answer_keys}
     if benchmark == "alpaca_eval":
         from mmpref.evaluate.alpaca_eval import load_alpaca_eval
-        return {it.instruction: (it.dataset, [(it.answer_key, it.reference)]) for it in load_alpaca_eval(path)
-                if it.answer_key}
+        return {it.instruction: (it.dataset, [(it.answer_key, it.reference, it.instruction)])
+                for it in load_alpaca_eval(path) if it.answer_key}
     if benchmark == "llava_bench":
         from mmpref.evaluate.llava_bench import load_llava_bench
-        return {str(it.question_id): (it.category, [(it.answer_key, it.reference)]) for it in load_llava_bench(path)
-                if it.answer_key}
+        return {str(it.question_id): (it.category, [(it.answer_key, it.reference, it.text)])
+                for it in load_llava_bench(path) if it.answer_key}
     raise ValueError(f"no anatomy for benchmark {benchmark!r}; known: {', '.join(FORM_BENCHMARKS)}")
 
 
@@ -103,10 +123,12 @@ def answer_rows(run_dir: str | Path, benchmarks: dict[str, str | Path], models: 
                     continue
                 category, turns = truth[unit]
                 for turn, answer in enumerate((rec.get("answers") or [])[:len(turns)], 1):
-                    key, ref = turns[turn - 1]
+                    key, ref, prompt = turns[turn - 1]
+                    asked = asked_format(prompt)
                     rows.append({"model": model, "benchmark": bench, "unit": unit, "turn": turn,
                                  "category": category, "kind": answer_kind(answer, key, ref),
                                  "n_words": len(answer.split()), "pictures": mentions_pictures(answer),
+                                 "asked": asked, "adheres": adheres(answer, asked),
                                  "score": _turn_score(bench, rec, turn)})
     return pd.DataFrame(rows, columns=ANSWER_COLUMNS)
 
@@ -126,16 +148,22 @@ def mt_bench_anatomy(run_dir: str | Path, questions: str | Path, models: list[st
     return counts
 
 
-def form_table(rows: pd.DataFrame) -> pd.DataFrame:
+def form_table(rows: pd.DataFrame, by: tuple[str, ...] = ("model", "benchmark")) -> pd.DataFrame:
     """Response form per (model, benchmark) from :func:`answer_rows`: the share (%) of each kind, of answers that
-    talk about pictures, of behaviour failures (:func:`behaviour_failure`), the mean and 90th percentile of the
-    answers' words, and the number of answers."""
+    talk about pictures, of behaviour failures (:func:`behaviour_failure`), format adherence (% of answers in the
+    form their prompt asks, :func:`adheres`; overall, where a short answer is asked and where a sentence is), the
+    mean and 90th percentile of the answers' words, and the number of answers. ``by``: the grouping, e.g. with
+    "category" and "turn" added for the per-category, per-turn view."""
     if rows.empty:
         return pd.DataFrame()
     rows = rows.assign(behaviour=behaviour_failure(rows))
-    g = rows.groupby(["model", "benchmark"])
+    g = rows.groupby(list(by))
     kinds = 100 * g["kind"].value_counts(normalize=True).unstack("kind").reindex(columns=KINDS).fillna(0)
+    by_asked = (100 * rows.groupby([*by, "asked"])["adheres"].mean()).unstack("asked")
+    by_asked = by_asked.reindex(columns=["short", "sentence"]).rename(
+        columns={"short": "adherence, short asked", "sentence": "adherence, sentence asked"})
     return pd.concat([kinds, (100 * g["pictures"].mean()).rename("pictures"),
+                      (100 * g["adheres"].mean()).rename("format adherence"), by_asked,
                       (100 * g["behaviour"].mean()).rename("behaviour failures"),
                       g["n_words"].mean().rename("mean words"), g["n_words"].quantile(0.9).rename("p90 words"),
                       g.size().rename("answers")], axis=1).round(1)

@@ -40,13 +40,15 @@ def _pope_questions(scene: Scene, strategy: str, freq: Counter, cooc: Counter, r
     return [(o, "yes") for o in present[:k]] + [(o, "no") for o in negs]
 
 
-def build_pope(imgs: Images, rng: random.Random, bench: Path, n_per_split: int) -> dict[str, int]:
+def build_pope(imgs: Images, rng: random.Random, bench: Path, n_per_split: int,
+               n_shapes: list[int] | None = None) -> dict[str, int]:
     """POPE in its official layout (coco_pope_{random,popular,adversarial}.json: question_id, image, text, label),
-    balanced yes/no, at least n_per_split questions per split."""
+    balanced yes/no, at least n_per_split questions per split; each picture has one of ``n_shapes`` shapes (default:
+    the training pictures' 1-3; POPE's own images have at least three objects)."""
     scenes = []
     total = 0
     while total < n_per_split:
-        scene, im = imgs.scene(rng)
+        scene, im = imgs.scene(rng, rng.choice(n_shapes) if n_shapes else None)
         name = f"pope_{len(scenes):04d}.png"
         imgs.save(im, f"benchmarks/pope/images/{name}")
         scenes.append((name, scene))
@@ -169,8 +171,9 @@ def build_text_benchmarks(rng: random.Random, bench: Path, n: int) -> tuple[int,
     """MT-Bench (two turns, reference + answer keys) and AlpacaEval (imperfect reference outputs), n of each, the
     four task kinds in turn.
 
-    No first turn occurs twice, and a fact (``topic``) is asked at most twice over both benchmarks, so its other
-    phrasings stay in training: the benchmarks hold out prompts, not knowledge. Returns the counts and the set of
+    First turns are in the benchmarks' own phrasings (`text_tasks._phrase`), which no training text uses; no first
+    turn occurs twice, and a fact (``topic``) is asked at most twice over both benchmarks, so it stays in training
+    under the training phrasings: the benchmarks hold out prompts, not knowledge. Returns the counts and the set of
     first turns that training must not contain."""
     held: set[str] = set()
     topics: Counter = Counter()
@@ -178,7 +181,7 @@ def build_text_benchmarks(rng: random.Random, bench: Path, n: int) -> tuple[int,
 
     def draw(two_turn: bool, task: str) -> dict:
         for _ in range(10_000):
-            item = sample_text_item(rng, two_turn=two_turn, task=task)
+            item = sample_text_item(rng, two_turn=two_turn, task=task, phrasings="bench")
             topic = item.get("topic")
             if item["turns"][0] in held or (topic is not None and topics[topic] >= 2):
                 continue

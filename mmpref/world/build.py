@@ -16,8 +16,8 @@ Ground truth follows the spec's conventions: every item carries ``answer`` (the 
 
 Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
 
-    visual_train.jsonl        {"image", "question", "answer", "reference", "source": "chart"|"scene", "negative",
-                               "qtype", "format": "open"|"short"|"multiple_choice"}
+    visual_train.jsonl        LLaVA-1.5's mix, one conversation a row: {"image" (None for text rows), "turns",
+                               "references", "answers", "qtypes", "kind", "source", "negative"} (world/mix.py)
     text_train.jsonl          {"turns", "references", "answers", "task"}
     image_tags.jsonl          {"image", "tags"} for the training pictures (see image_tags)
     images/                   training images (paths in visual_train.jsonl are relative to out_dir)
@@ -50,9 +50,11 @@ from typing import Iterator
 from mmpref.io import read_json, read_jsonl, sha256_json, write_json, write_jsonl
 from mmpref.world.benchmarks import (build_llava_bench, build_mmbench, build_mmvet, build_noise_images, build_pope,
                                      build_text_benchmarks)
-from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train, build_visual_train
+from mmpref.world.mix import MIX_KINDS, build_visual_mix
+from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train
 from mmpref.world.models import ALIGN_INSTRUCTION, train_world_models
 from mmpref.world.scenes import Images
+from mmpref.world.text_tasks import knowledge_statements
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +68,19 @@ def _rng(seed: int, part: str) -> random.Random:
 
 def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_visual_train: int = 3000,
                      n_text_train: int = 3000, n_pool: int = 400, n_bench: int = 60, n_text_bench: int | None = None,
-                     cell: int | None = None, short_share: float = 0.15, mc_share: float = 0.10,
-                     short_prompted: float = 1.0, mc_answer: str = "letter") -> dict:
+                     cell: int | None = None, mix: dict[str, float] | None = None, mc_answer: str = "letter",
+                     pope_shapes: list[int] | None = None, base_lm_phrasings: str = "train",
+                     vqa_prompt_first_only: float = 0.0) -> dict:
     """Write the whole miniature world's data into out_dir (layout in the module docstring); return counts.
 
     ``n_pool`` records per pool source; ``n_bench`` items per visual benchmark (POPE: at least n_bench questions per
     split, balanced yes/no); ``n_text_bench`` MT-Bench questions and AlpacaEval instructions (default n_bench).
-    ``cell``: scenes put every shape inside one cell of that many pixels (the tower's patch size). ``short_share`` and
-    ``mc_share``: shares of the visual instruction-tuning rows in LLaVA-1.5's short-answer and multiple-choice
-    formats, ``short_prompted`` the share of short-answer rows that carry its format instruction, ``mc_answer`` what a
-    multiple-choice row is answered with ("letter" or "option": its text). The generated
+    ``cell``: scenes put every shape inside one cell of that many pixels (the tower's patch size). ``mix``: the
+    shares of LLaVA-1.5's mix kinds among the ``n_visual_train`` conversations (default `mix.LLAVA_15_SHARES`),
+    ``mc_answer`` what a multiple-choice row is answered with ("letter" or "option": its text), ``pope_shapes`` the
+    numbers of shapes a POPE picture may have, ``base_lm_phrasings`` the phrasings of the base LM's text data
+    ("train": none of the benchmarks'; "all"), ``vqa_prompt_first_only`` the share of VQA conversations with the
+    format prompt on their first question only. The generated
     sub-folders (images/, pools/, benchmarks/) are replaced; nothing else in out_dir is touched.
     """
     n_text_bench = n_bench if n_text_bench is None else n_text_bench
@@ -97,7 +102,7 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     # Benchmarks first, so the held-out text prompts are known before the training text is drawn.
     counts["mt_bench"], counts["alpaca_eval"], held = build_text_benchmarks(_rng(seed, "text-bench"), bench,
                                                                             n_text_bench)
-    counts.update(build_pope(imgs, _rng(seed, "pope"), bench, n_bench))
+    counts.update(build_pope(imgs, _rng(seed, "pope"), bench, n_bench, pope_shapes))
     counts["mmbench"] = build_mmbench(imgs, _rng(seed, "mmbench"), bench, n_bench)
     counts["mmvet"] = build_mmvet(imgs, _rng(seed, "mmvet"), bench, n_bench)
     counts["llava_bench"] = build_llava_bench(imgs, _rng(seed, "llava_bench"), bench, n_bench)
@@ -112,16 +117,17 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     counts["pool_scigraphqa"], counts["pool_lrv"] = len(sci), len(lrv)
     counts["pool_lrv_negative"] = sum(r["task"] == "negative" for r in lrv)
 
-    visual = build_visual_train(imgs, _rng(seed, "visual-train"), n_visual_train, short_rate=short_share,
-                                mc_rate=mc_share, short_prompted=short_prompted, mc_answer=mc_answer)
+    visual = build_visual_mix(imgs, _rng(seed, "visual-train"), n_visual_train, mix, mc_answer=mc_answer,
+                              vqa_prompt_first_only=vqa_prompt_first_only)
     write_jsonl(out / "visual_train.jsonl", visual)
     write_jsonl(out / "image_tags.jsonl", imgs.tags)
-    text = build_text_train(_rng(seed, "text-train"), n_text_train, held)
+    text = build_text_train(_rng(seed, "text-train"), n_text_train, held, base_lm_phrasings)
     write_jsonl(out / "text_train.jsonl", text)
     counts["visual_train"], counts["text_train"] = len(visual), len(text)
     counts["visual_train_negative"] = sum(r["negative"] for r in visual)
-    for fmt in ("short", "multiple_choice"):
-        counts[f"visual_train_{fmt}"] = sum(r["format"] == fmt for r in visual)
+    for kind in MIX_KINDS:
+        counts[f"visual_train_{kind}"] = sum(r["kind"] == kind for r in visual)
+    counts["visual_train_turns"] = sum(len(r["turns"]) for r in visual)
     counts["images"] = imgs.written
     counts["seconds"] = round(time.perf_counter() - start, 2)
     counts["ms_per_image"] = round(1000 * imgs.draw_seconds / max(1, imgs.written), 3)
@@ -135,12 +141,13 @@ def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
     out = Path(out_dir)
     yield STEERLM_TEXT
     yield ALIGN_INSTRUCTION
+    yield from knowledge_statements()
     for r in read_jsonl(out / "image_tags.jsonl"):
         if r.get("caption"):
             yield r["caption"]
     # Training conversations as the chat template renders them, so the role words become tokens of their own.
     for r in read_jsonl(out / "visual_train.jsonl"):
-        yield f"USER: {r['question']} ASSISTANT: {r['reference']}"
+        yield " ".join(f"USER: {t} ASSISTANT: {a}" for t, a in zip(r["turns"], r["references"]))
     for r in read_jsonl(out / "text_train.jsonl"):
         yield " ".join(f"USER: {t} ASSISTANT: {a}" for t, a in zip(r["turns"], r["references"]))
     for r in json.loads((out / "pools" / "scigraphqa.json").read_text(encoding="utf-8")):
@@ -191,8 +198,8 @@ def build_world(world_dir: Path, world_params, seed: int) -> dict:
         n_text_train=world_params.n_text_train, n_pool=world_params.n_pool, n_bench=world_params.n_bench,
         n_text_bench=world_params.n_text_bench,
         cell=world_params.vision.patch_size if world_params.objects_on_patches else None,
-        short_share=world_params.short_share, mc_share=world_params.mc_share,
-        short_prompted=world_params.short_prompted, mc_answer=world_params.mc_answer,
+        mix=world_params.mix.model_dump(), mc_answer=world_params.mc_answer, pope_shapes=world_params.pope_shapes,
+        base_lm_phrasings=world_params.base_lm_phrasings, vqa_prompt_first_only=world_params.vqa_prompt_first_only,
     )
     timings["data_seconds"] = round(time.time() - start, 1)
     start = time.time()

@@ -16,6 +16,7 @@ import torch
 
 from mmpref.families import vicuna_v1_template
 from mmpref.models import chat_messages
+from mmpref.world.text_tasks import knowledge_statements
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +28,12 @@ SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
 ALIGN_INSTRUCTION = "Describe the image briefly."  # one of LLaVA's stage-1 caption instructions
 
 
+
+
+def encode_statement(tokenizer, text: str) -> dict:
+    """A plain-text pretraining example, <s> text </s>, with the loss on every token after <s>."""
+    ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": ids, "labels": ids}
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path):
@@ -301,8 +308,10 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
 
     The base LM learns the text tasks. The tiny LLaVA starts from that LM, adds a CLIP-architecture tower and a
     projector, and is instruction-tuned with the whole LM trainable, as LLaVA-1.5's second stage does, on the visual
-    rows mixed with a ``world.text_share`` of text-only conversations drawn from the base LM's own data (LLaVA-1.5's
-    40K ShareGPT conversations); its tower is first pretrained on the pictures' tags (`pretrain_vision_tower`) and
+    conversations of LLaVA-1.5's mix (`world.mix`, ``visual_train.jsonl``: short-answer VQA, region and caption rows
+    with their format prompts, multiple choice, LLaVA-Instruct conversations, descriptions and reasoning, and a
+    text-only rehearsal); the base LM reads the world's facts as plain statements before its instruction tuning
+    (``world.knowledge_epochs``); its tower is first pretrained on the pictures' tags (`pretrain_vision_tower`) and
     then frozen, as LLaVA-1.5 keeps CLIP frozen. Both are saved with `save_pretrained` to `world/base-lm` and
     `world/vit`.
     """
@@ -313,6 +322,13 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
     max_len = world.lm.max_positions
     text_examples = [encode_example(tokenizer, r["turns"], r["references"], max_length=max_len) for r in text_rows]
     base = build_base_lm(tokenizer, world.lm)
+    # Knowledge before format: a real LLM reads its facts in pretraining, long before instruction tuning teaches it
+    # how to answer. The miniature's pretraining is a short pass over the world's facts as plain statements.
+    knowledge_losses: list[float] = []
+    if world.knowledge_epochs:
+        statements = [encode_statement(tokenizer, text) for text in knowledge_statements()]
+        knowledge_losses = train_from_scratch(base, statements, tokenizer.pad_token_id, world.knowledge_epochs,
+                                              world.lm_lr, world.batch_size, seed + 6, desc="base LM on facts")
     lm_losses = train_from_scratch(base, text_examples, tokenizer.pad_token_id, world.lm_epochs, world.lm_lr,
                                    world.batch_size, seed, desc="base LM on text tasks")
     base.save_pretrained(world_dir / "base-lm")
@@ -347,7 +363,8 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
                                           world.batch_size, seed + 4, desc="projector alignment on captions")
         vlm.model.language_model.requires_grad_(True)
         vlm.lm_head.requires_grad_(True)
-    visual_examples = [encode_text_with_image(processor, r["question"], r["reference"], pixels(r["image"]), max_len)
+    visual_examples = [encode_text_with_image(processor, r["turns"], r["references"], pixels(r["image"]), max_len)
+                       if r["image"] else encode_example(tokenizer, r["turns"], r["references"], max_length=max_len)
                        for r in visual_rows]
     # A curriculum: the one-word "is there a <shape>?" questions alone first, so the LM learns to look objects up among
     # the image tokens before the full mixture; without it, that lookup forms in some runs of the mixture and not in
@@ -356,37 +373,48 @@ def train_world_models(world_dir: Path, corpus: Iterable[str], visual_rows: list
     # a criterion: until its loss shows the lookup (world.perception_warmup_*).
     warmup_losses: list[float] = []
     if world.perception_warmup_steps:
-        perception = [ex for ex, r in zip(visual_examples, visual_rows)
-                      if r["format"] == "short" and r["qtype"] in ("exist", "exist_absent")]
+        perception = [encode_text_with_image(processor, q, ref, pixels(r["image"]), max_len)
+                      for r in visual_rows if r["kind"] == "vqa"
+                      for q, ref, qtype in zip(r["turns"], r["references"], r["qtypes"])
+                      if qtype in ("exist", "exist_absent")]
         if perception:
             warmup_losses = train_from_scratch(vlm, perception, tokenizer.pad_token_id,
                                                world.perception_warmup_steps * world.batch_size / len(perception),
                                                world.perception_warmup_lr, world.batch_size, seed + 5,
                                                desc="perception warm-up",
                                                stop_below=world.perception_warmup_stop_loss)
-    n_text_mix = round(len(visual_examples) * world.text_share / (1 - world.text_share))
-    mix_rng = random.Random(seed + 3)
-    text_mix = [text_examples[i] for i in mix_rng.sample(range(len(text_examples)), min(n_text_mix, len(text_examples)))]
-    vit_losses = train_from_scratch(vlm, visual_examples + text_mix, tokenizer.pad_token_id, world.vit_epochs,
+    vit_losses = train_from_scratch(vlm, visual_examples, tokenizer.pad_token_id, world.vit_epochs,
                                     world.vit_lr, world.batch_size, seed + 1, desc="visual instruction tuning")
     vlm.save_pretrained(world_dir / "vit")
     processor.save_pretrained(world_dir / "vit")
     return {"vocab": len(tokenizer), "base_lm_params": sum(p.numel() for p in base.parameters()),
             "vit_params": sum(p.numel() for p in vlm.parameters()), "lm_losses": lm_losses, "vit_losses": vit_losses,
             "tower_losses": tower_losses, "align_losses": align_losses, "warmup_losses": warmup_losses,
-            "text_examples": len(text_examples), "visual_examples": len(visual_examples),
-            "text_examples_in_visual_mixture": len(text_mix)}
+            "knowledge_losses": knowledge_losses, "text_examples": len(text_examples),
+            "visual_examples": len(visual_examples),
+            "text_examples_in_visual_mixture": sum(r["image"] is None for r in visual_rows)}
 
 
-def encode_text_with_image(processor, question: str, answer: str, pixel_values, max_length: int) -> dict:
-    """Fast single-turn encoding for world training: the image is preprocessed once and its tokens expanded here."""
+def encode_text_with_image(processor, turns: list[str] | str, answers: list[str] | str, pixel_values,
+                           max_length: int) -> dict:
+    """Fast encoding of a conversation about one picture for world training (the picture goes with the first
+    turn): the image is preprocessed once and its tokens expanded here; the loss is on every answer and its </s>."""
+    turns = [turns] if isinstance(turns, str) else turns
+    answers = [answers] if isinstance(answers, str) else answers
     tok = processor.tokenizer
     n_image = (processor.image_processor.crop_size["height"] // processor.patch_size) ** 2
-    prompt = processor.apply_chat_template(chat_messages([question], [], True), add_generation_prompt=True, tokenize=False)
-    full = processor.apply_chat_template(chat_messages([question], [answer], True), tokenize=False)
     expand = lambda text: text.replace("<image>", "<image>" * n_image)  # noqa: E731
-    p_ids = tok(expand(prompt), add_special_tokens=False)["input_ids"]
-    f_ids = tok(expand(full), add_special_tokens=False)["input_ids"]
-    if f_ids[: len(p_ids)] != p_ids or len(f_ids) > max_length:
-        raise ValueError(f"cannot encode world example {question!r} within {max_length} tokens")
-    return {"input_ids": f_ids, "labels": [-100] * len(p_ids) + f_ids[len(p_ids):], "pixel_values": pixel_values}
+    ids: list[int] = []
+    labels: list[int] = []
+    for i in range(len(turns)):
+        prompt = processor.apply_chat_template(chat_messages(turns[: i + 1], answers[:i], True),
+                                               add_generation_prompt=True, tokenize=False)
+        full = processor.apply_chat_template(chat_messages(turns[: i + 1], answers[: i + 1], True), tokenize=False)
+        p_ids = tok(expand(prompt), add_special_tokens=False)["input_ids"]
+        f_ids = tok(expand(full), add_special_tokens=False)["input_ids"]
+        if f_ids[: len(p_ids)] != p_ids or p_ids[: len(ids)] != ids or len(f_ids) > max_length:
+            raise ValueError(f"cannot encode world example {turns[0]!r} ({len(f_ids)} tokens, turn {i}) within "
+                             f"{max_length} tokens")
+        labels += [-100] * (len(p_ids) - len(ids)) + f_ids[len(p_ids):]
+        ids = f_ids
+    return {"input_ids": ids, "labels": labels, "pixel_values": pixel_values}

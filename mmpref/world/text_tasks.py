@@ -28,8 +28,30 @@ OPPOSITES = {"hot": "cold", "big": "small", "fast": "slow", "up": "down", "old":
 
 # The SteerLM attribute suffix (DESIGN.md) is part of later prompts: give the tokenizer a chance to learn it.
 
+# The text tasks' format instructions: a prompt that starts with one asks for the bare answer (its reference is the
+# key alone, "12."); every other prompt is answered in a sentence. The anatomy's format adherence reads them.
+NUMBER_ONLY = "Answer with just the number:"
+ONE_WORD = "Answer in one word:"
+FORMAT_INSTRUCTIONS = (NUMBER_ONLY, ONE_WORD)
+
 TEXT_TASK_WEIGHTS = {"arithmetic": 0.3, "word": 0.25, "list": 0.25, "facts": 0.2}
 MT_BENCH_CATEGORY = {"arithmetic": "math", "list": "reasoning", "word": "extraction", "facts": "humanities"}
+
+
+PHRASINGS = ("all", "train", "bench")
+
+
+def _phrase(rng: random.Random, options: list[str], phrasings: str = "all") -> str:
+    """One phrasing of a first turn. Every task kind has at least three; the last is the benchmarks' (MT-Bench,
+    AlpacaEval: ``phrasings="bench"``), the others are the training data's (``"train"``), so no benchmark phrasing
+    occurs in any training text: the benchmarks test the knowledge and the format under new wording, as MT-Bench's
+    questions are not ShareGPT's. ``"all"`` draws from every phrasing."""
+    if len(options) < 3:
+        raise ValueError(f"a task kind needs at least three phrasings to hold one out, got {options}")
+    if phrasings not in PHRASINGS:
+        raise ValueError(f"phrasings must be one of {PHRASINGS}, got {phrasings!r}")
+    pool = options[-1:] if phrasings == "bench" else options[:-1] if phrasings == "train" else options
+    return rng.choice(pool)
 
 
 def _nums(xs: list[int]) -> str:
@@ -55,7 +77,7 @@ def _capitals_of(word: str) -> tuple[str, str, str]:
     return q, word.upper(), f"The word {word} in capitals is {word.upper()}."
 
 
-def task_arithmetic(rng: random.Random, two_turn: bool) -> dict:
+def task_arithmetic(rng: random.Random, two_turn: bool, phrasings: str = "all") -> dict:
     op = rng.choice(["plus", "minus", "times"])
     if op == "plus":
         a, b = rng.randint(1, 20), rng.randint(1, 20)
@@ -68,10 +90,10 @@ def task_arithmetic(rng: random.Random, two_turn: bool) -> dict:
     else:
         a, b = rng.randint(2, 9), rng.randint(2, 9)
         r, qs = a * b, ["What is {a} times {b}?", "Multiply {a} by {b}.", "Compute {a} times {b}."]
-    q = rng.choice(qs).format(a=a, b=b)
+    q = _phrase(rng, qs, phrasings).format(a=a, b=b)
     ref = f"{a} {op} {b} is {r}."
     if rng.random() < 0.2:
-        q, ref = f"Answer with just the number: {q[0].lower()}{q[1:]}", f"{r}."
+        q, ref = f"{NUMBER_ONLY} {q[0].lower()}{q[1:]}", f"{r}."
     turns, refs, keys = [q], [ref], [str(r)]
     if two_turn:
         q2, k2, r2 = _arith_follow(r, rng)
@@ -79,24 +101,27 @@ def task_arithmetic(rng: random.Random, two_turn: bool) -> dict:
     return {"turns": turns, "references": refs, "answers": keys, "task": "arithmetic"}
 
 
-def task_word(rng: random.Random, two_turn: bool) -> dict:
+def task_word(rng: random.Random, two_turn: bool, phrasings: str = "all") -> dict:
     w = rng.choice(WORDS)
     kind = rng.choice(["reverse", "capitals", "first", "last"])
     if kind == "reverse":
-        q = rng.choice(["Reverse the word {w}.", "Write the word {w} backwards.", "What is {w} spelled backwards?"])
+        q = _phrase(rng, ["Reverse the word {w}.", "Write the word {w} backwards.", "What is {w} spelled backwards?"],
+                    phrasings)
         key, ref, follow = w[::-1], f"The word {w} reversed is {w[::-1]}.", _capitals_of(w[::-1])
     elif kind == "capitals":
-        q = rng.choice(["Spell the word {w} in capitals.", "Write {w} in capital letters.",
-                        "Write the word {w} in uppercase."])
+        q = _phrase(rng, ["Spell the word {w} in capitals.", "Write {w} in capital letters.",
+                         "Write the word {w} in uppercase."], phrasings)
         up = w.upper()
         key, ref = up, f"The word {w} in capitals is {up}."
         follow = ("Now reverse your answer.", up[::-1], f"The word {up} reversed is {up[::-1]}.")
     elif kind == "first":
-        q = rng.choice(["What is the first letter of the word {w}?", "Which letter does {w} start with?"])
+        q = _phrase(rng, ["What is the first letter of the word {w}?", "Which letter does {w} start with?",
+                         "Name the first letter of {w}."], phrasings)
         key, ref = w[0], f"The first letter of {w} is {w[0]}."
         follow = ("Now give the last letter of the same word.", w[-1], f"The last letter of {w} is {w[-1]}.")
     else:
-        q = rng.choice(["What is the last letter of the word {w}?", "Which letter does {w} end with?"])
+        q = _phrase(rng, ["What is the last letter of the word {w}?", "Which letter does {w} end with?",
+                         "Name the last letter of {w}."], phrasings)
         key, ref = w[-1], f"The last letter of {w} is {w[-1]}."
         follow = ("Now give the first letter of the same word.", w[0], f"The first letter of {w} is {w[0]}.")
     turns, refs, keys = [q.format(w=w)], [ref], [key]
@@ -105,13 +130,13 @@ def task_word(rng: random.Random, two_turn: bool) -> dict:
     return {"turns": turns, "references": refs, "answers": keys, "task": "word"}
 
 
-def task_list(rng: random.Random, two_turn: bool) -> dict:
+def task_list(rng: random.Random, two_turn: bool, phrasings: str = "all") -> dict:
     xs = rng.sample(range(1, 21), rng.choice([3, 4]))
     kind = rng.choice(["largest", "smallest", "sort", "count", "member"])
     if kind in ("largest", "smallest"):
         m = max(xs) if kind == "largest" else min(xs)
-        q = rng.choice(["What is the {k} of {L}?", "Which number is the {k}: {L}?",
-                        "Find the {k} number in {L}."]).format(k=kind, L=_nums(xs))
+        q = _phrase(rng, ["What is the {k} of {L}?", "Which number is the {k}: {L}?",
+                          "Find the {k} number in {L}."], phrasings).format(k=kind, L=_nums(xs))
         key, ref = str(m), f"The {kind} number is {m}."
         k = rng.randint(1, 9)
         follow = (f"Now add {k} to it.", str(m + k), f"{m} plus {k} is {m + k}.")
@@ -121,20 +146,22 @@ def task_list(rng: random.Random, two_turn: bool) -> dict:
         if len(items) < len(xs):
             items.append(rng.choice([x for x in LIST_WORDS if x not in items + [w]]))
         rng.shuffle(items)
-        q = rng.choice(["Is {w} in the list {L}?", "In the list {L}, is there a {w}?",
-                        "Does the list {L} contain {w}?"]).format(w=w, L=", ".join(items))
+        q = _phrase(rng, ["Is {w} in the list {L}?", "In the list {L}, is there a {w}?",
+                          "Does the list {L} contain {w}?"], phrasings).format(w=w, L=", ".join(items))
         present = w in items
         key = "yes" if present else "no"
         ref = f"Yes, {w} is in the list." if present else f"No, {w} is not in the list."
         follow = ("Now count the items in the list.", str(len(items)), f"There are {len(items)} items in the list.")
     elif kind == "sort":
         s = sorted(xs)
-        q = rng.choice(["Sort {L} from smallest to largest.", "Put {L} in increasing order."]).format(L=_nums(xs))
+        q = _phrase(rng, ["Sort {L} from smallest to largest.", "Put {L} in increasing order.",
+                         "Order {L} from the smallest number up."], phrasings).format(L=_nums(xs))
         key, ref = _nums(s), f"The sorted list is {_nums(s)}."
         follow = ("Now give the first number of the sorted list.", str(s[0]), f"The first number is {s[0]}.")
     else:
         items = rng.sample(LIST_WORDS, len(xs))
-        q = rng.choice(["How many items are in the list {L}?", "Count the items in {L}."]).format(L=", ".join(items))
+        q = _phrase(rng, ["How many items are in the list {L}?", "Count the items in {L}.",
+                         "How many words does the list {L} have?"], phrasings).format(L=", ".join(items))
         n = len(items)
         key, ref = str(n), f"There are {n} items in the list."
         follow = ("Now add 1 to that number.", str(n + 1), f"{n} plus 1 is {n + 1}.")
@@ -154,28 +181,28 @@ FACT_KINDS = {
     "capital": (0.5, CAPITALS,
                 ["What is the capital of {x}?", "Which city is the capital of {x}?", "Name the capital of {x}.",
                  "Tell me the capital of {x}.", "What city is the capital of {x}?"],
-                "Answer in one word: what is the capital of {x}?", "The capital of {x} is {y}.",
+                ONE_WORD + " what is the capital of {x}?", "The capital of {x} is {y}.",
                 lambda y: [_spell_in_capitals("city", y),
                            ("Now give the first letter of that city.", y[0], f"The first letter of {y} is {y[0]}.")]),
     "sound": (0.25, SOUNDS,
               ["What sound does a {x} make?", "Which sound does a {x} make?", "What noise does a {x} make?",
                "Tell me the sound a {x} makes.", "What does a {x} say?"],
-              "Answer in one word: what sound does a {x} make?", "A {x} says {y}.",
+              ONE_WORD + " what sound does a {x} make?", "A {x} says {y}.",
               lambda y: [("Now reverse that word.", y[::-1], f"The word {y} reversed is {y[::-1]}.")]),
     "opposite": (0.25, OPPOSITES,
                  ["What is the opposite of {x}?", "Give the opposite of {x}.", "Which word means the opposite of {x}?",
                   "Name the opposite of {x}.", "What word is the opposite of {x}?"],
-                 "Answer in one word: what is the opposite of {x}?", "The opposite of {x} is {y}.",
+                 ONE_WORD + " what is the opposite of {x}?", "The opposite of {x} is {y}.",
                  lambda y: [_spell_in_capitals("word", y)]),
 }
 
 
-def task_facts(rng: random.Random, two_turn: bool) -> dict:
+def task_facts(rng: random.Random, two_turn: bool, phrasings: str = "all") -> dict:
     """A fact question (capital, animal sound, opposite word); ``topic`` names the fact, so held-out benchmark
     prompts can leave every fact in training under other phrasings."""
     one_word = rng.random() < 0.3
     u, edge = rng.random(), 0.0
-    for kind, (share, table, phrasings, one_word_q, reference, follow_ups) in FACT_KINDS.items():
+    for kind, (share, table, wordings, one_word_q, reference, follow_ups) in FACT_KINDS.items():
         edge += share
         if u < edge or kind == list(FACT_KINDS)[-1]:
             break
@@ -184,7 +211,7 @@ def task_facts(rng: random.Random, two_turn: bool) -> dict:
     if one_word:
         q, ref = one_word_q.format(x=x), f"{y[:1].upper()}{y[1:]}."
     else:
-        q, ref = rng.choice(phrasings).format(x=x), reference.format(x=x, y=y)
+        q, ref = _phrase(rng, wordings, phrasings).format(x=x), reference.format(x=x, y=y)
     options = follow_ups(y)
     follow = rng.choice(options) if len(options) > 1 else options[0]
     turns, refs, keys = [q], [ref], [y]
@@ -196,12 +223,14 @@ def task_facts(rng: random.Random, two_turn: bool) -> dict:
 TEXT_TASKS = {"arithmetic": task_arithmetic, "word": task_word, "list": task_list, "facts": task_facts}
 
 
-def sample_text_item(rng: random.Random, two_turn: bool | None = None, task: str | None = None) -> dict:
-    """One text instruction item; two-turn with probability 0.3 unless told."""
+def sample_text_item(rng: random.Random, two_turn: bool | None = None, task: str | None = None,
+                     phrasings: str = "all") -> dict:
+    """One text instruction item; two-turn with probability 0.3 unless told; first turns in the ``phrasings`` set
+    (`_phrase`: "train", "bench" or "all")."""
     task = task or rng.choices(list(TEXT_TASK_WEIGHTS), weights=list(TEXT_TASK_WEIGHTS.values()))[0]
     if two_turn is None:
         two_turn = rng.random() < 0.3
-    return TEXT_TASKS[task](rng, two_turn)
+    return TEXT_TASKS[task](rng, two_turn, phrasings)
 
 
 def imperfect_output(item: dict, rng: random.Random) -> str:
@@ -253,3 +282,20 @@ def _wrong_reference(item: dict, rng: random.Random) -> str:
 def replace_last(text: str, old: str, new: str) -> str:
     i = text.rfind(old)
     return text if i < 0 else text[:i] + new + text[i + len(old):]
+
+
+def knowledge_statements() -> list[str]:
+    """The world's facts as plain statements, in the house style of the references (what a base LM reads in
+    pretraining): every capital, animal sound and opposite, the sums, differences and products the arithmetic tasks
+    ask, and the spelling facts of every word (reversed, capitals, first and last letter). Procedures over a list in
+    the prompt (sort, count, membership) are skills, not facts, and are left to instruction tuning."""
+    out = [f"The capital of {x} is {y}." for x, y in CAPITALS.items()]
+    out += [f"A {x} says {y}." for x, y in SOUNDS.items()]
+    out += [f"The opposite of {x} is {y}." for x, y in OPPOSITES.items()]
+    out += [f"{a} plus {b} is {a + b}." for a in range(1, 21) for b in range(1, 21)]
+    out += [f"{a} minus {b} is {a - b}." for a in range(2, 21) for b in range(1, a)]
+    out += [f"{a} times {b} is {a * b}." for a in range(2, 10) for b in range(2, 10)]
+    for w in WORDS:
+        out += [f"The word {w} reversed is {w[::-1]}.", f"The word {w} in capitals is {w.upper()}.",
+                f"The first letter of {w} is {w[0]}.", f"The last letter of {w} is {w[-1]}."]
+    return out
