@@ -25,8 +25,10 @@ demo: install
 test: install
 	$(BIN)/python -m pytest tests -q -rs
 
+# the project root, so runs/, figures/ and tables are reachable beside notebooks/; as root (a container) Jupyter needs
+# --allow-root
 lab: install
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 clean-runs:
 	rm -rf runs/

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
                             "(default: all)")
     p_run.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run STAGE even if complete")
     p_run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                       help="override a param, e.g. --set train.dpo.beta=0.2 (repeatable)")
+                       help="override a param, e.g. --set train.dpo.epochs=1 (repeatable)")
     p_run.add_argument("--judge-runs", type=int, metavar="N",
                        help="grade every judge-graded benchmark N times and report mean and standard deviation "
                             "(the same as --set evaluate.judge_runs=N)")

@@ -589,6 +589,24 @@ def resolve_params_path(params_path: str | Path) -> Path:
     raise ParamsError(f"params file not found: {params_path} (looked in {Path.cwd()} and {root})")
 
 
+# DPO settings the search chooses (train.dpo -> train.dpo.sweep): an override of one of them would be ignored
+SWEPT_DPO_SETTINGS = {"beta": "betas", "learning_rate": "learning_rates", "average_log_prob": "average_log_prob"}
+
+
+def _refuse_swept_overrides(params: "Params", overrides: dict) -> None:
+    """An override of a DPO setting that the DPO search chooses is an error naming the search, not a value that is
+    silently replaced by the search's choice."""
+    dpo = (overrides.get("train") or {}).get("dpo") or {}
+    if params.train.dpo.sweep is None or not isinstance(dpo, dict):
+        return
+    for key, grid in SWEPT_DPO_SETTINGS.items():
+        if key in dpo:
+            raise ParamsError(
+                f"train.dpo.{key} is chosen by the DPO search (train.dpo.sweep.{grid}), so this override would be "
+                f"ignored; search only your value with --set train.dpo.sweep.{grid}=[{dpo[key]}], or switch the "
+                f"search off with --set train.dpo.sweep=null to train with train.dpo.{key}")
+
+
 def load_params(params_path: str | Path, overrides: dict | None = None) -> Params:
     """Load, merge overrides and validate a params file.
 
@@ -611,6 +629,7 @@ def load_params(params_path: str | Path, overrides: dict | None = None) -> Param
         params = Params.model_validate(data)
     except ValidationError as exc:
         raise ParamsError(_format_errors(exc, str(path))) from None
+    _refuse_swept_overrides(params, overrides or {})
     root = find_project_root(path.parent)
     if not (root / "pyproject.toml").exists():  # a params file outside the project: paths resolve against mmpref's
         root = find_project_root(Path(__file__).resolve().parent)

@@ -346,6 +346,20 @@ def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None)
     return out
 
 
+def did_you_mean(token: str, stages: list[str]) -> str:
+    """' (did you mean 08_train_dpo?)' for a stage name mistyped or given by its part ('dpo', 'evalute', 'analyze'),
+    else ''."""
+    import difflib
+
+    token = token.strip().lower()
+    parts = {s.split("_", 1)[1]: s for s in stages if "_" in s}
+    hits = [s for s in stages if token and token in s]
+    hits += [parts[p] for p in difflib.get_close_matches(token, list(parts), n=1, cutoff=0.6)]
+    hits += difflib.get_close_matches(token, stages, n=1, cutoff=0.6)
+    hits = list(dict.fromkeys(hits))
+    return f" (did you mean {' or '.join(hits[:2])}?)" if hits else ""
+
+
 def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
     """'02-04', '3', '05_train_sft_gold', '02,04', '04-' (04 to the last), '-04' (the first to 04) -> stage names
     (in run order). A reversed range ('05-02') is a ValueError naming the stages."""
@@ -359,7 +373,7 @@ def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
         for i, s in enumerate(stages):
             if s == token or s.split("_")[0] == token.zfill(2):
                 return i
-        raise ValueError(f"unknown stage {token!r}; stages: {', '.join(stages)}")
+        raise ValueError(f"unknown stage {token!r}{did_you_mean(token, stages)}; stages: {', '.join(stages)}")
 
     chosen: set[str] = set()
     for part in spec.split(","):

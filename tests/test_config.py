@@ -1,6 +1,6 @@
 import pytest
 
-from mmpref.config import ParamsError, dotted_to_nested, load_params
+from mmpref.config import deep_merge, ParamsError, dotted_to_nested, load_params
 
 
 def test_tiny_params_load_and_resolve(tmp_path):
@@ -55,10 +55,23 @@ def test_not_a_mapping_and_missing_file(tmp_path):
 def test_overrides_merge_and_dotted():
     over = dotted_to_nested(["train.dpo.beta=0.3", "run.name=x"])
     assert over == {"train": {"dpo": {"beta": 0.3}}, "run": {"name": "x"}}
-    p = load_params("params/tiny.yaml", over)
+    p = load_params("params/tiny.yaml", deep_merge(over, {"train": {"dpo": {"sweep": None}}}))
     assert p.train.dpo.beta == 0.3 and p.train.dpo.learning_rate == 0.0005 and p.run_dir.name == "x"
     with pytest.raises(ParamsError):
         dotted_to_nested(["novalue"])
+
+
+def test_an_override_the_dpo_search_would_replace_is_an_error_naming_the_search():
+    """tiny.yaml searches beta, the learning rate and log-prob averaging: an override of one of them would be
+    silently replaced by the search's choice, so it is refused with the way to get what was meant."""
+    for key, value, grid in (("beta", "0.2", "betas"), ("learning_rate", "0.001", "learning_rates"),
+                             ("average_log_prob", "true", "average_log_prob")):
+        with pytest.raises(ParamsError, match=rf"train.dpo.{key} is chosen by the DPO search "
+                                              rf"\(train.dpo.sweep.{grid}\).*train.dpo.sweep=null"):
+            load_params("params/tiny.yaml", dotted_to_nested([f"train.dpo.{key}={value}"]))
+    p = load_params("params/tiny.yaml", dotted_to_nested(["train.dpo.sweep.betas=[0.2]", "train.dpo.epochs=1"]))
+    assert p.train.dpo.sweep.betas == [0.2] and p.train.dpo.epochs == 1
+    assert load_params("params/paper-13b.yaml", dotted_to_nested(["train.dpo.beta=0.2"])).train.dpo.beta == 0.2
 
 
 def test_env_run_dir(monkeypatch, tmp_path):
@@ -68,7 +81,7 @@ def test_env_run_dir(monkeypatch, tmp_path):
 
 def test_section_hash_changes_only_with_section():
     a = load_params("params/tiny.yaml")
-    b = load_params("params/tiny.yaml", {"train": {"dpo": {"beta": 0.2}}})
+    b = load_params("params/tiny.yaml", {"train": {"dpo": {"epochs": 1}}})
     assert a.section_hash("sampling") == b.section_hash("sampling")
     assert a.section_hash("train") != b.section_hash("train")
 

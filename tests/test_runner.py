@@ -19,8 +19,14 @@ def test_stage_ranges():
     assert runner.parse_stage_range("5,08", stages) == ["05_train_sft_gold", "08_train_dpo"]
     assert runner.parse_stage_range("08_train_dpo", stages) == ["08_train_dpo"]
     assert runner.parse_stage_range(None, stages) == stages
-    with pytest.raises(ValueError, match="unknown stage '42'"):
+    with pytest.raises(ValueError, match="unknown stage '42'; stages"):
         runner.parse_stage_range("42", stages)
+    for typo, meant in (("dpo", "08_train_dpo"), ("evalute", "09_evaluate"), ("08_train_dop", "08_train_dpo"),
+                        ("analyze", "10_analyse"), ("steer", "06_train_steerlm")):
+        with pytest.raises(ValueError, match=rf"unknown stage '{typo}' \(did you mean {meant}\?\)"):
+            runner.parse_stage_range(typo, stages)
+    with pytest.raises(ValueError, match=r"unknown stage 'sampel' \(did you mean 02_sample\?\)"):
+        runner.run("params/tiny.yaml", force=["sampel"])
 
 
 def test_reversed_and_open_ranges():
