@@ -43,9 +43,10 @@ PHRASINGS = ("all", "train", "bench")
 
 def _phrase(rng: random.Random, options: list[str], phrasings: str = "all") -> str:
     """One phrasing of a first turn. Every task kind has at least three; the last is the benchmarks' (MT-Bench,
-    AlpacaEval: ``phrasings="bench"``), the others are the training data's (``"train"``), so no benchmark phrasing
-    occurs in any training text: the benchmarks test the knowledge and the format under new wording, as MT-Bench's
-    questions are not ShareGPT's. ``"all"`` draws from every phrasing."""
+    AlpacaEval: ``phrasings="bench"``), the others are the training data's (``"train"``), so training text can leave
+    the benchmarks' wording out (the mix's rehearsal always does; the base LM's data per `world.base_lm_phrasings`)
+    and the benchmarks test knowledge and format under new wording, as MT-Bench's questions are not ShareGPT's.
+    ``"all"`` draws from every phrasing."""
     if len(options) < 3:
         raise ValueError(f"a task kind needs at least three phrasings to hold one out, got {options}")
     if phrasings not in PHRASINGS:
