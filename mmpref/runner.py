@@ -643,7 +643,11 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
     def on_term(signum, frame):  # SIGTERM: unwind (the kernel is shut down, the lock released)
         raise Interrupted("SIGTERM")
 
+    def on_int(signum, frame):  # Ctrl-C: the same, never a KeyboardInterrupt that the notebook client may swallow
+        raise Interrupted("Ctrl-C")
+
     previous = signal.signal(signal.SIGTERM, on_term) if threading_main() else None
+    previous_int = signal.signal(signal.SIGINT, on_int) if threading_main() else None
     try:
         out_dir = params.run_dir / "notebooks"
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -706,6 +710,8 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
         release_lock(params.run_dir, lock)
         os.environ.pop("MMPREF_RUN_LOCK", None)
         os.environ.pop("MMPREF_RUNNER_PID", None)
