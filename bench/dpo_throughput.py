@@ -26,7 +26,7 @@ variants (LoRA dropout is 0 by default, so the losses are the same computation a
 The 7b/13b sizes are llava-hf/llava-1.5-{7b,13b}-hf's config.json: Vicuna-v1.5 (Llama-2) text model (hidden
 4096/5120, MLP 11008/13824, 32/40 layers and heads, vocabulary 32064) and CLIP ViT-L/14-336 (hidden 1024, MLP 4096,
 24 layers, 16 heads; 576 image tokens). The tokenizer and processor are the LLaVA-1.5-shaped miniature's
-(mmpref/shapes.py), so token ids stay below its 1002 entries of the 32064 embedding rows. On a GPU the run uses bf16
+(mmpref/shaped_checkpoints.py), so token ids stay below its 1002 entries of the 32064 embedding rows. On a GPU the run uses bf16
 and gradient checkpointing (params/paper-7b.yaml), on CPU float32 without.
 """
 
@@ -72,7 +72,7 @@ def shape_from_config(path: Path) -> dict:
 def make_data(work: Path, n: int, completion_tokens: int, tokenizer, seed: int = 0) -> list[dict]:
     """n (image, question, chosen, rejected) rows; completions of 0.6-1.4 x `completion_tokens` tokens (mean
     `completion_tokens`), so chosen and rejected differ in length and batches carry padding."""
-    from mmpref.shapes import write_image
+    from mmpref.shaped_checkpoints import write_image
 
     rng = random.Random(seed)
     rows = []
@@ -245,7 +245,7 @@ def main() -> None:
     shape = shape_from_config(a.config) if a.config else SHAPES[a.shape]
     results = {}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp:
-        from mmpref.shapes import build_llava15_shaped
+        from mmpref.shaped_checkpoints import build_llava15_shaped
 
         work = Path(tmp)
         build_llava15_shaped(work / "ckpt")  # processor, tokenizer and config layout; weights are made per worker

@@ -10,7 +10,7 @@ temperature T, top_p 1, `--max-new-tokens`:
     engine   mmpref's serving-engine backend (`mmpref.engine.ServedPolicy`): one chat-completions request per prompt
              with n = k against a running server (`--base-url`, `--served-model`); only with --base-url
 
-The model is LLaVA-1.5-shaped with random weights: `--shape small` (default; built by mmpref.shapes, runs on 2 CPU
+The model is LLaVA-1.5-shaped with random weights: `--shape small` (default; built by mmpref.shaped_checkpoints, runs on 2 CPU
 cores in about 2 minutes), `--shape 7b` / `--shape 13b` (llava-1.5-7b/13b sizes: Vicuna + CLIP ViT-L/14-336, built
 from config on the GPU in bfloat16; the processor and tokenizer are the small one's, whose ids fit the vocabulary).
 `--save DIR` writes the checkpoint (with mmpref's LLaVA prompt format as its chat template) so that a server can load
@@ -56,9 +56,9 @@ QUESTIONS = ["What is shown in this chart?", "Describe the picture in detail.", 
 
 
 def build(shape: str, root: Path) -> Path:
-    """The LLaVA-1.5-shaped checkpoint of a CPU shape (mmpref.shapes); for 7b/13b the small one, whose processor
+    """The LLaVA-1.5-shaped checkpoint of a CPU shape (mmpref.shaped_checkpoints); for 7b/13b the small one, whose processor
     they use."""
-    from mmpref.shapes import build_llava15_shaped
+    from mmpref.shaped_checkpoints import build_llava15_shaped
 
     return build_llava15_shaped(root / "ckpt", **SHAPES[shape if shape in ("tiny", "small") else "small"])
 
@@ -96,7 +96,7 @@ def load_policy(shape: str, ckpt: Path, device: str):
 
 def requests(n: int, image_dir: Path):
     from mmpref.sampling import ChatRequest
-    from mmpref.shapes import write_image
+    from mmpref.shaped_checkpoints import write_image
 
     return [ChatRequest(turns=[QUESTIONS[i % len(QUESTIONS)]],
                         image=str(write_image(image_dir / f"{i}.png", size=(336 + 16 * (i % 5), 336), seed=i)))

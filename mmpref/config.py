@@ -20,13 +20,6 @@ from mmpref.io import sha256_json
 from mmpref import methods as _methods
 from mmpref.world import mix as _mix
 
-def stages() -> list[str]:
-    """The stages in run order; one training stage per registered method (mmpref.methods)."""
-    return ["00_world", "01_collect", "02_sample", "03_annotate", "04_pair", *(m.stage for m in _methods.METHODS),
-            "09_evaluate", "10_analyse"]
-
-
-STAGES = stages()  # as registered when mmpref.config was imported; code that runs stages calls stages()
 
 
 class Strict(BaseModel):
@@ -189,7 +182,7 @@ class SamplingParams(Strict):
 
 
 class JudgeParams(Strict):
-    backend: Literal["rubric", "gemini", "openai"] = "gemini"
+    backend: str = "gemini"  # a key of mmpref.judges.BACKENDS
     model: str | None = "gemini-2.5-pro"
     base_url: str | None = None
     max_workers: int = Field(4, ge=1)
@@ -221,6 +214,24 @@ class JudgeParams(Strict):
     # USD per million tokens, for `mmpref check`'s estimate and the spend recorded in the manifest (None: unknown)
     price_input_per_mtok: float | None = Field(None, ge=0)
     price_output_per_mtok: float | None = Field(None, ge=0)
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from mmpref.judges import BACKENDS  # the judges read no params: importing them here makes no cycle
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown judge backend {v!r}; allowed: {list(BACKENDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _batch_api(self):
+        from mmpref.judges import BACKENDS
+
+        if self.batch and not hasattr(BACKENDS[self.backend], "prefetch"):
+            raise ValueError(f"batch: true, but the {self.backend} backend has no batch API (these have: "
+                             f"{[n for n, c in BACKENDS.items() if hasattr(c, 'prefetch')]})")
+        return self
 
 
 class ServedModel(Strict):
@@ -362,12 +373,26 @@ class DPOParams(Strict):
         return sorted(v)
 
 
+class MMDPOParams(Strict):
+    """MM-DPO (mmpref/mm_dpo.py): DPO at `train.dpo`'s settings (the sweep's winner when it is on) with beta scaled per
+    pair, beta(delta) = beta_0 * (1 + w * (1 - exp(-k * delta))). w = 0.5, k = 0.5: MM-RLHF's defaults (Appendix F,
+    Figure 12b; its released script uses w = 0.1). scaling: "per_sample" (the paper's formula) or "released_batch"
+    (the released code's one beta per batch from the policy's margins). margin: where delta comes from
+    ("judge_quality": the annotation judge's quality difference of the pair, in quality points 2..12)."""
+
+    w: float = Field(0.5, ge=0.0)
+    k: float = Field(0.5, gt=0.0)
+    scaling: Literal["per_sample", "released_batch"] = "per_sample"
+    margin: Literal["judge_quality"] = "judge_quality"
+
+
 class TrainParams(Strict):
     methods: list[str] = Field(default_factory=_methods.names)   # names in mmpref.methods
     lora: LoraParams = LoraParams()
     sft: SFTParams = SFTParams()
     steerlm: SteerLMParams = SteerLMParams()
     dpo: DPOParams = DPOParams()
+    mm_dpo: MMDPOParams = MMDPOParams()
     lr_scheduler: str = "cosine"
     # Table 5 prints 0.003; every training script of the authors (and LLaVA-1.5's own) passes --warmup_ratio 0.03
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
@@ -481,6 +506,11 @@ class Params(Strict):
 
     def section_hash(self, *sections: str) -> str:
         """Hash of the given top-level sections: a stage reruns only when its own params change."""
+        return sha256_json(self.section_values(*sections))[:16]
+
+    def section_values(self, *sections: str) -> dict:
+        """The given top-level sections as `section_hash` hashes them (what a stage's result depends on; the manifest
+        keeps them so `mmpref status` can name the key that changed)."""
         data = self.model_dump(mode="json")
         for judge in (data.get("judge"), (data.get("evaluate") or {}).get("judge")):
             for key in JUDGE_OPERATIONAL & set(judge or {}):
@@ -498,8 +528,7 @@ class Params(Strict):
         where = {"run_dir"} | {k for k in ("name", "data_dir") if f"{{{k}}}" not in used}
         data["run"] = {k: v for k, v in data["run"].items() if k not in where}
         # a section added later enters the hash only when set, so runs made before it keep their hashes
-        return sha256_json({s: data.get(s) for s in sections
-                            if not (s in OPTIONAL_SECTIONS and data.get(s) is None)})[:16]
+        return {s: data.get(s) for s in sections if not (s in OPTIONAL_SECTIONS and data.get(s) is None)}
 
 
 class ParamsError(ValueError):

@@ -32,7 +32,7 @@ from mmpref import methods
 from mmpref.evaluate import registry
 from mmpref.evaluate.suite import RESULT_COLUMNS
 from mmpref.io import read_jsonl
-from mmpref.pairing import ATTRIBUTES
+from mmpref.ratings import ATTRIBUTES
 
 log = logging.getLogger(__name__)
 

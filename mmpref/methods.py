@@ -1,18 +1,24 @@
 """The registry of alignment methods: the one place that names each method and says what it is.
 
-A method is trained by stage `stage` (its notebook) from `datasets/<dataset>.jsonl` (written by stage 04) into
-`adapters/<name>/` with the trainer of its kind (mmpref.train.TRAINERS: "sft" or "dpo"), and evaluated in stage 09
-as model `<name>`. Adding a method is one entry in METHODS (plus its trainer function when it is of a new kind, and
-its stage notebook); config validation, the stage plan, the CLI, stage 09's model list and the tables read it.
+A method's rows are made by its row builder (`rows`, called by stage 04 once per prompt: mmpref.pairing) into
+`datasets/<dataset>.jsonl`; stage `stage` (its notebook) trains it from there into `adapters/<name>/` with the trainer
+of its kind (`mmpref.train.TRAINERS`: "sft" or "dpo"), and stage 09 evaluates it as model `<name>`. Adding a method is
+one entry in METHODS (plus its row builder when its data are new, its trainer when it is of a new kind, and its stage
+notebook); config validation, the stage plan, stage 04's datasets, the CLI, stage 09's model list and the tables read
+it. CONTRIBUTING.md walks through one.
 
-Also here, each with one home: the pairing quality (helpfulness + correctness + coherence), the two reference models
-every table compares against ("base-lm", "vit"), and the names of the DPO data-fraction adapters (Figure 2).
+Also here, each with one home: the two reference models every table compares against ("base-lm", "vit"), and the
+names of the DPO data-fraction adapters (Figure 2). The ratings and the pairing quality live in mmpref.ratings.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Literal
+
+from mmpref import pairing
+from mmpref.io import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -22,18 +28,31 @@ class Method:
     trainer: Literal["sft", "dpo"]      # mmpref.train.TRAINERS key
     stage: str                          # the stage (notebook) that trains it
     dataset: str                        # datasets/<dataset>.jsonl
+    rows: pairing.RowBuilder            # makes the dataset's rows of one prompt (methods sharing a dataset share it)
     # given the run's params, the question as the model sees it at inference (SteerLM asks for its
     # train.steerlm.inference_condition); None: unchanged
     inference_question: Callable[[Any], Callable[[str], str]] | None = None
     trains_fractions: bool = False      # also trains the data-fraction adapters of train.dpo.fractions (Figure 2)
+    # given the run's params, the mmpref.train.TrainSettings fields this method sets on top of its trainer's (MM-DPO:
+    # its beta scaling); None: its trainer's settings as they are
+    settings: Callable[[Any], dict] | None = None
+
+
+def steerlm_run_condition(params) -> dict[str, int]:
+    """This run's SteerLM inference condition: `train.steerlm.inference_condition` resolved against the run's SteerLM
+    training rows (<run_dir>/datasets/steerlm.jsonl, read only for ``top_quality``)."""
+    setting = params.train.steerlm.inference_condition
+    if setting != "top_quality":
+        return pairing.steerlm_condition(setting)
+    path = params.run_dir / "datasets" / f"{get('steerlm').dataset}.jsonl"
+    if not path.is_file():
+        raise ValueError(f"train.steerlm.inference_condition 'top_quality' reads the SteerLM training rows, but {path} "
+                         f"does not exist; run stage 04_pair first")
+    return pairing.steerlm_condition(setting, read_jsonl(path))
 
 
 def _steerlm_question(params) -> Callable[[str], str]:
-    from functools import partial
-
-    from mmpref.pairing import steerlm_inference_question, steerlm_run_condition
-
-    return partial(steerlm_inference_question, condition=steerlm_run_condition(params))
+    return partial(pairing.steerlm_inference_question, condition=steerlm_run_condition(params))
 
 
 def inference_question(params, model: str) -> Callable[[str], str] | None:
@@ -43,18 +62,21 @@ def inference_question(params, model: str) -> Callable[[str], str] | None:
 
 
 METHODS: list[Method] = [
-    Method("sft_gold", "Standard SFT", "sft", "05_train_sft_gold", "sft_gold"),
-    Method("steerlm", "SteerLM", "sft", "06_train_steerlm", "steerlm", inference_question=_steerlm_question),
-    Method("rejection_sampling", "Rejection-sampling", "sft", "07_train_rejection_sampling", "rejection_sampling"),
-    Method("dpo", "DPO", "dpo", "08_train_dpo", "dpo", trains_fractions=True),
+    Method("sft_gold", "Standard SFT", "sft", "05_train_sft_gold", "sft_gold", pairing.sft_gold_rows),
+    Method("steerlm", "SteerLM", "sft", "06_train_steerlm", "steerlm", pairing.steerlm_rows,
+           inference_question=_steerlm_question),
+    Method("rejection_sampling", "Rejection-sampling", "sft", "07_train_rejection_sampling", "rejection_sampling",
+           pairing.rejection_sampling_rows),
+    Method("dpo", "DPO", "dpo", "08_train_dpo", "dpo", pairing.dpo_rows, trains_fractions=True),
+    # MM-RLHF's Dynamic Reward Scaling (mmpref/mm_dpo.py): DPO's pairs and settings, beta scaled by each pair's margin
+    Method("mm_dpo", "MM-DPO", "dpo", "08b_train_mm_dpo", "dpo", pairing.dpo_rows,
+           settings=lambda params: {"beta_scaling": params.train.mm_dpo.model_dump()}),
 ]
 
 # the models every run has besides its methods: the text-only base LM and the visually instruction-tuned policy
 BASE_LM, POLICY = "base-lm", "vit"
 BASELINES = {BASE_LM: "Vicuna (base LM)", POLICY: "LLaVA-1.5 (visual instruction tuned)"}
 
-# the paper's pairing quality (DPO chosen/rejected, rejection sampling's top response)
-QUALITY_ATTRIBUTES = ("helpfulness", "correctness", "coherence")
 # the benchmark the data-fraction adapters are scored on (Figure 2: MT-Bench vs the share of DPO data)
 FRACTIONS_BENCHMARK = "mt_bench"
 
@@ -70,6 +92,15 @@ def get(name: str) -> Method:
     raise ValueError(f"unknown method {name!r}; choose one of {names()}")
 
 
+def datasets() -> dict[str, pairing.RowBuilder]:
+    """{dataset: its row builder}: the files stage 04 writes, one per dataset (methods may share one)."""
+    out: dict[str, pairing.RowBuilder] = {}
+    for m in METHODS:
+        if out.setdefault(m.dataset, m.rows) is not m.rows:
+            raise ValueError(f"methods sharing dataset {m.dataset!r} must share its row builder")
+    return out
+
+
 def by_stage() -> dict[str, str]:
     """{training stage: method name}."""
     return {m.stage: m.name for m in METHODS}
@@ -82,12 +113,6 @@ def model_order() -> list[str]:
 
 def display_name(model: str) -> str:
     return BASELINES.get(model) or get(model).display
-
-
-def quality(scores: Any) -> int:
-    """helpfulness + correctness + coherence of one response's ratings (a dict or an object with those fields)."""
-    get_ = scores.get if isinstance(scores, dict) else lambda a: getattr(scores, a)
-    return sum(int(get_(a)) for a in QUALITY_ATTRIBUTES)
 
 
 def fraction_adapter(method: str, fraction: float) -> str:

@@ -23,23 +23,16 @@ import re
 import sys
 from pathlib import Path
 
+from mmpref import stages
 from mmpref.console import SUMMARY_CLASS  # Stage.done()'s HTML table (StageReport)
 
-# the tiny run's notebooks (params/tiny.yaml: a DPO sweep, the miniature world, Figure 3 from simulated labels):
-# at least this many plots and pandas tables, and Stage.done()'s summary at the end
-EXPECTED: dict[str, dict] = {
-    "00_world": {"png": 2, "tables": 3, "summary": True},
-    "01_collect": {"png": 0, "tables": 2, "summary": True},
-    "02_sample": {"png": 0, "tables": 2, "summary": True},
-    "03_annotate": {"png": 1, "tables": 2, "summary": True},
-    "04_pair": {"png": 0, "tables": 1, "summary": True},
-    "05_train_sft_gold": {"png": 1, "tables": 0, "summary": True},
-    "06_train_steerlm": {"png": 1, "tables": 0, "summary": True},
-    "07_train_rejection_sampling": {"png": 1, "tables": 0, "summary": True},
-    "08_train_dpo": {"png": 1, "tables": 2, "summary": True},
-    "09_evaluate": {"png": 0, "tables": 2, "summary": True},
-    "10_analyse": {"png": 2, "tables": 17, "summary": True},
-}
+
+
+def expected_outputs(stage: str) -> dict:
+    """What the tiny run's executed notebook of `stage` must show (the stage table, mmpref.stages): at least this
+    many plots and pandas tables, and Stage.done()'s summary at the end."""
+    spec = stages.get(stage)
+    return {"png": spec.png, "tables": spec.tables, "summary": True}
 
 
 LOG_LINE = re.compile(
@@ -174,7 +167,7 @@ def counts(nb: dict) -> dict:
 def check_file(path: str | Path, expect: dict | None = None) -> list[str]:
     path = Path(path)
     nb = json.loads(path.read_text(encoding="utf-8"))
-    return problems(nb, EXPECTED.get(path.stem) if expect is None else expect)
+    return problems(nb, expected_outputs(path.stem) if expect is None else expect)
 
 
 def main(argv: list[str] | None = None) -> int:

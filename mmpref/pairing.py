@@ -1,18 +1,21 @@
-"""Turn granular judge annotations into the four training datasets (paper section 3.2).
+"""Turn granular judge annotations into the methods' training datasets (paper section 3.2).
 
-- quality = helpfulness + correctness + coherence (0..12).
+Each method's dataset is made by its row builder, registered with the method in `mmpref.methods` (one home per
+method); this module holds the builders of the paper's four methods and the loop that feeds them one prompt at a time
+(`build_datasets`). The pairing quality is `mmpref.ratings.quality` (helpfulness + correctness + coherence, 0..12).
+
 - DPO: skip a prompt whose max - min quality is below ``min_gap`` (2 in the paper). Chosen = the highest-quality
   response; ties for the top go to the LOWEST response index (the first sampled), so the choice never depends on
   chance. Rejected = one response drawn at random among those with quality <= max - min_gap, with a
   ``random.Random`` seeded from (run seed, prompt id): the draw does not depend on the order of the input files.
 - Rejection sampling: (image, question, top-quality response), same tie rule as DPO's chosen.
 - SteerLM: every response of an ok annotation, with its own five ratings appended to the question
-  (:data:`STEERLM_SUFFIX`); at inference the question asks for `train.steerlm.inference_condition`
+  (`mmpref.ratings.STEERLM_SUFFIX`); at inference the question asks for `train.steerlm.inference_condition`
   (:func:`steerlm_condition`: all ratings 4 as the authors and NeMo do, or the ratings of the top-quality rows).
 - SFT-gold: the judge's own answers (gold.jsonl).
 
 Records that cannot be used (failed annotation, missing samples/annotation/gold, response count mismatch, ...) are
-left out with a reason; the reasons and their counts go into the summary and the dataset card.
+left out with a reason (a builder raises `LeftOut`); the reasons and their counts go into the summary and the card.
 """
 
 from __future__ import annotations
@@ -21,22 +24,14 @@ import logging
 import math
 import random
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from mmpref import methods
 from mmpref.io import read_jsonl, sha256_json, write_jsonl
+from mmpref.ratings import ATTRIBUTES, attributes, quality, steerlm_question
 
 log = logging.getLogger(__name__)
-
-ATTRIBUTES = ["helpfulness", "correctness", "coherence", "complexity", "verbosity"]
-DATASETS = list(dict.fromkeys(m.dataset for m in methods.METHODS))  # the files stage 04 writes, one per dataset
-
-STEERLM_SUFFIX = (
-    "\nPlease answer the question such that your response is in the following attributes in 5-point Likert scale:\n"
-    "Helpfulness:{helpfulness},Correctness:{correctness},Coherence:{coherence},"
-    "Complexity:{complexity},Verbosity:{verbosity}"
-)
 
 # Reasons a prompt (or response) is left out of a dataset.
 MISSING_SAMPLES = "missing_samples"
@@ -50,27 +45,42 @@ GAP_BELOW_MIN = "quality_gap_below_min_gap"
 UNKNOWN_PROMPT = "unknown_prompt_id"
 
 
-def _score(scores: Any, attr: str) -> int:
-    value = scores[attr] if isinstance(scores, Mapping) else getattr(scores, attr)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 4:
-        raise ValueError(f"attribute {attr!r} must be an integer 0..4, got {value!r}")
-    return value
+class LeftOut(Exception):
+    """A row builder's answer for a prompt that gives its dataset no row: `reason` is one of the reasons above."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
 
 
-def quality(scores: Any) -> int:
-    """helpfulness + correctness + coherence of one response's ratings (a dict or an AttributeScores)."""
-    try:
-        return methods.quality({a: _score(scores, a) for a in methods.QUALITY_ATTRIBUTES})
-    except (KeyError, AttributeError) as exc:
-        raise ValueError(f"ratings lack attribute {exc}: {scores!r}") from None
+@dataclass(frozen=True)
+class PromptRecords:
+    """One prompt with what stages 02-03 made of it: the input of every dataset's row builder.
+
+    `row` is the start of every row ({prompt_id, image, question}); `gold` the judge's own answer record (or None);
+    `responses` and `ratings` the sampled responses and their validated five ratings, or None with `problem` saying
+    why they cannot be used (missing samples or annotation, a failed or invalid annotation, a count mismatch)."""
+
+    row: dict
+    gold: dict | None
+    responses: list[str] | None
+    ratings: list[dict[str, int]] | None
+    problem: str | None
+    seed: int
+    min_gap: int
+
+    def rated(self) -> tuple[list[str], list[dict[str, int]]]:
+        """(responses, ratings), or LeftOut with the reason they cannot be used."""
+        if self.problem is not None:
+            raise LeftOut(self.problem)
+        return self.responses, self.ratings
+
+    @property
+    def qualities(self) -> list[int]:
+        return [quality(r) for r in self.rated()[1]]
 
 
-def attributes(scores: Any) -> dict[str, int]:
-    """The five ratings of one response as a plain dict (validated 0..4)."""
-    try:
-        return {a: _score(scores, a) for a in ATTRIBUTES}
-    except (KeyError, AttributeError) as exc:
-        raise ValueError(f"ratings lack attribute {exc}: {scores!r}") from None
+RowBuilder = Callable[[PromptRecords], list[dict]]
 
 
 def prompt_seed(seed: int, prompt_id: str) -> int:
@@ -106,11 +116,6 @@ def dpo_pair(scores: Sequence[Any], rng_seed: int, min_gap: int = 2) -> tuple[in
     return chosen, rejected
 
 
-def steerlm_question(question: str, attrs: Mapping[str, int]) -> str:
-    """The question with the SteerLM attribute condition appended."""
-    return question + STEERLM_SUFFIX.format(**{a: int(attrs[a]) for a in ATTRIBUTES})
-
-
 # SteerLM's inference condition (`train.steerlm.inference_condition`), by name:
 # - "all_4": every attribute asked at 4, as the authors evaluate (findalexli/mllm-dpo llava/eval/gen_model_answer.py
 #   and the *-prompted-all4 question files of scripts/v1_5/eval/{mmvet_steer_all4,pope_steer}.sh:
@@ -144,19 +149,6 @@ def steerlm_condition(setting: str | Mapping[str, int], rows: Sequence[dict] | N
     counts = Counter(tuple(c[a] for a in ATTRIBUTES) for c in conds if quality(c) == best)
     top = max(counts, key=lambda k: (counts[k], k))
     return dict(zip(ATTRIBUTES, top))
-
-
-def steerlm_run_condition(params) -> dict[str, int]:
-    """This run's SteerLM inference condition: `train.steerlm.inference_condition` resolved against the run's SteerLM
-    training rows (<run_dir>/datasets/steerlm.jsonl, read only for ``top_quality``)."""
-    setting = params.train.steerlm.inference_condition
-    if setting != "top_quality":
-        return steerlm_condition(setting)
-    path = params.run_dir / "datasets" / f"{methods.get('steerlm').dataset}.jsonl"
-    if not path.is_file():
-        raise ValueError(f"train.steerlm.inference_condition 'top_quality' reads the SteerLM training rows, but {path} "
-                         f"does not exist; run stage 04_pair first")
-    return steerlm_condition(setting, read_jsonl(path))
 
 
 def steerlm_inference_question(question: str, condition: Mapping[str, int] | None = None) -> str:
@@ -213,6 +205,62 @@ def _index_by_prompt(rows: list[dict], what: str, unknown: Counter, known: set[s
     return out
 
 
+def sft_gold_rows(p: PromptRecords) -> list[dict]:
+    """SFT-gold: the judge's own answer to the prompt."""
+    if p.gold is None:
+        raise LeftOut(MISSING_GOLD)
+    if not str(p.gold.get("answer") or "").strip():
+        raise LeftOut(EMPTY_GOLD)
+    return [{**p.row, "response": p.gold["answer"]}]
+
+
+def steerlm_rows(p: PromptRecords) -> list[dict]:
+    """SteerLM: every response, its own five ratings appended to the question."""
+    responses, ratings = p.rated()
+    return [{**p.row, "question": steerlm_question(p.row["question"], at), "response": resp, "attributes": at}
+            for resp, at in zip(responses, ratings)]
+
+
+def rejection_sampling_rows(p: PromptRecords) -> list[dict]:
+    """Rejection sampling: the top-quality response (ties: the lowest index)."""
+    responses, ratings = p.rated()
+    return [{**p.row, "response": responses[top_index(ratings)]}]
+
+
+def dpo_rows(p: PromptRecords) -> list[dict]:
+    """DPO: (chosen, rejected) by `dpo_pair`, with both qualities (the pair's margin, MM-DPO's scaling)."""
+    responses, ratings = p.rated()
+    pair = dpo_pair(ratings, prompt_seed(p.seed, p.row["prompt_id"]), p.min_gap)
+    if pair is None:
+        raise LeftOut(GAP_BELOW_MIN)
+    c, r = pair
+    qualities = p.qualities
+    return [{**p.row, "chosen": responses[c], "rejected": responses[r], "chosen_quality": qualities[c],
+             "rejected_quality": qualities[r], "chosen_index": c, "rejected_index": r}]
+
+
+def _prompt_records(p: dict, s: dict | None, a: dict | None, g: dict | None, seed: int,
+                    min_gap: int) -> PromptRecords:
+    row = {"prompt_id": p["id"], "image": p.get("image"), "question": p["question"]}
+    problem, responses, ratings = None, None, None
+    if s is None:
+        problem = MISSING_SAMPLES
+    elif a is None:
+        problem = MISSING_ANNOTATION
+    elif a.get("status") != "ok" or a.get("scores") is None:
+        problem = ANNOTATION_FAILED
+    elif len(a["scores"]) != len(s.get("responses") or []) or not a["scores"]:
+        problem = COUNT_MISMATCH
+    else:
+        try:
+            ratings = [attributes(sc) for sc in a["scores"]]
+            responses = list(s["responses"])
+        except (ValueError, TypeError) as exc:
+            log.warning("prompt %s: invalid scores left out (%s)", p["id"], exc)
+            problem = INVALID_SCORES
+    return PromptRecords(row, g, responses, ratings, problem, seed, min_gap)
+
+
 def build_datasets(
     prompts: str | Path | Iterable[dict],
     samples: str | Path | Iterable[dict],
@@ -221,8 +269,11 @@ def build_datasets(
     out_dir: str | Path,
     seed: int,
     min_gap: int = 2,
+    *,
+    builders: Mapping[str, RowBuilder],
 ) -> dict:
-    """Build and write the four datasets plus ``card.md`` into ``out_dir`` (normally ``<run_dir>/datasets``).
+    """Build and write one dataset per entry of `builders` ({dataset: row builder}, `mmpref.methods.datasets()`)
+    plus ``card.md`` into ``out_dir`` (normally ``<run_dir>/datasets``).
 
     Inputs are the run's record lists or paths to their JSON-lines files. Returns a summary dict with
     ``counts`` (rows per dataset), ``counts_by_source``, ``filtered`` ({dataset: {reason: count}}), ``unknown``
@@ -243,87 +294,39 @@ def build_datasets(
     ann_by = _index_by_prompt(annotations, "annotations", unknown, known)
     gold_by = _index_by_prompt(gold, "gold", unknown, known)
 
-    rows: dict[str, list[dict]] = {d: [] for d in DATASETS}
-    by_source: dict[str, Counter] = {d: Counter() for d in DATASETS}
-    filtered: dict[str, Counter] = {d: Counter() for d in DATASETS}
+    datasets = list(builders)
+    rows: dict[str, list[dict]] = {d: [] for d in datasets}
+    by_source: dict[str, Counter] = {d: Counter() for d in datasets}
+    filtered: dict[str, Counter] = {d: Counter() for d in datasets}
     attr_hist: dict[str, Counter] = {a: Counter() for a in ATTRIBUTES}
     gap_hist: Counter = Counter()
 
-    def skip(datasets: Iterable[str], reason: str, pid: str) -> None:
-        for d in datasets:
-            filtered[d][reason] += 1
-        log.debug("prompt %s left out of %s: %s", pid, list(datasets), reason)
-
     for p in prompts:
         pid, source = p["id"], p.get("source", "unknown")
-        base = {"prompt_id": pid, "image": p.get("image"), "question": p["question"]}
-
-        g = gold_by.get(pid)
-        if g is None:
-            skip(["sft_gold"], MISSING_GOLD, pid)
-        elif not str(g.get("answer") or "").strip():
-            skip(["sft_gold"], EMPTY_GOLD, pid)
-        else:
-            rows["sft_gold"].append({**base, "response": g["answer"]})
-            by_source["sft_gold"][source] += 1
-
-        annotated = ["steerlm", "rejection_sampling", "dpo"]
-        s, a = samples_by.get(pid), ann_by.get(pid)
-        if s is None:
-            skip(annotated, MISSING_SAMPLES, pid)
-            continue
-        if a is None:
-            skip(annotated, MISSING_ANNOTATION, pid)
-            continue
-        if a.get("status") != "ok" or a.get("scores") is None:
-            skip(annotated, ANNOTATION_FAILED, pid)
-            continue
-        responses, scores = s.get("responses") or [], a["scores"]
-        if len(scores) != len(responses):
-            skip(annotated, COUNT_MISMATCH, pid)
-            continue
-        try:
-            attrs = [attributes(sc) for sc in scores]
-        except (ValueError, TypeError) as exc:
-            log.warning("prompt %s: invalid scores left out (%s)", pid, exc)
-            skip(annotated, INVALID_SCORES, pid)
-            continue
-        if not responses:
-            skip(annotated, COUNT_MISMATCH, pid)
-            continue
-        for at in attrs:
-            for name in ATTRIBUTES:
-                attr_hist[name][at[name]] += 1
-        qualities = [quality(at) for at in attrs]
-        gap_hist[max(qualities) - min(qualities)] += 1
-
-        for resp, at in zip(responses, attrs):
-            rows["steerlm"].append({**base, "question": steerlm_question(p["question"], at), "response": resp,
-                                    "attributes": at})
-            by_source["steerlm"][source] += 1
-
-        best = top_index(attrs)
-        rows["rejection_sampling"].append({**base, "response": responses[best]})
-        by_source["rejection_sampling"][source] += 1
-
-        pair = dpo_pair(attrs, prompt_seed(seed, pid), min_gap)
-        if pair is None:
-            skip(["dpo"], GAP_BELOW_MIN, pid)
-            continue
-        c, r = pair
-        rows["dpo"].append({**base, "chosen": responses[c], "rejected": responses[r],
-                            "chosen_quality": qualities[c], "rejected_quality": qualities[r],
-                            "chosen_index": c, "rejected_index": r})
-        by_source["dpo"][source] += 1
+        records = _prompt_records(p, samples_by.get(pid), ann_by.get(pid), gold_by.get(pid), seed, min_gap)
+        if records.problem is None:
+            for at in records.ratings:
+                for name in ATTRIBUTES:
+                    attr_hist[name][at[name]] += 1
+            gap_hist[max(records.qualities) - min(records.qualities)] += 1
+        for d, build in builders.items():
+            try:
+                made = build(records)
+            except LeftOut as out:
+                filtered[d][out.reason] += 1
+                log.debug("prompt %s left out of %s: %s", pid, d, out.reason)
+                continue
+            rows[d] += made
+            by_source[d][source] += len(made)
 
     paths = {}
-    for d in DATASETS:
+    for d in datasets:
         paths[d] = str(out_dir / f"{d}.jsonl")
         write_jsonl(paths[d], rows[d])
     summary = {
-        "counts": {d: len(rows[d]) for d in DATASETS},
-        "counts_by_source": {d: dict(sorted(by_source[d].items())) for d in DATASETS},
-        "filtered": {d: dict(sorted(filtered[d].items())) for d in DATASETS},
+        "counts": {d: len(rows[d]) for d in datasets},
+        "counts_by_source": {d: dict(sorted(by_source[d].items())) for d in datasets},
+        "filtered": {d: dict(sorted(filtered[d].items())) for d in datasets},
         "unknown": {UNKNOWN_PROMPT: dict(unknown)} if unknown else {},
         "quality_gaps": dict(sorted(gap_hist.items())),
         "attribute_histograms": {a: dict(sorted(attr_hist[a].items())) for a in ATTRIBUTES},
@@ -347,8 +350,9 @@ def _md_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def dataset_card(summary: dict) -> str:
     """Markdown dataset card from a :func:`build_datasets` summary."""
-    sources = sorted({s for d in DATASETS for s in summary["counts_by_source"][d]})
-    reasons = sorted({r for d in DATASETS for r in summary["filtered"][d]})
+    datasets = list(summary["counts"])
+    sources = sorted({s for d in datasets for s in summary["counts_by_source"][d]})
+    reasons = sorted({r for d in datasets for r in summary["filtered"][d]})
     parts = [
         "# Dataset card",
         "",
@@ -360,7 +364,7 @@ def dataset_card(summary: dict) -> str:
         "",
         _md_table(["dataset", "rows", *sources],
                   [[d, summary["counts"][d], *[summary["counts_by_source"][d].get(s, 0) for s in sources]]
-                   for d in DATASETS]),
+                   for d in datasets]),
         "",
         "## Score histograms (all responses of ok annotations)",
         "",
@@ -374,7 +378,7 @@ def dataset_card(summary: dict) -> str:
         "",
         "## Filtered out",
         "",
-        _md_table(["reason", *DATASETS], [[r, *[summary["filtered"][d].get(r, 0) for d in DATASETS]]
+        _md_table(["reason", *datasets], [[r, *[summary["filtered"][d].get(r, 0) for d in datasets]]
                                           for r in reasons]) if reasons else "_nothing filtered_",
         "",
     ]

@@ -28,6 +28,7 @@ import pandas as pd
 
 from mmpref.config import Params
 from mmpref.evaluate.registry import DataFile
+from mmpref.judges import BACKENDS
 
 # ---- token-count assumptions (documented; see the module docstring) ------------------------------------------------
 CHARS_PER_TOKEN = 4.0          # rough English average for BPE tokenizers
@@ -267,18 +268,14 @@ def _env_row(what: str, ok: bool, detail: str, required: bool = True, fix: str =
 
 def _key_row(role: str, jp) -> dict:
     what = f"{role} judge ({jp.backend}{':' + jp.model if jp.model else ''})"
-    if jp.backend == "rubric":
-        return _env_row(what, True, "local rubric judge: no key, no cost")
+    backend = BACKENDS[jp.backend]
+    if backend.free:
+        return _env_row(what, True, f"local {jp.backend} judge: no key, no cost")
     if not jp.model:
         return _env_row(what, False, "no model pinned", fix=f"set the model id ({role} judge.model)")
-    if jp.backend == "gemini":
-        names = ("GEMINI_API_KEY", "GOOGLE_API_KEY")
-    else:
-        from mmpref.judges.openai_compat import _is_local
-
-        if _is_local(jp.base_url):
-            return _env_row(what, True, f"local server {jp.base_url}: no key needed")
-        names = ("OPENAI_API_KEY",)
+    if not backend.needs_key(jp.base_url):
+        return _env_row(what, True, f"local server {jp.base_url}: no key needed")
+    names = backend.key_envs
     found = [n for n in names if os.environ.get(n)]
     if found:
         return _env_row(what, True, f"{found[0]} is set")
@@ -356,12 +353,12 @@ def _thinking(jp) -> int:
 
 
 def _judge_label(jp) -> str:
-    return jp.backend if jp.backend == "rubric" else f"{jp.backend}:{jp.model}"
+    return jp.backend if BACKENDS[jp.backend].free else f"{jp.backend}:{jp.model}"
 
 
 def _usd(jp, section: str, tokens_in: float, tokens_out: float) -> tuple[float, str]:
-    if jp.backend == "rubric":
-        return 0.0, "local rubric judge"
+    if BACKENDS[jp.backend].free:
+        return 0.0, f"local {jp.backend} judge"
     if jp.price_input_per_mtok is None or jp.price_output_per_mtok is None:
         return math.nan, f"price unknown: set {section}.price_input_per_mtok and price_output_per_mtok"
     usd = (tokens_in * jp.price_input_per_mtok + tokens_out * jp.price_output_per_mtok) / 1e6

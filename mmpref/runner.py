@@ -11,113 +11,17 @@ import logging
 import platform
 import sys
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmpref import methods
+from mmpref import stages as stage_table
 from mmpref.console import PROGRESS_ENV, StageReport, quiet_libraries, setup_logging
-from mmpref.config import Params, load_params, resolve_params_path, stages as all_stages
+from mmpref.config import Params, load_params, resolve_params_path
 from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
+from mmpref.judges import BACKENDS
 
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class StageSpec:
-    """A stage's params sections and its inputs: the files it reads, by the stage that writes them
-    ({upstream stage: paths relative to the run directory, globs allowed; () = all that stage's outputs}).
-    `optional`: upstream stages whose files it reads when they are there (a notebook's side remark), so they are
-    hashed but not required."""
-
-    sections: tuple[str, ...]
-    reads: dict[str, tuple[str, ...]]
-    optional: tuple[str, ...] = ()
-
-    @property
-    def upstream(self) -> tuple[str, ...]:
-        return tuple(self.reads)
-
-
-WORLD = "00_world"  # the miniature world is built as one unit from its params: every stage that reads any part of it
-#                     (pools, checkpoints, benchmarks) hashes its checkpoints, which change whenever it is rebuilt
-PROMPTS, SAMPLES, GOLD, ANNOTATIONS = "prompts.jsonl", "samples.jsonl", "gold.jsonl", "annotations.jsonl"
-
-SPECS: dict[str, StageSpec] = {
-    "00_world": StageSpec(("run", "world"), {}),
-    "01_collect": StageSpec(("run", "prompts"), {WORLD: ()}),
-    "02_sample": StageSpec(("run", "models", "sampling", "judge", "engine"), {WORLD: (), "01_collect": (PROMPTS,)}),
-    "03_annotate": StageSpec(("run", "judge"), {"01_collect": (PROMPTS,), "02_sample": (SAMPLES,)}),
-    "04_pair": StageSpec(("run", "pairing"), {"01_collect": (PROMPTS,), "02_sample": (SAMPLES, GOLD),
-                                              "03_annotate": (ANNOTATIONS,)}),
-    # training stages: spec_of; 09 also reads every training stage's adapters
-    "09_evaluate": StageSpec(("run", "models", "evaluate", "train", "engine"), {WORLD: ()}),
-    # the miniature's Figure 3 and anatomy tables read 01-04; a paper run's Figure 3 asks `judge` about human pairs
-    "10_analyse": StageSpec(("run", "world", "judge", "human_preferences"), {
-        WORLD: (), "01_collect": (PROMPTS,), "02_sample": (SAMPLES,), "03_annotate": (ANNOTATIONS,),
-        "04_pair": ("datasets/dpo.jsonl",), "08_train_dpo": ("adapters/dpo/trainer_state.json",),
-        "09_evaluate": ("eval/results.csv", "eval/*/*.jsonl")}, optional=("08_train_dpo",)),
-}
-
-# what a training notebook reads besides its dataset, to show it (06: the questions; 07: the judged qualities and
-# SFT-gold's first loss)
-TRAINING_NOTEBOOK_READS: dict[str, dict[str, tuple[str, ...]]] = {
-    "06_train_steerlm": {"01_collect": (PROMPTS,)},
-    "07_train_rejection_sampling": {"03_annotate": (ANNOTATIONS,),
-                                    "05_train_sft_gold": ("adapters/sft_gold/trainer_state.json",)},
-}
-
-
-def spec_of(stage: str) -> StageSpec:
-    """A stage's params sections and inputs; a training stage's come from its method (mmpref.methods): it reads the
-    world's checkpoint and its own dataset, and DPO's sweep scores its trials on a dev split with the evaluation
-    judge (train.dpo.sweep), so it reads `evaluate` too; stage 09 reads every training stage's adapters."""
-    train = methods.by_stage()
-    if stage in train:
-        method = methods.get(train[stage])
-        sections = ("run", "models", "train", "evaluate") if method.trainer == "dpo" else ("run", "models", "train")
-        extra = TRAINING_NOTEBOOK_READS.get(stage, {})
-        return StageSpec(sections, {WORLD: (), "04_pair": (f"datasets/{method.dataset}.jsonl",), **extra},
-                         optional=tuple(s for s in extra if s in train))
-    if stage == "09_evaluate":
-        return StageSpec(SPECS[stage].sections, {**SPECS[stage].reads, **{s: () for s in train}})
-    return SPECS[stage]
-
-
-def active_stages(params: Params) -> list[str]:
-    """Stages this run has: no 00_world without a miniature world, no training stage for an unlisted method."""
-    out = []
-    train = methods.by_stage()
-    for s in all_stages():
-        if s == "00_world" and params.world is None:
-            continue
-        if s in train and train[s] not in params.train.methods:
-            continue
-        out.append(s)
-    return out
-
-
-def stage_outputs(params: Params, stage: str) -> list[Path]:
-    """The files whose content defines a stage's result (hashed into downstream stages' inputs)."""
-    rd = params.run_dir
-    if stage == "00_world":
-        return [rd / "world" / m / "model.safetensors" for m in ("base-lm", "vit")]
-    if stage == "01_collect":
-        return [rd / "prompts.jsonl"]
-    if stage == "02_sample":
-        return [rd / "samples.jsonl", rd / "gold.jsonl"]
-    if stage == "03_annotate":
-        return [rd / "annotations.jsonl"]
-    if stage == "04_pair":
-        return sorted((rd / "datasets").glob("*.jsonl"))
-    if stage in methods.by_stage():
-        return sorted((rd / "adapters").glob(f"{methods.by_stage()[stage]}*/adapter_model.safetensors"))
-    if stage == "09_evaluate":
-        return [rd / "eval" / "results.csv"]
-    if stage == "10_analyse":
-        return sorted((rd / "tables").glob("*.csv"))
-    raise ValueError(f"unknown stage {stage!r}; stages: {all_stages()}")
 
 
 _FILE_HASHES: dict[tuple, str] = {}
@@ -142,18 +46,18 @@ def files_hash(params: Params, files: list[Path]) -> str | None:
 
 def outputs_hash(params: Params, stage: str) -> str | None:
     """Hash of a stage's output files as they are on disk now (None when one is missing)."""
-    return files_hash(params, stage_outputs(params, stage))
+    return files_hash(params, stage_table.outputs(params, stage))
 
 
 def stage_inputs(params: Params, stage: str) -> dict[str, list[Path]]:
-    """The files a stage reads, by the active upstream stage that writes them (`spec_of(stage).reads`)."""
-    rd, active = params.run_dir, active_stages(params)
+    """The files a stage reads, by the active upstream stage that writes them (`mmpref.stages`: its `reads`)."""
+    rd, active = params.run_dir, stage_table.active(params)
     out = {}
-    for up, paths in spec_of(stage).reads.items():
+    for up, paths in stage_table.get(stage).reads.items():
         if up not in active:
             continue
         if not paths:
-            out[up] = stage_outputs(params, up)
+            out[up] = stage_table.outputs(params, up)
             continue
         out[up] = [f for p in paths for f in (sorted(rd.glob(p)) if any(c in p for c in "*?[") else [rd / p])]
     return out
@@ -176,8 +80,27 @@ def expected(params: Params, stage: str) -> dict:
     """What a stage's manifest line must hold to be complete: the hash of its params sections, and the hashes of
     its inputs, i.e. the files it reads, per upstream stage, as they are on disk now (not as the manifest remembers
     them: a damaged or replaced input makes every stage that read it stale)."""
-    return {"params_hash": params.section_hash(*spec_of(stage).sections),
+    return {"params_hash": params.section_hash(*stage_table.get(stage).sections),
             "input_hashes": {u: files_hash(params, files) for u, files in stage_inputs(params, stage).items()}}
+
+
+def _flat(tree, prefix: str = "") -> dict[str, object]:
+    if isinstance(tree, dict) and tree:
+        return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): tree}
+
+
+def changed_keys(old: dict, new: dict, limit: int = 3) -> str:
+    """The params keys whose values differ, dotted, with old -> new: "train.mm_dpo.w 0.5 -> 2.0"."""
+    a, b = _flat(old), _flat(new)
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, "(unset)") != b.get(k, "(unset)"))
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 48 else text[:45] + "..."
+
+    shown = [f"{k} {short(a.get(k, '(unset)'))} -> {short(b.get(k, '(unset)'))}" for k in keys[:limit]]
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(shown) + more if keys else "a value the hash covers"
 
 
 def stage_why(params: Params, stage: str) -> tuple[str, str]:
@@ -189,7 +112,10 @@ def stage_why(params: Params, stage: str) -> tuple[str, str]:
         return "failed", str(line.get("error") or "the last run failed")[:120]
     exp = expected(params, stage)
     if line["params_hash"] != exp["params_hash"]:
-        return "stale", f"params changed (sections {', '.join(spec_of(stage).sections)})"
+        sections = stage_table.get(stage).sections
+        if "params" not in line:  # a line written before the manifest kept the values
+            return "stale", f"params changed (sections {', '.join(sections)})"
+        return "stale", f"params changed: {changed_keys(line['params'], params.section_values(*sections))}"
     old_inputs = line.get("input_hashes") or {}
     for up, h in exp["input_hashes"].items():
         if old_inputs.get(up) != h:
@@ -230,11 +156,11 @@ def missing_inputs(params: Params, stage: str) -> list[tuple[str, Path]]:
     """(upstream stage, file or folder) for each input of `stage` not on disk (a folder when the stage's outputs are
     a set of files and there are none)."""
     out = []
-    spec = spec_of(stage)
+    spec = stage_table.get(stage)
     for up in spec.upstream:
-        if up not in active_stages(params) or up in spec.optional:
+        if up not in stage_table.active(params) or up in spec.optional:
             continue
-        files = stage_outputs(params, up)
+        files = stage_table.outputs(params, up)
         if not files:
             folder = {"04_pair": "datasets"}.get(up, "adapters")
             out.append((up, params.run_dir / folder))
@@ -248,7 +174,7 @@ def require_inputs(params: Params, stage: str, params_path: str | Path = "PARAMS
     missing = missing_inputs(params, stage)
     if not missing:
         return
-    up, path = max(missing, key=lambda m: all_stages().index(m[0]))  # the nearest stage that has not made its files
+    up, path = max(missing, key=lambda m: stage_table.names().index(m[0]))  # the nearest stage that has not made its files
     sets = "".join(f" --set {k}" for k in _dotted(overrides or {}))
     raise MissingInput(f"stage {stage} needs {path}, which stage {up} makes and has not made; run it first: "
                        f"mmpref run {params_path} --stages {up.split('_')[0]}{sets}")
@@ -275,8 +201,8 @@ class Stage:
     def __init__(self, params_path: str, overrides: dict | None, name: str, force: bool | None = None):
         import os
 
-        if name not in all_stages():
-            raise ValueError(f"unknown stage {name!r}; stages: {all_stages()}")
+        if name not in stage_table.names():
+            raise ValueError(f"unknown stage {name!r}; stages: {stage_table.names()}")
         die_with_runner()
         self.name = name
         self.force = name in os.environ.get(FORCE_ENV, "").split(",") if force is None else force
@@ -295,11 +221,12 @@ class Stage:
     def done(self, **summary) -> "StageReport":
         exp = expected(self.params, self.name)
         line = {"stage": self.name, "status": "ok", **exp, "outputs_hash": outputs_hash(self.params, self.name),
+                "params": self.params.section_values(*stage_table.get(self.name).sections),
                 "seconds": round(time.time() - self.start, 1), "versions": package_versions(),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "summary": summary}
         append_jsonl(manifest_path(self.params), line)
         log.info("stage %s done in %.1fs", self.name, line["seconds"])
-        return StageReport(line, self.run_dir, stage_outputs(self.params, self.name))
+        return StageReport(line, self.run_dir, stage_table.outputs(self.params, self.name))
 
 
 def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None) -> dict:
@@ -331,7 +258,7 @@ def judge_spend(run_dir: str | Path, tasks: list[str], judge_params, judge=None)
             batch_out += int(reply.get("output_tokens") or 0)
         ids.add(str(rec.get("judge_id", "")))
     p_in, p_out = judge_params.price_input_per_mtok, judge_params.price_output_per_mtok
-    if judge_params.backend == "rubric":
+    if BACKENDS[judge_params.backend].free:
         cost = 0.0  # the miniature's local judge: its token counts are simulated
     elif p_in is not None and p_out is not None:
         factor = judge_params.batch_price_factor
@@ -366,7 +293,7 @@ def parse_stage_range(spec: str | None, available: list[str]) -> list[str]:
     if not spec:
         return list(available)
 
-    stages = all_stages()
+    stages = stage_table.names()
 
     def find(token: str) -> int:
         token = token.strip()
@@ -413,7 +340,7 @@ FAILED_ITEMS_FILE = {"02_sample": "gold.jsonl", "03_annotate": "annotations.json
 def failed_items(params: Params, stage: str, since: float | None = None) -> int | None:
     """The judge items a stage's output file records as failed (FAILED_ITEMS_FILE), for a stage that ended without
     its manifest summary; None when the stage has no such file, or it was not written since `since`."""
-    files = [f for f in stage_outputs(params, stage) if f.name == FAILED_ITEMS_FILE.get(stage)]
+    files = [f for f in stage_table.outputs(params, stage) if f.name == FAILED_ITEMS_FILE.get(stage)]
     if not files or not files[0].is_file() or (since is not None and files[0].stat().st_mtime < since):
         return None
     if files[0].suffix == ".csv":
@@ -630,8 +557,8 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
         overrides = deep_merge(overrides or {}, {"judge": {"retry_failed": True},
                                                  "evaluate": {"judge": {"retry_failed": True}}})
     params = load_params(path, overrides)
-    todo = parse_stage_range(stages, active_stages(params))
-    forced = set(parse_stage_range(",".join(force), all_stages())) if force else set()
+    todo = parse_stage_range(stages, stage_table.active(params))
+    forced = set(parse_stage_range(",".join(force), stage_table.names())) if force else set()
     params.run_dir.mkdir(parents=True, exist_ok=True)
     lock = acquire_lock(params.run_dir)
     os.environ["MMPREF_RUN_LOCK"], os.environ["MMPREF_RUNNER_PID"] = lock["token"], str(os.getpid())
@@ -733,14 +660,19 @@ def status(params_path: str, overrides: dict | None = None) -> list[dict]:
     state (a complete stage with failed judge items: the command that re-asks them) and its failed judge items."""
     params = load_params(params_path, overrides)
     lines = last_lines(params)
-    out = []
-    for s in active_stages(params):
+    out, states = [], {}
+    for s in stage_table.active(params):
         state, why = stage_why(params, s)
         line = lines.get(s, {})
         failed = (line.get("summary") or {}).get("failed")
         seconds = line.get("seconds")
-        if state == "complete":
+        behind = [u for u in stage_table.get(s).upstream if states.get(u, "complete") != "complete"]
+        if state == "complete" and behind:  # its inputs are as it read them, but an upstream stage will rerun first
+            state, why = "upstream stale", f"{behind[0]} is {states[behind[0]]}: this stage reruns after it if its " \
+                                           f"outputs change"
+        elif state == "complete":
             why = retry_hint(params_path, s, overrides, failed) if failed else ""
+        states[s] = state
         out.append({"stage": s, "state": state, "when": line.get("finished") or ("not run" if not line else ""),
                     "seconds": "" if seconds is None else f"{seconds:.1f}",
                     "why": "" if line == {} else why, "failed items": failed or ""})

@@ -34,8 +34,13 @@ from typing import Any
 
 import torch
 
+from mmpref.mm_dpo import MARGIN_COLUMN
+
 # keys a prompt's processor output may carry besides input_ids/attention_mask and still suit 1D positions
 PIXEL_KEYS = ("pixel_values", "image_sizes")
+# per-pair dataset columns that the collators carry into the batch untouched: the cached reference log-probs and
+# MM-DPO's margin (mmpref.mm_dpo.MARGIN_COLUMN)
+PAIR_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", MARGIN_COLUMN)
 MASK_ATTENTION = ("sdpa", "eager")
 # segments of a packed row
 PAD, PROMPT, LAST, CHOSEN, REJECTED = -1, 0, 1, 2, 3
@@ -122,7 +127,7 @@ def shared_prefix_mask(segments: torch.Tensor, attn_implementation: str, dtype: 
 class SharedPrefixCollator:
     """TRL's `DataCollatorForVisionPreference` input (images, prompt, chosen, rejected; conversational or not),
     rendered and tokenized as it does, packed one row per pair (`pack_pairs`); each image is processed once.
-    Cached reference log-probs (`ref_chosen_logps`/`ref_rejected_logps`) pass through."""
+    The per-pair columns of `PAIR_COLUMNS` (cached reference log-probs, MM-DPO's margin) pass through."""
 
     processor: Any
     max_length: int | None = None
@@ -131,10 +136,7 @@ class SharedPrefixCollator:
         from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 
         examples = [dict(e) for e in examples]
-        ref = None
-        if "ref_chosen_logps" in examples[0]:
-            ref = (torch.tensor([e.pop("ref_chosen_logps") for e in examples]),
-                   torch.tensor([e.pop("ref_rejected_logps") for e in examples]))
+        carried = {k: torch.tensor([e.pop(k) for e in examples]) for k in PAIR_COLUMNS if k in examples[0]}
         for e in examples:
             if "image" in e:
                 e["images"] = [e.pop("image")]
@@ -170,9 +172,7 @@ class SharedPrefixCollator:
         out.update({k: prompts[k] for k in PIXEL_KEYS if k in prompts})
         # TRL's `num_tokens` metric sums `attention_mask`: here, the tokens the packed forward really ran
         out["attention_mask"] = out["packed_attention_mask"]
-        if ref is not None:
-            out["ref_chosen_logps"], out["ref_rejected_logps"] = ref
-        return out
+        return {**out, **carried}
 
 
 class SharedPrefixMixin:

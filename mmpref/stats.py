@@ -56,6 +56,10 @@ CLAIMS = [
     ("C3", "DPO's text gain beats rejection sampling: dpo > rejection_sampling", "mt_bench", "dpo",
      "rejection_sampling", "greater"),
     ("C4", "DPO keeps multi-modal skill: no significant loss, dpo vs vit", "mmbench", "dpo", "vit", "no_loss"),
+    # MM-RLHF's claim for its Dynamic Reward Scaling (section 4.2, Table 8: MM-DPO above DPO on its benchmarks)
+    ("M1", "scaling beta by the pair's margin beats plain DPO: mm_dpo > dpo", "mt_bench", "mm_dpo", "dpo", "greater"),
+    ("M1", "scaling beta by the pair's margin beats plain DPO: mm_dpo > dpo", "llava_bench", "mm_dpo", "dpo",
+     "greater"),
 ]
 
 
@@ -206,7 +210,7 @@ def verdict(kind: str, lo: float, hi: float) -> str:
 
 def claims(run_dir: str | Path, items: Callable[[str], Sequence] | None = None,
            n_resamples: int = N_RESAMPLES, seed: int = SEED, level: float = LEVEL) -> pd.DataFrame:
-    """The paper's claims C1-C4 judged on this run's per-item records: one row per comparison with the evidence
+    """The paper's claims C1-C4 (and MM-RLHF's M1, where the run trains MM-DPO) judged on this run's per-item records: one row per comparison with the evidence
     (point estimates), the difference a - b, its paired bootstrap interval and the verdict ("reproduced", "not
     reproduced", "inconclusive", or "not measured" when a model or benchmark is missing from the run)."""
     cache: dict[tuple[str, str], list[dict]] = {}

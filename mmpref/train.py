@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from mmpref import methods
 from mmpref.families import Family, family_for_checkpoint, processor_identity
 from mmpref.io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_json, write_json
 from mmpref.models import chat_messages, chat_templates, checkpoint_identity, image_padding, load_processor
+from mmpref.pairing import subsample
 from mmpref.sampling import open_image
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class TrainSettings:
     precompute_ref_log_probs: bool = True
     share_prefix: bool = False
     disable_dropout: bool | None = None  # DPO: TRL's disable_dropout (train.dpo.disable_dropout); None for SFT
+    beta_scaling: dict | None = None  # MM-DPO's per-pair beta (mmpref.mm_dpo: w, k, scaling, margin); None: DPO's
     lr_scheduler: str = "cosine"
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
@@ -88,6 +91,8 @@ class TrainSettings:
         skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed", "share_prefix", "pad_images"}
         if self.disable_dropout is None:  # SFT: TRL's SFTTrainer keeps dropout; only DPO's trainer can disable it
             skip.add("disable_dropout")
+        if self.beta_scaling is None:  # plain DPO and SFT: fingerprints as before MM-DPO existed (adapters reused)
+            skip.add("beta_scaling")
         return {k: v for k, v in self.__dict__.items() if k not in skip}
 
 
@@ -452,22 +457,18 @@ def _dpo_trainer_class():
     from trl import DPOTrainer
     from trl.trainer.dpo_trainer import DataCollatorForVisionPreference
 
-    from mmpref.shared_prefix import SharedPrefixCollator, SharedPrefixMixin, require_mask_attention
+    from mmpref.mm_dpo import BetaScalingMixin
+    from mmpref.shared_prefix import PAIR_COLUMNS, SharedPrefixCollator, SharedPrefixMixin, require_mask_attention
 
     class CollatorWithReference(DataCollatorForVisionPreference):
         def torch_call(self, examples):
-            ref = None
-            if "ref_chosen_logps" in examples[0]:
-                ref = (torch.tensor([e.pop("ref_chosen_logps") for e in examples]),
-                       torch.tensor([e.pop("ref_rejected_logps") for e in examples]))
-            out = super().torch_call(examples)
-            if ref is not None:
-                out["ref_chosen_logps"], out["ref_rejected_logps"] = ref
-            return out
+            carried = {k: torch.tensor([e.pop(k) for e in examples]) for k in PAIR_COLUMNS if k in examples[0]}
+            return {**super().torch_call(examples), **carried}
 
-    class DPOWithCachedReference(SharedPrefixMixin, _with_projector_lr(DPOTrainer)):
+    class DPOWithCachedReference(BetaScalingMixin, SharedPrefixMixin, _with_projector_lr(DPOTrainer)):
         """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk by content; with
-        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py)."""
+        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py); with `beta_scaling`, MM-DPO's
+        beta per pair (mmpref/mm_dpo.py)."""
 
         def __init__(self, *args, ref_cache: Path | None = None, pair_keys: list[str] | None = None,
                      share_prefix: bool = False, **kwargs):
@@ -489,7 +490,7 @@ def _dpo_trainer_class():
 
         def _set_signature_columns_if_needed(self):
             super()._set_signature_columns_if_needed()
-            self._signature_columns = list(self._signature_columns) + ["ref_chosen_logps", "ref_rejected_logps"]
+            self._signature_columns = list(self._signature_columns) + list(PAIR_COLUMNS)
 
         @torch.no_grad()
         def _compute_reference(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -564,6 +565,10 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
+    if settings.beta_scaling:
+        from mmpref.mm_dpo import MARGIN_COLUMN, pair_margin
+
+        data = data.add_column(MARGIN_COLUMN, [pair_margin(r, settings.beta_scaling["margin"]) for r in rows])
     model = _load_policy(policy_ref, settings) if model is None else model
     reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
     keys = [reference_key(reference, proc_id, settings.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
@@ -583,6 +588,7 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=processor,
                           peft_config=lora_config(settings), ref_cache=ref_cache, pair_keys=keys,
                           share_prefix=settings.share_prefix)
+    trainer.beta_scaling = settings.beta_scaling
     return trainer, processor
 
 
@@ -609,6 +615,10 @@ def train_dpo(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path, s
     return info
 
 
+# a method's trainer kind (mmpref.methods.Method.trainer) -> the function that trains one adapter of it
+TRAINERS = {"sft": train_sft, "dpo": train_dpo}
+
+
 def _share_prefix(choice, family: str) -> bool:
     """`train.dpo.share_prefix` for a family: auto = where its text positions are 1D; true there only."""
     from mmpref.families import FAMILIES
@@ -633,7 +643,9 @@ def settings_from_params(params, method: str) -> TrainSettings:
         family=family_for_checkpoint(policy_ref, params.models.family).name,
         chat_template=chat_templates(params)[0], pad_images=image_padding(params),
     )
-    if methods.method_of(method).trainer == "dpo":
+    spec = methods.method_of(method)
+    extra = spec.settings(params) if spec.settings else {}
+    if spec.trainer == "dpo":
         d = t.dpo
         return TrainSettings(learning_rate=d.learning_rate, batch_size=d.batch_size, grad_accum=d.grad_accum,
                              epochs=d.epochs, max_length=d.max_length, beta=d.beta,
@@ -641,11 +653,11 @@ def settings_from_params(params, method: str) -> TrainSettings:
                              share_prefix=_share_prefix(d.share_prefix, common["family"]),
                              disable_dropout=d.disable_dropout,
                              train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
-                             **common)
+                             **common, **extra)
     s = t.sft
     return TrainSettings(learning_rate=s.learning_rate, batch_size=s.batch_size, grad_accum=s.grad_accum,
                          epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector,
-                         projector_learning_rate=s.projector_learning_rate, **common)
+                         projector_learning_rate=s.projector_learning_rate, **common, **extra)
 
 
 def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
@@ -655,8 +667,6 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
     Notebooks 05-08 call this in-process; on a multi-GPU node the same call runs under accelerate:
     `accelerate launch --config_file params/accelerate/zero3-4gpu.yaml -m mmpref.cli train PARAMS METHOD`.
     """
-    from mmpref.pairing import subsample
-
     run_dir = params.run_dir
     policy_ref = params.model_ref(params.models.policy)
     settings = settings_from_params(params, method)
@@ -668,18 +678,22 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
                              f"install with: pip install -e '.[gpu]'")
     spec = methods.get(method)
     rows = read_jsonl(run_dir / "datasets" / f"{spec.dataset}.jsonl")
-    if spec.trainer == "sft":
-        return {method: train_sft(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, force=force)}
-    ref_cache = run_dir / "adapters" / "reference_logps.jsonl"
-    infos = {}
-    if params.train.dpo.sweep is not None:
-        settings, infos["sweep"] = dpo_sweep(params, rows, settings, ref_cache, force=force)
-    infos[method] = train_dpo(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, ref_cache=ref_cache,
-                              force=force)
+    train, infos, extra = TRAINERS[spec.trainer], {}, {}
+    if spec.trainer == "dpo":
+        extra["ref_cache"] = run_dir / "adapters" / "reference_logps.jsonl"
+        if params.train.dpo.sweep is not None:
+            # the paper's search, with plain DPO's settings: a DPO-kind method (MM-DPO) trains at the winner's beta,
+            # averaging and learning rate, found in adapters/dpo_sweep (trained once, by whichever stage runs first;
+            # a forced MM-DPO retrains its own adapter, not the trials, which belong to DPO's stage)
+            chosen, infos["sweep"] = dpo_sweep(params, rows, settings_from_params(params, "dpo"), extra["ref_cache"],
+                                               force=force and method == "dpo")
+            settings = dataclasses.replace(settings, beta=chosen.beta, average_log_prob=chosen.average_log_prob,
+                                           learning_rate=chosen.learning_rate)
+    infos[method] = train(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, force=force, **extra)
     for fraction in params.train.dpo.fractions if spec.trains_fractions else []:
         name = methods.fraction_adapter(method, fraction)
-        infos[name] = train_dpo(policy_ref, subsample(rows, fraction, seed=params.run.seed), run_dir,
-                                run_dir / "adapters" / name, settings, ref_cache=ref_cache, force=force)
+        infos[name] = train(policy_ref, subsample(rows, fraction, seed=params.run.seed), run_dir,
+                            run_dir / "adapters" / name, settings, force=force, **extra)
     return infos
 
 

@@ -47,7 +47,7 @@ def world(tmp_path, monkeypatch):
 
 
 def judge(url, cache, **kw):
-    kw.setdefault("max_retries", 2)
+    kw.setdefault("network_retries", 2)
     return make_judge("gemini", "gemini-fake", cache_dir=cache, base_url=url, backoff_initial_s=0.0,
                       backoff_max_s=0.0, max_concurrency=3, **kw)
 
@@ -108,7 +108,7 @@ def test_slow_and_malformed_replies_are_retried_then_recorded(world, no_network_
         recs = annotate_samples(j, prompts[:1], samples[:1], run_dir, out)
         assert recs[0]["status"] == "ok" and j.usage()["retries"] == 1
         g.latency_s = 0.5  # every reply later than the timeout: given up after the network retries, recorded
-        j = judge(g.url, run_dir / "cache", timeout_s=0.2, max_retries=1)
+        j = judge(g.url, run_dir / "cache", timeout_s=0.2, network_retries=1)
         recs = annotate_samples(j, prompts[:3], samples[:3], run_dir, out)
         assert [r["status"] for r in recs] == ["ok", "failed", "failed"]
         assert "Timeout" in recs[1]["error"] or "timed out" in recs[1]["error"]

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpref import nbcheck
+from mmpref import methods, nbcheck
+from mmpref import stages as stage_table
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -159,7 +160,7 @@ def test_intervals_claims_and_anatomy(run_dir):
     assert {r["model"] for r in anatomy} >= {"base-lm", "vit", "dpo"}
 
 
-@pytest.mark.parametrize("stage", sorted(nbcheck.EXPECTED))
+@pytest.mark.parametrize("stage", stage_table.names())
 def test_notebook_outputs_are_evidence_not_logs(run_dir, stage):
     """Each executed notebook as a student opens it: no traceback, no raw log line, no library deprecation warning,
     no progress bar saved without its state, tables rounded, at least its plots and tables, a short summary at the
@@ -168,7 +169,7 @@ def test_notebook_outputs_are_evidence_not_logs(run_dir, stage):
     assert found == [], "\n".join(found)
     log = (run_dir / "logs" / f"{stage}.log").read_text()
     assert f"INFO mmpref.runner: stage {stage} done in" in log
-    if stage.split("_")[0] in ("05", "06", "07", "08"):
+    if stage in methods.by_stage():
         adapters = [d for d in (run_dir / "adapters").iterdir() if (d / "adapter_model.safetensors").exists()]
         assert all((d / "loss.pdf").exists() and (d / "loss.png").exists() for d in adapters)
 

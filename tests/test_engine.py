@@ -69,7 +69,7 @@ def test_shared_prefill_samples_what_stock_generate_samples(which, checkpoint, t
     stock `generate(num_return_sequences=k)` draws with that seed (same logits, same RNG draws), so the
     distribution is the stock one; and the same seed gives the same samples again."""
     if which == "llava15_shaped":
-        from mmpref.shapes import build_llava15_shaped, write_image
+        from mmpref.shaped_checkpoints import build_llava15_shaped, write_image
 
         policy = Policy.load(str(build_llava15_shaped(tmp_path / "ck")), "p", dtype="float32", device="cpu")
         images = [str(write_image(tmp_path / f"{i}.png", size=(336 + 50 * i, 300), seed=i)) for i in range(2)]

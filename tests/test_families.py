@@ -127,7 +127,7 @@ def test_qwen2vl_family_row_places_lora_and_projector_on_a_qwen2vl_shaped_model(
     from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoTokenizer
 
     from mmpref.families import family_for_checkpoint
-    from mmpref.shapes import build_qwen2vl_shaped, write_image
+    from mmpref.shaped_checkpoints import build_qwen2vl_shaped, write_image
     from mmpref.train import TrainSettings, lora_config
 
     path = build_qwen2vl_shaped(tmp_path / "qwen2-vl")

@@ -18,7 +18,7 @@ from mmpref.figures import (
     table2,
     table3,
 )
-from mmpref.pairing import ATTRIBUTES
+from mmpref.ratings import ATTRIBUTES
 from mmpref.world.truth import key_answer_correct, noisy_human_preferences
 
 PAPER = Path(__file__).resolve().parents[1] / "params" / "paper_results.yaml"

@@ -24,7 +24,7 @@ def judge(fake, tmp_path, monkeypatch):
     monkeypatch.delenv("GOOGLE_API_KEY", raising=False)
     monkeypatch.setenv("GEMINI_API_KEY", API_KEY)
     return make_judge("gemini", "gemini-test", tmp_path / "cache", base_url=fake.url, backoff_initial_s=0.01,
-                      max_retries=3, price_input_per_mtok=1.25, price_output_per_mtok=10.0)
+                      network_retries=3, price_input_per_mtok=1.25, price_output_per_mtok=10.0)
 
 
 GOOD = {"reasoning": "Response 1 is right, response 2 is wrong.",

@@ -118,7 +118,7 @@ def test_non_retryable_not_retried_and_exhaustion():
     with pytest.raises(JudgeError, match="401"):
         j.complete(req())
     assert len(j.calls) == 1
-    j = ScriptedJudge([RetryableJudgeError("503", 503)] * 3, max_retries=2)
+    j = ScriptedJudge([RetryableJudgeError("503", 503)] * 3, network_retries=2)
     with pytest.raises(JudgeError, match="giving up after 2 retries"):
         j.complete(req())
     assert len(j.calls) == 3
@@ -345,3 +345,36 @@ def test_openai_backend_sends_the_official_temperature(fake_openai, monkeypatch)
     assert grade_llava_bench(j, "q", "c", "r", "a")[:2] == (8.0, 7.0)
     j.complete(JudgeRequest(task="answer", prompt="hello"))
     assert [r["body"]["temperature"] for r in fake_openai.requests] == [0.2, 0.0]
+
+
+def test_a_backend_describes_itself_to_params_make_judge_and_check(monkeypatch, tmp_path):
+    """A judge backend is a Judge subclass plus its BACKENDS entry: params accept it, make_judge builds it, and
+    `mmpref check` names its key variable and prices it, with no list elsewhere to edit."""
+    from mmpref import judges, preflight
+    from mmpref.config import JudgeParams
+    from mmpref.judges import BACKENDS, make_judge
+
+    class ToyJudge(Judge):
+        backend, key_envs = "toy", ("TOY_KEY",)
+
+        def __init__(self, model, cache_dir=None, **limits):
+            super().__init__(cache_dir=cache_dir, max_concurrency=1)
+            self.model, self.judge_id = model, f"toy:{model}"
+
+        def _call(self, req):
+            return JudgeReply(text="ok", input_tokens=1, output_tokens=1)
+
+    with pytest.raises(ValueError, match=r"unknown judge backend 'toy'; allowed: \['rubric', 'gemini', 'openai'\]"):
+        JudgeParams(backend="toy", model="m")
+    monkeypatch.setitem(BACKENDS, "toy", ToyJudge)
+    jp = JudgeParams(backend="toy", model="m1", price_input_per_mtok=1.0, price_output_per_mtok=2.0)
+    assert isinstance(make_judge("toy", "m1"), ToyJudge)
+    monkeypatch.delenv("TOY_KEY", raising=False)
+    row = preflight._key_row("annotation", jp)
+    assert not row["ok"] and "TOY_KEY not set" in row["detail"] and "export TOY_KEY" in row["fix"]
+    monkeypatch.setenv("TOY_KEY", "k")
+    assert preflight._key_row("annotation", jp)["ok"]
+    assert preflight._usd(jp, "judge", 1e6, 1e6) == (3.0, "")
+    with pytest.raises(ValueError, match="no batch API"):
+        JudgeParams(backend="toy", model="m1", batch=True)
+    assert judges.BACKENDS["rubric"].free and preflight._usd(JudgeParams(backend="rubric"), "judge", 1e6, 0)[0] == 0

@@ -19,8 +19,9 @@ from mmpref.evaluate.llava_bench import grade_llava_bench
 from mmpref.evaluate.mmvet import grade_mmvet
 from mmpref.evaluate.mt_bench import grade_single
 from mmpref.judges.base import JudgeError, JudgeRequest
-from mmpref.judges.parsing import ATTRIBUTES
-from mmpref.pairing import dpo_pair, quality
+from mmpref.ratings import ATTRIBUTES
+from mmpref.pairing import dpo_pair
+from mmpref.ratings import quality
 from tests.loopback import (
     GeminiServer,
     NetworkBlocked,
@@ -59,7 +60,7 @@ def api(request, tmp_path, monkeypatch, no_network_but_loopback):
     server = GeminiServer(api_key=GEMINI_KEY) if request.param == "gemini" else OpenAIServer(api_key=OPENAI_KEY)
     cache = tmp_path / "cache"
     judge = make_judge(request.param, f"{request.param}-loopback-model", cache, base_url=server.url,
-                       backoff_initial_s=0.01, max_retries=2)
+                       backoff_initial_s=0.01, network_retries=2)
     yield request.param, server, judge, cache
     server.close()
     assert not no_network_but_loopback.blocked
@@ -331,7 +332,7 @@ def test_guard_refuses_non_loopback_and_allows_loopback():
 
 def test_guard_stops_a_judge_aimed_off_the_machine(tmp_path, monkeypatch, no_network_but_loopback):
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
-    judge = make_judge("openai", "m", None, base_url="http://10.255.255.1:9/v1", max_retries=0, timeout_s=2)
+    judge = make_judge("openai", "m", None, base_url="http://10.255.255.1:9/v1", network_retries=0, timeout_s=2)
     with pytest.raises(NetworkBlocked):  # not an OSError: never mistaken for a transient error and retried
         judge.complete(JudgeRequest(task="answer", prompt="hi"))
     assert no_network_but_loopback.blocked

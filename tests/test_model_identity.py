@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from mmpref import stages as stage_table
 from mmpref import runner, train
 from mmpref.annotate import annotate_samples, collect_gold
 from mmpref.config import load_params
@@ -232,7 +233,7 @@ def complete_run(run_dir: Path, params):
         (run_dir / "adapters" / name / "adapter_model.safetensors").write_bytes(f"{name} adapter".encode())
     (run_dir / "eval").mkdir()
     (run_dir / "eval" / "results.csv").write_text("model,benchmark,metric,value\n")
-    for stage in runner.active_stages(params)[:-1]:  # all but 10
+    for stage in stage_table.active(params)[:-1]:  # all but 10
         runner.Stage("params/tiny.yaml", {}, stage).done()
         assert runner.stage_state(params, stage) == "complete", stage
 

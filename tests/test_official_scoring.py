@@ -215,7 +215,7 @@ def expand2square(pil_img, background_color):
 
 @pytest.fixture(scope="module")
 def llava15(tmp_path_factory):
-    from mmpref.shapes import build_llava15_shaped
+    from mmpref.shaped_checkpoints import build_llava15_shaped
 
     out = tmp_path_factory.mktemp("llava15") / "llava-1.5-shaped"
     build_llava15_shaped(out)

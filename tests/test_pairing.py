@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import pytest
 
+from mmpref import methods
 from mmpref.io import read_jsonl
-from mmpref.pairing import (
-    STEERLM_SUFFIX,
-    build_datasets,
-    dpo_pair,
-    prompt_seed,
-    quality,
-    steerlm_inference_question,
-    steerlm_question,
-    subsample,
-)
+from mmpref.pairing import build_datasets as _build_datasets
+from mmpref.pairing import dpo_pair, prompt_seed, steerlm_inference_question, subsample
+from mmpref.ratings import STEERLM_SUFFIX, quality, steerlm_question
+
+
+def build_datasets(*args, **kwargs):
+    """Stage 04's call: every registered method's dataset."""
+    return _build_datasets(*args, builders=methods.datasets(), **kwargs)
 
 
 def s(h, c, o, x=2, v=2):

@@ -29,7 +29,7 @@ from test_benchmarks import make_llava_bench, make_mmbench, make_mmvet, make_pop
 from mmpref.config import deep_merge, load_params
 from mmpref.families import FAMILIES, VICUNA_SYSTEM
 from mmpref.io import read_jsonl, write_jsonl
-from mmpref.shapes import (build_llava15_shaped, build_llava_next_shaped, build_qwen2vl_shaped,
+from mmpref.shaped_checkpoints import (build_llava15_shaped, build_llava_next_shaped, build_qwen2vl_shaped,
                            build_vicuna_shaped, write_image)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def write_prompt_sources(data: Path, n: int = 6) -> None:
 
 
 def paper_shaped_params(root: Path, data: Path, gemini_url: str, openai_url: str, *, name: str, policy: str,
-                        methods=("sft_gold", "steerlm", "rejection_sampling", "dpo"), fractions=(0.5,),
+                        methods=("sft_gold", "steerlm", "rejection_sampling", "dpo", "mm_dpo"), fractions=(0.5,),
                         family: str = "llava", base_lm: str | None = "{data_dir}/checkpoints/vicuna-shaped",
                         extra: dict | None = None) -> Path:
     """params/paper-13b.yaml with only sizes, paths and the judges' base URLs changed."""
@@ -162,7 +162,7 @@ def test_every_stage_ran_without_network(paper):
     lines = read_jsonl(paper["run"] / "manifest.jsonl")
     ok = {line["stage"] for line in lines if line["status"] == "ok"}
     assert ok == {"01_collect", "02_sample", "03_annotate", "04_pair", "05_train_sft_gold", "06_train_steerlm",
-                  "07_train_rejection_sampling", "08_train_dpo", "09_evaluate", "10_analyse"}
+                  "07_train_rejection_sampling", "08_train_dpo", "08b_train_mm_dpo", "09_evaluate", "10_analyse"}
     assert not (paper["root"] / "guard.log").exists(), (paper["root"] / "guard.log").read_text()
 
 
@@ -189,11 +189,17 @@ def test_training_used_the_family_prompt_format_and_cached_reference(paper):
     assert info["reference_logps"]["computed"] == info["rows"]
     frac = json.loads((paper["run"] / "adapters" / "dpo_frac0.5" / "mmpref_train.json").read_text())
     assert frac["reference_logps"] == {"computed": 0, "cached": frac["rows"]}  # the fraction reuses dpo's
+    # MM-DPO: DPO's pairs, settings and cached reference, with the 13B params' beta scaling
+    mm = json.loads((paper["run"] / "adapters" / "mm_dpo" / "mmpref_train.json").read_text())
+    assert mm["settings"]["beta_scaling"] == {"w": 0.5, "k": 0.5, "scaling": "per_sample", "margin": "judge_quality"}
+    assert mm["rows"] == info["rows"] and mm["reference_logps"] == {"computed": 0, "cached": mm["rows"]}
+    assert {k: v for k, v in mm["settings"].items() if k not in ("method", "beta_scaling")} == \
+        {k: v for k, v in info["settings"].items() if k not in ("method", "beta_scaling")}
 
 
 def test_evaluation_judged_through_openai_and_table2_made(paper):
     results = pd.read_csv(paper["run"] / "eval" / "results.csv")
-    models = {"base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo", "dpo_frac0.5"}
+    models = {"base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo", "mm_dpo", "dpo_frac0.5"}
     assert set(results["model"]) == models
     judged = results[results["benchmark"].isin(["mt_bench", "alpaca_eval", "mmvet", "llava_bench"])]
     assert not judged.empty and judged["judge"].str.contains("gpt-4-0613").all()

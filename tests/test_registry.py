@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from mmpref import figures, methods, runner, stats
+from mmpref import stages as stage_table
+from mmpref import figures, methods, pairing, runner, stats
 from mmpref.config import ParamsError, load_params
 from mmpref.evaluate import registry, suite
 from mmpref.evaluate.protocol import (RULE_JUDGE, Score, judge_run_rows, run_benchmark, run_items, score_records,
@@ -84,14 +85,14 @@ def test_unregistered_benchmark_is_a_config_error():
 def test_a_registered_method_flows_into_config_and_the_stage_plan(monkeypatch, tmp_path):
     with pytest.raises(ParamsError, match="unknown method"):
         load_params("params/tiny.yaml", {"train": {"methods": ["ipo"]}})
-    monkeypatch.setattr(methods, "METHODS", [*methods.METHODS, methods.Method("ipo", "IPO", "dpo", "08b_train_ipo",
-                                                                            "dpo")])
+    monkeypatch.setattr(methods, "METHODS", [*methods.METHODS, methods.Method("ipo", "IPO", "dpo", "08c_train_ipo",
+                                                                            "dpo", pairing.dpo_rows)])
     params = load_params("params/tiny.yaml", {"train": {"methods": ["dpo", "ipo"]},
                                               "run": {"run_dir": str(tmp_path / "run")}})
-    stages = runner.active_stages(params)
-    assert "08b_train_ipo" in stages and "05_train_sft_gold" not in stages
-    assert runner.spec_of("08b_train_ipo").sections == ("run", "models", "train", "evaluate")
-    assert "08b_train_ipo" in runner.spec_of("09_evaluate").upstream
+    stages = stage_table.active(params)
+    assert "08c_train_ipo" in stages and "05_train_sft_gold" not in stages
+    assert stage_table.get("08c_train_ipo").sections == ("run", "models", "train", "evaluate")
+    assert "08c_train_ipo" in stage_table.get("09_evaluate").upstream
     assert ("ipo", str(tmp_path / "adapters" / "ipo")) in [(n, a) for n, a, _ in suite.plan(params, tmp_path)]
     assert figures.fraction_model(0.5) == "dpo_frac0.5" == methods.fraction_adapter("dpo", 0.5)
 

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from mmpref import stages as stage_table
 from mmpref import runner
 from mmpref.config import load_params
 
@@ -14,14 +15,14 @@ def touch_world(run_dir):
 
 
 def test_stage_ranges():
-    stages = runner.active_stages(load_params("params/tiny.yaml"))
+    stages = stage_table.active(load_params("params/tiny.yaml"))
     assert runner.parse_stage_range("02-04", stages) == ["02_sample", "03_annotate", "04_pair"]
     assert runner.parse_stage_range("5,08", stages) == ["05_train_sft_gold", "08_train_dpo"]
     assert runner.parse_stage_range("08_train_dpo", stages) == ["08_train_dpo"]
     assert runner.parse_stage_range(None, stages) == stages
     with pytest.raises(ValueError, match="unknown stage '42'; stages"):
         runner.parse_stage_range("42", stages)
-    for typo, meant in (("dpo", "08_train_dpo"), ("evalute", "09_evaluate"), ("08_train_dop", "08_train_dpo"),
+    for typo, meant in (("dpo", "08_train_dpo or 08b_train_mm_dpo"), ("evalute", "09_evaluate"), ("08_train_dop", "08_train_dpo"),
                         ("analyze", "10_analyse"), ("steer", "06_train_steerlm")):
         with pytest.raises(ValueError, match=rf"unknown stage '{typo}' \(did you mean {meant}\?\)"):
             runner.parse_stage_range(typo, stages)
@@ -30,7 +31,7 @@ def test_stage_ranges():
 
 
 def test_reversed_and_open_ranges():
-    stages = runner.active_stages(load_params("params/tiny.yaml"))
+    stages = stage_table.active(load_params("params/tiny.yaml"))
     with pytest.raises(ValueError, match="reversed stage range '05-02'.*02-05.*00_world"):
         runner.parse_stage_range("05-02", stages)
     assert runner.parse_stage_range("04-", stages) == stages[stages.index("04_pair"):]
@@ -71,9 +72,9 @@ def test_missing_input_names_stage_and_command(tmp_path, monkeypatch):
 
 def test_active_stages_follow_params():
     tiny = load_params("params/tiny.yaml", {"train": {"methods": ["dpo"]}})
-    stages = runner.active_stages(tiny)
+    stages = stage_table.active(tiny)
     assert "00_world" in stages and "05_train_sft_gold" not in stages and "08_train_dpo" in stages
-    assert "00_world" not in runner.active_stages(load_params("params/paper-13b.yaml"))
+    assert "00_world" not in stage_table.active(load_params("params/paper-13b.yaml"))
 
 
 def test_stage_state_tracks_params_and_inputs(tmp_path, monkeypatch):
@@ -89,11 +90,28 @@ def test_stage_state_tracks_params_and_inputs(tmp_path, monkeypatch):
     # params of another section do not matter; its own do
     assert runner.stage_state(load_params(params_file, {"sampling": {"k": 5}}), "01_collect") == "complete"
     assert runner.stage_state(load_params(params_file, {"prompts": {"sources": []}}), "01_collect") == "stale"
+    # status names the key that changed, with its old and new value
+    state, why = runner.stage_why(load_params(params_file, {"prompts": {"sources": []}}), "01_collect")
+    assert state == "stale" and why.startswith("params changed: prompts.sources [{'name': 'scigraphqa'")
+    assert why.endswith("... -> []"), why
+    state, why = runner.stage_why(load_params(params_file, {"run": {"seed": 3}}), "01_collect")
+    assert why == "params changed: run.seed 0 -> 3"
     # changed outputs make it stale, and downstream stages see new inputs
     (tmp_path / "prompts.jsonl").write_text('{"id": "b"}\n')
     assert runner.stage_state(stage.params, "01_collect") == "stale"
     lines = [json.loads(l) for l in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert lines[0]["stage"] == "01_collect" and lines[0]["status"] == "ok" and "torch" in lines[0]["versions"]
+    # a complete stage behind a stale one says so in `mmpref status`
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a"}\n')
+    for name in ("samples.jsonl", "gold.jsonl"):
+        (tmp_path / name).write_text('{"prompt_id": "a"}\n')
+    runner.Stage(str(params_file), {}, "00_world").done()
+    runner.Stage(str(params_file), {}, "01_collect").done()
+    runner.Stage(str(params_file), {}, "02_sample").done()
+    rows = {r["stage"]: r for r in runner.status(str(params_file), {"prompts": {"sources": []}})}
+    assert rows["01_collect"]["state"] == "stale" and rows["02_sample"]["state"] == "upstream stale"
+    assert rows["02_sample"]["why"].startswith("01_collect is stale")
+    assert {r["stage"]: r["state"] for r in runner.status(str(params_file))}["02_sample"] == "complete"
 
 
 def test_failed_notebook_names_notebook_and_cell(tmp_path, monkeypatch):

@@ -21,7 +21,7 @@ import torch
 from test_models import checkpoint  # noqa: F401  (the world's tiny LLaVA, module fixture)
 
 from mmpref.families import FAMILIES
-from mmpref.shapes import build_llava15_shaped, write_image
+from mmpref.shaped_checkpoints import build_llava15_shaped, write_image
 from mmpref.shared_prefix import CHOSEN, LAST, PAD, PROMPT, REJECTED, pack_pairs, shared_prefix_mask
 from mmpref.train import TrainSettings, dpo_trainer
 
@@ -207,7 +207,7 @@ def test_llava15_shaped_576_image_tokens_equals_stock_trl(llava15, tmp_path):
 def test_llava_next_shaped_anyres_equals_stock_trl(tmp_path):
     """LLaVA-NeXT (anyres: 1176 image tokens for a 336x336 picture, `image_sizes` passed to the model) packs the
     same."""
-    from mmpref.shapes import build_llava_next_shaped
+    from mmpref.shaped_checkpoints import build_llava_next_shaped
 
     ref = str(build_llava_next_shaped(tmp_path / "ckpt"))
     rows = _rows(tmp_path, 336)

@@ -160,7 +160,7 @@ def make_run(run: Path, dpo_shift: float = 3.0, dpo_mmbench_right: bool = True, 
              models=("base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo")) -> Path:
     base = varied(60)
     shift = {"base-lm": 2.0, "vit": 0.0, "sft_gold": 0.5, "steerlm": 0.5, "rejection_sampling": 0.5,
-             "dpo": dpo_shift}
+             "dpo": dpo_shift, "mm_dpo": dpo_shift + 1.0}
     for m in models:
         jit = [(1 if i % 2 else -1) if m == "dpo" and dpo_jitter else 0 for i in range(len(base))]
         put(run, mt(m, [(min(10, max(1, x + shift[m] + j)), min(10, max(1, y + shift[m] + j)))
@@ -206,13 +206,13 @@ def test_intervals_csv_and_tables_with_intervals(tmp_path):
 def test_claim_verdicts_follow_the_data(tmp_path):
     good = stats.claims(make_run(tmp_path / "good"), n_resamples=300)
     assert list(good.columns) == stats.CLAIM_COLUMNS
-    assert verdicts(good) == ["reproduced"] * 8
+    assert verdicts(good) == ["reproduced"] * 8 + ["not measured"] * 2   # M1: this run trains no MM-DPO
     c2 = good.iloc[2]
     assert c2["lo"] > 0 and c2["difference"] == pytest.approx(2.63, abs=0.1) and "dpo" in c2["evidence"]
 
     bad = stats.claims(make_run(tmp_path / "bad", dpo_shift=-1.0, dpo_mmbench_right=False), n_resamples=300)
     assert verdicts(bad)[:2] == ["reproduced", "reproduced"]                  # C1 does not involve dpo
-    assert verdicts(bad)[2:] == ["not reproduced"] * 6
+    assert verdicts(bad)[2:8] == ["not reproduced"] * 6
     assert bad.iloc[7]["hi"] < 0                                              # C4: a significant MMBench loss
 
     # dpo = sft_gold etc. up to +-1 per item: the difference's interval straddles 0
@@ -220,7 +220,14 @@ def test_claim_verdicts_follow_the_data(tmp_path):
     assert verdicts(same)[4:7] == ["inconclusive"] * 3
     assert all(same.iloc[i]["lo"] < 0 < same.iloc[i]["hi"] for i in (4, 5, 6))
     md = stats.claims_markdown(same)
-    assert md.count("\n- **") == 8 and "inconclusive" in md
+    assert md.count("\n- **") == 10 and "inconclusive" in md
+
+
+def test_mm_dpo_claim_compares_it_with_dpo_on_shared_items(tmp_path):
+    run = make_run(tmp_path / "mm", models=("vit", "dpo", "mm_dpo"))
+    m1 = stats.claims(run, n_resamples=300).iloc[8]
+    assert m1["claim"].startswith("M1 (MT-Bench overall)") and m1["verdict"] == "reproduced"
+    assert m1["lo"] > 0 and m1["difference"] > 0.5 and "mm_dpo - dpo" in m1["evidence"]  # +1 per turn, clipped at 10
 
 
 def test_missing_models_and_benchmarks_are_not_measured(tmp_path):
@@ -232,7 +239,7 @@ def test_missing_models_and_benchmarks_are_not_measured(tmp_path):
     assert [v for k, v in by.items() if k.startswith("C2") and "dpo > vit" in k] == ["reproduced"]
     assert "no MT-Bench overall records for base-lm" in c.iloc[0]["evidence"] and math.isnan(c.iloc[0]["difference"])
     empty = stats.claims(tmp_path / "nothing")
-    assert verdicts(empty) == ["not measured"] * 8
+    assert verdicts(empty) == ["not measured"] * 10
     iv = stats.intervals(tmp_path / "nothing")
     assert iv.empty and table2_intervals(iv).empty and table3_intervals(iv).empty
 

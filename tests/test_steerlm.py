@@ -11,7 +11,8 @@ from mmpref import methods
 from mmpref.config import ParamsError, load_params
 from mmpref.evaluate import suite
 from mmpref.io import read_jsonl, write_jsonl
-from mmpref.pairing import ATTRIBUTES, STEERLM_SUFFIX, condition_share, steerlm_condition, steerlm_question
+from mmpref.pairing import condition_share, steerlm_condition
+from mmpref.ratings import ATTRIBUTES, STEERLM_SUFFIX, steerlm_question
 
 
 def row(h, c, o, x, v):

@@ -213,7 +213,10 @@ class Judge:
     batch_price_factor: float = 0.5  # a batch reply costs this fraction of the interactive price
     batch_expired: str = "per_request"  # items of an expired/cancelled/failed job: per_request, resubmit or fail
     max_consecutive_failures: int | None = 20  # calls failed in a row before the judge stops (None: never)
-    key_env: str | None = None  # the environment variable(s) its API key comes from, for error messages
+    # what a backend says of itself (mmpref.judges.BACKENDS reads it: config, make_judge, `mmpref check`, costs)
+    backend: str = ""  # its params name (judge.backend)
+    key_envs: tuple[str, ...] = ()  # the environment variables its API key comes from, the first one preferred
+    free: bool = False  # runs locally at no cost, with no model id and no key (the rubric judge)
     base_url: str | None = None  # its endpoint (None: the backend's default)
 
     def __init__(
@@ -222,7 +225,7 @@ class Judge:
         max_concurrency: int = 4,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
-        max_retries: int = 6,
+        network_retries: int = 6,
         backoff_initial_s: float = 1.0,
         backoff_max_s: float = 60.0,
         price_input_per_mtok: float = 0.0,
@@ -235,7 +238,7 @@ class Judge:
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._limiter = RateLimiter(requests_per_minute)
         self._tokens = TokenLimiter(tokens_per_minute)
-        self.max_retries = max_retries  # network retries (429/5xx/timeouts) of one request
+        self.network_retries = network_retries  # retries (429/5xx/timeouts) of one request (params: network_retries)
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.price_input_per_mtok = price_input_per_mtok
@@ -331,9 +334,14 @@ class Judge:
         log.warning("%s: transient error (%s); retry %d in %.1fs", self.judge_id, exc, state.attempt_number, delay)
         return delay
 
+    @classmethod
+    def needs_key(cls, base_url: str | None) -> bool:
+        """Whether this backend needs an API key at `base_url` (a local server may not)."""
+        return bool(cls.key_envs)
+
     def what_to_check(self) -> str:
         """What to check when every call fails: the key, the model name, the endpoint."""
-        key = f"the API key ({self.key_env})" if self.key_env else "the API key"
+        key = f"the API key ({' or '.join(self.key_envs)})" if self.key_envs else "the API key"
         return (f"{key}, the model name ({self.model!r}) and the endpoint "
                 f"({self.base_url or 'the backend default'})")
 
@@ -388,14 +396,14 @@ class Judge:
             return staged
         retrying = Retrying(
             retry=retry_if_exception_type(RetryableJudgeError),
-            stop=stop_after_attempt(self.max_retries + 1),
+            stop=stop_after_attempt(self.network_retries + 1),
             wait=self._wait,
             reraise=True,
         )
         try:
             reply = retrying(self._call_once, req)
         except RetryableJudgeError as exc:
-            error = JudgeError(f"{self.judge_id}: giving up after {self.max_retries} retries: {exc}")
+            error = JudgeError(f"{self.judge_id}: giving up after {self.network_retries} retries: {exc}")
             self._failed_call(error)
             raise error from exc
         except JudgeError as exc:

@@ -75,7 +75,8 @@ def image_part(path: str | Path):
 class GeminiJudge(Judge):
     """Judge backed by the Gemini API (`models.generate_content`)."""
 
-    key_env = " or ".join(KEY_ENV_VARS)
+    backend = "gemini"
+    key_envs = KEY_ENV_VARS
 
     def __init__(
         self,

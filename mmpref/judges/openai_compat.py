@@ -37,7 +37,12 @@ def _is_local(base_url: str | None) -> bool:
 class OpenAIJudge(Judge):
     """Judge backed by `client.chat.completions.create`."""
 
-    key_env = "OPENAI_API_KEY"
+    backend = "openai"
+    key_envs = ("OPENAI_API_KEY",)
+
+    @classmethod
+    def needs_key(cls, base_url: str | None) -> bool:
+        return not _is_local(base_url)  # local servers (vLLM, SGLang) accept any key
 
     def __init__(
         self,
@@ -53,9 +58,9 @@ class OpenAIJudge(Judge):
         super().__init__(cache_dir=cache_dir, **limits)
         import openai
 
-        key = os.environ.get("OPENAI_API_KEY")
+        key = os.environ.get(self.key_envs[0])
         if not key:
-            if not _is_local(base_url):
+            if self.needs_key(base_url):
                 raise RuntimeError("OpenAI judge: no API key. Set OPENAI_API_KEY in the environment; keys are never "
                                    "read from params files.")
             key = "EMPTY"  # local servers (vLLM) accept any key

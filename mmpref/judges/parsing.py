@@ -12,7 +12,7 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
+from mmpref import ratings
 
 
 class ParseError(ValueError):
@@ -30,10 +30,8 @@ class AttributeScores(BaseModel):
     verbosity: int = Field(ge=0, le=4, strict=True)
 
     def quality(self) -> int:
-        """The paper's pairing quality (mmpref.methods.quality: helpfulness + correctness + coherence)."""
-        from mmpref.methods import quality
-
-        return quality(self)
+        """The paper's pairing quality (mmpref.ratings.quality: helpfulness + correctness + coherence)."""
+        return ratings.quality(self)
 
 
 class AnnotationPayload(BaseModel):

@@ -13,7 +13,7 @@ import json
 import re
 from dataclasses import dataclass
 
-from mmpref import methods
+from mmpref import ratings
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
 from mmpref.world.scenes import COLORS, SHAPES
 from mmpref.world.truth import NEGATIONS, contains_phrase, key_match, tokens
@@ -42,7 +42,7 @@ class Assessment:
                 "complexity": self.complexity, "verbosity": self.verbosity}
 
     def quality(self) -> int:
-        return methods.quality(self.scores())
+        return ratings.quality(self.scores())
 
 
 def _items(toks: list[str]) -> list[tuple[str, ...]]:
@@ -249,6 +249,8 @@ class RubricJudge(Judge):
     judge_id = "rubric-v4"
     model = "rubric-v4"
     uses_truth = True
+    backend = "rubric"
+    free = True
 
     def __init__(self, cache_dir=None, **limits):
         limits.setdefault("max_concurrency", 8)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmpref.shapes import (LLAVA_HF_HUB_TEMPLATE, QWEN2_VL_HUB_TEMPLATE, build_llava15_shaped,
+from mmpref.shaped_checkpoints import (LLAVA_HF_HUB_TEMPLATE, QWEN2_VL_HUB_TEMPLATE, build_llava15_shaped,
                            build_llava_next_shaped, build_qwen2vl_shaped, build_vicuna_shaped, llama_style_tokenizer,
                            write_image)
 

@@ -22,7 +22,7 @@ generation_config carries only bos/eos/pad ids (greedy; the hubs' sampling defau
 The Qwen2-VL checkpoint is written in the hub's file layout (preprocessor_config.json, chat_template.jinja beside the
 tokenizer) without instantiating Qwen2VLProcessor: in transformers 5.23 that processor needs a video processor, which
 needs torchvision. With torchvision, AutoProcessor loads it as it loads the hub repo; without it, use AutoTokenizer +
-AutoImageProcessor (see tests/test_shapes.py for the one-image expansion and mm_token_type_ids the model wants).
+AutoImageProcessor (see tests/test_shaped_checkpoints.py for the one-image expansion and mm_token_type_ids the model wants).
 """
 
 from __future__ import annotations

@@ -1,0 +1,111 @@
+"""MM-DPO: DPO whose beta grows with each pair's reward margin (MM-RLHF's Dynamic Reward Scaling).
+
+MM-RLHF (Zhang et al. 2025, arXiv 2502.10391, section 4.2) scales DPO's beta per pair by the reward margin
+delta = r(chosen) - r(rejected):
+
+    beta(delta) = beta_0 * (1 + w * (1 - exp(-k * delta)))
+
+so beta lies in [beta_0, (1 + w) * beta_0] and a clear pair (large margin) weighs more in the loss. The paper's
+beta_0 is 0.1 (section 5.1); w = 0.5 and k = 0.5 are the defaults of its ablation of w and k (Appendix F, Figure 12b,
+as a public transcription of the paper gives them: the PDF was not reachable from here, so `train.mm_dpo` keeps them
+as params); the released training script (scripts/train/dpo_ov7b.sh) passes ls_factor_weight 0.1, its w. Here beta_0
+is the run's DPO beta (the sweep's winner when `train.dpo.sweep` is on), so MM-DPO differs from DPO only by the
+scaling.
+
+Two variants (`train.mm_dpo.scaling`):
+
+- "per_sample": the paper's formula, one beta per pair, delta from `train.mm_dpo.margin` ("judge_quality": the
+  annotation judge's quality difference of the pair, helpfulness + correctness + coherence, chosen minus rejected,
+  already in datasets/dpo.jsonl: free).
+- "released_batch": what the released code does (Kwai-YuanQi/MM-RLHF at 7c8af1d, trl/trainer/dpo_trainer.py
+  `dpo_loss`, lines 786-816, default `implicit_beta=True`): the per-sample beta it first computes is overwritten by
+  one beta per batch, computed from the policy's own margins A = (log pi/pi_ref)(chosen) - (log pi/pi_ref)(rejected)
+  of the (all-gathered) batch, beta-DPO style: weights exp(-((A - mean) / std)^2 / 2), 80 % of the pairs drawn by
+  those weights without replacement, beta = beta_0 * (1 + w * (mean(A drawn) - mean(A))), clamped at 1e-3. The reward
+  margin never reaches the loss (the repository's issues #6, #10 and #12 ask where it went). Where the batch has one
+  pair the released code divides by a NaN std (issue #12); here the batch's beta is then beta_0.
+
+With w = 0 both variants are DPO exactly (tests/test_mm_dpo.py compares loss and gradients with TRL's DPO loss).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+MARGIN_COLUMN = "pair_margin"  # the per-pair delta, a dataset column the collators carry (shared_prefix.PAIR_COLUMNS)
+SCALINGS = ("per_sample", "released_batch")
+MARGINS = ("judge_quality",)
+
+
+def dynamic_beta(beta0: float, margin, w: float, k: float):
+    """The paper's beta(delta) = beta_0 * (1 + w * (1 - exp(-k * delta))), for a number, an array or a tensor of
+    margins."""
+    exp = torch.exp if isinstance(margin, torch.Tensor) else np.exp
+    return beta0 * (1 + w * (1 - exp(-k * margin)))
+
+
+def pair_margin(row: dict, source: str = "judge_quality") -> float:
+    """delta of one DPO row: the judge's quality of the chosen minus that of the rejected response."""
+    if source != "judge_quality":
+        raise ValueError(f"unknown MM-DPO margin source {source!r}; one of {list(MARGINS)}")
+    return float(row["chosen_quality"] - row["rejected_quality"])
+
+
+def released_batch_beta(beta0: float, margins: torch.Tensor, w: float, generator: torch.Generator | None = None):
+    """The released code's one beta for a batch whose policy margins are `margins` (see the module docstring)."""
+    a = margins.detach().float().reshape(-1)
+    if a.numel() < 2:
+        return torch.tensor(beta0, dtype=margins.dtype, device=margins.device)
+    mean, std = a.mean(), a.std()
+    weight = torch.exp(-0.5 * ((a - mean) / (std + 1e-7)).pow(2))
+    drawn = torch.multinomial(weight.cpu(), int(a.numel() * (1 - 0.2)), replacement=False, generator=generator)
+    beta = beta0 * (1 + w * (a[drawn.to(a.device)].mean() - mean))
+    return beta.clamp(min=1e-3).to(margins.dtype)
+
+
+class _BatchBeta:
+    """The released variant's beta, known only once the loss sees the batch's margins: TRL 1.16's `_compute_loss`
+    multiplies `self.beta` first by the pairs' margins (the loss), then by the log-ratios (the logged rewards), so
+    the first product fixes the batch's beta and every later one reuses it."""
+
+    def __init__(self, beta0: float, w: float, gather: Callable[[torch.Tensor], torch.Tensor]):
+        self.beta0, self.w, self.gather, self.value = beta0, w, gather, None
+
+    def __mul__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.value is None:
+            self.value = released_batch_beta(self.beta0, self.gather(x.detach()), self.w)
+        return self.value * x
+
+    __rmul__ = __mul__
+
+
+class BetaScalingMixin:
+    """Put first in a `DPOTrainer` subclass's bases. With `beta_scaling` set ({w, k, scaling}) each batch's loss runs
+    with MM-DPO's beta; the batch must carry `MARGIN_COLUMN` for "per_sample". Without it, TRL's loss unchanged."""
+
+    beta_scaling: dict | None = None
+    last_betas: torch.Tensor | None = None  # the betas of the last batch (the notebook plots them)
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        margin = inputs.pop(MARGIN_COLUMN, None)
+        if not self.beta_scaling:
+            return super()._compute_loss(model, inputs, return_outputs)
+        s, beta0 = self.beta_scaling, self.beta
+        if s["scaling"] == "per_sample":
+            if margin is None:
+                raise ValueError(f"MM-DPO per_sample scaling needs each pair's margin (column {MARGIN_COLUMN!r})")
+            self.beta = dynamic_beta(beta0, margin.to(self.accelerator.device, torch.float32), s["w"], s["k"])
+        else:
+            self.beta = _BatchBeta(beta0, s["w"], self.accelerator.gather)
+        try:
+            return super()._compute_loss(model, inputs, return_outputs)
+        finally:
+            used = self.beta.value if isinstance(self.beta, _BatchBeta) else self.beta
+            self.last_betas = None if used is None else used.detach().reshape(-1).cpu()
+            self.beta = beta0
+            mode = "train" if self.model.training else "eval"
+            if self.last_betas is not None:
+                self._metrics[mode]["beta"].append(self.last_betas.mean().item())
