@@ -45,7 +45,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # INFO records per HTTP request ("HTTP Request: POST ...": httpx, and the copy google-genai uses, httpx2) or per
 # judge call (google_genai: "AFC is enabled ..."; openai): a stage makes thousands
 _QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "google_genai", "openai", "urllib3", "matplotlib", "PIL", "datasets",
-                  "filelock")
+                  "filelock", "papermill")  # papermill: four INFO lines per notebook that the runner's own line says
 
 
 def setup_logging(level: int = logging.INFO, log_file: str | Path | None = None,

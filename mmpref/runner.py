@@ -366,10 +366,18 @@ def retry_hint(params_path: str | Path, stage: str, overrides: dict | None, fail
 def stage_kernel(log_path: Path):
     """The kernel manager class papermill starts a stage's kernel with: the kernel's own stdout and stderr (its
     start-up warnings, the traceback of a kernel stopped in the middle of a cell, a crash) go to the stage's log
-    file, not to the terminal (jupyter_client's documented hook, `_async_launch_kernel`)."""
+    file, not to the terminal (jupyter_client's documented hook, `_async_launch_kernel`). The kernel talks to the
+    runner over IPC sockets (files beside its connection file) where the platform has them, not TCP: a local kernel
+    needs no network port, and ipykernel warns that TCP without CurveZMQ keys is unencrypted (the warning every stage
+    printed before)."""
     from jupyter_client import AsyncKernelManager
 
     class StageKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            if sys.platform != "win32":
+                kw.setdefault("transport", "ipc")
+            super().__init__(**kw)
+
         async def _async_launch_kernel(self, kernel_cmd, **kw):
             log_path.parent.mkdir(parents=True, exist_ok=True)
             with open(log_path, "ab") as fh:  # the kernel keeps its own copy of the descriptor
@@ -525,7 +533,14 @@ def die_with_runner() -> None:
     threading.Thread(target=watch, name="mmpref-runner-watch", daemon=True).start()
 
 
-def notebooks_dir() -> Path:
+def notebooks_dir(params_path: str | Path | None = None) -> Path:
+    """The notebooks a run executes: those of the project its params file belongs to (the nearest folder above the
+    file with both `params/` and `notebooks/`: a second checkout runs its own notebooks, whichever checkout the venv
+    was installed from), else the ones beside the installed mmpref package."""
+    if params_path is not None:
+        for folder in Path(params_path).resolve().parents:
+            if (folder / "notebooks").is_dir() and (folder / "params").is_dir():
+                return folder / "notebooks"
     return Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -579,7 +594,9 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
         out_dir = params.run_dir / "notebooks"
         out_dir.mkdir(parents=True, exist_ok=True)
         report = []
-        bar = tqdm(todo, desc=f"run {params.run.name}", unit="stage")
+        # a live bar in a terminal; outside one (a pipe, a CI log) no bar, whose redraws would glue to the log lines:
+        # each stage's start and end are one log line each
+        bar = tqdm(todo, desc=f"run {params.run.name}", unit="stage", disable=not sys.stderr.isatty())
         for stage in bar:
             bar.set_postfix_str(stage)
             state, why = stage_why(params, stage)
@@ -590,7 +607,7 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
                 if failures:
                     tqdm.write(f"{stage}: {retry_hint(params_path, stage, asked, failures)}", file=sys.stdout)
                 continue
-            src = notebooks_dir() / f"{stage}.ipynb"
+            src = notebooks_dir(path) / f"{stage}.ipynb"
             dst = out_dir / f"{stage}.ipynb"
             tmp = out_dir / f".{stage}.running.ipynb"
             start = time.time()
@@ -666,7 +683,7 @@ def status(params_path: str, overrides: dict | None = None) -> list[dict]:
         line = lines.get(s, {})
         failed = (line.get("summary") or {}).get("failed")
         seconds = line.get("seconds")
-        behind = [u for u in stage_table.get(s).upstream if states.get(u, "complete") != "complete"]
+        behind = [u for u in stage_table.get(s).upstream if states.get(u) in ("stale", "failed", "upstream stale")]
         if state == "complete" and behind:  # its inputs are as it read them, but an upstream stage will rerun first
             state, why = "upstream stale", f"{behind[0]} is {states[behind[0]]}: this stage reruns after it if its " \
                                            f"outputs change"

@@ -288,22 +288,30 @@ TRAINING_PANELS = [  # (trainer_state key, y label); a panel is drawn when the h
 ]
 
 
-def plot_training(history: list[dict], out_png: Path, title: str, rows: int | None = None) -> dict[str, Path]:
+def training_figure(history: list[dict], title: str, rows: int | None = None):
     """The training curves of one run from its trainer log history: loss, and for DPO the implicit reward margin
-    β·(log π/π_ref(chosen) − log π/π_ref(rejected)) and the share of pairs it orders right, per logged step. Saved as
-    PNG (200 dpi) and PDF (figures.save_figure); a bare Figure, so a kernel's matplotlib backend is never switched."""
+    β·(log π/π_ref(chosen) − log π/π_ref(rejected)) and the share of pairs it orders right, per logged training step
+    (the trainer's end-of-training summary, which carries `train_loss` and no `loss`, is not a step). DPO's loss
+    panel marks ln 2, its value where the policy is the reference. A bare Figure, so a kernel's matplotlib backend is
+    never switched."""
+    import math
+
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from mmpref.figures import save_figure
-
-    panels = [(k, label) for k, label in TRAINING_PANELS if any(k in h for h in history)] or [TRAINING_PANELS[0]]
+    steps = [h for h in history if "loss" in h and "step" in h]
+    panels = [(k, label) for k, label in TRAINING_PANELS if any(k in h for h in steps)] or [TRAINING_PANELS[0]]
+    dpo = any("rewards/margins" in h for h in steps)
     fig = Figure(figsize=(max(5.0, 4.3 * len(panels)), 3.4), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, label) in zip(axes, panels):
-        pts = [(h["step"], h[key]) for h in history if key in h and "step" in h]
+        pts = [(h["step"], h[key]) for h in steps if key in h]
         if pts:
             ax.plot(*zip(*pts), marker=".")
+        if key == "loss" and dpo:
+            ax.axhline(math.log(2), color="0.4", linestyle="--", linewidth=1)
+            ax.annotate("ln 2: policy = reference", (0.98, math.log(2)), xycoords=("axes fraction", "data"),
+                        ha="right", va="bottom", fontsize=8, color="0.3")
         ax.set_xlabel("optimizer step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
@@ -312,7 +320,14 @@ def plot_training(history: list[dict], out_png: Path, title: str, rows: int | No
         ax.grid(alpha=0.3)
     n = f", n = {rows} training rows" if rows is not None else ""
     fig.suptitle(f"{title}: training curves\n(this run{n})", fontsize=10)
-    return save_figure(fig, out_png)
+    return fig
+
+
+def plot_training(history: list[dict], out_png: Path, title: str, rows: int | None = None) -> dict[str, Path]:
+    """`training_figure` saved as PNG (200 dpi) and PDF (figures.save_figure)."""
+    from mmpref.figures import save_figure
+
+    return save_figure(training_figure(history, title, rows), out_png)
 
 
 def _with_projector_lr(trainer_cls):

@@ -148,6 +148,9 @@ def test_figure_files_png_200dpi_and_pdf(tmp_path):
     figure2(_results(), [0.5], out)
     dpi = Image.open(out).info["dpi"]
     assert round(dpi[0]) >= 200 and out.with_suffix(".pdf").stat().st_size > 1000
+    # fonts embedded as TrueType (Type 42), none as Type 3 (conference PDF checkers refuse Type 3)
+    pdf = out.with_suffix(".pdf").read_bytes()
+    assert (b"/Subtype /TrueType" in pdf or b"/Subtype /CIDFontType2" in pdf) and b"/Type3" not in pdf
 
 
 def test_figure2_paper_points_are_points(tmp_path, monkeypatch):

@@ -209,7 +209,7 @@ def test_ctrl_c_and_sigterm_end_the_run_with_one_line(tmp_path, sig):
     run_dir = tmp_path / "run"
     touch_world(run_dir)
     script = ("import sys; from pathlib import Path; from mmpref import runner, cli; "
-              f"runner.notebooks_dir = lambda: Path({str(nb_dir)!r}); "
+              f"runner.notebooks_dir = lambda *a: Path({str(nb_dir)!r}); "
               "sys.exit(cli.main(['run', 'params/tiny.yaml', '--stages', '01']))")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "MMPREF_RUN_DIR": str(run_dir)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)

@@ -253,3 +253,19 @@ def test_training_curves_are_png_and_pdf_with_dpo_panels(tmp_path):
     wide = Image.open(files["png"]).size
     sft = plot_training([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], tmp_path / "sft.png", title="sft")
     assert Image.open(sft["png"]).size[0] < wide[0] / 2  # one panel against DPO's three
+
+
+
+def test_training_curves_leave_out_the_summary_and_mark_ln2_for_dpo():
+    import math
+
+    from mmpref.train import training_figure
+
+    steps = [{"step": s, "loss": 0.69 - 0.01 * s, "rewards/margins": 0.01 * s, "rewards/accuracies": 0.6}
+             for s in range(1, 6)]
+    summary = {"step": 5, "train_loss": 0.66, "rewards/margins": 10.0, "train_runtime": 7.0}  # not a step
+    loss, margins, _ = training_figure([*steps, summary], "dpo").axes
+    assert list(margins.lines[0].get_ydata()) == [0.01 * s for s in range(1, 6)]
+    assert [list(line.get_ydata()) for line in loss.lines[1:]] == [[math.log(2)] * 2]  # the ln 2 line
+    sft = training_figure([{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}], "sft").axes[0]
+    assert len(sft.lines) == 1  # no ln 2 for SFT

@@ -109,7 +109,7 @@ def test_killed_run_takes_its_kernel_down_and_keeps_the_last_notebook(tmp_path, 
     touch_world(run_dir)
     (run_dir / "notebooks" / "01_collect.ipynb").write_text("previous executed copy")
     script = ("import sys; from pathlib import Path; from mmpref import runner; "
-              f"runner.notebooks_dir = lambda: Path({str(nb_dir)!r}); runner.run('params/tiny.yaml', stages='01')")
+              f"runner.notebooks_dir = lambda *a: Path({str(nb_dir)!r}); runner.run('params/tiny.yaml', stages='01')")
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "MMPREF_RUN_DIR": str(run_dir)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -123,3 +123,14 @@ def test_failed_notebook_names_notebook_and_cell(tmp_path, monkeypatch):
     assert "04_pair.ipynb" in msg and "cell" in msg and str(tmp_path / "notebooks" / "04_pair.failed.ipynb") in msg
     status = runner.status("params/tiny.yaml")
     assert {r["stage"]: r["state"] for r in status}["04_pair"] == "failed"
+
+
+def test_notebooks_come_from_the_project_of_the_params_file(tmp_path):
+    other = tmp_path / "checkout"
+    (other / "params").mkdir(parents=True)
+    (other / "notebooks").mkdir()
+    (other / "params" / "mine.yaml").write_text("run: {name: x}\n")
+    assert runner.notebooks_dir(other / "params" / "mine.yaml") == other / "notebooks"
+    here = runner.notebooks_dir("params/tiny.yaml")
+    assert here == runner.notebooks_dir() and (here / "00_world.ipynb").exists()
+    assert runner.notebooks_dir(tmp_path / "loose.yaml") == here  # a params file outside any project

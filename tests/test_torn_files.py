@@ -340,7 +340,7 @@ def test_a_full_disk_inside_a_stage_is_one_line_naming_the_notebook(tmp_path, mo
     (nb_dir / "01_collect.ipynb").write_text(json.dumps(_FULL))
     run_dir = tmp_path / "run"
     touch_world(run_dir)
-    monkeypatch.setattr(runner, "notebooks_dir", lambda: nb_dir)
+    monkeypatch.setattr(runner, "notebooks_dir", lambda *a: nb_dir)
     monkeypatch.chdir(ROOT)
     assert main(["run", "params/tiny.yaml", "--stages", "01", "--set", f"run.run_dir={run_dir}"]) == 1
     err = capsys.readouterr().err
@@ -394,9 +394,14 @@ def test_data_dir_counts_only_for_stages_that_read_from_it(tmp_path, capsys):
     assert _states(capsys, *common, "--set", f"run.data_dir={tmp_path / 'data'}") == {
         "01_collect": "complete", "02_sample": "complete"}
     # another data folder may hold other data, and nothing hashes the downloaded files: 01, which reads from it,
-    # must run again; 02 reads no path under data_dir
+    # must run again; 02 reads no path under data_dir, so its own state is complete, shown as behind a stale stage
+    # ("upstream stale": it reruns only if 01's outputs change)
     assert _states(capsys, *common, "--set", f"run.data_dir={tmp_path / 'other'}") == {
-        "01_collect": "stale", "02_sample": "complete"}
+        "01_collect": "stale", "02_sample": "upstream"}
+    params = load_params("params/tiny.yaml", {"run": {"run_dir": str(run_dir), "data_dir": str(tmp_path / "other")},
+                                              "prompts": {"sources": [{"name": "lrv", "path": "{data_dir}/lrv.json",
+                                                                       "n": 1}]}})
+    assert runner.stage_state(params, "02_sample") == "complete"
 
 
 def test_stage_output_hashes_name_files_relative_to_the_run(tmp_path):
