@@ -453,3 +453,50 @@ def test_membership_questions_are_true():
         assert item["answers"][1] == str(len(items))
         seen[item["answers"][0]] += 1
     assert seen["yes"] > 20 and seen["no"] > 20
+
+
+def test_a_world_with_the_same_params_is_reused_from_the_shared_folder(tmp_path, monkeypatch):
+    """build_world keeps each world in runs/.worlds/<fingerprint>; a new run with the same world params, seed and
+    world code copies it instead of training (a student's 'Try this' with a new run name costs minutes)."""
+    from mmpref.config import WorldParams
+    from mmpref.world import build
+
+    calls = []
+
+    def fake_data(out_dir, **kw):
+        calls.append(("data", str(out_dir)))
+        (Path(out_dir) / "images").mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "images" / "a.png").write_bytes(b"png")
+        for name in ("visual_train.jsonl", "text_train.jsonl", "image_tags.jsonl"):
+            (Path(out_dir) / name).write_text("")
+        return {"visual_train": 1}
+
+    def fake_models(world_dir, *a, **kw):
+        calls.append(("models", str(world_dir)))
+        for m in ("base-lm", "vit"):
+            (world_dir / m).mkdir(parents=True, exist_ok=True)
+            (world_dir / m / "model.safetensors").write_bytes(f"{m} weights".encode())
+        return {"vocab": 7}
+
+    monkeypatch.setattr(build, "build_world_data", fake_data)
+    monkeypatch.setattr(build, "train_world_models", fake_models)
+    monkeypatch.setattr(build, "vocabulary_corpus", lambda d: [])
+    shared = tmp_path / "runs" / ".worlds"
+    first = build.build_world(tmp_path / "runs" / "a" / "world", WorldParams(), seed=0, shared_dir=shared)
+    assert [c[0] for c in calls] == ["data", "models"] and "reused_from" not in first
+    kept = shared / first["fingerprint"]
+    assert (kept / "vit" / "model.safetensors").read_bytes() == b"vit weights"
+    assert not list(shared.glob(".*.part"))
+
+    second = build.build_world(tmp_path / "runs" / "b" / "world", WorldParams(), seed=0, shared_dir=shared)
+    assert len(calls) == 2 and second["reused_from"] == str(kept)            # copied, not trained
+    assert (tmp_path / "runs" / "b" / "world" / "images" / "a.png").read_bytes() == b"png"
+
+    build.build_world(tmp_path / "runs" / "c" / "world", WorldParams(), seed=1, shared_dir=shared)  # another seed
+    build.build_world(tmp_path / "runs" / "d" / "world", WorldParams(n_pool=7), seed=0, shared_dir=shared)
+    assert len(calls) == 6 and len(list(shared.iterdir())) == 3
+    # the world's code is part of its fingerprint: a changed world module is a new world
+    fp = build.world_fingerprint(WorldParams(), 0)
+    real = build.sha256_file
+    monkeypatch.setattr(build, "sha256_file", lambda f: "changed" if Path(f).name == "mix.py" else real(f))
+    assert build.world_fingerprint(WorldParams(), 0) != fp
