@@ -10,7 +10,11 @@ import logging
 import shutil
 from pathlib import Path
 
+import pandas as pd
+
 from mmpref import figures, methods, stats
+from mmpref.evaluate import registry
+from mmpref.evaluate.protocol import scored_records
 from mmpref.io import read_jsonl
 from mmpref.world.anatomy import anatomy_table, dpo_diagnosis, mt_bench_anatomy, pair_anatomy
 from mmpref.world.truth import noisy_human_preferences
@@ -159,3 +163,79 @@ def _items(params):
             raise ValueError(f"no {bench} data configured (evaluate.benchmarks.{bench})")
         return registry.get(bench).load(params.path(path), params.evaluate.limit)
     return functools.cache(load)
+
+
+SIDE_BY_SIDE_COLUMNS = ["item", "question", "model", "answer", "score", "changed vs tuned"]
+
+
+def _questions(params, bench: str) -> dict[str, str]:
+    """{record key or question id: the question as asked} from the benchmark's loaded items (LLaVA-Bench, MM-Vet:
+    the records hold only the id); {} when the file is not configured."""
+    spec, path = registry.get(bench), params.evaluate.benchmarks.get(bench)
+    if not path:
+        return {}
+    out = {}
+    for it in spec.load(params.path(path), None):
+        key = getattr(it, "question_id", None) or getattr(it, "id", None)
+        text = getattr(it, "text", None) or getattr(it, "question", None)
+        if key is not None and text:
+            out[str(key)] = text
+    return out
+
+
+def answers_side_by_side(params, run_dir: Path, bench: str, models: list[str], n: int = 3) -> pd.DataFrame:
+    """What every model answered on the `n` items of `bench` where their scores differ most (ties: the first items),
+    one row per (item, model): the question (MT-Bench: both turns, " / " between them), the answer, the item's score by the
+    benchmark's own metric (`Benchmark.score` of that one record: MT-Bench's mean turn rating, LLaVA-Bench's relative
+    score, MM-Vet's 0..1 grade, AlpacaEval's win) and whether the answer differs from the tuned policy's."""
+    spec = registry.get(bench)
+    recs = {m: {r["key"]: r for r in scored_records(Path(run_dir) / "eval" / m / f"{bench}.jsonl", m, bench)}
+            for m in models}
+    recs = {m: r for m, r in recs.items() if r}
+    if not recs:
+        return pd.DataFrame(columns=SIDE_BY_SIDE_COLUMNS)
+    shared = [k for k in next(iter(recs.values())) if all(k in r for r in recs.values())]
+    score = {(m, k): spec.score([recs[m][k]])[spec.headline].value for m in recs for k in shared}
+    spread = {k: max(score[m, k] for m in recs) - min(score[m, k] for m in recs) for k in shared}
+    chosen = sorted(shared, key=lambda k: -spread[k])[:n]
+    asked: dict[str, str] | None = None  # loaded only for records that do not hold their question
+    rows = []
+    for k in chosen:
+        first = next(iter(recs.values()))[k]
+        question = " / ".join(first.get("turns") or []) or first.get("instruction")
+        if not question:
+            asked = _questions(params, bench) if asked is None else asked
+            question = asked.get(str(first.get("question_id", k))) or k
+        policy = recs.get(methods.POLICY, {}).get(k)
+        for m in recs:
+            answer = " / ".join(recs[m][k].get("answers") or [])
+            rows.append({"item": k, "question": question, "model": methods.display_name(m) if m in
+                         methods.model_order() else m, "answer": answer, "score": round(score[m, k], 2),
+                         "changed vs tuned": "" if policy is None or m == methods.POLICY else
+                         ("changed" if answer != " / ".join(policy.get("answers") or []) else "same")})
+    return pd.DataFrame(rows, columns=SIDE_BY_SIDE_COLUMNS)
+
+
+def run_story(claims: pd.DataFrame, c2_sentence: str | None = None) -> str:
+    """What this run found, in sentences computed from its claims table (tables/claims): which claims reproduced in
+    every comparison, which in some, which did not, which the run could not decide or measure, and C2's decision
+    with its reason."""
+    rows = claims[~claims["claim"].str.startswith("C2 (decision)")]
+    ids = list(dict.fromkeys(c.split(" ")[0] for c in rows["claim"]))
+    groups: dict[str, list[str]] = {}
+    for cid in ids:
+        verdicts = list(rows[rows["claim"].str.startswith(cid + " ")]["verdict"])
+        if len(set(verdicts)) == 1:
+            groups.setdefault(verdicts[0], []).append(cid)
+            continue
+        verdict = next(v for v in ("reproduced", "not reproduced", "inconclusive", "not measured") if v in verdicts)
+        groups.setdefault("mixed" if verdict == "reproduced" else verdict, []).append(
+            f"{cid} ({verdicts.count(verdict)} of {len(verdicts)} comparisons)")
+    say = {"reproduced": "reproduced", "mixed": "reproduced in part", "not reproduced": "did not reproduce",
+           "inconclusive": "were inconclusive (the interval holds 0)",
+           "not measured": "were not measured (a model or benchmark missing)"}
+    parts = [f"{', '.join(groups[v])} {text}" for v, text in say.items() if groups.get(v)]
+    story = ("In this run " + "; ".join(parts) + ".") if parts else "This run judged no claims."
+    if c2_sentence:
+        story += f" C2 as a decision: {c2_sentence}"
+    return story

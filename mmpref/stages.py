@@ -61,7 +61,7 @@ FIXED: list[Stage] = [
                                           "03_annotate": (ANNOTATIONS,)}, _glob("datasets", "*.jsonl"), tables=1),
     # the training stages come here, one per method; 09 also reads every training stage's adapters
     Stage("09_evaluate", ("run", "models", "evaluate", "train", "engine"), {WORLD: ()}, _files("eval/results.csv"),
-          tables=2),
+          tables=4),
     # the miniature's Figure 3 and anatomy tables read 01-04; a paper run's Figure 3 asks `judge` about human pairs
     Stage("10_analyse", ("run", "world", "judge", "human_preferences"), {
         WORLD: (), "01_collect": (PROMPTS,), "02_sample": (SAMPLES,), "03_annotate": (ANNOTATIONS,),
