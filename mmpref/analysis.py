@@ -45,7 +45,8 @@ def analyse_run(params, run_dir: Path) -> dict:
     out["claims"] = stats.claims(run_dir, items=items)
     out["tables"]["claims"] = figures.save_table(out["claims"], tables_dir, "claims")
     fig2 = figures_dir / "figure2_dpo_data_scaling.png"
-    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper, source=source)
+    out["figure2_points"] = figures.figure2(results, params.train.dpo.fractions, fig2, paper, source=source,
+                                            intervals=out["intervals"])
     out["figures"]["figure2"] = fig2
     if params.world is not None:
         prefs = noisy_human_preferences(read_jsonl(run_dir / "prompts.jsonl"), read_jsonl(run_dir / "samples.jsonl"),

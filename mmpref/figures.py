@@ -440,43 +440,72 @@ def fraction_model(fraction: float) -> str:
 
 
 def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Path,
-            paper: PaperResults | PaperFigure2 | None = None, source: str = "this run") -> pd.DataFrame:
+            paper: PaperResults | PaperFigure2 | None = None, source: str = "this run",
+            intervals: pd.DataFrame | None = None) -> pd.DataFrame:
+    """`figure2_plot` saved as PNG and PDF (:func:`save_figure`); returns the run's plotted points."""
+    fig, pts = figure2_plot(results, fractions, paper, source, intervals)
+    save_figure(fig, out_png)
+    return pts
+
+
+def figure2_plot(results: pd.DataFrame, fractions: Sequence[float],
+                 paper: PaperResults | PaperFigure2 | None = None, source: str = "this run",
+                 intervals: pd.DataFrame | None = None) -> tuple[Figure, pd.DataFrame]:
     """MT-Bench overall vs share of DPO data (0 % = vit, 100 % = dpo) with the base LM as a reference line.
 
-    ``fractions`` are the intermediate data-fraction runs (0 and 1 are always added). With ``paper``, a second
-    panel shows the paper's reported points as points (the paper's text gives only its endpoints: nothing joins
-    them) and its Vicuna line. ``source`` names the run in the legend and title (e.g. "this run, miniature world").
-    Saved as PNG and PDF (:func:`save_figure`). Returns the run's plotted points.
+    ``fractions`` are the intermediate data-fraction runs (0 and 1 are always added). ``intervals``
+    (`mmpref.stats` intervals: model, benchmark, metric, lo, hi, n_units) draws each run point's 95 % interval. With
+    ``paper``, a second panel on the same y scale shows the paper's reported points as points (the paper's text gives
+    only its endpoints: nothing joins them) and its Vicuna line. The title names the items and the judge.
+    ``source`` names the run in the legend and title (e.g. "this run, miniature world"). Returns the figure and the
+    run's plotted points (with lo/hi where the intervals have them).
     """
     values = headline_values(results)
+    bench = methods.FRACTIONS_BENCHMARK
     fr = sorted({0.0, 1.0, *(float(f) for f in fractions)})
+    ci = {}
+    if intervals is not None and not intervals.empty:
+        rows = intervals[(intervals["benchmark"] == bench) & (intervals["metric"] == registry.get(bench).headline)]
+        ci = {r.model: (r.lo, r.hi, r.n_units) for r in rows.itertuples()}
     points = []
     for f in fr:
         m = fraction_model(f)
-        if (m, methods.FRACTIONS_BENCHMARK) in values:
-            points.append({"fraction": f, "model": m, "mt_bench": values[(m, methods.FRACTIONS_BENCHMARK)]})
+        if (m, bench) in values:
+            lo, hi, n = ci.get(m, (math.nan, math.nan, math.nan))
+            points.append({"fraction": f, "model": m, "mt_bench": values[(m, bench)], "lo": lo, "hi": hi, "n": n})
         else:
             log.warning("figure2: no MT-Bench result for %s (fraction %g); point left out", m, f)
     if not points:
         raise ValueError(f"figure2: results hold no MT-Bench 'overall' for any of {[fraction_model(f) for f in fr]}")
     pts = pd.DataFrame(points)
-    base = values.get((methods.BASE_LM, methods.FRACTIONS_BENCHMARK))
+    base = values.get((methods.BASE_LM, bench))
     fig2 = paper.figure2 if isinstance(paper, PaperResults) else paper
     xlabel, ylabel = "share of the DPO preference data used (%)", "MT-Bench overall score (1–10)"
+    judged = results[(results["benchmark"] == bench) & results["model"].isin(pts["model"])]
+    judges = sorted({str(j) for j in judged.get("judge", pd.Series(dtype=str)).dropna() if str(j) != "nan"})
+    n_items = sorted({int(n) for n in pts["n"].dropna()})
 
-    fig = Figure(figsize=(11 if fig2 else 6, 4.4), layout="constrained")
-    axes = fig.subplots(1, 2 if fig2 else 1, squeeze=False)[0]
+    fig = Figure(figsize=(11 if fig2 else 6, 4.6), layout="constrained")
+    axes = fig.subplots(1, 2 if fig2 else 1, squeeze=False, sharey=True)[0]
     ax = axes[0]
+    has_ci = pts["lo"].notna()
     ax.plot(pts.fraction * 100, pts.mt_bench, marker="o", color="tab:blue",
-            label=f"DPO on a share of the data ({source})")
+            label=f"DPO on a share of the data ({source})" + (", 95 % interval" if has_ci.any() else ""))
+    if has_ci.any():
+        sub = pts[has_ci]
+        ax.errorbar(sub.fraction * 100, sub.mt_bench, yerr=[sub.mt_bench - sub.lo, sub.hi - sub.mt_bench],
+                    fmt="none", ecolor="tab:blue", capsize=3, linewidth=1)
     for x, y in zip(pts.fraction * 100, pts.mt_bench):
-        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=8)
+        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(8, 4), ha="left", fontsize=8)
     if base is not None:
+        lo, hi, _ = ci.get(methods.BASE_LM, (math.nan, math.nan, math.nan))
         ax.axhline(base, color="tab:red", linestyle="--", label=f"{MODEL_NAMES['base-lm']} ({source}): {base:.2f}")
+        if not math.isnan(lo):
+            ax.axhspan(lo, hi, color="tab:red", alpha=0.08, linewidth=0)
     ax.set(title=f"{source[:1].upper()}{source[1:]} (0 % = LLaVA-1.5, visual instruction tuned)", xlabel=xlabel,
-           ylabel=ylabel, xticks=[f * 100 for f in fr])
-    ax.margins(y=0.2)
+           ylabel=ylabel, xticks=[f * 100 for f in fr], xlim=(-8, 114))
     ax.legend(loc="lower right", fontsize=8)
+    shown = [*pts.mt_bench, *pts.lo.dropna(), *pts.hi.dropna(), *([base] if base is not None else [])]
     if fig2:
         ax2 = axes[1]
         for f, y in fig2.points.items():
@@ -484,16 +513,20 @@ def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Pa
                      else f"LLaVA-1.5-13b + DPO on {f:.0%} of the data (paper)")
             ax2.plot([f * 100], [y], marker="o" if f == 0 else "s", linestyle="none",
                      color="tab:gray" if f == 0 else "black", label=label)
-            ax2.annotate(f"{y:.2f}", (f * 100, y), textcoords="offset points", xytext=(0, 7), ha="center",
+            ax2.annotate(f"{y:.2f}", (f * 100, y), textcoords="offset points", xytext=(8, 4), ha="left",
                          fontsize=8)
         ax2.axhline(fig2.base_lm, color="tab:red", linestyle="--", label=f"Vicuna-1.5-13b (paper): {fig2.base_lm:.2f}")
-        ax2.set(title="Paper (reported points only; section 4.3)", xlabel=xlabel, ylabel=ylabel,
-                xticks=[0, 25, 50, 75, 100], xlim=(-8, 108))
-        ax2.margins(y=0.2)
+        ax2.set(title="Paper (reported points only; section 4.3)", xlabel=xlabel,
+                xticks=[0, 25, 50, 75, 100], xlim=(-8, 114))
         ax2.legend(loc="lower right", fontsize=8)
-    fig.suptitle("MT-Bench vs DPO data scaling (paper Figure 2)")
-    save_figure(fig, out_png)
-    return pts
+        shown += [*fig2.points.values(), fig2.base_lm]
+    low, high = min(shown), max(shown)
+    pad = max(0.5, 0.25 * (high - low))
+    axes[0].set_ylim(max(0.0, low - pad), min(10.5, high + pad))  # one scale for both panels (sharey)
+    about = ", ".join(filter(None, [f"n = {n_items[0]} questions per point" if len(n_items) == 1 else "",
+                                    f"judge {', '.join(judges)}" if judges else ""]))
+    fig.suptitle("MT-Bench vs DPO data scaling (paper Figure 2)" + (f"\n({about})" if about else ""), fontsize=11)
+    return fig, pts
 
 
 def save_figure(fig: Figure, out_png: str | Path, dpi: int = 200) -> dict[str, Path]:

@@ -132,6 +132,26 @@ def test_figure2_writes_png_and_points(tmp_path):
         figure2(_results()[lambda d: d.benchmark != "mt_bench"], [0.5], tmp_path / "x.png")
 
 
+def test_figure2_draws_intervals_shares_the_y_scale_and_names_n_and_judge():
+    from mmpref.figures import figure2_plot
+
+    models = ["base-lm", "vit", "dpo_frac0.5", "dpo"]
+    values = {"base-lm": 6.0, "vit": 5.0, "dpo_frac0.5": 5.8, "dpo": 6.5}
+    intervals = pd.DataFrame([{"model": m, "benchmark": "mt_bench", "metric": "overall", "value": values[m],
+                               "lo": values[m] - 0.3, "hi": values[m] + 0.4, "n_units": 80} for m in models])
+    fig, pts = figure2_plot(_results(), [0.5], paper=load_paper_results(PAPER), intervals=intervals)
+    assert list(pts.lo) == [4.7, 5.5, 6.2] and list(pts.hi) == [5.4, 6.2, 6.9]
+    run_ax, paper_ax = fig.axes
+    assert run_ax.get_ylim() == paper_ax.get_ylim()                       # one scale for both panels
+    low, high = run_ax.get_ylim()
+    assert low <= 4.7 and high >= 6.9 and low <= 5.99 <= high            # every run interval and paper point shown
+    bars = [c for c in run_ax.collections if c.__class__.__name__ == "LineCollection"]
+    assert bars and len(bars[0].get_segments()) == 3                       # an interval per run point
+    assert "n = 80 questions per point" in fig._suptitle.get_text() and "judge rubric-v3" in fig._suptitle.get_text()
+    _, bare = figure2_plot(_results(), [0.5])                              # without intervals: points only
+    assert bare["lo"].isna().all()
+
+
 def _capture(monkeypatch):
     """The Figure objects that mmpref.figures saves, in order."""
     from mmpref import figures as figs
