@@ -53,7 +53,8 @@ def analyse_run(params, run_dir: Path) -> dict:
                                         seed=params.run.seed, flip_prob=params.world.human_flip_prob)
         pairs = figures.attribute_diff_frame(read_jsonl(run_dir / "annotations.jsonl"), prefs)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
-        out["figure3_corr"] = figures.figure3(pairs, fig3, simulated_labels=True, source="miniature world")
+        out["figure3_corr"] = figures.figure3(pairs, fig3, simulated_labels=True, source="miniature world",
+                                              paper=paper)
         out["figures"]["figure3"] = fig3
         figures.save_table(out["figure3_corr"].round(3), tables_dir, "figure3_correlations")
         mt = params.evaluate.benchmarks.get("mt_bench")
@@ -80,7 +81,7 @@ def analyse_run(params, run_dir: Path) -> dict:
                                   max_retries=j.max_retries, retry_failed=j.retry_failed,
                                   max_failed_fraction=j.max_failed_fraction)
         fig3 = figures_dir / "figure3_attribute_correlation.png"
-        out["figure3_corr"] = figures.figure3(pairs, fig3, source="LLaVA-RLHF human labels")
+        out["figure3_corr"] = figures.figure3(pairs, fig3, source="LLaVA-RLHF human labels", paper=paper)
         out["figures"]["figure3"] = fig3
         out["tables"]["figure3_correlations"] = figures.save_table(out["figure3_corr"].round(3), tables_dir,
                                                                    "figure3_correlations")

@@ -395,22 +395,39 @@ def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     return out
 
 
-def _cell(v: object) -> str:
+def _is_float(v: object) -> bool:
+    return isinstance(v, float) and not math.isnan(v)
+
+
+def column_decimals(values: Iterable[object]) -> int:
+    """One precision for a column: the decimals that give its largest value 3 significant digits (0.0206 -> 4,
+    0.883 -> 3, 6.73 -> 2, 86.4 -> 1, 1234.5 -> 0), so a column never mixes 0.0206 with -3.6e-05 and is never in
+    scientific notation (a value below the column's precision reads 0.0000)."""
+    largest = max((abs(v) for v in values if _is_float(v)), default=0.0)
+    if largest == 0:
+        return 0
+    return min(6, max(0, 2 - math.floor(math.log10(largest))))
+
+
+def _cell(v: object, decimals: int = 4) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
     if isinstance(v, float):
-        return f"{v:.4g}"
+        text = f"{v:.{decimals}f}"
+        return f"{0.0:.{decimals}f}" if float(text) == 0 else text  # no "-0.00"
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
-    """A GitHub Markdown table (blank for missing values; floats to 4 significant digits)."""
+    """A GitHub Markdown table (blank for missing values; each column's floats at one precision,
+    `column_decimals`)."""
     frame = df.reset_index() if index and (df.index.name is not None or not isinstance(df.index, pd.RangeIndex)) \
         else df
     header = [str(c) for c in frame.columns]
+    decimals = [column_decimals(frame.iloc[:, i]) for i in range(frame.shape[1])]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+        lines.append("| " + " | ".join(_cell(v, d) for v, d in zip(row, decimals)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -565,13 +582,15 @@ def attribute_diff_frame(annotations: Iterable[dict] | str | Path,
 
 
 def figure3(pairs_df: pd.DataFrame, out_png: str | Path, simulated_labels: bool = False,
-            source: str = "") -> pd.DataFrame:
+            source: str = "", paper: PaperResults | None = None) -> pd.DataFrame:
     """Pearson correlation heatmap among the attribute differences and the human preference (paper Figure 3).
 
     n is stated on the figure; ``simulated_labels`` says there that the human labels are simulated (the miniature
-    world's noisy labels); ``source`` names where the pairs come from. A variable that is constant over the pairs
-    has no correlation: its row and column carry a note instead of blank cells. Saved as PNG and PDF.
-    Returns the correlation matrix (NaN where a column is constant)."""
+    world's noisy labels); ``source`` names where the pairs come from; with ``paper``, its note gives the paper's
+    reported values beside this run's strongest human-label correlation. A variable that is constant over the
+    pairs has no correlation: its row and column carry a note instead of blank cells. The note also names the most
+    correlated pair of judge attributes (two attributes that move together carry one signal, not two). Saved as
+    PNG and PDF. Returns the correlation matrix (NaN where a column is constant)."""
     import seaborn as sns
 
     cols = [*DIFF_COLUMNS, PREFERENCE_COLUMN]
@@ -607,12 +626,27 @@ def figure3(pairs_df: pd.DataFrame, out_png: str | Path, simulated_labels: bool 
     for t in ax.get_xticklabels():
         t.set_ha("right")
     notes = []
+    human_r = corr[PREFERENCE_COLUMN].drop(PREFERENCE_COLUMN).dropna()
+    if paper is not None and paper.figure3 is not None and not human_r.empty:
+        top = human_r.abs().idxmax()
+        notes.append(f"Paper (n = {paper.figure3.n} LLaVA-RLHF pairs, Gemini): every |r| with the human label below "
+                     f"{paper.figure3.human_r_below:g}. This run: largest |r| {abs(human_r[top]):.2f} "
+                     f"(Δ {top.removeprefix('d_')}).")
+    pairs = [(abs(corr.loc[a, b]), a, b) for i, a in enumerate(DIFF_COLUMNS) for b in DIFF_COLUMNS[i + 1:]
+             if not math.isnan(corr.loc[a, b])]
+    if pairs:
+        r, a, b = max(pairs)
+        notes.append(f"Most correlated judge attributes: Δ {a.removeprefix('d_')} and Δ {b.removeprefix('d_')}, "
+                     f"r = {corr.loc[a, b]:.2f}" + (": nearly one signal, not two." if r >= 0.9 else "."))
     if simulated_labels:
         notes.append("Human labels are SIMULATED: the miniature world's noisy crowd labels, not LLaVA-RLHF's.")
     if constant:
         notes.append(f"Constant (no correlation defined): {', '.join(constant)}.")
-    if notes:
+    if notes:  # the figure grows by the notes' lines, so the heatmap keeps its size under the title
+        height = 6.6 + 0.22 * len(notes)
+        fig.set_figheight(height)
         fig.text(0.01, 0.005, "\n".join(notes), fontsize=8, ha="left", va="bottom")
-        fig.get_layout_engine().set(rect=(0, 0.05 * len(notes), 1, 1 - 0.05 * len(notes)))
+        share = (0.22 * len(notes) + 0.1) / height
+        fig.get_layout_engine().set(rect=(0, share, 1, 1 - share))
     save_figure(fig, out_png)
     return corr

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mmpref.figures import (
+    DIFF_COLUMNS,
     attribute_diff_frame,
     figure2,
     figure3,
@@ -67,7 +68,8 @@ def test_table2_with_paper_rows_and_markdown(tmp_path):
     paths = save_table(t, tmp_path, "table2")
     md = paths["md"].read_text()
     assert md.splitlines()[0] == "| Model | MM-Vet | LLaVA-bench | PoPe | MM-Bench | MT-bench | AlpacaEval |"
-    assert "| Vicuna (base LM) |  |  |  |  | 6 | 70 |" in md
+    assert "| Vicuna (base LM) |  |  |  |  | 6.00 | 70.0 |" in md  # one precision per column (MT-bench 6.73)
+    assert "| DPO (paper) | 41.2 | 79.1 | 0.870 | 66.8 | 6.73 | 86.4 |" in md
     back = pd.read_csv(paths["csv"], index_col="Model")
     assert back.loc["DPO (paper)", "AlpacaEval"] == 86.4
 
@@ -275,6 +277,16 @@ def test_figure3_correlation_on_constructed_case(tmp_path, monkeypatch):
     for part in fig.axes:       # the heatmap and its colour bar, tick labels included, sit below the title
         assert not title.overlaps(part.get_tightbbox(canvas.get_renderer()))
     assert "Δ helpfulness: constant over all 40 pairs" in text  # a note, not an empty row
+    assert "Paper" not in text  # no paper given
+    # with the paper: its values beside this run's in the note, and the most correlated attributes named
+    figure3(pairs, out, simulated_labels=True, paper=load_paper_results(PAPER))
+    note = " ".join(t.get_text() for t in made[-1].texts)
+    assert "Paper (n = 500 LLaVA-RLHF pairs, Gemini): every |r| with the human label below 0.1" in note
+    assert "This run: largest |r| 1.00 (Δ correctness)" in note
+    _, a, b = max((abs(corr.loc[a, b]), a, b) for i, a in enumerate(DIFF_COLUMNS) for b in DIFF_COLUMNS[i + 1:]
+                  if not math.isnan(corr.loc[a, b]))
+    assert (f"Most correlated judge attributes: Δ {a.removeprefix('d_')} and Δ {b.removeprefix('d_')}, "
+            f"r = {corr.loc[a, b]:.2f}") in note
     with pytest.raises(ValueError, match="lacks columns"):
         figure3(pairs.drop(columns=["d_coherence"]), out)
 
@@ -356,3 +368,14 @@ def test_saved_pdf_is_byte_identical_when_the_figure_is(tmp_path, monkeypatch):
         pdfs.append(save_figure(fig, tmp_path / f"f{i}.png")["pdf"].read_bytes())
         plt.close(fig)
     assert pdfs[0] == pdfs[1] and pdfs[0].startswith(b"%PDF")
+
+
+def test_markdown_tables_use_one_precision_per_column_and_no_scientific_notation():
+    from mmpref.figures import to_markdown
+
+    df = pd.DataFrame({"check": ["margin", "accuracy"], "first": [-3.631e-05, 0.25], "last": [0.02055, 0.8417],
+                       "n": [240, 100], "score": [float("nan"), 54.2]})
+    lines = to_markdown(df, index=False).splitlines()
+    assert lines[2] == "| margin | 0.000 | 0.021 | 240 |  |"       # below the column's precision: 0.000, not -3.6e-05
+    assert lines[3] == "| accuracy | 0.250 | 0.842 | 100 | 54.2 |"
+    assert "e-0" not in "".join(lines)
