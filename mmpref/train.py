@@ -22,10 +22,10 @@ made for the same data and settings. Multi-GPU: the same functions run under `ac
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from mmpref import stages as stage_table
-from mmpref import runner, train
+from mmpref import methods, runner, train
 from mmpref.annotate import annotate_samples, collect_gold
 from mmpref.config import load_params
 from mmpref.evaluate import suite
@@ -227,8 +227,9 @@ def complete_run(run_dir: Path, params):
         (run_dir / "world" / m / "model.safetensors").write_bytes(f"{m} weights".encode())
     for name in ("prompts", "samples", "gold", "annotations"):
         write_jsonl(run_dir / f"{name}.jsonl", [{"prompt_id": "p0", "what": name}])
-    for name in ("sft_gold", "steerlm", "rejection_sampling", "dpo"):
+    for name in methods.datasets():
         write_jsonl(run_dir / "datasets" / f"{name}.jsonl", [{"prompt_id": "p0"}])
+    for name in methods.names():  # every registered method's stand-in adapter
         (run_dir / "adapters" / name).mkdir(parents=True)
         (run_dir / "adapters" / name / "adapter_model.safetensors").write_bytes(f"{name} adapter".encode())
     (run_dir / "eval").mkdir()
