@@ -492,6 +492,13 @@ def test_a_world_with_the_same_params_is_reused_from_the_shared_folder(tmp_path,
     assert len(calls) == 2 and second["reused_from"] == str(kept)            # copied, not trained
     assert (tmp_path / "runs" / "b" / "world" / "images" / "a.png").read_bytes() == b"png"
 
+    # a copy killed half-way (no marker, a torn weights file) is copied again, never trusted
+    torn = tmp_path / "runs" / "e" / "world"
+    (torn / "vit").mkdir(parents=True)
+    (torn / "vit" / "model.safetensors").write_bytes(b"vit wei")
+    again = build.build_world(torn, WorldParams(), seed=0, shared_dir=shared)
+    assert again["reused_from"] == str(kept) and (torn / "vit" / "model.safetensors").read_bytes() == b"vit weights"
+    assert len(calls) == 2
     build.build_world(tmp_path / "runs" / "c" / "world", WorldParams(), seed=1, shared_dir=shared)  # another seed
     build.build_world(tmp_path / "runs" / "d" / "world", WorldParams(n_pool=7), seed=0, shared_dir=shared)
     assert len(calls) == 6 and len(list(shared.iterdir())) == 3

@@ -215,7 +215,10 @@ def build_world(world_dir: Path, world_params, seed: int, shared_dir: Path | Non
     if kept is not None and _built(kept, fingerprint) is not None:
         for sub in ("images", "pools", "benchmarks", "tokenizer", "base-lm", "vit"):
             shutil.rmtree(world_dir / sub, ignore_errors=True)
-        shutil.copytree(kept, world_dir, dirs_exist_ok=True)
+        # the marker last: a copy killed half-way has none, so the next run copies again instead of trusting it
+        (world_dir / "world.json").unlink(missing_ok=True)
+        shutil.copytree(kept, world_dir, dirs_exist_ok=True, ignore=shutil.ignore_patterns("world.json"))
+        shutil.copy2(kept / "world.json", world_dir / "world.json")
         log.info("world %s reused from %s (same params, seed and world code)", fingerprint, kept)
         return {**read_json(world_dir / "world.json"), "reused_from": str(kept)}
     timings = {}
