@@ -566,6 +566,7 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
     from mmpref.config import deep_merge
 
     setup_logging()
+    logging.getLogger("asyncio").addFilter(drop_orphan_kernel_watch)  # once: addFilter keeps one copy
     path = resolve_params_path(params_path)
     asked = overrides  # the user's --set values, for the commands this prints
     if retry_failed:
@@ -664,6 +665,18 @@ def run(params_path: str, stages: str | None = None, force: list[str] | None = N
             os.environ.pop(PROGRESS_ENV, None)
         else:
             os.environ[PROGRESS_ENV] = progress_before
+
+
+def drop_orphan_kernel_watch(record: logging.LogRecord) -> bool:
+    """A logging filter for asyncio: drops "Task exception was never retrieved" for nbclient's kernel-watch task
+    when it ends in DeadKernelError. A stage stopped by Ctrl-C or SIGTERM shuts its kernel down while that task still
+    polls it; the task's exception is then never retrieved and asyncio logged it, with a traceback, at interpreter
+    exit, after the runner's own one line. A kernel that dies while its stage runs is reported by `run` itself
+    (StageFailed), so this copy says nothing new."""
+    from nbclient.exceptions import DeadKernelError
+
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, DeadKernelError)
 
 
 def threading_main() -> bool:
