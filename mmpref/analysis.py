@@ -76,7 +76,7 @@ def analyse_run(params, run_dir: Path) -> dict:
 
         hp, j = params.human_preferences, params.judge
         records = load_llava_rlhf_preferences(params.path(hp.path), n=hp.n, seed=hp.seed)
-        pairs = score_human_pairs(judge_from_params(j, run_dir / "judge_cache"), records, params.path(hp.images),
+        pairs = score_human_pairs(judge_from_params(j, run_dir / "judge_cache", params.path), records, params.path(hp.images),
                                   run_dir / "human_preferences" / "annotations.jsonl", max_workers=j.max_workers,
                                   max_retries=j.max_retries, retry_failed=j.retry_failed,
                                   max_failed_fraction=j.max_failed_fraction)

@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p_seeds.add_argument("--seeds", default="0,1,2", help="comma-separated run seeds (default 0,1,2)")
     p_seeds.add_argument("--stages", help="as for run (default: all)")
     p_seeds.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
-    p_train = sub.add_parser("train", help="train one method from a run's datasets (e.g. under accelerate launch)")
+    p_train = sub.add_parser("train", help="train one method from a run's datasets, or the critique reward model "
+                                           "(reward_model) from its annotations (e.g. under accelerate launch)")
     p_train.add_argument("params")
-    p_train.add_argument("method", choices=methods.names())
+    p_train.add_argument("method", choices=[*methods.names(), "reward_model"])
     p_train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides")
     p_status = sub.add_parser("status", help="show which stages of a run are complete")
     p_status.add_argument("params")
@@ -73,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tables in {done['dir']}")
         elif args.command == "train":
             from mmpref.config import load_params
-            from mmpref.train import train_method
-
             from mmpref.console import setup_logging
+            from mmpref.train import REWARD_MODEL, train_method, train_reward_model
 
             setup_logging()
-            for name, info in train_method(load_params(args.params, overrides), args.method).items():
+            params = load_params(args.params, overrides)
+            infos = ({REWARD_MODEL: train_reward_model(params)} if args.method == REWARD_MODEL else
+                     train_method(params, args.method))
+            for name, info in infos.items():
                 print(f"{name}: {info['rows']} rows, {info['seconds']}s, final loss {info['final_loss']}")
         elif args.command == "check":
             from mmpref.config import load_params

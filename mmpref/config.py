@@ -270,7 +270,7 @@ class EngineParams(Strict):
         return self
 
 
-OPTIONAL_SECTIONS = {"human_preferences", "engine"}
+OPTIONAL_SECTIONS = {"human_preferences", "engine", "reward_model"}
 # engine settings that change how requests are made, not what is generated: not part of any stage's params hash
 ENGINE_OPERATIONAL = {"base_url", "api_key_env", "max_concurrency", "timeout_s", "max_retries"}
 
@@ -461,6 +461,29 @@ class HumanPreferenceParams(Strict):
     seed: int = 0
 
 
+class RewardModelParams(Strict):
+    """Stage 03b: a critique-based reward model (mmpref/reward_model.py; MM-RLHF section 4.1) trained with LoRA on the
+    annotation judge's critiques and ratings of the train split, then compared with the judge on the `held_out`
+    share of prompts (never trained on). Each row's critique is the judge's reasoning about that response, its
+    leading sentences within `critique_words` words. `sft`: its training settings, `train.sft`'s where unset
+    (a reward model is an SFT run on the judge's outputs, as MM-RLHF's is on its critiques). `max_new_tokens`: the
+    critique and ratings it writes per response."""
+
+    held_out: float = Field(0.2, gt=0.0, lt=1.0)
+    critique_words: int = Field(40, ge=1)
+    max_new_tokens: int = Field(96, ge=8)
+    batch_size: int = Field(16, ge=1)
+    sft: dict[str, Any] = {}
+
+    @field_validator("sft")
+    @classmethod
+    def _sft_keys(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(SFTParams.model_fields))
+        if unknown:
+            raise ValueError(f"unknown reward_model.sft key(s) {unknown}; allowed: {sorted(SFTParams.model_fields)}")
+        return v
+
+
 class Params(Strict):
     run: RunParams = RunParams()
     world: WorldParams | None = None
@@ -473,6 +496,20 @@ class Params(Strict):
     evaluate: EvalParams = EvalParams()
     human_preferences: HumanPreferenceParams | None = None
     engine: EngineParams | None = None
+    reward_model: RewardModelParams | None = None
+
+    @model_validator(mode="after")
+    def _judges_answer_their_tasks(self) -> "Params":
+        from mmpref.judges import BACKENDS
+
+        if not BACKENDS[self.evaluate.judge.backend].grades_benchmarks:
+            raise ValueError(f"evaluate.judge.backend {self.evaluate.judge.backend!r} only annotates; "
+                             f"benchmarks need a grading judge (e.g. rubric, gemini, openai)")
+        if not BACKENDS[self.judge.backend].writes_gold and "sft_gold" in self.train.methods:
+            raise ValueError(f"judge.backend {self.judge.backend!r} only annotates (stage 03), but train.methods has "
+                             f"sft_gold, whose gold answers the judge writes in stage 02: use another judge for that "
+                             f"run, or leave sft_gold out")
+        return self
 
     # resolved at load time, not part of the YAML
     _root: Path = Path(".")

@@ -353,7 +353,7 @@ def _thinking(jp) -> int:
 
 
 def _judge_label(jp) -> str:
-    return jp.backend if BACKENDS[jp.backend].free else f"{jp.backend}:{jp.model}"
+    return f"{jp.backend}:{jp.model}" if BACKENDS[jp.backend].takes_model else jp.backend
 
 
 def _usd(jp, section: str, tokens_in: float, tokens_out: float) -> tuple[float, str]:

@@ -5,21 +5,24 @@ the figures all read it without import cycles.
 - ATTRIBUTES: the five HelpSteer attributes the annotation judge rates 0..4 (paper section 3.1).
 - quality = helpfulness + correctness + coherence (0..12; paper section 3.2): DPO's chosen/rejected and rejection
   sampling's top response.
+- RATINGS_LINE: the five ratings on one line (`ratings_line`, `parse_ratings_line`).
 - STEERLM_SUFFIX: the rating condition appended to a SteerLM question (the authors' prompt, findalexli/mllm-dpo).
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 ATTRIBUTES = ("helpfulness", "correctness", "coherence", "complexity", "verbosity")
 QUALITY_ATTRIBUTES = ("helpfulness", "correctness", "coherence")
 
-STEERLM_SUFFIX = (
-    "\nPlease answer the question such that your response is in the following attributes in 5-point Likert scale:\n"
-    "Helpfulness:{helpfulness},Correctness:{correctness},Coherence:{coherence},"
-    "Complexity:{complexity},Verbosity:{verbosity}"
-)
+# the five ratings as one line, the authors' SteerLM format (also the critique reward model's score line)
+RATINGS_LINE = ("Helpfulness:{helpfulness},Correctness:{correctness},Coherence:{coherence},"
+                "Complexity:{complexity},Verbosity:{verbosity}")
+STEERLM_SUFFIX = ("\nPlease answer the question such that your response is in the following attributes in 5-point "
+                  "Likert scale:\n" + RATINGS_LINE)
+_RATINGS_LINE_RE = re.compile(r"\s*,\s*".join(rf"{a.capitalize()}\s*:\s*(\d+)" for a in ATTRIBUTES))
 
 
 def rating(scores: Any, attr: str) -> int:
@@ -46,3 +49,16 @@ def quality(scores: Any) -> int:
 def steerlm_question(question: str, attrs: Mapping[str, int]) -> str:
     """The question with the SteerLM attribute condition appended."""
     return question + STEERLM_SUFFIX.format(**{a: int(attrs[a]) for a in ATTRIBUTES})
+
+
+def ratings_line(attrs: Mapping[str, int]) -> str:
+    """The five ratings as RATINGS_LINE ("Helpfulness:3,Correctness:2,...")."""
+    return RATINGS_LINE.format(**{a: int(attrs[a]) for a in ATTRIBUTES})
+
+
+def parse_ratings_line(text: str) -> dict[str, int]:
+    """The ratings of the last complete RATINGS_LINE in `text`, validated 0..4; ValueError when there is none."""
+    found = list(_RATINGS_LINE_RE.finditer(text))
+    if not found:
+        raise ValueError(f"no ratings line ({RATINGS_LINE.split(',')[0]},...) in {text[-120:]!r}")
+    return attributes(dict(zip(ATTRIBUTES, map(int, found[-1].groups()))))

@@ -17,6 +17,7 @@ from mmpref import methods
 
 WORLD = "00_world"  # the miniature world is built as one unit from its params: every stage that reads any part of it
 #                     (pools, checkpoints, benchmarks) hashes its checkpoints, which change whenever it is rebuilt
+REWARD_MODEL = "03b_reward_model"  # only where params have a reward_model section
 PROMPTS, SAMPLES, GOLD, ANNOTATIONS = "prompts.jsonl", "samples.jsonl", "gold.jsonl", "annotations.jsonl"
 
 
@@ -57,6 +58,12 @@ FIXED: list[Stage] = [
           _files(SAMPLES, GOLD), tables=2),
     Stage("03_annotate", ("run", "judge"), {"01_collect": (PROMPTS,), "02_sample": (SAMPLES,)},
           _files(ANNOTATIONS), png=1, tables=2),
+    # the critique reward model (params `reward_model`; absent: no stage): trained on 03's judge outputs, compared with
+    # the judge on held-out prompts
+    Stage("03b_reward_model", ("run", "models", "train", "reward_model"), {
+        WORLD: (), "01_collect": (PROMPTS,), "02_sample": (SAMPLES,), "03_annotate": (ANNOTATIONS,)},
+        _files("reward_model/adapter/adapter_model.safetensors", "reward_model/annotations.jsonl",
+               "reward_model/agreement.csv"), png=2, tables=4),
     Stage("04_pair", ("run", "pairing"), {"01_collect": (PROMPTS,), "02_sample": (SAMPLES, GOLD),
                                           "03_annotate": (ANNOTATIONS,)}, _glob("datasets", "*.jsonl"), tables=1),
     # the training stages come here, one per method; 09 also reads every training stage's adapters
@@ -97,10 +104,11 @@ def _training_stage(method: methods.Method) -> Stage:
 def table() -> list[Stage]:
     """Every stage in run order, with one training stage per registered method (read anew: tests register some)."""
     training = [_training_stage(m) for m in methods.METHODS]
-    evaluate = next(s for s in FIXED if s.name == "09_evaluate")
+    at = next(i for i, s in enumerate(FIXED) if s.name == "09_evaluate")
+    evaluate = FIXED[at]
     evaluate = Stage(evaluate.name, evaluate.sections, {**evaluate.reads, **{t.name: () for t in training}},
                      evaluate.outputs, evaluate.png, evaluate.tables)
-    return [*FIXED[:5], *training, evaluate, *FIXED[6:]]
+    return [*FIXED[:at], *training, evaluate, *FIXED[at + 1:]]
 
 
 def names() -> list[str]:
@@ -116,10 +124,12 @@ def get(name: str) -> Stage:
 
 
 def active(params) -> list[str]:
-    """Stages this run has: no 00_world without a miniature world, no training stage for an unlisted method."""
+    """Stages this run has: no 00_world without a miniature world, no training stage for an unlisted method, no
+    03b_reward_model without a reward_model section."""
     train = methods.by_stage()
     return [s for s in names()
-            if not (s == WORLD and params.world is None) and not (s in train and train[s] not in params.train.methods)]
+            if not (s == WORLD and params.world is None) and not (s in train and train[s] not in params.train.methods)
+            and not (s == REWARD_MODEL and params.reward_model is None)]
 
 
 def outputs(params, stage: str) -> list[Path]:

@@ -109,7 +109,8 @@ def _score(benchmark: str, recs: Sequence[dict], idx: np.ndarray) -> float:
         return math.nan
 
 
-def _percentiles(values: Sequence[float], level: float) -> tuple[float, float, int]:
+def percentile_interval(values: Sequence[float], level: float) -> tuple[float, float, int]:
+    """The (lo, hi) percentile interval at `level` of the finite values, and how many there were."""
     v = np.asarray(values, dtype=float)
     v = v[~np.isnan(v)]
     if not len(v):
@@ -126,7 +127,7 @@ def bootstrap(benchmark: str, recs: Sequence[dict], n_resamples: int = N_RESAMPL
         raise ValueError(f"{benchmark}: no records to resample")
     value = headline(benchmark, recs)
     stats = [_score(benchmark, recs, idx) for idx in _draws(benchmark, recs, n_resamples, seed)]
-    lo, hi, ok = _percentiles(stats, level)
+    lo, hi, ok = percentile_interval(stats, level)
     return {"value": value, "lo": lo, "hi": hi, "n_units": len(recs), "n_resamples": ok}
 
 
@@ -149,7 +150,7 @@ def paired_difference(benchmark: str, recs_a: Sequence[dict], recs_b: Sequence[d
     va, vb = headline(benchmark, a), headline(benchmark_b, b)
     diffs = [_score(benchmark, a, idx) - _score(benchmark_b, b, idx)
              for idx in _draws(benchmark, a, n_resamples, seed)]
-    lo, hi, ok = _percentiles(diffs, level)
+    lo, hi, ok = percentile_interval(diffs, level)
     return {"value": va - vb, "a": va, "b": vb, "lo": lo, "hi": hi, "n_units": len(a), "n_resamples": ok}
 
 

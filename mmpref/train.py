@@ -114,6 +114,15 @@ def _images(rows: list[dict], run_dir: Path) -> list:
     return [open_image(run_dir / r["image"]) for r in rows]
 
 
+def _prompt_ids(processor, question: str, image) -> list[int]:
+    """The token ids of one question with its image, rendered with the processor's chat template (image tokens
+    expanded, so the count is right where it depends on the picture: Qwen2-VL)."""
+    prompt = processor.apply_chat_template(chat_messages([question], [], True), add_generation_prompt=True,
+                                           tokenize=False)
+    ids = processor(images=[image], text=[prompt], add_special_tokens=False)["input_ids"][0]
+    return ids.tolist() if hasattr(ids, "tolist") else list(ids)
+
+
 def check_lengths(processor, rows: list[dict], images: list, max_length: int, completion_keys: list[str],
                   image_token: str = "<image>") -> None:
     """Fail clearly, before training, if max_length would cut into a prompt (and so into its image tokens).
@@ -123,10 +132,7 @@ def check_lengths(processor, rows: list[dict], images: list, max_length: int, co
     tok = processor.tokenizer
     image_id = tok.convert_tokens_to_ids(image_token)
     for r, image in zip(rows, images):
-        prompt = processor.apply_chat_template(chat_messages([r["question"]], [], True), add_generation_prompt=True,
-                                               tokenize=False)
-        ids = processor(images=[image], text=[prompt], add_special_tokens=False)["input_ids"][0]
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        ids = _prompt_ids(processor, r["question"], image)
         n_prompt, n_image = len(ids), ids.count(image_id)
         if n_image == 0:
             raise ValueError(f"prompt {r.get('prompt_id')}: the chat template rendered no {image_token!r} for the "
@@ -645,11 +651,11 @@ def _share_prefix(choice, family: str) -> bool:
     return fits if choice == "auto" else bool(choice)
 
 
-def settings_from_params(params, method: str) -> TrainSettings:
-    """Translate the `train` params section into the settings of one method (family and template included)."""
+def _run_settings(params, method: str) -> dict:
+    """The TrainSettings fields every training run of this params file shares: LoRA, schedule, family, template."""
     t = params.train
     policy_ref = params.model_ref(params.models.policy)
-    common = dict(
+    return dict(
         method=method, lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
         target_modules=list(t.lora.target_modules), lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio,
         weight_decay=t.weight_decay, bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing,
@@ -658,6 +664,18 @@ def settings_from_params(params, method: str) -> TrainSettings:
         family=family_for_checkpoint(policy_ref, params.models.family).name,
         chat_template=chat_templates(params)[0], pad_images=image_padding(params),
     )
+
+
+def _sft_settings(s, common: dict, extra: dict | None = None) -> TrainSettings:
+    return TrainSettings(learning_rate=s.learning_rate, batch_size=s.batch_size, grad_accum=s.grad_accum,
+                         epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector,
+                         projector_learning_rate=s.projector_learning_rate, **common, **(extra or {}))
+
+
+def settings_from_params(params, method: str) -> TrainSettings:
+    """Translate the `train` params section into the settings of one method (family and template included)."""
+    t = params.train
+    common = _run_settings(params, method)
     spec = methods.method_of(method)
     extra = spec.settings(params) if spec.settings else {}
     if spec.trainer == "dpo":
@@ -669,10 +687,46 @@ def settings_from_params(params, method: str) -> TrainSettings:
                              disable_dropout=d.disable_dropout,
                              train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
                              **common, **extra)
-    s = t.sft
-    return TrainSettings(learning_rate=s.learning_rate, batch_size=s.batch_size, grad_accum=s.grad_accum,
-                         epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector,
-                         projector_learning_rate=s.projector_learning_rate, **common, **extra)
+    return _sft_settings(t.sft, common, extra)
+
+
+REWARD_MODEL = "reward_model"  # its adapter's method name (`mmpref train PARAMS reward_model`)
+
+
+def reward_model_settings(params) -> TrainSettings:
+    """The critique reward model's SFT settings: `train.sft` with `reward_model.sft` over it."""
+    if params.reward_model is None:
+        raise ValueError("params have no reward_model section; add one to train the critique reward model (03b)")
+    return _sft_settings(params.train.sft.model_copy(update=params.reward_model.sft), _run_settings(params, REWARD_MODEL))
+
+
+def _row_tokens(processor, row: dict, image, completion_key: str) -> int:
+    """Tokens of one SFT row as the trainer sees it: the prompt with its image, the completion, the end token."""
+    n_prompt = len(_prompt_ids(processor, row["question"], image))
+    return n_prompt + len(processor.tokenizer(row[completion_key], add_special_tokens=False)["input_ids"]) + 1
+
+
+def train_reward_model(params, force: bool = False) -> dict:
+    """Stage 03b: the critique reward model's rows (mmpref.reward_model.training_rows) from stage 03's annotations,
+    less those longer than max_length (counted: a cut row would lose its ratings line), trained with LoRA into
+    reward_model/adapter. Returns the training info with the rows' summary. On a GPU node the same call runs under
+    accelerate: `accelerate launch ... -m mmpref.cli train PARAMS reward_model`."""
+    from mmpref import reward_model as rm
+
+    run_dir, rp = params.run_dir, params.reward_model
+    settings = reward_model_settings(params)
+    rows, summary = rm.training_rows(read_jsonl(run_dir / "prompts.jsonl"), read_jsonl(run_dir / "samples.jsonl"),
+                                     read_jsonl(run_dir / "annotations.jsonl"), rp.held_out, params.run.seed,
+                                     rp.critique_words)
+    policy_ref = params.model_ref(params.models.policy)
+    processor = load_processor(policy_ref, settings.chat_template, settings.pad_images)
+    images = _images(rows, run_dir)
+    fits = [_row_tokens(processor, r, im, "response") <= settings.max_length for r, im in zip(rows, images)]
+    summary["rows_left_out"] = {rm.TOO_LONG: fits.count(False)}
+    rows = [r for r, ok in zip(rows, fits) if ok]
+    summary["rows"] = len(rows)
+    info = train_sft(policy_ref, rows, run_dir, rm.adapter_dir(run_dir), settings, force=force)
+    return {**info, "rows_summary": summary}
 
 
 def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
@@ -735,7 +789,7 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
 
     sweep, run_dir = params.train.dpo.sweep, params.run_dir
     policy_ref = params.model_ref(params.models.policy)
-    judge = judge_from_params(params.evaluate.judge, run_dir / "judge_cache")
+    judge = judge_from_params(params.evaluate.judge, run_dir / "judge_cache", params.path)
     out_root = run_dir / "adapters" / "dpo_sweep"
 
     def dev_score(name: str, adapter: Path | None, out_dir: Path) -> float:

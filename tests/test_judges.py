@@ -364,7 +364,7 @@ def test_a_backend_describes_itself_to_params_make_judge_and_check(monkeypatch, 
         def _call(self, req):
             return JudgeReply(text="ok", input_tokens=1, output_tokens=1)
 
-    with pytest.raises(ValueError, match=r"unknown judge backend 'toy'; allowed: \['rubric', 'gemini', 'openai'\]"):
+    with pytest.raises(ValueError, match=r"unknown judge backend 'toy'; allowed: \['rubric', 'reward_model', 'gemini', 'openai'\]"):
         JudgeParams(backend="toy", model="m")
     monkeypatch.setitem(BACKENDS, "toy", ToyJudge)
     jp = JudgeParams(backend="toy", model="m1", price_input_per_mtok=1.0, price_output_per_mtok=2.0)

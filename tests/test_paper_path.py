@@ -93,6 +93,7 @@ def paper_shaped_params(root: Path, data: Path, gemini_url: str, openai_url: str
              "image_root": "{data_dir}/scigraphqa/imgs", "n": 6},
             {"name": "lrv", "path": "{data_dir}/lrv/filter_cap.json", "image_root": "{data_dir}/lrv/images", "n": 6}]},
         "sampling": {"max_new_tokens": 12, "batch_size": 6},
+        "reward_model": {"max_new_tokens": 12, "batch_size": 4},
         "judge": {"base_url": gemini_url, "requests_per_minute": None, "max_workers": 4},
         "train": {"methods": list(methods), "lora": {"r": 4, "alpha": 8},
                   "sft": {"batch_size": 2, "grad_accum": 1, "epochs": 1},
@@ -161,9 +162,32 @@ def _rows(path: Path) -> list[dict]:
 def test_every_stage_ran_without_network(paper):
     lines = read_jsonl(paper["run"] / "manifest.jsonl")
     ok = {line["stage"] for line in lines if line["status"] == "ok"}
-    assert ok == {"01_collect", "02_sample", "03_annotate", "04_pair", "05_train_sft_gold", "06_train_steerlm",
+    assert ok == {"01_collect", "02_sample", "03_annotate", "03b_reward_model", "04_pair", "05_train_sft_gold",
+                  "06_train_steerlm",
                   "07_train_rejection_sampling", "08_train_dpo", "08b_train_mm_dpo", "09_evaluate", "10_analyse"}
     assert not (paper["root"] / "guard.log").exists(), (paper["root"] / "guard.log").read_text()
+
+
+def test_the_reward_model_learned_geminis_critiques_and_trains_from_the_cli(paper):
+    """03b trained the critique reward model on the LLaVA-shaped policy from Gemini's critiques (one paragraph per
+    prompt, split at its mentions of each response) and annotated the held-out prompts with it; `mmpref train
+    PARAMS reward_model`, the command `accelerate launch` runs on a GPU node, finds that adapter and reuses it."""
+    adapter = paper["run"] / "reward_model" / "adapter"
+    trained = json.loads((adapter / "mmpref_train.json").read_text())
+    assert trained["rows"] > 0 and trained["settings"]["method"] == "reward_model"
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"].endswith(
+        "llava-1.5-shaped")
+    rows = read_jsonl(paper["run"] / "reward_model" / "annotations.jsonl")
+    assert rows and all(r["judge"].startswith("reward-model-") for r in rows)
+    assert set(pd.read_csv(paper["run"] / "reward_model" / "agreement.csv")["metric"]) == {"pearson_r",
+                                                                                        "pairwise_accuracy"}
+    before = (adapter / "adapter_model.safetensors").stat().st_mtime_ns
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MMPREF_RUN_DIR", "MMPREF_DATA_DIR"))}
+    proc = subprocess.run([str(BIN / "mmpref"), "train", str(paper["params"]), "reward_model"], cwd=ROOT,
+                          env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"reward_model: {trained['rows']} rows" in proc.stdout
+    assert (adapter / "adapter_model.safetensors").stat().st_mtime_ns == before  # the finished adapter, reused
 
 
 def test_annotation_went_through_google_genai_with_images(paper):

@@ -136,7 +136,7 @@ def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
     from mmpref import engine
 
     ev = params.evaluate
-    judge = judge_from_params(ev.judge, run_dir / "judge_cache")
+    judge = judge_from_params(ev.judge, run_dir / "judge_cache", params.path)
     templates, noise = _judge_templates(params), _noise_dir(params)
     rows: list[dict] = []
     models = plan(params, run_dir)

@@ -216,7 +216,11 @@ class Judge:
     # what a backend says of itself (mmpref.judges.BACKENDS reads it: config, make_judge, `mmpref check`, costs)
     backend: str = ""  # its params name (judge.backend)
     key_envs: tuple[str, ...] = ()  # the environment variables its API key comes from, the first one preferred
-    free: bool = False  # runs locally at no cost, with no model id and no key (the rubric judge)
+    free: bool = False  # runs locally at no cost and with no key (the rubric judge, the reward model)
+    takes_model: bool = True  # judge.model names what answers (a model id; the reward model's adapter folder)
+    api: bool = True  # calls an API (base_url, timeout_s, temperature... apply)
+    writes_gold = True  # answers stage 02's gold-answer requests (task "answer")
+    grades_benchmarks = True  # answers stage 09's grading requests (evaluate.judge)
     base_url: str | None = None  # its endpoint (None: the backend's default)
 
     def __init__(

@@ -251,6 +251,8 @@ class RubricJudge(Judge):
     uses_truth = True
     backend = "rubric"
     free = True
+    takes_model = False
+    api = False
 
     def __init__(self, cache_dir=None, **limits):
         limits.setdefault("max_concurrency", 8)

@@ -185,7 +185,7 @@ def unit_interval(units, a, b=None, n_resamples: int = stats.N_RESAMPLES, seed: 
     codes, uniq = pd.factorize(pd.Series(list(units)))
     sums, counts = np.bincount(codes, weights=v), np.bincount(codes)
     idx = np.random.default_rng(seed).integers(0, len(uniq), size=(n_resamples, len(uniq)))
-    lo, hi, _ = stats._percentiles(sums[idx].sum(1) / counts[idx].sum(1), level)
+    lo, hi, _ = stats.percentile_interval(sums[idx].sum(1) / counts[idx].sum(1), level)
     return {"value": float(v.mean()), "lo": lo, "hi": hi, "n_units": len(uniq)}
 
 
