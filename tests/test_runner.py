@@ -16,7 +16,8 @@ def touch_world(run_dir):
 
 def test_stage_ranges():
     stages = stage_table.active(load_params("params/tiny.yaml"))
-    assert runner.parse_stage_range("02-04", stages) == ["02_sample", "03_annotate", "04_pair"]
+    assert runner.parse_stage_range("02-04", stages) == ["02_sample", "03_annotate", "03b_reward_model", "04_pair"]
+    assert runner.parse_stage_range("03b", stages) == ["03b_reward_model"]
     assert runner.parse_stage_range("5,08", stages) == ["05_train_sft_gold", "08_train_dpo"]
     assert runner.parse_stage_range("08_train_dpo", stages) == ["08_train_dpo"]
     assert runner.parse_stage_range(None, stages) == stages
