@@ -365,6 +365,21 @@ def save_interval_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> 
     return {"csv": csv, "md": md}
 
 
+# ----------------------------------------------------------------------------------------------- units in headers
+def with_units(df: pd.DataFrame, units: dict[str, str]) -> pd.DataFrame:
+    """A copy whose column headers (and index name) carry their units: "MT-bench" -> "MT-bench (1–10)". `units`:
+    header -> unit for this table (a header means one thing per table: "full" counts pairs in one table and is a
+    share of answers in another); a header without a unit, or one that already ends in "(unit)", is kept."""
+    def name(header):
+        unit = units.get(header) if isinstance(header, str) else None
+        return header if not unit or header.endswith(f"({unit})") else f"{header} ({unit})"
+
+    out = df.rename(columns=name)
+    if out.index.name is not None:
+        out.index = out.index.rename(name(out.index.name))
+    return out
+
+
 # ----------------------------------------------------------------------------------------------- saving tables
 def readable(df: pd.DataFrame, digits: int = 3) -> pd.DataFrame:
     """A copy of a table for reading in a notebook: each float column rounded to about `digits` significant digits
