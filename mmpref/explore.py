@@ -150,7 +150,7 @@ def pair_logprobs(model, processor, rows: Sequence[dict], run_dir: str | Path, m
         logits = model(**inputs, use_cache=False).logits[:, :-1].float()
         ids, mask = batch["input_ids"][:, 1:].to(device), batch["completion_mask"][:, 1:].to(device)
         per_token = torch.log_softmax(logits, -1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        return (per_token * mask).sum(1).cpu(), batch["completion_mask"].sum(1)
+        return per_token.masked_fill(mask == 0, 0.0).sum(1).cpu(), batch["completion_mask"].sum(1)  # pads: 0
 
     out: list[dict] = []
     try:

@@ -162,6 +162,15 @@ def test_pair_logprobs_are_the_dpo_trainers_and_equal_the_reference_for_a_no_op_
     assert (col("policy_chosen") - col("ref_chosen")).abs().max() > 1e-3  # the adapter matters here
     assert [g["chosen_tokens"] + g["rejected_tokens"] for g in got] == \
         (trained["lengths"][:3] + trained["lengths"][3:]).tolist()
+    # the saved adapter, loaded as the notebook loads it (unmerged), scores the same
+    from mmpref.models import load_vlm
+
+    trainer.model.save_pretrained(tmp_path / "adapter")
+    model, processor = load_vlm(checkpoint.vit, tmp_path / "adapter", dtype="float32", device="cpu", merge=False)
+    loaded = explore.pair_logprobs(model, processor, rows, tmp_path, max_length=64)
+    for g, x in zip(got, loaded):
+        assert {k: x[k] for k in g if k != "prompt_id"} == pytest.approx({k: g[k] for k in g if k != "prompt_id"},
+                                                                         abs=1e-4)
     with torch.no_grad():  # an adapter that changes nothing (LoRA B = 0, as a fresh one): policy = reference, h = 0
         for name, p in trainer.model.named_parameters():
             if "lora_B" in name:
