@@ -410,7 +410,7 @@ def table_units(name: str) -> dict[str, str]:
         "headline": {b.name: b.unit for b in registry.benchmarks() if b.unit},  # 09: model x benchmark
         "dpo_sweep": {"dev_relative_score": registry.get("llava_bench").unit if "llava_bench" in registry.names()
                       else "", "final_loss": nats, "ln 2": nats, "loss - ln 2": nats},
-        "training_runs": {"seconds": "s", "final_loss": nats, "final loss": nats, "loss - ln 2": nats},
+        "training_runs": {"final_loss": nats, "final loss": nats, "loss - ln 2": nats},
         "dpo_steps": {"loss": nats, "rewards/chosen": nats, "rewards/rejected": nats, "rewards/margins": nats,
                       "rewards/accuracies": "share of pairs", "logps/chosen": nats, "logps/rejected": nats},
         "ratings": {**{a: "0–4" for a in ATTRIBUTES}, "quality": "0–12", "chosen_quality": "0–12",
