@@ -143,7 +143,7 @@ def test_pair_table_headers_carry_units(tmp_path):
     assert "question" in averaged.columns  # a header without a unit stays as it is
 
 
-def test_pair_logprobs_are_the_dpo_trainers_and_equal_the_reference_for_a_no_op_adapter(checkpoint, tmp_path):  # noqa: F811
+def test_pair_logprobs_are_the_trainers_and_the_reference_for_a_no_op_adapter(checkpoint, tmp_path):  # noqa: F811
     import torch
     from test_shared_prefix import _rows, _run, _settings, _trainer
 
