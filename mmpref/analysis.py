@@ -88,11 +88,15 @@ def analyse_run(params, run_dir: Path) -> dict:
     else:
         log.info("figure 3 needs human preference labels for annotated pairs; the miniature world makes them, a real "
                  "run reads LLaVA-RLHF's (params `human_preferences`), none configured, so it is skipped")
-    for name in ("table2", "table3", "paper_vs_run", "claims", "anatomy_table", "pair_anatomy", "dpo_diagnosis",
-                 "response_form", "response_form_by", "decomposition", "transitions", "probe_table", "probe_by",
-                 "c2_inputs"):
-        if name in out:  # what the notebook shows, rounded for reading (the saved CSVs keep full precision)
-            out[name] = figures.readable(out[name])
+    for name, table in (("table2", "table2"), ("table3", "table3"), ("paper_vs_run", "paper_vs_run"),
+                        ("claims", "claims"), ("anatomy_table", "regression_anatomy"),
+                        ("pair_anatomy", "dpo_pair_anatomy"), ("dpo_diagnosis", "dpo_diagnosis"),
+                        ("response_form", "response_form"), ("response_form_by", "response_form_by_category_turn"),
+                        ("decomposition", "mt_bench_decomposition"), ("transitions", "mt_bench_transitions"),
+                        ("probe_table", "knowledge_probe"), ("probe_by", "knowledge_probe_by_item_group"),
+                        ("c2_inputs", "c2_decision")):
+        if name in out:  # what the notebook shows, rounded for reading, units in its headers as in tables/<name>.md
+            out[name] = figures.with_table_units(figures.readable(out[name]), table)  # (the CSVs: full precision)
     if is_repository_run(params, run_dir):
         out["copied"] = copy_figures(run_dir, params.path("figures"))
     return out

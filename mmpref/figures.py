@@ -12,7 +12,9 @@
   lo, hi columns) and markdown ("6.12 [5.85, 6.40]" cells).
 
 Values are shown in the units results.csv holds them (no rescaling); the paper's units are listed in
-``params/paper_results.yaml``. Figures are drawn on a bare ``matplotlib.figure.Figure`` (no pyplot state, so a
+``params/paper_results.yaml``. Rendered tables (the markdown files, the notebooks' views) name each column's unit in
+its header, from one map (:func:`table_units`; a benchmark's unit is its registry entry's ``unit``); the CSV files
+keep the plain column names. Figures are drawn on a bare ``matplotlib.figure.Figure`` (no pyplot state, so a
 notebook's backend is never touched) and saved as PNG (200 dpi) and PDF (:func:`save_figure`).
 """
 
@@ -248,7 +250,8 @@ def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataF
 
     ``run_change`` / ``paper_change`` are the differences to the visual-instruction-tuned model (run "vit", paper
     LLaVA-1.5-13b); ``same_direction`` says whether the run moves the same way as the paper (blank when either
-    change is zero or missing). Units differ where results.csv uses fractions and the paper percentages.
+    change is zero or missing). ``unit``: the unit of the row's numbers (the benchmark's headline unit, from its
+    registry entry).
     """
     values = headline_values(results)
     rows = []
@@ -266,8 +269,8 @@ def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataF
         same = None
         if not (math.isnan(rc) or math.isnan(pc)) and rc != 0 and pc != 0:
             same = (rc > 0) == (pc > 0)
-        rows.append({"model": model, "paper_model": paper_name, "benchmark": display, "run": run, "paper": pv,
-                     "run_change": rc, "paper_change": pc, "same_direction": same})
+        rows.append({"model": model, "paper_model": paper_name, "benchmark": display, "unit": registry.get(bench).unit,
+                     "run": run, "paper": pv, "run_change": rc, "paper_change": pc, "same_direction": same})
 
     base2 = paper_results.table2_for(methods.POLICY)
     for r in paper_results.table2:
@@ -280,7 +283,7 @@ def paper_vs_run(results: pd.DataFrame, paper_results: PaperResults) -> pd.DataF
         if r.run_model is not None:
             add(r.run_model, r.name, "mt_bench_noisy", "Noisy-image MT-Bench", r.mt_bench_noisy,
                 base3.mt_bench_noisy if base3 else None)
-    return pd.DataFrame(rows, columns=["model", "paper_model", "benchmark", "run", "paper", "run_change",
+    return pd.DataFrame(rows, columns=["model", "paper_model", "benchmark", "unit", "run", "paper", "run_change",
                                        "paper_change", "same_direction"])
 
 
@@ -361,8 +364,67 @@ def save_interval_table(table: pd.DataFrame, out_dir: str | Path, name: str) -> 
     out_dir.mkdir(parents=True, exist_ok=True)
     csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     table.to_csv(csv)
-    md.write_text(to_markdown(interval_cells(table)), encoding="utf-8")
+    md.write_text(to_markdown(with_table_units(interval_cells(table), name)), encoding="utf-8")
     return {"csv": csv, "md": md}
+
+
+# ----------------------------------------------------------------------------------------------- units in headers
+def with_units(df: pd.DataFrame, units: dict[str, str]) -> pd.DataFrame:
+    """A copy whose column headers (and index name) carry their units: "MT-bench" -> "MT-bench (1–10)". `units`:
+    header -> unit for this table (a header means one thing per table: "full" counts pairs in one table and is a
+    share of answers in another); a header without a unit, or one that already ends in "(unit)", is kept."""
+    def name(header):
+        unit = units.get(header) if isinstance(header, str) else None
+        return header if not unit or header.endswith(f"({unit})") else f"{header} ({unit})"
+
+    out = df.rename(columns=name)
+    if out.index.name is not None:
+        out.index = out.index.rename(name(out.index.name))
+    return out
+
+
+SHARES = ("pictures", "format adherence", "adherence, short asked", "adherence, sentence asked", "behaviour failures")
+
+
+def table_units(name: str) -> dict[str, str]:
+    """The one map of units in table headers: header -> unit for the table `name` (a saved table's file name,
+    tables/<name>.md, or a notebook's table named here). A table whose column holds rows of several units has none
+    for it (claims, paper_vs_run, dpo_diagnosis, c2_decision: each row says what it measures)."""
+    from mmpref.world.anatomy import KINDS  # the kinds of answer (columns of the anatomy tables)
+
+    mt = registry.get("mt_bench").unit if "mt_bench" in registry.names() else ""
+    benchmarks = {b.display: b.unit for b in registry.benchmarks() if b.unit}
+    kinds_share = {k: "%" for k in (*KINDS, *SHARES)}
+    nats = "nats"
+    units = {
+        "table2": benchmarks, "table2_ci": benchmarks,
+        "table3": {TABLE3_COLUMNS[0]: mt, TABLE3_COLUMNS[1]: mt, TABLE3_COLUMNS[2]: "points"},
+        "regression_anatomy": {k: "%" for k in KINDS},
+        "dpo_pair_anatomy": {k: "pairs" for k in KINDS},
+        "response_form": kinds_share, "response_form_by_category_turn": kinds_share,
+        "mt_bench_decomposition": {"contribution": "points", "lo": "points", "hi": "points"},
+        "mt_bench_transitions": {"mean rating change": "points"},
+        "knowledge_probe": {c: "%" for c in ("accuracy", "lo", "hi", "chance")},
+        "knowledge_probe_by_item_group": {m: "%" for m in MODEL_ORDER},
+        # notebooks' tables
+        "headline": {b.name: b.unit for b in registry.benchmarks() if b.unit},  # 09: model x benchmark
+        "dpo_sweep": {"dev_relative_score": registry.get("llava_bench").unit if "llava_bench" in registry.names()
+                      else "", "final_loss": nats, "ln 2": nats, "loss - ln 2": nats},
+        "training_runs": {"final_loss": nats, "final loss": nats, "loss - ln 2": nats},
+        "dpo_steps": {"loss": nats, "rewards/chosen": nats, "rewards/rejected": nats, "rewards/margins": nats,
+                      "rewards/accuracies": "share of pairs", "logps/chosen": nats, "logps/rejected": nats},
+        "ratings": {**{a: "0–4" for a in ATTRIBUTES}, "quality": "0–12", "chosen_quality": "0–12",
+                    "rejected_quality": "0–12", "quality (h + c + coh)": "0–12", "mean": "0–4", "std": "0–4",
+                    "min": "0–4", "max": "0–4"},
+        "mm_dpo_margins": {"delta": "points", "weight_vs_dpo": "×", "weight vs DPO": "×"},
+    }
+    units["table3_ci"] = units["table3"]
+    return {k: v for k, v in units.get(name, {}).items() if v}
+
+
+def with_table_units(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    """`with_units` by the table's name (`table_units`)."""
+    return with_units(df, table_units(name))
 
 
 # ----------------------------------------------------------------------------------------------- saving tables
@@ -432,13 +494,14 @@ def to_markdown(df: pd.DataFrame, index: bool = True) -> str:
 
 
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> dict[str, Path]:
-    """Write ``<name>.csv`` and ``<name>.md`` into out_dir; returns their paths."""
+    """Write ``<name>.csv`` and ``<name>.md`` into out_dir; returns their paths. The markdown's headers carry their
+    units (`table_units`); the CSV keeps the plain column names other code reads."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     keep_index = df.index.name is not None or not isinstance(df.index, pd.RangeIndex)
     csv, md = out_dir / f"{name}.csv", out_dir / f"{name}.md"
     df.to_csv(csv, index=keep_index)
-    md.write_text(to_markdown(df, index=keep_index), encoding="utf-8")
+    md.write_text(to_markdown(with_table_units(df, name), index=keep_index), encoding="utf-8")
     return {"csv": csv, "md": md}
 
 

@@ -102,9 +102,10 @@ def checkpoint_identity(ref: str) -> str:
 
 
 def load_vlm(ref: str, adapter: str | Path | None = None, dtype: str = "bfloat16", device: str = "auto",
-             chat_template: str | None = None, pad_images: bool | None = None):
+             chat_template: str | None = None, pad_images: bool | None = None, merge: bool = True):
     """Load a VLM checkpoint (+ optional PEFT adapter, merged for fast generation) and its processor, with the
-    chosen chat template and picture padding (None: as saved with the adapter or the checkpoint)."""
+    chosen chat template and picture padding (None: as saved with the adapter or the checkpoint). `merge=False`
+    keeps the PeftModel, whose `disable_adapter()` gives back the checkpoint itself (DPO's reference)."""
     from transformers import AutoModelForImageTextToText
 
     dev = pick_device(device)
@@ -114,7 +115,8 @@ def load_vlm(ref: str, adapter: str | Path | None = None, dtype: str = "bfloat16
     if adapter is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model = PeftModel.from_pretrained(model, str(adapter))
+        model = model.merge_and_unload() if merge else model
     model.to(dev).eval()
     return model, processor
 

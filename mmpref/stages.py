@@ -82,7 +82,8 @@ TRAINING_EXTRAS: dict[str, dict] = {
     "06_train_steerlm": {"reads": {"01_collect": (PROMPTS,)}},
     "07_train_rejection_sampling": {"reads": {"03_annotate": (ANNOTATIONS,),
                                               "05_train_sft_gold": ("adapters/sft_gold/trainer_state.json",)}},
-    "08_train_dpo": {"png": 2, "tables": 2},
+    # the pair browser shows the judge's scores and reasoning of a few pairs: a table and one rendered pair
+    "08_train_dpo": {"png": 3, "tables": 3, "reads": {"03_annotate": (ANNOTATIONS,)}},
     "08b_train_mm_dpo": {"png": 2, "tables": 3, "reads": {"08_train_dpo": ("adapters/dpo/mmpref_train.json",)}},
 }
 

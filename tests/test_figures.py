@@ -67,11 +67,14 @@ def test_table2_with_paper_rows_and_markdown(tmp_path):
     assert math.isnan(t.loc["Vicuna-1.5-13b (paper)", "MM-Vet"])
     paths = save_table(t, tmp_path, "table2")
     md = paths["md"].read_text()
-    assert md.splitlines()[0] == "| Model | MM-Vet | LLaVA-bench | PoPe | MM-Bench | MT-bench | AlpacaEval |"
+    # the markdown names each column's unit; the CSV keeps the plain names other code reads
+    assert md.splitlines()[0] == ("| Model | MM-Vet (0–100) | LLaVA-bench (%) | PoPe (F1, 0–1) | MM-Bench (%) | "
+                                  "MT-bench (1–10) | AlpacaEval (%) |")
     assert "| Vicuna (base LM) |  |  |  |  | 6.00 | 70.0 |" in md  # one precision per column (MT-bench 6.73)
     assert "| DPO (paper) | 41.2 | 79.1 | 0.870 | 66.8 | 6.73 | 86.4 |" in md
     back = pd.read_csv(paths["csv"], index_col="Model")
     assert back.loc["DPO (paper)", "AlpacaEval"] == 86.4
+    assert list(back.columns) == list(t.columns)
 
 
 def test_conflicting_duplicates_raise():
@@ -108,6 +111,7 @@ def test_paper_results_load_and_validate(tmp_path):
 def test_paper_vs_run_directions():
     pvr = paper_vs_run(_results(), load_paper_results(PAPER))
     row = pvr[(pvr.model == "dpo") & (pvr.benchmark == "MT-bench")].iloc[0]
+    assert row.unit == "1–10" and pvr[pvr.benchmark == "PoPe"].iloc[0].unit == "F1, 0–1"  # each row's own unit
     assert row.run == 6.5 and row.paper == 6.73
     assert row.run_change == pytest.approx(1.5) and row.paper_change == pytest.approx(0.74)
     assert bool(row.same_direction)
@@ -379,3 +383,24 @@ def test_markdown_tables_use_one_precision_per_column_and_no_scientific_notation
     assert lines[2] == "| margin | 0.000 | 0.021 | 240 |  |"       # below the column's precision: 0.000, not -3.6e-05
     assert lines[3] == "| accuracy | 0.250 | 0.842 | 100 | 54.2 |"
     assert "e-0" not in "".join(lines)
+
+
+def test_rendered_tables_name_their_units_and_keep_plain_csv_columns(tmp_path):
+    from mmpref.figures import TABLE2_COLUMNS, table_units, with_table_units, with_units
+
+    # a header means one thing per table: "full" counts pairs in one, is a share of answers in another
+    kinds = pd.DataFrame({"full": [32.0], "wrong": [158.0]}, index=pd.Index(["full"], name="chosen"))
+    assert list(with_table_units(kinds, "dpo_pair_anatomy").columns) == ["full (pairs)", "wrong (pairs)"]
+    assert list(with_table_units(kinds, "regression_anatomy").columns) == ["full (%)", "wrong (%)"]
+    assert with_table_units(kinds, "dpo_pair_anatomy").index.name == "chosen"   # no unit: kept
+    assert list(with_table_units(kinds, "claims").columns) == ["full", "wrong"]  # rows of mixed units: none
+    # every Table 2 benchmark has its unit, from its registry entry
+    assert set(TABLE2_COLUMNS.values()) <= set(table_units("table2")) and table_units("table2")["MT-bench"] == "1–10"
+    assert list(with_units(pd.DataFrame(columns=["h (nats)", "h"]), {"h (nats)": "nats", "h": "nats"}).columns) == \
+        ["h (nats)", "h (nats)"]  # a header that names its unit already is kept
+    probe = pd.DataFrame({"accuracy": [66.5], "lo": [63.0], "hi": [70.0], "chance": [30.9], "items": [720]},
+                         index=pd.Index(["vit"], name="model"))
+    paths = save_table(probe, tmp_path, "knowledge_probe")
+    assert paths["md"].read_text().splitlines()[0] == \
+        "| model | accuracy (%) | lo (%) | hi (%) | chance (%) | items |"
+    assert list(pd.read_csv(paths["csv"]).columns) == ["model", "accuracy", "lo", "hi", "chance", "items"]

@@ -264,7 +264,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
 
 
 BENCHMARK = Benchmark(
-    name="alpaca_eval", display="AlpacaEval", headline="win_rate", headline_name="AlpacaEval win rate", order=5,
+    name="alpaca_eval", display="AlpacaEval", headline="win_rate", headline_name="AlpacaEval win rate", order=5, unit="%",
     in_table2=True, paper_key="alpaca_eval", text_only=True, grading=GRADING, judge_template="alpaca_eval", run=_run,
     score=score, load=load_alpaca_eval, check=check,
     check_template=lambda p: (load_alpaca_template(p), "template with its placeholders")[1],

@@ -295,7 +295,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
 
 BENCHMARK = Benchmark(
     name="llava_bench", display="LLaVA-bench", headline="relative_score", headline_name="LLaVA-Bench relative score",
-    order=1, in_table2=True, paper_key="llava_bench", grading=GRADING, judge_template="llava_bench", run=_run,
+    order=1, unit="%", in_table2=True, paper_key="llava_bench", grading=GRADING, judge_template="llava_bench", run=_run,
     score=score, load=load_llava_bench, check=check, check_template=check_rules, cost_inputs=cost_inputs,
     output_tokens=200, default_items=60,   # output: two scores on the first line, then the explanation
     data=DataFile("llava_bench", "LLaVA-Bench (in-the-wild)", "09_evaluate", "evaluate.benchmarks.llava_bench",

@@ -331,7 +331,7 @@ def check(path: Path, params: Any = None) -> str:
 
 BENCHMARK = Benchmark(
     name="mmbench", display="MM-Bench", headline="circular_accuracy", headline_name="MMBench circular accuracy",
-    order=3, in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
+    order=3, unit="%", in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
     backfill=add_mmbench_passes, default_items=4377,
     data=DataFile("mmbench", "MMBench dev (EN)", "09_evaluate", "evaluate.benchmarks.mmbench",
                   "mmbench/mmbench_dev_20230712.tsv", ("mmbench/mmbench_dev_20230712.tsv (images inside, base64)",),

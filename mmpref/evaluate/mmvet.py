@@ -255,7 +255,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
 
 
 BENCHMARK = Benchmark(
-    name="mmvet", display="MM-Vet", headline="total", headline_name="MM-Vet total", order=0, in_table2=True,
+    name="mmvet", display="MM-Vet", headline="total", headline_name="MM-Vet total", order=0, unit="0–100", in_table2=True,
     paper_key="mmvet", grading=GRADING, judge_template="mmvet", run=_run, score=score, load=load_mmvet, check=check,
     check_template=lambda p: f"few-shot prompt read ({len(load_mmvet_prompt(p))} characters)",
     cost_inputs=cost_inputs, output_tokens=MMVET_MAX_TOKENS, default_items=218,   # output: a number 0.0-1.0

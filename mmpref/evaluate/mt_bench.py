@@ -437,7 +437,7 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
 
 
 BENCHMARK = Benchmark(
-    name="mt_bench", display="MT-bench", headline="overall", headline_name="MT-Bench overall", order=4,
+    name="mt_bench", display="MT-bench", headline="overall", headline_name="MT-Bench overall", order=4, unit="1–10",
     in_table2=True, paper_key="mt_bench", text_only=True, grading=GRADING, judge_template="mt_bench", run=_run,
     score=score, failures=count_failed_turns, load=load_mt_bench, check=check, check_template=check_judge_prompts,
     options=lambda ev: {"decoding": ev.mt_bench_decoding}, cost_inputs=cost_inputs, default_items=80,

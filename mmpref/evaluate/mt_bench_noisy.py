@@ -23,7 +23,7 @@ def _run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=N
 
 BENCHMARK = Benchmark(
     name="mt_bench_noisy", display="Noisy-image MT-Bench", headline="overall",
-    headline_name="noisy-image MT-Bench overall", order=6, paper_key="mt_bench_noisy", grading=mt_bench.GRADING,
+    headline_name="noisy-image MT-Bench overall", order=6, unit="1–10", paper_key="mt_bench_noisy", grading=mt_bench.GRADING,
     judge_template="mt_bench", uses_noise_images=True, run=_run, score=mt_bench.score,
     failures=mt_bench.count_failed_turns, load=mt_bench.load_mt_bench, check=mt_bench.check,
     check_template=mt_bench.check_judge_prompts, options=lambda ev: {"decoding": ev.mt_bench_decoding},

@@ -158,7 +158,7 @@ def check(path: Path, params: Any = None) -> str:
 
 
 BENCHMARK = Benchmark(
-    name="pope", display="PoPe", headline="f1", headline_name="POPE F1", order=2, in_table2=True, paper_key="pope",
+    name="pope", display="PoPe", headline="f1", headline_name="POPE F1", order=2, unit="F1, 0–1", in_table2=True, paper_key="pope",
     run=_run, score=score, load=load_pope, check=check, strata=lambda rec: rec["split"], default_items=3 * 3000,
     data=DataFile("pope", "POPE (COCO, random/popular/adversarial)", "09_evaluate", "evaluate.benchmarks.pope",
                   "pope", ("pope/coco_pope_{random,popular,adversarial}.json", "pope/images/COCO_val2014_*.jpg"),

@@ -44,6 +44,7 @@ class Benchmark:
     load: Callable[..., list] # load(path, limit) -> items (official format)
     data: DataFile            # where the data comes from (mmpref check, README)
     check: Callable[[Path, Any], str]   # check(path, params) -> note; raises ValueError naming the problem
+    unit: str = ""            # the headline's unit or scale as tables' headers show it ("%", "1–10"); "": none
     text_only: bool = False   # answerable by a text-only LM (the base LM is scored on it)
     grading: str | None = None          # judge protocol tag (official repository@commit); None: scored by rule
     judge_template: str | None = None   # its evaluate.judge_templates key (official judge prompt file)
