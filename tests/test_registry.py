@@ -13,7 +13,8 @@ from mmpref import stages as stage_table
 from mmpref import figures, methods, pairing, runner, stats
 from mmpref.config import ParamsError, load_params
 from mmpref.evaluate import registry, suite
-from mmpref.evaluate.protocol import (RULE_JUDGE, Score, judge_run_rows, run_benchmark, run_items, score_records,
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (RULE_JUDGE, judge_run_rows, run_benchmark, run_items, score_records,
                                       tidy_rows)
 from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
@@ -42,11 +43,11 @@ def _toy_run(data_path, generate, judge, out_jsonl, model, *, template=None, lim
     return tidy_rows(model, "toy", score_records("toy", recs), RULE_JUDGE)
 
 
-TOY = registry.Benchmark(
+TOY = Benchmark(
     name="toy", display="Toy", headline="accuracy", headline_name="Toy accuracy", order=9, text_only=True,
     run=_toy_run, score=_toy_score, load=_toy_load, check=lambda p, params=None: "ok",
-    data=registry.DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
-                           ("toy.jsonl",), "made here"))
+    data=DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
+                  ("toy.jsonl",), "made here"))
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ that lists them (`registry`), the shared protocol behind `run_benchmark` (`proto
 runs a whole params file.
 """
 
-from mmpref.evaluate.protocol import FAILURES, Score, run_benchmark, score_records, scored_records
+from mmpref.evaluate.benchmark import Score
+from mmpref.evaluate.protocol import FAILURES, run_benchmark, score_records, scored_records
 
 __all__ = ["run_benchmark", "score_records", "scored_records", "Score", "FAILURES"]

@@ -28,9 +28,9 @@ from typing import Any, Sequence
 import pandas as pd
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, in_dir, literal_eval, need_judge,
-                                      need_keys, optional_template, read_json, run_items, score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, check_limit, existing, in_dir, literal_eval, need_judge, need_keys,
+                                      optional_template, read_json, run_items, score_records, tidy_rows)
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.judges.tasks import ask_until_parsed

@@ -21,9 +21,9 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, image_file, images_folder,
-                                      need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, check_limit, existing, image_file, images_folder, need_judge,
+                                      need_keys, optional_template, run_items, score_records, tidy_rows)
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError

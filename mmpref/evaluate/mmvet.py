@@ -25,10 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, image_file, images_folder, in_dir,
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, check_limit, existing, image_file, images_folder, in_dir,
                                       need_judge, need_keys, optional_template, read_json, run_items, score_records,
                                       sum_in_order, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn

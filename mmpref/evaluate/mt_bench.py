@@ -22,10 +22,9 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, Score, check_limit, existing, in_dir, literal_eval,
-                                      mean, need_judge, need_keys, optional_template, run_items, score_records,
-                                      tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, check_limit, existing, in_dir, literal_eval, mean,
+                                      need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mmpref.evaluate import mt_bench
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile
 
 
 def _run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=None, noise_images_dir=None,

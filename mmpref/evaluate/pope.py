@@ -15,9 +15,9 @@ from typing import Any, Sequence
 
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, Score, check_limit, existing, image_file, images_folder,
-                                      mean, need_keys, run_items, score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, check_limit, existing, image_file, images_folder, mean,
+                                      need_keys, run_items, score_records, tidy_rows)
 from mmpref.io import read_jsonl
 from mmpref.sampling import ChatRequest, GenerateFn
 

@@ -45,10 +45,11 @@ import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 from mmpref.console import bar
-
+from mmpref.evaluate import registry
+from mmpref.evaluate.benchmark import Score
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
 from mmpref.judges.base import JudgeError
 from mmpref.sampling import ChatRequest, GenerateFn
@@ -82,11 +83,6 @@ def literal_eval(text: str):
     constructor recursion depth mismatch" in a tiny run, python/cpython#106905)."""
     with _AST_LOCK:
         return ast.literal_eval(text)
-
-
-class Score(NamedTuple):
-    value: float
-    n: int
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -384,17 +380,10 @@ def check_limit(limit: int | None) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # item-level scoring
 
-def count_failed(recs: Sequence[dict]) -> Score:
-    """Failed gradings among the records (those marked "failed": true), out of all records."""
-    return Score(sum(bool(r.get("failed")) for r in recs), len(recs))
-
-
 def score_records(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
     """A benchmark's scores from its per-item records (any subset or resample of them), through its module's metric
     function: the run_* functions and the bootstrap both score this way. Judge-graded benchmarks add FAILURES, the
     number of failed gradings (left out of the other metrics)."""
-    from mmpref.evaluate import registry
-
     spec = registry.get(benchmark)
     scores = dict(spec.score(recs))
     if spec.judged:
@@ -488,8 +477,6 @@ def run_benchmark(
     `answered_by`: the content identity of the model behind `generate` (stage 09: `suite.answer_identity`); saved
     answers given under another are answered again.
     `options` go to the benchmark's run_* function (e.g. prompt_suffix, chunk_size, seed, decoding)."""
-    from mmpref.evaluate import registry
-
     spec = registry.get(name)
     if judge_run < 1:
         raise ValueError(f"judge_run counts from 1, got {judge_run}")
