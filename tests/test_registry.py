@@ -14,7 +14,7 @@ from mmpref import figures, methods, pairing, runner, stats
 from mmpref.config import ParamsError, load_params
 from mmpref.evaluate import registry, suite
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (RULE_JUDGE, judge_run_rows, run_benchmark, run_items, score_records,
+from mmpref.evaluate.protocol import (RULE_JUDGE, ItemProtocol, judge_run_rows, run_benchmark, run_items, score_records,
                                       tidy_rows)
 from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
@@ -38,8 +38,9 @@ def _toy_score(recs):
 def _toy_run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=None, noise_images_dir=None,
              **options):
     items = _toy_load(data_path, limit)
-    recs = run_items("toy", items, [it["id"] for it in items], lambda it: [ChatRequest(turns=[it["q"]])], generate,
-                     out_jsonl, model, None, None, lambda it: {"truth": it["a"]})
+    protocol = ItemProtocol("toy", key=lambda it: it["id"], requests=lambda it: [ChatRequest(turns=[it["q"]])],
+                            describe=lambda it: {"truth": it["a"]})
+    recs = run_items(protocol, items, generate, out_jsonl, model)
     return tidy_rows(model, "toy", score_records("toy", recs), RULE_JUDGE)
 
 

@@ -29,8 +29,9 @@ import pandas as pd
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, check_limit, existing, in_dir, literal_eval, need_judge, need_keys,
-                                      optional_template, read_json, run_items, score_records, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, in_dir, literal_eval,
+                                      need_judge, need_keys, optional_template, read_json, run_items, score_records,
+                                      tidy_rows)
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.judges.tasks import ask_until_parsed
@@ -225,12 +226,11 @@ def run_alpaca_eval(items: Sequence[AlpacaItem], generate: GenerateFn, judge: An
                 "preference": alpaca_unswitch(raw_pref, switched), "failed": raw_pref is None,
                 "judge_raw": raw}
 
-    keys = [hashlib.sha256(it.instruction.encode("utf-8")).hexdigest()[:16] for it in items]
-    recs = run_items("alpaca_eval", items, keys, lambda it: [ChatRequest(turns=[it.instruction])], generate, out_jsonl,
-                model, judge_id, grade, lambda it: {"instruction": it.instruction, "dataset": it.dataset,
-                                                    "seed": seed},
-                chunk_size=chunk_size, judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol("alpaca_eval", key=lambda it: hashlib.sha256(it.instruction.encode()).hexdigest()[:16],
+                            requests=lambda it: [ChatRequest(turns=[it.instruction])],
+                            describe=lambda it: {"instruction": it.instruction, "dataset": it.dataset, "seed": seed},
+                            grade=grade, grading=GRADING)
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     return tidy_rows(model, "alpaca_eval", score_records("alpaca_eval", recs), judge_id)
 
 

@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, check_limit, existing, image_file, images_folder, need_judge,
-                                      need_keys, optional_template, run_items, score_records, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, image_file, images_folder,
+                                      need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
@@ -236,11 +236,11 @@ def run_llava_bench(items: Sequence[LlavaBenchItem], generate: GenerateFn, judge
         failed = s_ref is None or s_model is None
         return {"scores": None if failed else [s_ref, s_model], "failed": failed, "judge_raw": raw}
 
-    recs = run_items("llava_bench", items, [str(it.question_id) for it in items],
-                lambda it: [ChatRequest(turns=[it.text], image=it.image)], generate, out_jsonl, model, judge_id, grade,
-                lambda it: {"question_id": it.question_id, "category": it.category}, chunk_size=chunk_size,
-                judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol("llava_bench", key=lambda it: str(it.question_id),
+                            requests=lambda it: [ChatRequest(turns=[it.text], image=it.image)],
+                            describe=lambda it: {"question_id": it.question_id, "category": it.category}, grade=grade,
+                            grading=GRADING)
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     unparsed = sum(bool(r.get("failed")) for r in recs)
     if unparsed:
         log.warning("llava_bench: %d reviews without two scores on the first line (failed: left out and counted)",

@@ -32,8 +32,8 @@ from typing import Any, Sequence
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, check_limit, existing, run_items, score_records,
-                                      tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, check_limit, existing, run_items,
+                                      score_records, tidy_rows)
 from mmpref.io import sha256_bytes
 from mmpref.sampling import ChatRequest, GenerateFn
 
@@ -295,9 +295,9 @@ def run_mmbench(items: Sequence[MMBenchItem], generate: GenerateFn, out_jsonl: s
         return {"question_id": q.index, "category": q.category, **rows,
                 "correct": [LETTERS[r.answer_index] for r in q.rounds]}
 
-    recs = run_items("mmbench", questions, [str(q.index) for q in questions], requests, generate, out_jsonl, model,
-                     None, None, describe, chunk_size=chunk_size,
-                     derive=lambda q, answers: {"passes": mmbench_passes(q, answers), "circular": q.circular})
+    protocol = ItemProtocol("mmbench", key=lambda q: str(q.index), requests=requests, describe=describe,
+                            derive=lambda q, answers: {"passes": mmbench_passes(q, answers), "circular": q.circular})
+    recs = run_items(protocol, questions, generate, out_jsonl, model, chunk_size=chunk_size)
     return tidy_rows(model, "mmbench", score_records("mmbench", recs), RULE_JUDGE)
 
 

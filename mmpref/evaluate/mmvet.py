@@ -26,9 +26,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, check_limit, existing, image_file, images_folder, in_dir,
-                                      need_judge, need_keys, optional_template, read_json, run_items, score_records,
-                                      sum_in_order, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, image_file, images_folder,
+                                      in_dir, need_judge, need_keys, optional_template, read_json, run_items,
+                                      score_records, sum_in_order, tidy_rows)
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
@@ -221,11 +221,11 @@ def run_mmvet(items: Sequence[MMVetItem], generate: GenerateFn, judge: Any, out_
         score, raw = grade_mmvet(judge, it.question, it.answer, answers[0], truth=truth, header=header)
         return {"score": score, "failed": score is None, "judge_raw": raw}
 
-    recs = run_items("mmvet", items, [it.id for it in items],
-                lambda it: [ChatRequest(turns=[it.question], image=it.image)], generate, out_jsonl, model, judge_id,
-                grade, lambda it: {"question_id": it.id, "capability": it.capabilities}, chunk_size=chunk_size,
-                judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol("mmvet", key=lambda it: it.id,
+                            requests=lambda it: [ChatRequest(turns=[it.question], image=it.image)],
+                            describe=lambda it: {"question_id": it.id, "capability": it.capabilities}, grade=grade,
+                            grading=GRADING)
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     return tidy_rows(model, "mmvet", score_records("mmvet", recs), judge_id)
 
 

@@ -23,8 +23,9 @@ from typing import Any, Sequence
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, check_limit, existing, in_dir, literal_eval, mean,
-                                      need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, ItemProtocol, check_limit, existing, in_dir,
+                                      literal_eval, mean, need_judge, need_keys, optional_template, run_items,
+                                      score_records, tidy_rows)
 from mmpref.io import read_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
@@ -360,18 +361,16 @@ def run_mt_bench(items: Sequence[MTBenchItem], generate: GenerateFn, judge: Any,
                                      templates=templates, multi_turn=True)
         return {"scores": [s1, s2], "failed": [s1 == -1, s2 == -1], "judge_raw": [j1, j2]}
 
-    recs = run_items(benchmark, items, [str(it.question_id) for it in items],
-                lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), image_every_turn=pool is not None,
-                                        temperature=temperature(it))], generate,
-                out_jsonl, model, judge_id,
-                grade, lambda it: {"question_id": it.question_id, "category": it.category,
-                                   "image": Path(image(it)).name if pool is not None else None,
-                                   "turns": it.turns[:2]},
-                second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
-                                                       image_every_turn=pool is not None,
-                                                       temperature=temperature(it)),
-                chunk_size=chunk_size, judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol(
+        benchmark, key=lambda it: str(it.question_id),
+        requests=lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), image_every_turn=pool is not None,
+                                         temperature=temperature(it))],
+        describe=lambda it: {"question_id": it.question_id, "category": it.category,
+                             "image": Path(image(it)).name if pool is not None else None, "turns": it.turns[:2]},
+        grade=grade, grading=GRADING,
+        second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
+                                               image_every_turn=pool is not None, temperature=temperature(it)))
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     return tidy_rows(model, benchmark, score_records(benchmark, recs), judge_id)
 
 

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, check_limit, existing, image_file, images_folder, mean,
-                                      need_keys, run_items, score_records, tidy_rows)
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, check_limit, existing, image_file,
+                                      images_folder, mean, need_keys, run_items, score_records, tidy_rows)
 from mmpref.io import read_jsonl
 from mmpref.sampling import ChatRequest, GenerateFn
 
@@ -135,11 +135,11 @@ def score(recs: Sequence[dict]) -> dict[str, Score]:
 def run_pope(items: Sequence[PopeItem], generate: GenerateFn, out_jsonl: str | Path, model: str,
              prompt_suffix: str = POPE_PROMPT_SUFFIX, chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
     """POPE: one yes/no question per item; scored by LLaVA's eval_pope rule per split (no judge)."""
-    recs = run_items("pope", items, [f"{it.split}/{it.question_id}" for it in items],
-                     lambda it: [ChatRequest(turns=[it.text + prompt_suffix], image=it.image)], generate, out_jsonl,
-                     model, None, None,
-                     lambda it: {"question_id": it.question_id, "split": it.split, "label": it.label},
-                     chunk_size=chunk_size)
+    protocol = ItemProtocol(
+        "pope", key=lambda it: f"{it.split}/{it.question_id}",
+        requests=lambda it: [ChatRequest(turns=[it.text + prompt_suffix], image=it.image)],
+        describe=lambda it: {"question_id": it.question_id, "split": it.split, "label": it.label})
+    recs = run_items(protocol, items, generate, out_jsonl, model, chunk_size=chunk_size)
     return tidy_rows(model, "pope", score_records("pope", recs), RULE_JUDGE)
 
 

@@ -44,6 +44,7 @@ import logging
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -200,33 +201,46 @@ def _parallel(fn: Callable[[Any], Any], args: list[Any], judge: Any) -> list[Any
         return list(pool.map(fn, args))
 
 
+@dataclass(frozen=True)
+class ItemProtocol:
+    """How a benchmark asks and grades its items: built once by its run function, read by `run_items`.
+
+    `key(item)` is the item's id in the per-item file; `requests(item)` gives the item's first-stage requests (one
+    answer each); `describe(item)` the fields recorded with it (hashed into the request signature);
+    `second_turn(item, first_answer)` adds a dependent second request (MT-Bench); `grade(item, answers)` returns the
+    judge fields of the record (None: scored by rule); `derive(item, answers)` returns fields scored by rule,
+    recomputed for every current record (not hashed); `grading` is the grading protocol tag (records graded under
+    another one are graded again)."""
+
+    benchmark: str
+    key: Callable[[Any], str]
+    requests: Callable[[Any], list[ChatRequest]]
+    describe: Callable[[Any], dict]
+    grade: Callable[[Any, list[str]], dict] | None = None
+    second_turn: Callable[[Any, str], ChatRequest] | None = None
+    derive: Callable[[Any, list[str]], dict] | None = None
+    grading: str | None = None
+
+
 def run_items(
-    benchmark: str,
+    protocol: ItemProtocol,
     items: Sequence[Any],
-    keys: list[str],
-    requests: Callable[[Any], list[ChatRequest]],
     generate: GenerateFn,
     out_jsonl: str | Path,
     model: str,
-    judge_id: str | None,
-    grade: Callable[[Any, list[str]], dict] | None,
-    describe: Callable[[Any], dict],
-    second_turn: Callable[[Any, str], ChatRequest] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
     judge: Any = None,
-    derive: Callable[[Any, list[str]], dict] | None = None,
-    grading: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
     answers_from: str | Path | None = None,
 ) -> list[dict]:
-    """Answer and grade every item (reusing finished records); returns the records in item order.
+    """Answer and grade every item by `protocol` (reusing finished records); returns the records in item order.
 
-    `requests(item)` gives the item's first-stage requests (one answer each); `second_turn(item, first_answer)` adds
-    a dependent second request (MT-Bench); `grade(item, answers)` returns the judge fields of the record;
-    `derive(item, answers)` returns fields scored by rule, recomputed for every current record (not hashed).
-    `grading` is the benchmark's grading protocol tag (records graded under another one are graded again).
-    `answers_from`: another per-item file of the same model and benchmark whose answers are reused and only graded
-    (a repeated judge run grades the answers of run 1). A `generate` marked by `answering_as` reuses only answers
-    given under its identity."""
+    `judge` grades (a protocol with `grade` needs one) and sets how many gradings run at once. `answers_from`: another
+    per-item file of the same model and benchmark whose answers are reused and only graded (a repeated judge run grades
+    the answers of run 1). A `generate` marked by `answering_as` reuses only answers given under its identity."""
+    benchmark, grade, describe = protocol.benchmark, protocol.grade, protocol.describe
+    second_turn, derive, grading = protocol.second_turn, protocol.derive, protocol.grading
+    judge_id = need_judge(judge, benchmark) if grade is not None else None
+    keys = [protocol.key(item) for item in items]
     retry_failed = bool(getattr(judge, "retry_failed", False))
     answered_by = getattr(generate, "answered_by", None)
     by = {"answered_by": answered_by} if answered_by is not None else {}  # recorded with every answer
@@ -241,7 +255,7 @@ def run_items(
     sigs = {}
     other_model = 0
     for item, key in zip(items, keys):
-        reqs = requests(item)
+        reqs = protocol.requests(item)
         sigs[key] = request_signature(reqs, describe(item))
         rec = store.reusable(key, sigs[key], answered_by)
         before = store.old.get(key)
