@@ -13,9 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mmpref.io import write_json, write_jsonl
-from mmpref.world.questions import (QA, _lettered, _mmbench_item, chart_qas, describe_chart, describe_scene,
-                                    absent_shapes, scene_negative_qas, scene_positive_qas, scene_qas)
-from mmpref.world.scenes import SHAPES, Images, Scene
+from mmpref.world.questions import (QA, chart_qas, describe_chart, describe_scene, lettered_options, mc_item,
+                                    scene_negative_qas, scene_positive_qas, scene_qas)
+from mmpref.world.scenes import SHAPES, Images, Scene, absent_shapes
 from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS, imperfect_output, sample_text_item
 
 
@@ -76,8 +76,8 @@ def build_mmbench(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
         w = csv.writer(fh, delimiter="\t", lineterminator="\n")
         w.writerow(cols)
         for i in range(n):
-            item = _mmbench_item(rng, imgs)
-            letters, answer = _lettered(item, rng)
+            item = mc_item(rng, imgs)
+            letters, answer = lettered_options(item, rng)
             w.writerow([i, item.question, "", *(letters.get(k, "") for k in "ABCD"), answer, item.category,
                         item.l2_category, "dev", _png_b64(item.image)])
     return n
