@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,10 +25,13 @@ from pydantic import BaseModel
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, image_file, images_folder,
                                       need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
-from mmpref.io import read_jsonl
+from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.questions import (QA, chart_qas, describe_chart, describe_scene, scene_negative_qas,
+                                    scene_positive_qas)
+from mmpref.world.scenes import Images
 
 log = logging.getLogger(__name__)
 
@@ -291,6 +295,48 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
                                             (rules or {}).get(f"llava_bench_{category}"))
         texts.append(system + prompt)
     return len(items), texts, "; ".join(notes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int, name: str = "llava_bench") -> int:
+    """LLaVA-Bench (in-the-wild) layout in ``bench/name``: three questions per picture — conv, detail, complex.
+    ``name="llava_bench_dev"`` writes the dev split that hyper-parameters are chosen on (other pictures)."""
+    folder = name
+    questions, answers, contexts = [], [], []
+    i = 0
+    while len(questions) < n:
+        name = f"{i:03d}.png"
+        if i % 2 == 0:
+            chart, im = imgs.chart(rng)
+            caption = describe_chart(chart)
+            qas = {q.qtype: q for q in chart_qas(chart, rng)}
+            conv = qas["bar_value" if chart.kind == "bar" else "line_value"]
+            detail = QA("Describe the chart in detail.", chart.kind, caption, "chart_describe")
+            complex_ = qas["bar_tallest" if chart.kind == "bar" else "line_trend"]
+        else:
+            scene, im = imgs.scene(rng)
+            caption = describe_scene(scene)
+            pos = {q.qtype: q for q in scene_positive_qas(scene, rng)}
+            conv = pos["color"]
+            detail = QA("Describe the image in detail.", pos["describe"].answer, caption, "describe")
+            complex_ = rng.choice([pos["count"], scene_negative_qas(scene, rng)[-1]])
+        imgs.save(im, f"benchmarks/{folder}/images/{name}")
+        contexts.append({"id": name.removesuffix(".png"), "image": name, "caption": caption})
+        for cat, qa in (("conv", conv), ("detail", detail), ("complex", complex_)):
+            if len(questions) >= n:
+                break
+            qid = len(questions)
+            questions.append({"question_id": qid, "image": name, "text": qa.question, "category": cat,
+                              "answer_key": qa.answer})
+            answers.append({"question_id": qid, "text": qa.reference})
+        i += 1
+    d = bench / folder
+    write_jsonl(d / "questions.jsonl", questions)
+    write_jsonl(d / "answers_gpt4.jsonl", answers)
+    write_jsonl(d / "context.jsonl", contexts)
+    return len(questions)
 
 
 BENCHMARK = Benchmark(

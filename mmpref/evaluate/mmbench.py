@@ -26,9 +26,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import io
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from PIL import Image
 from pydantic import BaseModel
 
 from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
@@ -36,6 +40,8 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, c
                                       score_records, tidy_rows)
 from mmpref.io import sha256_bytes
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.questions import lettered_options, mc_item
+from mmpref.world.scenes import Images
 
 # Prompt suffix of LLaVA-1.5's model_vqa_mmbench.py.
 MMBENCH_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -327,6 +333,30 @@ def check(path: Path, params: Any = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:  # decode the sample images away from the data folder
         items = load_mmbench(path, limit=3, image_dir=tmp)
     return f"first {len(items)} rows read"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def _png_b64(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_mmbench(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
+    path = bench / "mmbench" / "mmbench_dev.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split", "image"]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(cols)
+        for i in range(n):
+            item = mc_item(rng, imgs)
+            letters, answer = lettered_options(item, rng)
+            w.writerow([i, item.question, "", *(letters.get(k, "") for k in "ABCD"), answer, item.category,
+                        item.l2_category, "dev", _png_b64(item.image)])
+    return n
 
 
 BENCHMARK = Benchmark(

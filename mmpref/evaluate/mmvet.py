@@ -19,6 +19,7 @@ import ast
 import json
 import logging
 import math
+import random
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,9 +30,12 @@ from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, image_file, images_folder,
                                       in_dir, need_judge, need_keys, optional_template, read_json, run_items,
                                       score_records, sum_in_order, tidy_rows)
+from mmpref.io import write_json
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.questions import chart_qas, scene_qas
+from mmpref.world.scenes import Images
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +256,29 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     header = optional_template(load_mmvet_prompt, template, notes)
     items = items[:limit] if limit else items
     return len(items), [render_mmvet_prompt(q, gt, answer, header) for q, gt in items], "; ".join(notes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_mmvet(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
+    items = {}
+    for i in range(n):
+        if i % 2 == 0:
+            chart, im = imgs.chart(rng)
+            qa = rng.choice([q for q in chart_qas(chart, rng) if q.qtype != "chart_describe"])
+            caps = ["rec", "math"] if qa.qtype in ("bar_value", "line_value", "line_max", "line_min") else ["rec"]
+        else:
+            scene, im = imgs.scene(rng)
+            qa = scene_qas(scene, rng, 1, 0.4)[0]
+            caps = {"count": ["rec", "math"], "describe": ["rec", "gen"]}.get(qa.qtype, ["rec"])
+        name = f"v1_{i}"
+        imgs.save(im, f"benchmarks/mmvet/images/{name}.png")
+        answer = qa.reference if qa.answer == "absent" or qa.qtype in ("describe", "chart_describe") else qa.answer
+        items[name] = {"imagename": f"{name}.png", "capability": caps, "question": qa.question, "answer": answer,
+                       "answer_key": qa.answer}
+    write_json(bench / "mmvet" / "mm-vet.json", items)
+    return n
 
 
 BENCHMARK = Benchmark(

@@ -7,10 +7,16 @@ the question id (`noise_image_for`), the same on every run and machine; the judg
 
 from __future__ import annotations
 
+import random
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
 
 from mmpref.evaluate import mt_bench
 from mmpref.evaluate.benchmark import Benchmark, DataFile
+from mmpref.world.scenes import Images
 
 
 def _run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=None, noise_images_dir=None,
@@ -19,6 +25,34 @@ def _run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=N
         raise ValueError("mt_bench_noisy needs noise_images_dir (a folder of irrelevant images)")
     return mt_bench.run_mt_bench(mt_bench.load_mt_bench(data_path, limit), generate, judge, out_jsonl, model,
                                  templates_path=template, noise_images_dir=noise_images_dir, **options)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_noise_images(imgs: Images, rng: random.Random, bench: Path) -> int:
+    """Irrelevant images for noisy-image MT-Bench: blank, uniform noise, landscapes and unrelated world pictures."""
+    size = imgs.size
+    nrng = np.random.default_rng(rng.randrange(2**32))
+    pics = [("blank.png", Image.new("RGB", (size, size), "white"))]
+    for k in range(4):
+        pics.append((f"noise_{k}.png", Image.fromarray(nrng.integers(0, 256, (size, size, 3), dtype=np.uint8))))
+    for k in range(3):
+        im = Image.new("RGB", (size, size), (120 + 30 * k, 180, 235))
+        d = ImageDraw.Draw(im)
+        horizon = rng.randint(size // 2, 3 * size // 4)
+        d.rectangle([0, horizon, size, size], fill=(60, 140 - 20 * k, 50))
+        r = rng.randint(3, size // 6)
+        x = rng.randint(r, size - r)
+        d.ellipse([x - r, 4, x + r, 4 + 2 * r], fill=(250, 220, 80))
+        pics.append((f"landscape_{k}.png", im))
+    pics.append(("scene_0.png", imgs.scene(rng)[1]))
+    pics.append(("chart_0.png", imgs.chart(rng)[1]))
+    for name, im in pics:
+        if name.startswith(("blank", "noise", "landscape")):
+            imgs.unique(im)
+        imgs.save(im, f"benchmarks/noise_images/{name}")
+    return len(pics)
 
 
 BENCHMARK = Benchmark(

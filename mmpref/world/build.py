@@ -43,13 +43,18 @@ import json
 import logging
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
+from mmpref.evaluate.llava_bench import build_llava_bench
+from mmpref.evaluate.mmbench import build_mmbench
+from mmpref.evaluate.mmvet import build_mmvet
+from mmpref.evaluate.mt_bench_noisy import build_noise_images
+from mmpref.evaluate.pope import build_pope
 from mmpref.io import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
-from mmpref.world.benchmarks import (build_llava_bench, build_mmbench, build_mmvet, build_noise_images, build_pope,
-                                     build_text_benchmarks)
+from mmpref.world.benchmarks import build_text_benchmarks
 from mmpref.world.mix import MIX_KINDS, build_visual_mix
 from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train
 from mmpref.world.models import ALIGN_INSTRUCTION, train_world_models
@@ -184,8 +189,12 @@ def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
 
 def world_fingerprint(world_params, seed: int) -> str:
     """What a built world depends on: its params, the seed and the code that builds it (every module of
-    mmpref/world/): two runs with the same fingerprint get the same world."""
+    mmpref/world/ and the benchmark modules whose miniature builders it calls): two runs with the same fingerprint
+    get the same world."""
     code = {f.name: sha256_file(f) for f in sorted(Path(__file__).parent.glob("*.py"))}
+    for builder in (build_pope, build_mmbench, build_mmvet, build_llava_bench, build_noise_images):
+        module = Path(sys.modules[builder.__module__].__file__)
+        code[f"evaluate/{module.name}"] = sha256_file(module)
     return sha256_json({"world": world_params.model_dump(mode="json"), "seed": seed, "code": code})[:16]
 
 
