@@ -32,10 +32,13 @@ from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, in_dir, literal_eval,
                                       need_judge, need_keys, optional_template, read_json, run_items, score_records,
                                       tidy_rows)
+from mmpref.io import write_json
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.judges.tasks import ask_until_parsed
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.text_tasks import TEXT_TASKS, imperfect_output
 
 log = logging.getLogger(__name__)
 
@@ -263,7 +266,25 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     return len(items), texts, "; ".join(notes)
 
 
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    """Instructions with imperfect reference outputs (the miniature text-davinci-003), the four text task kinds in
+    turn, from the build's held-out prompts (after MT-Bench's)."""
+    tasks, alpaca = list(TEXT_TASKS), []
+    while len(alpaca) < build.n_text_bench:
+        item = build.held_out.draw(False, tasks[len(alpaca) % len(tasks)])
+        alpaca.append({"instruction": item["turns"][0], "output": imperfect_output(item, build.held_out.rng),
+                       "generator": "text_davinci_003", "dataset": "mini", "answer_key": item["answers"][0],
+                       "reference": item["references"][0]})
+    write_json(build.folder / "alpaca_eval" / "eval.json", alpaca)
+    return {"alpaca_eval": len(alpaca)}
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=1,
     name="alpaca_eval", display="AlpacaEval", headline="win_rate", headline_name="AlpacaEval win rate", order=5,
     in_table2=True, paper_key="alpaca_eval", text_only=True, grading=GRADING, judge_template="alpaca_eval", run=_run,
     score=score, load=load_alpaca_eval, check=check,

@@ -64,6 +64,11 @@ class Benchmark:
     cost_inputs: Callable[..., tuple[int, list[str], str]] | None = None
     output_tokens: int = 0
     default_items: int = 0    # items of the official file (cost estimate when it is absent)
+    # the miniature world's copy: build_miniature(build) -> {name: items} writes it in the official layout under
+    # build.folder (build: mmpref.world.benchmarks.MiniatureBuild); world/build.py runs the builders in build_order
+    # (every picture of the world is unique, so a builder's pictures depend on those drawn before: a new one goes last)
+    build_miniature: Callable[[Any], dict[str, int]] | None = None
+    build_order: int = 100
     extra: dict = field(default_factory=dict)
 
     @property

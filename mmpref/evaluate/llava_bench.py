@@ -31,6 +31,7 @@ from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.questions import (QA, chart_qas, describe_chart, describe_scene, scene_negative_qas,
                                     scene_positive_qas)
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.scenes import Images
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,14 @@ def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int, nam
     return len(questions)
 
 
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    """The benchmark, then its dev split (other pictures), where the DPO search chooses hyper-parameters."""
+    return {name: build_llava_bench(build.imgs, build.rng(name), build.folder, build.n_bench, name=name)
+            for name in ("llava_bench", "llava_bench_dev")}
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=5,
     name="llava_bench", display="LLaVA-bench", headline="relative_score", headline_name="LLaVA-Bench relative score",
     order=1, in_table2=True, paper_key="llava_bench", grading=GRADING, judge_template="llava_bench", run=_run,
     score=score, load=load_llava_bench, check=check, check_template=check_rules, cost_inputs=cost_inputs,

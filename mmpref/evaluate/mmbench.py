@@ -41,6 +41,7 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, c
 from mmpref.io import sha256_bytes
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.questions import lettered_options, mc_item
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.scenes import Images
 
 # Prompt suffix of LLaVA-1.5's model_vqa_mmbench.py.
@@ -359,7 +360,12 @@ def build_mmbench(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
     return n
 
 
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return {"mmbench": build_mmbench(build.imgs, build.rng("mmbench"), build.folder, build.n_bench)}
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=3,
     name="mmbench", display="MM-Bench", headline="circular_accuracy", headline_name="MMBench circular accuracy",
     order=3, in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
     backfill=add_mmbench_passes, default_items=4377,

@@ -35,6 +35,7 @@ from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.questions import chart_qas, scene_qas
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.scenes import Images
 
 log = logging.getLogger(__name__)
@@ -281,7 +282,12 @@ def build_mmvet(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
     return n
 
 
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return {"mmvet": build_mmvet(build.imgs, build.rng("mmvet"), build.folder, build.n_bench)}
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=4,
     name="mmvet", display="MM-Vet", headline="total", headline_name="MM-Vet total", order=0, in_table2=True,
     paper_key="mmvet", grading=GRADING, judge_template="mmvet", run=_run, score=score, load=load_mmvet, check=check,
     check_template=lambda p: f"few-shot prompt read ({len(load_mmvet_prompt(p))} characters)",

@@ -26,10 +26,12 @@ from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
 from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, ItemProtocol, check_limit, existing, in_dir,
                                       literal_eval, mean, need_judge, need_keys, optional_template, run_items,
                                       score_records, tidy_rows)
-from mmpref.io import read_jsonl
+from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +436,24 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     return len(items), texts, "; ".join(notes)
 
 
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    """Two-turn questions (reference answers and answer keys), the four text task kinds in turn, from the build's
+    held-out prompts (drawn before AlpacaEval's)."""
+    tasks, mt = list(TEXT_TASKS), []
+    while len(mt) < build.n_text_bench:
+        item = build.held_out.draw(True, tasks[len(mt) % len(tasks)])
+        mt.append({"question_id": 81 + len(mt), "category": MT_BENCH_CATEGORY[item["task"]], "turns": item["turns"],
+                   "reference": item["references"], "answer_keys": item["answers"]})
+    write_jsonl(build.folder / "mt_bench" / "question.jsonl", mt)
+    return {"mt_bench": len(mt)}
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=0,
     name="mt_bench", display="MT-bench", headline="overall", headline_name="MT-Bench overall", order=4,
     in_table2=True, paper_key="mt_bench", text_only=True, grading=GRADING, judge_template="mt_bench", run=_run,
     score=score, failures=count_failed_turns, load=load_mt_bench, check=check, check_template=check_judge_prompts,

@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw
 
 from mmpref.evaluate import mt_bench
 from mmpref.evaluate.benchmark import Benchmark, DataFile
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.scenes import Images
 
 
@@ -55,7 +56,12 @@ def build_noise_images(imgs: Images, rng: random.Random, bench: Path) -> int:
     return len(pics)
 
 
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return {"noise_images": build_noise_images(build.imgs, build.rng("noise"), build.folder)}
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=6,
     name="mt_bench_noisy", display="Noisy-image MT-Bench", headline="overall",
     headline_name="noisy-image MT-Bench overall", order=6, paper_key="mt_bench_noisy", grading=mt_bench.GRADING,
     judge_template="mt_bench", uses_noise_images=True, run=_run, score=mt_bench.score,

@@ -22,6 +22,7 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, c
                                       images_folder, mean, need_keys, run_items, score_records, tidy_rows)
 from mmpref.io import read_jsonl, write_jsonl
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.scenes import SHAPES, Images, Scene, absent_shapes
 
 POPE_SPLITS = ("random", "popular", "adversarial")
@@ -206,7 +207,12 @@ def build_pope(imgs: Images, rng: random.Random, bench: Path, n_per_split: int,
     return counts
 
 
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return build_pope(build.imgs, build.rng("pope"), build.folder, build.n_bench, build.pope_shapes)
+
+
 BENCHMARK = Benchmark(
+    build_miniature=build_miniature, build_order=2,
     name="pope", display="PoPe", headline="f1", headline_name="POPE F1", order=2, in_table2=True, paper_key="pope",
     run=_run, score=score, load=load_pope, check=check, strata=lambda rec: rec["split"], default_items=3 * 3000,
     data=DataFile("pope", "POPE (COCO, random/popular/adversarial)", "09_evaluate", "evaluate.benchmarks.pope",

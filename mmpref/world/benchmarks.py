@@ -1,51 +1,64 @@
-"""Small instances of the seven benchmarks, written in their official file formats so the real loaders read them."""
+"""What the benchmarks' miniature builders share. Each benchmark module builds its own small instance in its official
+file format (its `Benchmark.build_miniature`, so the real loader reads it); `world/build.py` runs them in build order
+with one `MiniatureBuild`: the world's pictures, the benchmarks folder, the sizes, seeded generators and the text
+benchmarks' held-out prompts."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
-from mmpref.io import write_json, write_jsonl
-from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS, imperfect_output, sample_text_item
+from mmpref.world.scenes import Images
+from mmpref.world.text_tasks import sample_text_item
 
 
-def build_text_benchmarks(rng: random.Random, bench: Path, n: int) -> tuple[int, int, set[str]]:
-    """MT-Bench (two turns, reference + answer keys) and AlpacaEval (imperfect reference outputs), n of each, the
-    four task kinds in turn.
+@dataclass
+class HeldOutPrompts:
+    """The text benchmarks' prompts (MT-Bench, AlpacaEval), drawn one after another from one seeded generator.
 
     First turns are in the benchmarks' own phrasings (`text_tasks._phrase`), which no training text uses; no first
-    turn occurs twice, and a fact (``topic``) is asked at most twice over both benchmarks, so it stays in training
-    under the training phrasings: the benchmarks hold out prompts, not knowledge. Returns the counts and the set of
-    first turns that training must not contain."""
-    held: set[str] = set()
-    topics: Counter = Counter()
-    tasks = list(TEXT_TASKS)
+    turn occurs twice, and a fact (``topic``) is asked at most twice over all text benchmarks, so it stays in training
+    under the training phrasings: the benchmarks hold out prompts, not knowledge. `held` is the set of first turns
+    that training must not contain."""
 
-    def draw(two_turn: bool, task: str) -> dict:
+    rng: random.Random
+    n: int                    # prompts per text benchmark (for the error message)
+    held: set[str] = field(default_factory=set)
+    topics: Counter = field(default_factory=Counter)
+
+    def draw(self, two_turn: bool, task: str) -> dict:
+        """A text item of `task` (two turns or one) whose first turn is new and whose fact is asked at most twice."""
         for _ in range(10_000):
-            item = sample_text_item(rng, two_turn=two_turn, task=task, phrasings="bench")
+            item = sample_text_item(self.rng, two_turn=two_turn, task=task, phrasings="bench")
             topic = item.get("topic")
-            if item["turns"][0] in held or (topic is not None and topics[topic] >= 2):
+            if item["turns"][0] in self.held or (topic is not None and self.topics[topic] >= 2):
                 continue
-            held.add(item["turns"][0])
+            self.held.add(item["turns"][0])
             if topic is not None:
-                topics[topic] += 1
+                self.topics[topic] += 1
             return item
-        raise ValueError(f"the world's {task} tasks cannot give {n} held-out prompts per text benchmark; lower "
+        raise ValueError(f"the world's {task} tasks cannot give {self.n} held-out prompts per text benchmark; lower "
                          f"world.n_text_bench")
 
-    mt = []
-    while len(mt) < n:
-        item = draw(True, tasks[len(mt) % len(tasks)])
-        mt.append({"question_id": 81 + len(mt), "category": MT_BENCH_CATEGORY[item["task"]], "turns": item["turns"],
-                   "reference": item["references"], "answer_keys": item["answers"]})
-    write_jsonl(bench / "mt_bench" / "question.jsonl", mt)
-    alpaca = []
-    while len(alpaca) < n:
-        item = draw(False, tasks[len(alpaca) % len(tasks)])
-        alpaca.append({"instruction": item["turns"][0], "output": imperfect_output(item, rng),
-                       "generator": "text_davinci_003", "dataset": "mini", "answer_key": item["answers"][0],
-                       "reference": item["references"][0]})
-    write_json(bench / "alpaca_eval" / "eval.json", alpaca)
-    return len(mt), len(alpaca), held
+
+@dataclass
+class MiniatureBuild:
+    """What a benchmark's `build_miniature(build)` reads. It writes its files under `folder/<name>/` and its pictures
+    through `imgs` (every picture of the world unique: a builder's pictures differ from those drawn before it), draws
+    from `rng(<its part>)` and returns its counts ({name: items}) for world.json."""
+
+    imgs: Images
+    folder: Path                         # <world>/benchmarks
+    rng: Callable[[str], random.Random]  # a generator seeded by the world's seed and a part name
+    n_bench: int                         # items per visual benchmark (POPE: questions per split)
+    n_text_bench: int                    # items per text benchmark
+    pope_shapes: list[int] | None = None  # the numbers of shapes a POPE picture may have (None: the training ones)
+
+    @cached_property
+    def held_out(self) -> HeldOutPrompts:
+        """The text benchmarks' prompts, shared by every text benchmark of this build (one generator, in order)."""
+        return HeldOutPrompts(self.rng("text-bench"), self.n_text_bench)

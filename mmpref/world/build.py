@@ -48,13 +48,9 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from mmpref.evaluate.llava_bench import build_llava_bench
-from mmpref.evaluate.mmbench import build_mmbench
-from mmpref.evaluate.mmvet import build_mmvet
-from mmpref.evaluate.mt_bench_noisy import build_noise_images
-from mmpref.evaluate.pope import build_pope
+from mmpref.evaluate import registry
 from mmpref.io import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
-from mmpref.world.benchmarks import build_text_benchmarks
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.mix import MIX_KINDS, build_visual_mix
 from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train
 from mmpref.world.models import ALIGN_INSTRUCTION, train_world_models
@@ -104,16 +100,12 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     imgs = Images(out, image_size, cell)
     counts: dict = {}
 
-    # Benchmarks first, so the held-out text prompts are known before the training text is drawn.
-    counts["mt_bench"], counts["alpaca_eval"], held = build_text_benchmarks(_rng(seed, "text-bench"), bench,
-                                                                            n_text_bench)
-    counts.update(build_pope(imgs, _rng(seed, "pope"), bench, n_bench, pope_shapes))
-    counts["mmbench"] = build_mmbench(imgs, _rng(seed, "mmbench"), bench, n_bench)
-    counts["mmvet"] = build_mmvet(imgs, _rng(seed, "mmvet"), bench, n_bench)
-    counts["llava_bench"] = build_llava_bench(imgs, _rng(seed, "llava_bench"), bench, n_bench)
-    counts["llava_bench_dev"] = build_llava_bench(imgs, _rng(seed, "llava_bench_dev"), bench, n_bench,
-                                                  name="llava_bench_dev")
-    counts["noise_images"] = build_noise_images(imgs, _rng(seed, "noise"), bench)
+    # Benchmarks first (each registered benchmark's own builder, in build order), so the held-out text prompts are
+    # known before the training text is drawn.
+    benchmarks = MiniatureBuild(imgs, bench, lambda part: _rng(seed, part), n_bench, n_text_bench, pope_shapes)
+    for spec in _miniature_builders():
+        counts.update(spec.build_miniature(benchmarks))
+    held = benchmarks.held_out.held
 
     sci = build_scigraphqa_pool(imgs, _rng(seed, "pool-scigraphqa"), n_pool)
     write_json(out / "pools" / "scigraphqa.json", sci)
@@ -139,6 +131,12 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     log.info("world data: %d images (%.2f ms each to draw+save), %d visual and %d text training items in %.1fs",
              imgs.written, counts["ms_per_image"], len(visual), len(text), counts["seconds"])
     return counts
+
+
+def _miniature_builders() -> list:
+    """The registered benchmarks that build a miniature copy, in build order."""
+    return sorted((b for b in registry.benchmarks() if b.build_miniature is not None),
+                  key=lambda b: (b.build_order, b.name))
 
 
 def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
@@ -192,9 +190,9 @@ def world_fingerprint(world_params, seed: int) -> str:
     mmpref/world/ and the benchmark modules whose miniature builders it calls): two runs with the same fingerprint
     get the same world."""
     code = {f.name: sha256_file(f) for f in sorted(Path(__file__).parent.glob("*.py"))}
-    for builder in (build_pope, build_mmbench, build_mmvet, build_llava_bench, build_noise_images):
-        module = Path(sys.modules[builder.__module__].__file__)
-        code[f"evaluate/{module.name}"] = sha256_file(module)
+    for spec in _miniature_builders():
+        module = Path(sys.modules[spec.build_miniature.__module__].__file__)
+        code[f"{module.parent.name}/{module.name}"] = sha256_file(module)
     return sha256_json({"world": world_params.model_dump(mode="json"), "seed": seed, "code": code})[:16]
 
 
