@@ -35,6 +35,7 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, 
 from mmpref.io import write_json
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import assess, explain, need_inputs
 from mmpref.judges.tasks import ask_until_parsed
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.benchmarks import MiniatureBuild
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 # records graded under another protocol are graded again (#2: alpaca_eval's order coin and identical outputs)
 GRADING = "alpaca_eval@cd543a1#2"
+JUDGE_TASK = "grade_pairwise"  # the JudgeRequest task of its gradings
 
 
 class AlpacaItem(BaseModel):
@@ -155,7 +157,7 @@ def grade_pairwise_alpaca(
     better); None when the reply does not parse (alpaca_eval's NaN, dropped from the win rate). alpaca_eval asks once
     (`max_retries` 0); each retry is a new call."""
     system, prompt = render_alpaca(instruction, output_1, output_2, template)
-    req = JudgeRequest(task="grade_pairwise", system=system, prompt=prompt,
+    req = JudgeRequest(task=JUDGE_TASK, system=system, prompt=prompt,
                        inputs={"instruction": instruction, "output_1": output_1, "output_2": output_2},
                        truth=truth or {})
     preference, text, _ = ask_until_parsed(judge, req, parse_alpaca_ranking, max_retries + 1, "AlpacaEval ranking")
@@ -283,13 +285,37 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"alpaca_eval": len(alpaca)}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's AlpacaEval ranking: the output of higher quality (`Assessment.quality`) ranks first, then the
+    one whose length fits better, then a fixed coin; its reasons as comments before the ranking list."""
+    out1, out2 = need_inputs(inputs, "output_1", "output_2")
+    key, ref = truth.get("answer"), truth.get("reference")
+    a1, a2 = (assess(out, key, ref, inputs.get("instruction")) for out in (out1, out2))
+    q1, q2 = a1.quality(), a2.quality()
+    if q1 != q2:
+        first_wins, why = q1 > q2, f"quality {q1} vs {q2}"
+    elif abs(a1.verbosity - 2) != abs(a2.verbosity - 2):
+        first_wins, why = abs(a1.verbosity - 2) < abs(a2.verbosity - 2), "equal quality; length fits better"
+    else:
+        digest = hashlib.sha256(f"{out1}\x00{out2}".encode("utf-8")).digest()
+        first_wins, why = digest[0] % 2 == 0, "equal quality; fixed tie-break"
+    r1, r2 = (1, 2) if first_wins else (2, 1)
+    reasoning = f"model_1: {explain(a1, key)}\nmodel_2: {explain(a2, key)}\nDecision: {why}."
+    ranking = f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
+    # alpaca_eval's ranking_parser reads the whole reply with ast.literal_eval: the reasoning goes as comments
+    return "".join(f"# {line}\n" for line in reasoning.splitlines()) + ranking
+
+
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=1,
     name="alpaca_eval", display="AlpacaEval", headline="win_rate", headline_name="AlpacaEval win rate", order=5,
     in_table2=True, paper_key="alpaca_eval", text_only=True, grading=GRADING, judge_template="alpaca_eval", run=_run,
     score=score, load=load_alpaca_eval, check=check,
     check_template=lambda p: (load_alpaca_template(p), "template with its placeholders")[1],
     cost_inputs=cost_inputs, output_tokens=30, default_items=805,   # output: the ranking as a python list
+    build_miniature=build_miniature, build_order=1, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("alpaca_eval", "AlpacaEval (v1) reference outputs", "09_evaluate", "evaluate.benchmarks.alpaca_eval",
                   "alpaca_eval/text_davinci_003_outputs.json", ("alpaca_eval/text_davinci_003_outputs.json",),
                   "github tatsu-lab/alpaca_eval `results/text_davinci_003/model_outputs.json`"),

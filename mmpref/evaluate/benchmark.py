@@ -69,6 +69,9 @@ class Benchmark:
     # (every picture of the world is unique, so a builder's pictures depend on those drawn before: a new one goes last)
     build_miniature: Callable[[Any], dict[str, int]] | None = None
     build_order: int = 100
+    judge_task: str | None = None       # the JudgeRequest task of its gradings (judges accept the registered ones)
+    # the rubric judge's grading of judge_task: rubric_grade(request inputs, request truth) -> the judge's reply text
+    rubric_grade: Callable[[dict, dict], str] | None = None
     extra: dict = field(default_factory=dict)
 
     @property

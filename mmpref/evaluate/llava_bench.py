@@ -28,6 +28,7 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, 
 from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import assess, explain, need_inputs, rating_1_10
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.questions import (QA, chart_qas, describe_chart, describe_scene, scene_negative_qas,
                                     scene_positive_qas)
@@ -37,6 +38,7 @@ from mmpref.world.scenes import Images
 log = logging.getLogger(__name__)
 
 GRADING = "llava@c121f04"  # records graded under another protocol are graded again
+JUDGE_TASK = "grade_llava_bench"  # the JudgeRequest task of its gradings
 
 
 class LlavaBenchItem(BaseModel):
@@ -169,7 +171,7 @@ def grade_llava_bench(
     (reference score, model score), the reference being Assistant 1; (None, None) when the first line does not hold
     two scores (LLaVA's [-1, -1]): a failed review, never averaged in."""
     system, prompt = render_llava_bench(question, context, reference_answer, answer, rule)
-    req = JudgeRequest(task="grade_llava_bench", system=system, prompt=prompt,
+    req = JudgeRequest(task=JUDGE_TASK, system=system, prompt=prompt,
                        inputs={"question": question, "context": context, "reference_answer": reference_answer,
                                "answer": answer},
                        truth=truth or {}, temperature=LLAVA_TEMPERATURE)
@@ -346,12 +348,26 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
             for name in ("llava_bench", "llava_bench_dev")}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's LLaVA-Bench review: "s1 s2" (`rating_1_10` of the reference and of the model's answer), then
+    its reasons per assistant."""
+    ref_answer, answer = need_inputs(inputs, "reference_answer", "answer")
+    key = truth.get("answer")
+    ref = truth.get("reference") or ref_answer
+    a_ref, a_model = (assess(text, key, ref, inputs.get("question")) for text in (ref_answer, answer))
+    s1, s2 = rating_1_10(a_ref), rating_1_10(a_model)
+    return f"{s1} {s2}\nAssistant 1: {explain(a_ref, key)}\nAssistant 2: {explain(a_model, key)}"
+
+
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=5,
     name="llava_bench", display="LLaVA-bench", headline="relative_score", headline_name="LLaVA-Bench relative score",
     order=1, in_table2=True, paper_key="llava_bench", grading=GRADING, judge_template="llava_bench", run=_run,
     score=score, load=load_llava_bench, check=check, check_template=check_rules, cost_inputs=cost_inputs,
     output_tokens=200, default_items=60,   # output: two scores on the first line, then the explanation
+    build_miniature=build_miniature, build_order=5, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("llava_bench", "LLaVA-Bench (in-the-wild)", "09_evaluate", "evaluate.benchmarks.llava_bench",
                   "llava-bench-in-the-wild",
                   ("llava-bench-in-the-wild/{questions,context,answers_gpt4}.jsonl", "llava-bench-in-the-wild/images/"),

@@ -365,10 +365,10 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
 
 
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=3,
     name="mmbench", display="MM-Bench", headline="circular_accuracy", headline_name="MMBench circular accuracy",
     order=3, in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
     backfill=add_mmbench_passes, default_items=4377,
+    build_miniature=build_miniature, build_order=3,
     data=DataFile("mmbench", "MMBench dev (EN)", "09_evaluate", "evaluate.benchmarks.mmbench",
                   "mmbench/mmbench_dev_20230712.tsv", ("mmbench/mmbench_dev_20230712.tsv (images inside, base64)",),
                   "OpenCompass MMBench `mmbench_dev_20230712.tsv` (download.openmmlab.com/mmclassification/datasets/"

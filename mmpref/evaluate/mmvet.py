@@ -33,15 +33,18 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, 
 from mmpref.io import write_json
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import need_inputs
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.questions import chart_qas, scene_qas
 from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.scenes import Images
+from mmpref.world.truth import key_match
 
 log = logging.getLogger(__name__)
 
 # records graded under another protocol are graded again (#2: the evaluator's temperatures and max_tokens=3)
 GRADING = "mm-vet@acde843#2"
+JUDGE_TASK = "grade_mmvet"  # the JudgeRequest task of its gradings
 
 
 class MMVetItem(BaseModel):
@@ -158,7 +161,7 @@ def grade_mmvet(
     Returns (grade or None, the last reply)."""
     text = ""
     for attempt in range(MMVET_TRIES):
-        req = JudgeRequest(task="grade_mmvet", system=MMVET_SYSTEM,
+        req = JudgeRequest(task=JUDGE_TASK, system=MMVET_SYSTEM,
                            prompt=render_mmvet_prompt(question, gt_answer, prediction, header,
                                                               retry=attempt > 0),
                            inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
@@ -286,12 +289,26 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"mmvet": build_mmvet(build.imgs, build.rng("mmvet"), build.folder, build.n_bench)}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's MM-Vet grade: 1.0 for an answer that matches the key, else its partial credit."""
+    (prediction,) = need_inputs(inputs, "prediction")
+    key = truth.get("answer") or inputs.get("gt_answer")
+    if not key:
+        raise ValueError("rubric judge: MM-Vet grading needs truth['answer'] or inputs['gt_answer']")
+    correct, partial, _ = key_match(prediction, str(key))
+    score = 1.0 if correct else round(partial, 1)
+    return f"{score:.1f}"
+
+
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=4,
     name="mmvet", display="MM-Vet", headline="total", headline_name="MM-Vet total", order=0, in_table2=True,
     paper_key="mmvet", grading=GRADING, judge_template="mmvet", run=_run, score=score, load=load_mmvet, check=check,
     check_template=lambda p: f"few-shot prompt read ({len(load_mmvet_prompt(p))} characters)",
     cost_inputs=cost_inputs, output_tokens=MMVET_MAX_TOKENS, default_items=218,   # output: a number 0.0-1.0
+    build_miniature=build_miniature, build_order=4, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("mmvet", "MM-Vet", "09_evaluate", "evaluate.benchmarks.mmvet", "mm-vet",
                   ("mm-vet/mm-vet.json", "mm-vet/images/"),
                   "github yuweihao/MM-Vet release `mm-vet.zip` (mm-vet.json + images/)"),

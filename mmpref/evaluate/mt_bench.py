@@ -29,6 +29,7 @@ from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, ItemProtoco
 from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import assess, explain, need_inputs, rating_1_10
 from mmpref.sampling import ChatRequest, GenerateFn
 from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS
@@ -36,6 +37,7 @@ from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS
 log = logging.getLogger(__name__)
 
 GRADING = "fastchat@0e6d3e4"  # records graded under another protocol are graded again
+JUDGE_TASK = "grade_single"  # the JudgeRequest task of its gradings
 MT_BENCH_NEED_REF_CATS = ("math", "reasoning", "coding")  # FastChat NEED_REF_CATS (plus arena-hard-200)
 
 
@@ -254,7 +256,7 @@ def grade_single(
     """FastChat single-answer grading (MT-Bench). Returns (rating 1..10, judgment); rating -1 when unparsable,
     as FastChat records it. `truth` ({"answer", "reference"}) is about the graded turn (turn 2 when multi_turn)."""
     system, prompt, _ = render_fastchat_single(question_turns, answers, reference, multi_turn, templates)
-    req = JudgeRequest(task="grade_single", system=system, prompt=prompt, images=[str(image)] if image else [],
+    req = JudgeRequest(task=JUDGE_TASK, system=system, prompt=prompt, images=[str(image)] if image else [],
                        inputs={"question_turns": list(question_turns), "answers": list(answers),
                                "reference": reference, "multi_turn": multi_turn},
                        truth=truth or {})
@@ -452,13 +454,29 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"mt_bench": len(mt)}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's FastChat single-answer grading: its reasons, then "Rating: [[x]]" (`rating_1_10` of the graded
+    turn's answer against the truth)."""
+    (answers,) = need_inputs(inputs, "answers")
+    if not answers:
+        raise ValueError("rubric judge: grade_single got no answers")
+    answer = answers[-1] if inputs.get("multi_turn") else answers[0]
+    turns = inputs.get("question_turns") or [None]
+    key, ref = truth.get("answer"), truth.get("reference")
+    a = assess(answer, key, ref, turns[-1] if inputs.get("multi_turn") else turns[0])
+    return f"{explain(a, key)}\n\nRating: [[{rating_1_10(a)}]]"
+
+
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=0,
     name="mt_bench", display="MT-bench", headline="overall", headline_name="MT-Bench overall", order=4,
     in_table2=True, paper_key="mt_bench", text_only=True, grading=GRADING, judge_template="mt_bench", run=_run,
     score=score, failures=count_failed_turns, load=load_mt_bench, check=check, check_template=check_judge_prompts,
     options=lambda ev: {"decoding": ev.mt_bench_decoding}, cost_inputs=cost_inputs, default_items=80,
     output_tokens=250,   # a short explanation and "Rating: [[x]]"
+    build_miniature=build_miniature, build_order=0, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("mt_bench", "MT-Bench questions and GPT-4 reference answers", "09_evaluate",
                   "evaluate.benchmarks.mt_bench", "mt_bench/question.jsonl",
                   ("mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"),

@@ -61,13 +61,13 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
 
 
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=6,
     name="mt_bench_noisy", display="Noisy-image MT-Bench", headline="overall",
     headline_name="noisy-image MT-Bench overall", order=6, paper_key="mt_bench_noisy", grading=mt_bench.GRADING,
     judge_template="mt_bench", uses_noise_images=True, run=_run, score=mt_bench.score,
     failures=mt_bench.count_failed_turns, load=mt_bench.load_mt_bench, check=mt_bench.check,
     check_template=mt_bench.check_judge_prompts, options=lambda ev: {"decoding": ev.mt_bench_decoding},
     cost_inputs=mt_bench.cost_inputs, output_tokens=mt_bench.BENCHMARK.output_tokens, default_items=80,
+    build_miniature=build_miniature, build_order=6, judge_task=mt_bench.JUDGE_TASK, rubric_grade=mt_bench.rubric_grade,
     data=DataFile("mt_bench_noisy", "Noisy-image MT-Bench questions", "09_evaluate",
                   "evaluate.benchmarks.mt_bench_noisy", "mt_bench/question.jsonl",
                   ("mt_bench/question.jsonl (the MT-Bench file)",),

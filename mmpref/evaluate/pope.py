@@ -212,9 +212,9 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
 
 
 BENCHMARK = Benchmark(
-    build_miniature=build_miniature, build_order=2,
     name="pope", display="PoPe", headline="f1", headline_name="POPE F1", order=2, in_table2=True, paper_key="pope",
     run=_run, score=score, load=load_pope, check=check, strata=lambda rec: rec["split"], default_items=3 * 3000,
+    build_miniature=build_miniature, build_order=2,
     data=DataFile("pope", "POPE (COCO, random/popular/adversarial)", "09_evaluate", "evaluate.benchmarks.pope",
                   "pope", ("pope/coco_pope_{random,popular,adversarial}.json", "pope/images/COCO_val2014_*.jpg"),
                   "github AoiDragon/POPE `output/coco/coco_pope_{random,popular,adversarial}.json`; COCO "

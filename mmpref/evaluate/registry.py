@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from pathlib import Path
+from typing import Callable
 
 from mmpref.evaluate.benchmark import Benchmark
 
@@ -66,3 +67,22 @@ def headlines() -> dict[str, str]:
 def judge_templates() -> list[str]:
     """The evaluate.judge_templates keys some benchmark reads."""
     return sorted({b.judge_template for b in benchmarks() if b.judge_template})
+
+
+def judge_tasks() -> list[str]:
+    """The JudgeRequest tasks of the benchmarks' gradings (`Benchmark.judge_task`)."""
+    return sorted({b.judge_task for b in benchmarks() if b.judge_task})
+
+
+def rubric_graders() -> dict[str, Callable[[dict, dict], str]]:
+    """{judge task: the rubric judge's grading of it} (`Benchmark.rubric_grade`); benchmarks that share a task
+    (MT-Bench and its noisy-image variant) share its grading."""
+    out: dict[str, Callable[[dict, dict], str]] = {}
+    for b in benchmarks():
+        if b.rubric_grade is None:
+            continue
+        if b.judge_task is None:
+            raise ValueError(f"{b.name}: a rubric grading needs the judge task it grades (judge_task)")
+        if out.setdefault(b.judge_task, b.rubric_grade) is not b.rubric_grade:
+            raise ValueError(f"judge task {b.judge_task!r}: two benchmarks give different rubric gradings")
+    return out

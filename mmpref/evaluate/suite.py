@@ -110,7 +110,7 @@ def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, 
     limit): tidy rows. Stage 09 scores every model this way; DPO's sweep scores its trials on the dev split this way
     too. `answered_by`: the model's `answer_identity` (answers saved under another are answered again). `judge_run`
     >= 2 grades run 1's answers again (mmpref.evaluate.protocol)."""
-    from mmpref.evaluate import run_benchmark
+    from mmpref.evaluate.protocol import run_benchmark
 
     ev = params.evaluate
     return run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,

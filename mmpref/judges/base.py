@@ -31,21 +31,25 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
-
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
+from mmpref.evaluate import registry
 from mmpref.io import sha256_file, sha256_json
 from mmpref.judges.parsing import ParseError
 
 log = logging.getLogger(__name__)
 
-Task = Literal["annotate", "answer", "grade_single", "grade_pairwise", "grade_mmvet", "grade_llava_bench"]
+FIXED_TASKS = ("annotate", "answer")  # the judges' own tasks; the benchmarks add their gradings' (judge_task)
+
+
+def judge_tasks() -> list[str]:
+    """Every task a JudgeRequest may name: the fixed ones, then the registered benchmarks' judge tasks."""
+    return [*FIXED_TASKS, *registry.judge_tasks()]
 
 
 class JudgeRequest(BaseModel):
-    task: Task
+    task: str  # one of judge_tasks()
     system: str | None = None
     prompt: str
     images: list[str] = []
@@ -60,6 +64,13 @@ class JudgeRequest(BaseModel):
     max_tokens: int | None = None
     # the judge run (repeated grading for judge variance); from run 2 on it enters the cache key: a distinct call
     judge_run: int = 1
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in FIXED_TASKS and task not in registry.judge_tasks():
+            raise ValueError(f"unknown judge task {task!r}; choose one of {judge_tasks()}")
+        return task
 
 
 class JudgeReply(BaseModel):
