@@ -4,6 +4,10 @@
 see the key-answer conventions in the build spec) and writes its verdict as TEXT in the same format an LLM judge
 would: step-by-step reasoning, then the JSON object / `[[rating]]` / ranking list / "s1 s2" line / MM-Vet number.
 The ordinary parsers then read it, so the rubric exercises exactly the code path of a real judge.
+
+Its own tasks are annotation and gold answers; a benchmark's grading is the benchmark module's `rubric_grade`, found
+in the registry by the request's task (`Benchmark.judge_task`). The assessment they share (`assess`, `rating_1_10`,
+`explain`, `need_inputs`) lives here.
 """
 
 from __future__ import annotations
