@@ -59,6 +59,10 @@ def _toy_build_miniature(build):
     return {"toy": len(rows)}
 
 
+def _toy_miniature_texts(folder):
+    return [r["q"] for r in read_jsonl(folder / "toy" / "toy.jsonl")]
+
+
 def _toy_rubric_grade(inputs, truth):
     return f"toy verdict: {'right' if inputs['answer'] == truth['answer'] else 'wrong'}"
 
@@ -66,7 +70,7 @@ def _toy_rubric_grade(inputs, truth):
 TOY = Benchmark(
     name="toy", display="Toy", headline="accuracy", headline_name="Toy accuracy", order=9, text_only=True,
     run=_toy_run, score=_toy_score, load=_toy_load, check=lambda p, params=None: "ok",
-    build_miniature=_toy_build_miniature, judge_task="grade_toy", rubric_grade=_toy_rubric_grade,
+    build_miniature=_toy_build_miniature, miniature_texts=_toy_miniature_texts, judge_task="grade_toy", rubric_grade=_toy_rubric_grade,
     data=DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
                   ("toy.jsonl",), "made here"))
 
@@ -100,8 +104,8 @@ def test_a_registered_benchmark_runs_through_the_suite(toy, tmp_path):
 
 
 def test_the_world_builds_a_registered_benchmarks_miniature_copy(tmp_path):
-    """build_world_data runs every registered builder (after the paper's benchmarks), and the world's fingerprint
-    hashes the builder's module, so a changed builder builds the world again."""
+    """build_world_data runs every registered builder (after the paper's benchmarks), the tokenizer's corpus reads its
+    texts, and the world's fingerprint hashes the builder's module, so a changed builder builds the world again."""
     small = dict(n_visual_train=20, n_text_train=20, n_pool=5, n_bench=6, n_text_bench=8)
     world = load_params("params/tiny.yaml").world
     without = build.world_fingerprint(world, 0)
@@ -109,6 +113,7 @@ def test_the_world_builds_a_registered_benchmarks_miniature_copy(tmp_path):
     try:
         counts = build.build_world_data(tmp_path / "world", seed=0, **small)
         with_toy = build.world_fingerprint(world, 0)
+        corpus = list(build.vocabulary_corpus(tmp_path / "world"))
     finally:
         registry.unregister("toy")
     rows = read_jsonl(tmp_path / "world" / "benchmarks" / "toy" / "toy.jsonl")
@@ -116,6 +121,7 @@ def test_the_world_builds_a_registered_benchmarks_miniature_copy(tmp_path):
     assert list(counts).index("toy") == list(counts).index("noise_images") + 1   # built last
     assert all(int(r["a"]) == sum(map(int, r["q"].rstrip("?").split("+"))) for r in rows)
     assert _toy_load(tmp_path / "world" / "benchmarks" / "toy" / "toy.jsonl") == rows   # its loader reads it
+    assert corpus[-6:] == [r["q"] for r in rows]
     assert with_toy != without
 
 

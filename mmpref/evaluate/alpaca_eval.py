@@ -23,7 +23,7 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 from pydantic import BaseModel
@@ -285,6 +285,13 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"alpaca_eval": len(alpaca)}
 
 
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's instructions and reference outputs (for the world's tokenizer)."""
+    for r in read_json(folder / "alpaca_eval" / "eval.json"):
+        yield r["instruction"]
+        yield r["output"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
 
@@ -315,7 +322,8 @@ BENCHMARK = Benchmark(
     score=score, load=load_alpaca_eval, check=check,
     check_template=lambda p: (load_alpaca_template(p), "template with its placeholders")[1],
     cost_inputs=cost_inputs, output_tokens=30, default_items=805,   # output: the ranking as a python list
-    build_miniature=build_miniature, build_order=1, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
+    build_miniature=build_miniature, build_order=1, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("alpaca_eval", "AlpacaEval (v1) reference outputs", "09_evaluate", "evaluate.benchmarks.alpaca_eval",
                   "alpaca_eval/text_davinci_003_outputs.json", ("alpaca_eval/text_davinci_003_outputs.json",),
                   "github tatsu-lab/alpaca_eval `results/text_davinci_003/model_outputs.json`"),

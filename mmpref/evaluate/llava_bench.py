@@ -17,7 +17,7 @@ import json
 import logging
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -348,6 +348,16 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
             for name in ("llava_bench", "llava_bench_dev")}
 
 
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions, reference answers and captions (for the world's tokenizer; the dev split's
+    are other pictures' of the same kinds)."""
+    for name in ("questions", "answers_gpt4"):
+        for r in read_jsonl(folder / "llava_bench" / f"{name}.jsonl"):
+            yield r["text"]
+    for r in read_jsonl(folder / "llava_bench" / "context.jsonl"):
+        yield r["caption"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
 
@@ -367,7 +377,8 @@ BENCHMARK = Benchmark(
     order=1, in_table2=True, paper_key="llava_bench", grading=GRADING, judge_template="llava_bench", run=_run,
     score=score, load=load_llava_bench, check=check, check_template=check_rules, cost_inputs=cost_inputs,
     output_tokens=200, default_items=60,   # output: two scores on the first line, then the explanation
-    build_miniature=build_miniature, build_order=5, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
+    build_miniature=build_miniature, build_order=5, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("llava_bench", "LLaVA-Bench (in-the-wild)", "09_evaluate", "evaluate.benchmarks.llava_bench",
                   "llava-bench-in-the-wild",
                   ("llava-bench-in-the-wild/{questions,context,answers_gpt4}.jsonl", "llava-bench-in-the-wild/images/"),

@@ -30,7 +30,7 @@ import csv
 import io
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from PIL import Image
 from pydantic import BaseModel
@@ -364,11 +364,18 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"mmbench": build_mmbench(build.imgs, build.rng("mmbench"), build.folder, build.n_bench)}
 
 
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions with their options (for the world's tokenizer)."""
+    with (folder / "mmbench" / "mmbench_dev.tsv").open(encoding="utf-8", newline="") as fh:
+        for r in csv.DictReader(fh, delimiter="\t"):
+            yield " ".join([r["question"]] + [r[k] for k in "ABCD" if r[k]])
+
+
 BENCHMARK = Benchmark(
     name="mmbench", display="MM-Bench", headline="circular_accuracy", headline_name="MMBench circular accuracy",
     order=3, in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
     backfill=add_mmbench_passes, default_items=4377,
-    build_miniature=build_miniature, build_order=3,
+    build_miniature=build_miniature, build_order=3, miniature_texts=miniature_texts,
     data=DataFile("mmbench", "MMBench dev (EN)", "09_evaluate", "evaluate.benchmarks.mmbench",
                   "mmbench/mmbench_dev_20230712.tsv", ("mmbench/mmbench_dev_20230712.tsv (images inside, base64)",),
                   "OpenCompass MMBench `mmbench_dev_20230712.tsv` (download.openmmlab.com/mmclassification/datasets/"

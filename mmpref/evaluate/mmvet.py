@@ -21,7 +21,7 @@ import logging
 import math
 import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from pydantic import BaseModel
@@ -289,6 +289,13 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"mmvet": build_mmvet(build.imgs, build.rng("mmvet"), build.folder, build.n_bench)}
 
 
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions and answers (for the world's tokenizer)."""
+    for r in read_json(folder / "mmvet" / "mm-vet.json").values():
+        yield r["question"]
+        yield r["answer"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
 
@@ -308,7 +315,8 @@ BENCHMARK = Benchmark(
     paper_key="mmvet", grading=GRADING, judge_template="mmvet", run=_run, score=score, load=load_mmvet, check=check,
     check_template=lambda p: f"few-shot prompt read ({len(load_mmvet_prompt(p))} characters)",
     cost_inputs=cost_inputs, output_tokens=MMVET_MAX_TOKENS, default_items=218,   # output: a number 0.0-1.0
-    build_miniature=build_miniature, build_order=4, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
+    build_miniature=build_miniature, build_order=4, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("mmvet", "MM-Vet", "09_evaluate", "evaluate.benchmarks.mmvet", "mm-vet",
                   ("mm-vet/mm-vet.json", "mm-vet/images/"),
                   "github yuweihao/MM-Vet release `mm-vet.zip` (mm-vet.json + images/)"),

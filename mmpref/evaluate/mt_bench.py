@@ -18,7 +18,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel
 
@@ -454,6 +454,13 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return {"mt_bench": len(mt)}
 
 
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's turns and reference answers (for the world's tokenizer)."""
+    for r in read_jsonl(folder / "mt_bench" / "question.jsonl"):
+        yield from r["turns"]
+        yield from r["reference"]
+
+
 # --------------------------------------------------------------------------------------------------------------
 # the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
 
@@ -476,7 +483,8 @@ BENCHMARK = Benchmark(
     score=score, failures=count_failed_turns, load=load_mt_bench, check=check, check_template=check_judge_prompts,
     options=lambda ev: {"decoding": ev.mt_bench_decoding}, cost_inputs=cost_inputs, default_items=80,
     output_tokens=250,   # a short explanation and "Rating: [[x]]"
-    build_miniature=build_miniature, build_order=0, judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
+    build_miniature=build_miniature, build_order=0, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("mt_bench", "MT-Bench questions and GPT-4 reference answers", "09_evaluate",
                   "evaluate.benchmarks.mt_bench", "mt_bench/question.jsonl",
                   ("mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel
 
@@ -211,10 +211,17 @@ def build_miniature(build: MiniatureBuild) -> dict[str, int]:
     return build_pope(build.imgs, build.rng("pope"), build.folder, build.n_bench, build.pope_shapes)
 
 
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions (for the world's tokenizer)."""
+    for split in POPE_SPLITS:
+        for r in read_jsonl(folder / "pope" / f"coco_pope_{split}.json"):
+            yield r["text"]
+
+
 BENCHMARK = Benchmark(
     name="pope", display="PoPe", headline="f1", headline_name="POPE F1", order=2, in_table2=True, paper_key="pope",
     run=_run, score=score, load=load_pope, check=check, strata=lambda rec: rec["split"], default_items=3 * 3000,
-    build_miniature=build_miniature, build_order=2,
+    build_miniature=build_miniature, build_order=2, miniature_texts=miniature_texts,
     data=DataFile("pope", "POPE (COCO, random/popular/adversarial)", "09_evaluate", "evaluate.benchmarks.pope",
                   "pope", ("pope/coco_pope_{random,popular,adversarial}.json", "pope/images/COCO_val2014_*.jpg"),
                   "github AoiDragon/POPE `output/coco/coco_pope_{random,popular,adversarial}.json`; COCO "

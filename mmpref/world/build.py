@@ -38,7 +38,6 @@ Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
@@ -162,27 +161,9 @@ def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
     for r in json.loads((out / "pools" / "lrv.json").read_text(encoding="utf-8")):
         yield r["question"]
         yield r["answer"]
-    bench = out / "benchmarks"
-    for split in ("random", "popular", "adversarial"):
-        for r in read_jsonl(bench / "pope" / f"coco_pope_{split}.json"):
-            yield r["text"]
-    with (bench / "mmbench" / "mmbench_dev.tsv").open(encoding="utf-8", newline="") as fh:
-        for r in csv.DictReader(fh, delimiter="\t"):
-            yield " ".join([r["question"]] + [r[k] for k in "ABCD" if r[k]])
-    for r in json.loads((bench / "mmvet" / "mm-vet.json").read_text(encoding="utf-8")).values():
-        yield r["question"]
-        yield r["answer"]
-    for name in ("questions", "answers_gpt4"):
-        for r in read_jsonl(bench / "llava_bench" / f"{name}.jsonl"):
-            yield r["text"]
-    for r in read_jsonl(bench / "llava_bench" / "context.jsonl"):
-        yield r["caption"]
-    for r in read_jsonl(bench / "mt_bench" / "question.jsonl"):
-        yield from r["turns"]
-        yield from r["reference"]
-    for r in json.loads((bench / "alpaca_eval" / "eval.json").read_text(encoding="utf-8")):
-        yield r["instruction"]
-        yield r["output"]
+    for spec in _miniature_builders():  # each benchmark's own texts (the tokenizer's merges do not depend on order)
+        if spec.miniature_texts is not None:
+            yield from spec.miniature_texts(out / "benchmarks")
 
 
 def world_fingerprint(world_params, seed: int) -> str:
