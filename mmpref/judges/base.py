@@ -35,7 +35,7 @@ from pydantic import BaseModel, field_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from mmpref.evaluate import registry
-from mmpref.io import sha256_file, sha256_json
+from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
 from mmpref.judges.parsing import ParseError
 
 log = logging.getLogger(__name__)
@@ -447,8 +447,6 @@ class Judge:
     def stage(self, job_dir: str | Path, key: str, outcome: "JudgeReply | JudgeError") -> None:
         """Keep a batch outcome the cache does not hold (a reply its check rejected, or an item its job failed) for
         `complete` to answer once, in memory and in `job_dir/staged.jsonl` (for a restart, see `load_staged`)."""
-        from mmpref.io import append_jsonl
-
         self._staged[key] = outcome
         row = {"key": key, "error": str(outcome)} if isinstance(outcome, JudgeError) else \
             {"key": key, "reply": outcome.model_dump()}
@@ -459,8 +457,6 @@ class Judge:
         path = Path(job_dir) / "staged.jsonl"
         if not path.is_file():
             return
-        from mmpref.io import read_jsonl
-
         for row in read_jsonl(path, appended=True):
             self._staged[row["key"]] = JudgeError(row["error"]) if "error" in row else \
                 JudgeReply.model_validate(row["reply"])
