@@ -222,6 +222,47 @@ class ItemProtocol:
     grading: str | None = None
 
 
+def _todo(protocol: ItemProtocol, items: Sequence[Any], keys: list[str], store: _Records, first: _Records | None,
+          judge_id: str | None, answered_by: str | None, retry_failed: bool) -> tuple[list, list, dict[str, str]]:
+    """What is left to do: the items to answer [(item, key, requests)], the answered items to grade
+    [(item, key, answers)] (answers of `first`, or records graded by another judge or protocol, or failed ones
+    under `retry_failed`), and every item's request signature {key: signature}."""
+    todo_answer, todo_grade = [], []
+    sigs = {}
+    other_model = 0
+    for item, key in zip(items, keys):
+        reqs = protocol.requests(item)
+        sigs[key] = request_signature(reqs, protocol.describe(item))
+        rec = store.reusable(key, sigs[key], answered_by)
+        before = store.old.get(key)
+        other_model += rec is None and before is not None and before.get("signature") == sigs[key]
+        answered = first.reusable(key, sigs[key], answered_by) if first is not None and rec is None else None
+        if answered is not None:
+            todo_grade.append((item, key, answered["answers"]))
+        elif rec is None:
+            todo_answer.append((item, key, reqs))
+        elif protocol.grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != protocol.grading
+                                             or (retry_failed and _failed(rec))):
+            todo_grade.append((item, key, rec["answers"]))
+    log.info("%s / %s: %d items, %d to answer (%d of them answered before by another checkpoint or settings), "
+             "%d to re-grade, %d reused", store.model, protocol.benchmark, len(items), len(todo_answer), other_model,
+             len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
+    return todo_answer, todo_grade, sigs
+
+
+def _answer(second_turn: Callable[[Any, str], ChatRequest] | None, generate: GenerateFn,
+            chunk: list[tuple[Any, str, list[ChatRequest]]]) -> list[tuple[Any, str, list[str]]]:
+    """The answers of a chunk of (item, key, requests): every first-stage request in one call, then every dependent
+    second turn in another."""
+    outs = iter(_generate(generate, [r for _, _, reqs in chunk for r in reqs]))
+    answered = [(item, key, [next(outs) for _ in reqs]) for item, key, reqs in chunk]
+    if second_turn is not None:
+        follow = [second_turn(item, answers[0]) for item, _, answers in answered]
+        for (_, _, answers), a2 in zip(answered, _generate(generate, follow)):
+            answers.append(a2)
+    return answered
+
+
 def run_items(
     protocol: ItemProtocol,
     items: Sequence[Any],
@@ -251,26 +292,7 @@ def run_items(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     store = _Records(out_jsonl, model, benchmark)
     first = _Records(answers_from, model, benchmark) if answers_from is not None else None
-    todo_answer, todo_grade = [], []
-    sigs = {}
-    other_model = 0
-    for item, key in zip(items, keys):
-        reqs = protocol.requests(item)
-        sigs[key] = request_signature(reqs, describe(item))
-        rec = store.reusable(key, sigs[key], answered_by)
-        before = store.old.get(key)
-        other_model += rec is None and before is not None and before.get("signature") == sigs[key]
-        answered = first.reusable(key, sigs[key], answered_by) if first is not None and rec is None else None
-        if answered is not None:
-            todo_grade.append((item, key, answered["answers"]))
-        elif rec is None:
-            todo_answer.append((item, key, reqs))
-        elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != grading
-                                    or (retry_failed and _failed(rec))):
-            todo_grade.append((item, key, rec["answers"]))
-    log.info("%s / %s: %d items, %d to answer (%d of them answered before by another checkpoint or settings), "
-             "%d to re-grade, %d reused", model, benchmark, len(items), len(todo_answer), other_model,
-             len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
+    todo_answer, todo_grade, sigs = _todo(protocol, items, keys, store, first, judge_id, answered_by, retry_failed)
 
     def grade_or_fail(b: tuple[Any, str, list[str]]) -> dict:
         try:
@@ -298,14 +320,7 @@ def run_items(
     batch = grade is not None and bool(getattr(judge, "batch", False))
     steps = range(0, len(todo_answer), chunk_size)
     for start in bar(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2, leave=False):
-        chunk = todo_answer[start:start + chunk_size]
-        flat = [r for _, _, reqs in chunk for r in reqs]
-        outs = iter(_generate(generate, flat))
-        answered = [(item, key, [next(outs) for _ in reqs]) for item, key, reqs in chunk]
-        if second_turn is not None:
-            follow = [second_turn(item, answers[0]) for item, _, answers in answered]
-            for (_, _, answers), a2 in zip(answered, _generate(generate, follow)):
-                answers.append(a2)
+        answered = _answer(second_turn, generate, todo_answer[start:start + chunk_size])
         if not batch:
             finish(answered)
             continue
