@@ -6,6 +6,8 @@ plan; repeated judge runs report mean and standard deviation."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -141,6 +143,18 @@ def test_the_rubric_judge_grades_a_registered_benchmarks_task(tmp_path):
         registry.unregister("toy")
     with pytest.raises(ValidationError, match="unknown judge task"):
         ask()
+
+
+def test_judge_requests_validated_from_many_threads_at_once_see_every_benchmarks_task():
+    """Grading threads validate their requests against the registry: the first ones to ask wait for its discovery
+    instead of seeing it half-filled (a fresh interpreter, where nothing is discovered yet)."""
+    code = ("from concurrent.futures import ThreadPoolExecutor\n"
+            "from mmpref.judges.base import JudgeRequest\n"
+            "with ThreadPoolExecutor(8) as pool:\n"
+            "    done = list(pool.map(lambda i: JudgeRequest(task='grade_mmvet', prompt=str(i)), range(8)))\n"
+            "print(len(done))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "8", out.stderr[-2000:]
 
 
 def test_unregistered_benchmark_is_a_config_error():

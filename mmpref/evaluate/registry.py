@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -18,6 +19,8 @@ from mmpref.evaluate.benchmark import Benchmark
 
 _REGISTRY: dict[str, Benchmark] = {}
 _DISCOVERED = False
+_DISCOVERING = False
+_DISCOVERY_LOCK = threading.RLock()
 
 
 def register(spec: Benchmark) -> Benchmark:
@@ -31,15 +34,25 @@ def unregister(name: str) -> None:
 
 
 def _discover() -> None:
-    global _DISCOVERED
+    """Register every module's BENCHMARK, once. Other threads wait for it (judge requests are validated against the
+    registry from grading threads); the discovering thread itself, re-entering from a module it imports, sees what is
+    registered so far."""
+    global _DISCOVERED, _DISCOVERING
     if _DISCOVERED:
         return
-    _DISCOVERED = True
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # the modules beside this one
-        module = importlib.import_module(f"{__package__}.{info.name}")
-        spec = getattr(module, "BENCHMARK", None)
-        if isinstance(spec, Benchmark):
-            _REGISTRY.setdefault(spec.name, spec)
+    with _DISCOVERY_LOCK:
+        if _DISCOVERED or _DISCOVERING:
+            return
+        _DISCOVERING = True
+        try:
+            for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # the modules beside this one
+                module = importlib.import_module(f"{__package__}.{info.name}")
+                spec = getattr(module, "BENCHMARK", None)
+                if isinstance(spec, Benchmark):
+                    _REGISTRY.setdefault(spec.name, spec)
+            _DISCOVERED = True
+        finally:
+            _DISCOVERING = False
 
 
 def benchmarks() -> list[Benchmark]:
