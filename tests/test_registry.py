@@ -72,7 +72,8 @@ def _toy_rubric_grade(inputs, truth):
 TOY = Benchmark(
     name="toy", display="Toy", headline="accuracy", headline_name="Toy accuracy", order=9, text_only=True,
     run=_toy_run, score=_toy_score, load=_toy_load, check=lambda p, params=None: "ok",
-    build_miniature=_toy_build_miniature, miniature_texts=_toy_miniature_texts, judge_task="grade_toy", rubric_grade=_toy_rubric_grade,
+    build_miniature=_toy_build_miniature, miniature_texts=_toy_miniature_texts,
+    judge_task="grade_toy", rubric_grade=_toy_rubric_grade,
     data=DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
                   ("toy.jsonl",), "made here"))
 

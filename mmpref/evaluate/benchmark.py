@@ -69,7 +69,7 @@ class Benchmark:
     # (every picture of the world is unique, so a builder's pictures depend on those drawn before: a new one goes last)
     build_miniature: Callable[[Any], dict[str, int]] | None = None
     build_order: int = 100
-    miniature_texts: Callable[[Path], Iterable[str]] | None = None  # (benchmarks folder) -> its texts, for the tokenizer
+    miniature_texts: Callable[[Path], Iterable[str]] | None = None  # (benchmarks folder) -> its texts (tokenizer)
     judge_task: str | None = None       # the JudgeRequest task of its gradings (judges accept the registered ones)
     # the rubric judge's grading of judge_task: rubric_grade(request inputs, request truth) -> the judge's reply text
     rubric_grade: Callable[[dict, dict], str] | None = None

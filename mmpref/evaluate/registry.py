@@ -1,10 +1,11 @@
 """The registry of benchmarks: name -> Benchmark (mmpref.evaluate.benchmark says what a benchmark is).
 
 Every module of mmpref/evaluate/ that defines a module-level `BENCHMARK` is registered when the registry is first
-read, so adding a benchmark is one module (loader, prompts, judge prompt and parser, metric, run function, and its
-`BENCHMARK` entry) plus its params entry (`evaluate.benchmarks.<name>: <path>`). `register` adds one at run time
-(tests register a toy benchmark this way). Config validation, stage 09's plan, the figures and tables, the bootstrap
-and `mmpref check` all read the registry.
+read, so adding a benchmark is one module (loader, prompts, judge prompt and parser, metric, run function, miniature
+builder, rubric grading, and its `BENCHMARK` entry) plus its params entry (`evaluate.benchmarks.<name>: <path>`).
+`register` adds one at run time (tests register a toy benchmark this way). Config validation, stage 09's plan, the
+figures and tables, the bootstrap, `mmpref check`, the miniature world's build, the judges' task check and the rubric
+judge all read the registry.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from mmpref.evaluate.benchmark import Benchmark
+
 
 _REGISTRY: dict[str, Benchmark] = {}
 _DISCOVERED = False

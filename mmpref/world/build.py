@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Iterator
 
 from mmpref.evaluate import registry
+from mmpref.evaluate.benchmark import Benchmark
 from mmpref.io import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
 from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.mix import MIX_KINDS, build_visual_mix
@@ -101,10 +102,11 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
 
     # Benchmarks first (each registered benchmark's own builder, in build order), so the held-out text prompts are
     # known before the training text is drawn.
-    benchmarks = MiniatureBuild(imgs, bench, lambda part: _rng(seed, part), n_bench, n_text_bench, pope_shapes)
+    miniature = MiniatureBuild(imgs=imgs, folder=bench, rng=lambda part: _rng(seed, part), n_bench=n_bench,
+                               n_text_bench=n_text_bench, pope_shapes=pope_shapes)
     for spec in _miniature_builders():
-        counts.update(spec.build_miniature(benchmarks))
-    held = benchmarks.held_out.held
+        counts.update(spec.build_miniature(miniature))
+    held = miniature.held_out.held
 
     sci = build_scigraphqa_pool(imgs, _rng(seed, "pool-scigraphqa"), n_pool)
     write_json(out / "pools" / "scigraphqa.json", sci)
@@ -132,7 +134,7 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     return counts
 
 
-def _miniature_builders() -> list:
+def _miniature_builders() -> list[Benchmark]:
     """The registered benchmarks that build a miniature copy, in build order."""
     return sorted((b for b in registry.benchmarks() if b.build_miniature is not None),
                   key=lambda b: (b.build_order, b.name))
