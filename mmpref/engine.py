@@ -5,7 +5,7 @@ running server: for sampling ONE call per prompt with `n = k` (the engine prefil
 k continuations from the shared KV cache: vLLM's `n` and prefix caching), with `temperature`, `top_p`,
 `max_tokens` and a per-request `seed`; images go as base64 `image_url` data URLs in the OpenAI content-parts format.
 It writes the same samples.jsonl rows and benchmark answer files as the HF backend: `sample_responses` and
-`evaluate.run_benchmark` take either.
+`evaluate.protocol.run_benchmark` take either.
 
 The server renders the prompt with ITS chat template, so start it with mmpref's (`write_chat_template`), or it
 samples in another prompt format than the HF backend and training use. Evaluated adapters are addressed by the

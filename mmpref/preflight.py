@@ -27,7 +27,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from mmpref.config import Params
-from mmpref.evaluate.registry import DataFile
+from mmpref.evaluate.benchmark import DataFile
 from mmpref.judges import BACKENDS
 
 # ---- token-count assumptions (documented; see the module docstring) ------------------------------------------------

@@ -187,9 +187,11 @@ def test_benchmark_grading_durable_through_failures_and_kills(tmp_path, monkeypa
             score, raw = grade_mmvet(j, f"What is {it}?", "a circle", answers[0])
             return {"score": score, "failed": score is None, "judge_raw": raw}
 
-        return protocol.run_items("mmvet", items, items, lambda it: [ChatRequest(turns=[f"What is {it}?"])],
-                                  lambda reqs: [f"a circle, {r.turns[0]}" for r in reqs], out, "m", "gemini:g",
-                                  grade, lambda it: {"question_id": it}, chunk_size=3, judge=j)
+        asked = protocol.ItemProtocol("mmvet", key=lambda it: it,
+                                      requests=lambda it: [ChatRequest(turns=[f"What is {it}?"])],
+                                      describe=lambda it: {"question_id": it}, grade=grade)
+        return protocol.run_items(asked, items, lambda reqs: [f"a circle, {r.turns[0]}" for r in reqs], out, "m",
+                                  judge=j, chunk_size=3)
 
     with FaultyGemini() as g:
         ref = tmp_path / "ref.jsonl"

@@ -23,8 +23,8 @@ from PIL import Image
 from mmpref import methods, runner
 from mmpref.annotate import TooManyFailures, annotate_samples
 from mmpref.config import JudgeParams, load_params
-from mmpref.evaluate import registry, run_benchmark, suite
-from mmpref.evaluate.protocol import FAILURES
+from mmpref.evaluate import registry, suite
+from mmpref.evaluate.protocol import FAILURES, run_benchmark
 from mmpref.io import read_jsonl
 from mmpref.judges import judge_from_params, make_judge
 from mmpref.judges.base import JudgeStopped

@@ -206,7 +206,7 @@ def test_ocr_vqa_style_conversations_carry_the_prompt_on_the_first_question_only
 
 
 def test_pope_pictures_have_the_asked_number_of_shapes(tmp_path):
-    from mmpref.world.benchmarks import build_pope
+    from mmpref.evaluate.pope import build_pope
 
     build_pope(scenes.Images(tmp_path, 48, 12), random.Random(0), tmp_path / "b", 30, [3])
     rows = read_jsonl(tmp_path / "b" / "pope" / "coco_pope_random.json")

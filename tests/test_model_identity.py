@@ -106,7 +106,7 @@ def test_09_answers_again_for_a_retrained_adapter_and_reuses_an_unchanged_one(tm
 
 def test_the_dpo_sweep_answers_again_for_a_retrained_trial(tmp_path, monkeypatch):
     from mmpref.sampling import Policy
-    from mmpref.world.benchmarks import build_llava_bench
+    from mmpref.evaluate.llava_bench import build_llava_bench
     from mmpref.world.scenes import Images
 
     run = tmp_path / "run"

@@ -1,23 +1,30 @@
 """The registries: a benchmark module registered at run time flows through run_benchmark, config validation, stage
-09's plan, the tables and the bootstrap; a method added to the registry flows into config validation and the stage
+09's plan, the tables and the bootstrap, the miniature world's build (its builder) and the rubric judge (its
+grading); a method added to the registry flows into config validation and the stage
 plan; repeated judge runs report mean and standard deviation."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from mmpref import stages as stage_table
 from mmpref import figures, methods, pairing, runner, stats
 from mmpref.config import ParamsError, load_params
 from mmpref.evaluate import registry, suite
-from mmpref.evaluate.protocol import (RULE_JUDGE, Score, judge_run_rows, run_benchmark, run_items, score_records,
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (RULE_JUDGE, ItemProtocol, judge_run_rows, run_benchmark, run_items, score_records,
                                       tidy_rows)
 from mmpref.io import read_jsonl, write_jsonl
-from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
+from mmpref.judges.base import Judge, JudgeReply, JudgeRequest, judge_tasks
+from mmpref.judges.rubric import RubricJudge
 from mmpref.sampling import ChatRequest
+from mmpref.world import build
 
 import pandas as pd
 
@@ -37,16 +44,38 @@ def _toy_score(recs):
 def _toy_run(data_path, generate, judge, out_jsonl, model, *, template=None, limit=None, noise_images_dir=None,
              **options):
     items = _toy_load(data_path, limit)
-    recs = run_items("toy", items, [it["id"] for it in items], lambda it: [ChatRequest(turns=[it["q"]])], generate,
-                     out_jsonl, model, None, None, lambda it: {"truth": it["a"]})
+    protocol = ItemProtocol("toy", key=lambda it: it["id"], requests=lambda it: [ChatRequest(turns=[it["q"]])],
+                            describe=lambda it: {"truth": it["a"]})
+    recs = run_items(protocol, items, generate, out_jsonl, model)
     return tidy_rows(model, "toy", score_records("toy", recs), RULE_JUDGE)
 
 
-TOY = registry.Benchmark(
+def _toy_build_miniature(build):
+    """The miniature world's copy: n_bench sums drawn from the build's generator for this benchmark."""
+    rng = build.rng("toy")
+    rows = []
+    for i in range(build.n_bench):
+        a, b = rng.randint(1, 9), rng.randint(1, 9)
+        rows.append({"id": f"t{i}", "q": f"{a}+{b}?", "a": str(a + b)})
+    write_jsonl(build.folder / "toy" / "toy.jsonl", rows)
+    return {"toy": len(rows)}
+
+
+def _toy_miniature_texts(folder):
+    return [r["q"] for r in read_jsonl(folder / "toy" / "toy.jsonl")]
+
+
+def _toy_rubric_grade(inputs, truth):
+    return f"toy verdict: {'right' if inputs['answer'] == truth['answer'] else 'wrong'}"
+
+
+TOY = Benchmark(
     name="toy", display="Toy", headline="accuracy", headline_name="Toy accuracy", order=9, text_only=True,
     run=_toy_run, score=_toy_score, load=_toy_load, check=lambda p, params=None: "ok",
-    data=registry.DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
-                           ("toy.jsonl",), "made here"))
+    build_miniature=_toy_build_miniature, miniature_texts=_toy_miniature_texts,
+    judge_task="grade_toy", rubric_grade=_toy_rubric_grade,
+    data=DataFile("toy", "Toy questions", "09_evaluate", "evaluate.benchmarks.toy", "toy.jsonl",
+                  ("toy.jsonl",), "made here"))
 
 
 @pytest.fixture
@@ -75,6 +104,58 @@ def test_a_registered_benchmark_runs_through_the_suite(toy, tmp_path):
     assert got["value"] == 75.0 and got["lo"] <= 75.0 <= got["hi"]
     # rule-scored: one run, no sd
     assert suite.score_runs(lambda r: rows, False, 3)[0]["judge_runs"] == 0
+
+
+def test_the_world_builds_a_registered_benchmarks_miniature_copy(tmp_path):
+    """build_world_data runs every registered builder (after the paper's benchmarks), the tokenizer's corpus reads its
+    texts, and the world's fingerprint hashes the builder's module, so a changed builder builds the world again."""
+    small = dict(n_visual_train=20, n_text_train=20, n_pool=5, n_bench=6, n_text_bench=8)
+    world = load_params("params/tiny.yaml").world
+    without = build.world_fingerprint(world, 0)
+    registry.register(TOY)
+    try:
+        counts = build.build_world_data(tmp_path / "world", seed=0, **small)
+        with_toy = build.world_fingerprint(world, 0)
+        corpus = list(build.vocabulary_corpus(tmp_path / "world"))
+    finally:
+        registry.unregister("toy")
+    rows = read_jsonl(tmp_path / "world" / "benchmarks" / "toy" / "toy.jsonl")
+    assert counts["toy"] == 6 == len(rows) and list(counts)[:2] == ["mt_bench", "alpaca_eval"]
+    assert list(counts).index("toy") == list(counts).index("noise_images") + 1   # built last
+    assert all(int(r["a"]) == sum(map(int, r["q"].rstrip("?").split("+"))) for r in rows)
+    assert _toy_load(tmp_path / "world" / "benchmarks" / "toy" / "toy.jsonl") == rows   # its loader reads it
+    assert corpus[-6:] == [r["q"] for r in rows]
+    assert with_toy != without
+
+
+def test_the_rubric_judge_grades_a_registered_benchmarks_task(tmp_path):
+    """A registered benchmark's judge task is a valid JudgeRequest task, and the rubric judge answers it with the
+    benchmark's own rubric grading; unregistered, the task is unknown again."""
+    def ask():
+        return JudgeRequest(task="grade_toy", prompt="Is 2 right?", inputs={"answer": "2"}, truth={"answer": "2"})
+
+    with pytest.raises(ValidationError, match="unknown judge task 'grade_toy'"):
+        ask()
+    registry.register(TOY)
+    try:
+        assert "grade_toy" in judge_tasks()
+        assert RubricJudge(cache_dir=tmp_path / "cache").complete(ask()).text == "toy verdict: right"
+    finally:
+        registry.unregister("toy")
+    with pytest.raises(ValidationError, match="unknown judge task"):
+        ask()
+
+
+def test_judge_requests_validated_from_many_threads_at_once_see_every_benchmarks_task():
+    """Grading threads validate their requests against the registry: the first ones to ask wait for its discovery
+    instead of seeing it half-filled (a fresh interpreter, where nothing is discovered yet)."""
+    code = ("from concurrent.futures import ThreadPoolExecutor\n"
+            "from mmpref.judges.base import JudgeRequest\n"
+            "with ThreadPoolExecutor(8) as pool:\n"
+            "    done = list(pool.map(lambda i: JudgeRequest(task='grade_mmvet', prompt=str(i)), range(8)))\n"
+            "print(len(done))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "8", out.stderr[-2000:]
 
 
 def test_unregistered_benchmark_is_a_config_error():

@@ -18,7 +18,7 @@ from mmpref import annotate, io, runner
 from mmpref.annotate import annotate_samples, collect_gold
 from mmpref.cli import main
 from mmpref.config import load_params
-from mmpref.evaluate.protocol import run_items
+from mmpref.evaluate.protocol import ItemProtocol, run_items
 from mmpref.io import append_jsonl, read_jsonl, write_json, write_jsonl
 from mmpref.judges.base import JudgeError, JudgeReply
 from mmpref.judges.rubric import RubricJudge
@@ -214,8 +214,9 @@ def test_evaluation_resumes_past_a_torn_per_item_file(tmp_path):
         return [str(int(r.turns[0].split("+")[0]) + 1) for r in reqs]
 
     out = tmp_path / "eval" / "vit" / "toy.jsonl"
-    run = lambda: run_items("toy", items, [it["id"] for it in items], lambda it: [ChatRequest(turns=[it["q"]])],
-                            generate, out, "vit", None, None, lambda it: {"truth": it["a"]})
+    protocol = ItemProtocol("toy", key=lambda it: it["id"], requests=lambda it: [ChatRequest(turns=[it["q"]])],
+                            describe=lambda it: {"truth": it["a"]})
+    run = lambda: run_items(protocol, items, generate, out, "vit")
     first = run()
     tear(out)
     asked.clear()

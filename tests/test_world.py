@@ -320,14 +320,14 @@ def _mc_options(question: str) -> tuple[str, dict[str, str]]:
 def test_multiple_choice_items_name_the_correct_option(tmp_path, monkeypatch, mc_answer):
     from mmpref.evaluate.mmbench import mmbench_match
     truth: dict[str, questions.McItem] = {}
-    make = questions._mmbench_item
+    make = questions.mc_item
 
     def recording(rng, imgs):
         item = make(rng, imgs)
         truth[hashlib.sha256(item.image.tobytes()).hexdigest()] = item
         return item
 
-    monkeypatch.setattr(mix, "_mmbench_item", recording)
+    monkeypatch.setattr(mix, "mc_item", recording)
     rows = mix.build_visual_mix(scenes.Images(tmp_path, 48), random.Random(11), 300, mc_answer=mc_answer)
     mc = [r for r in rows if r["kind"] == "multiple_choice"]
     assert len(mc) == 30 == len(truth)

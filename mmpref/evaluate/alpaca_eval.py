@@ -23,23 +23,29 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pandas as pd
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, in_dir, literal_eval, need_judge,
-                                      need_keys, optional_template, read_json, run_items, score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, in_dir, literal_eval,
+                                      need_judge, need_keys, optional_template, read_json, run_items, score_records,
+                                      tidy_rows)
+from mmpref.io import write_json
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import assess, explain, need_inputs
 from mmpref.judges.tasks import ask_until_parsed
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.text_tasks import TEXT_TASKS, imperfect_output
 
 log = logging.getLogger(__name__)
 
 # records graded under another protocol are graded again (#2: alpaca_eval's order coin and identical outputs)
 GRADING = "alpaca_eval@cd543a1#2"
+JUDGE_TASK = "grade_pairwise"  # the JudgeRequest task of its gradings
 
 
 class AlpacaItem(BaseModel):
@@ -151,7 +157,7 @@ def grade_pairwise_alpaca(
     better); None when the reply does not parse (alpaca_eval's NaN, dropped from the win rate). alpaca_eval asks once
     (`max_retries` 0); each retry is a new call."""
     system, prompt = render_alpaca(instruction, output_1, output_2, template)
-    req = JudgeRequest(task="grade_pairwise", system=system, prompt=prompt,
+    req = JudgeRequest(task=JUDGE_TASK, system=system, prompt=prompt,
                        inputs={"instruction": instruction, "output_1": output_1, "output_2": output_2},
                        truth=truth or {})
     preference, text, _ = ask_until_parsed(judge, req, parse_alpaca_ranking, max_retries + 1, "AlpacaEval ranking")
@@ -225,12 +231,11 @@ def run_alpaca_eval(items: Sequence[AlpacaItem], generate: GenerateFn, judge: An
                 "preference": alpaca_unswitch(raw_pref, switched), "failed": raw_pref is None,
                 "judge_raw": raw}
 
-    keys = [hashlib.sha256(it.instruction.encode("utf-8")).hexdigest()[:16] for it in items]
-    recs = run_items("alpaca_eval", items, keys, lambda it: [ChatRequest(turns=[it.instruction])], generate, out_jsonl,
-                model, judge_id, grade, lambda it: {"instruction": it.instruction, "dataset": it.dataset,
-                                                    "seed": seed},
-                chunk_size=chunk_size, judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol("alpaca_eval", key=lambda it: hashlib.sha256(it.instruction.encode()).hexdigest()[:16],
+                            requests=lambda it: [ChatRequest(turns=[it.instruction])],
+                            describe=lambda it: {"instruction": it.instruction, "dataset": it.dataset, "seed": seed},
+                            grade=grade, grading=GRADING)
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     return tidy_rows(model, "alpaca_eval", score_records("alpaca_eval", recs), judge_id)
 
 
@@ -263,12 +268,62 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     return len(items), texts, "; ".join(notes)
 
 
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    """Instructions with imperfect reference outputs (the miniature text-davinci-003), the four text task kinds in
+    turn, from the build's held-out prompts (after MT-Bench's)."""
+    tasks, alpaca = list(TEXT_TASKS), []
+    while len(alpaca) < build.n_text_bench:
+        item = build.held_out.draw(False, tasks[len(alpaca) % len(tasks)])
+        alpaca.append({"instruction": item["turns"][0], "output": imperfect_output(item, build.held_out.rng),
+                       "generator": "text_davinci_003", "dataset": "mini", "answer_key": item["answers"][0],
+                       "reference": item["references"][0]})
+    write_json(build.folder / "alpaca_eval" / "eval.json", alpaca)
+    return {"alpaca_eval": len(alpaca)}
+
+
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's instructions and reference outputs (for the world's tokenizer)."""
+    for r in read_json(folder / "alpaca_eval" / "eval.json"):
+        yield r["instruction"]
+        yield r["output"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's AlpacaEval ranking: the output of higher quality (`Assessment.quality`) ranks first, then the
+    one whose length fits better, then a fixed coin; its reasons as comments before the ranking list."""
+    out1, out2 = need_inputs(inputs, "output_1", "output_2")
+    key, ref = truth.get("answer"), truth.get("reference")
+    a1, a2 = (assess(out, key, ref, inputs.get("instruction")) for out in (out1, out2))
+    q1, q2 = a1.quality(), a2.quality()
+    if q1 != q2:
+        first_wins, why = q1 > q2, f"quality {q1} vs {q2}"
+    elif abs(a1.verbosity - 2) != abs(a2.verbosity - 2):
+        first_wins, why = abs(a1.verbosity - 2) < abs(a2.verbosity - 2), "equal quality; length fits better"
+    else:
+        digest = hashlib.sha256(f"{out1}\x00{out2}".encode("utf-8")).digest()
+        first_wins, why = digest[0] % 2 == 0, "equal quality; fixed tie-break"
+    r1, r2 = (1, 2) if first_wins else (2, 1)
+    reasoning = f"model_1: {explain(a1, key)}\nmodel_2: {explain(a2, key)}\nDecision: {why}."
+    ranking = f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
+    # alpaca_eval's ranking_parser reads the whole reply with ast.literal_eval: the reasoning goes as comments
+    return "".join(f"# {line}\n" for line in reasoning.splitlines()) + ranking
+
+
 BENCHMARK = Benchmark(
     name="alpaca_eval", display="AlpacaEval", headline="win_rate", headline_name="AlpacaEval win rate", order=5, unit="%",
     in_table2=True, paper_key="alpaca_eval", text_only=True, grading=GRADING, judge_template="alpaca_eval", run=_run,
     score=score, load=load_alpaca_eval, check=check,
     check_template=lambda p: (load_alpaca_template(p), "template with its placeholders")[1],
     cost_inputs=cost_inputs, output_tokens=30, default_items=805,   # output: the ranking as a python list
+    build_miniature=build_miniature, build_order=1, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("alpaca_eval", "AlpacaEval (v1) reference outputs", "09_evaluate", "evaluate.benchmarks.alpaca_eval",
                   "alpaca_eval/text_davinci_003_outputs.json", ("alpaca_eval/text_davinci_003_outputs.json",),
                   "github tatsu-lab/alpaca_eval `results/text_davinci_003/model_outputs.json`"),

@@ -15,23 +15,30 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, image_file, images_folder,
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, image_file, images_folder,
                                       need_judge, need_keys, optional_template, run_items, score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
-from mmpref.io import read_jsonl
+from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import assess, explain, need_inputs, rating_1_10
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.questions import (QA, chart_qas, describe_chart, describe_scene, scene_negative_qas,
+                                    scene_positive_qas)
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.scenes import Images
 
 log = logging.getLogger(__name__)
 
 GRADING = "llava@c121f04"  # records graded under another protocol are graded again
+JUDGE_TASK = "grade_llava_bench"  # the JudgeRequest task of its gradings
 
 
 class LlavaBenchItem(BaseModel):
@@ -164,7 +171,7 @@ def grade_llava_bench(
     (reference score, model score), the reference being Assistant 1; (None, None) when the first line does not hold
     two scores (LLaVA's [-1, -1]): a failed review, never averaged in."""
     system, prompt = render_llava_bench(question, context, reference_answer, answer, rule)
-    req = JudgeRequest(task="grade_llava_bench", system=system, prompt=prompt,
+    req = JudgeRequest(task=JUDGE_TASK, system=system, prompt=prompt,
                        inputs={"question": question, "context": context, "reference_answer": reference_answer,
                                "answer": answer},
                        truth=truth or {}, temperature=LLAVA_TEMPERATURE)
@@ -236,11 +243,11 @@ def run_llava_bench(items: Sequence[LlavaBenchItem], generate: GenerateFn, judge
         failed = s_ref is None or s_model is None
         return {"scores": None if failed else [s_ref, s_model], "failed": failed, "judge_raw": raw}
 
-    recs = run_items("llava_bench", items, [str(it.question_id) for it in items],
-                lambda it: [ChatRequest(turns=[it.text], image=it.image)], generate, out_jsonl, model, judge_id, grade,
-                lambda it: {"question_id": it.question_id, "category": it.category}, chunk_size=chunk_size,
-                judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol("llava_bench", key=lambda it: str(it.question_id),
+                            requests=lambda it: [ChatRequest(turns=[it.text], image=it.image)],
+                            describe=lambda it: {"question_id": it.question_id, "category": it.category}, grade=grade,
+                            grading=GRADING)
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     unparsed = sum(bool(r.get("failed")) for r in recs)
     if unparsed:
         log.warning("llava_bench: %d reviews without two scores on the first line (failed: left out and counted)",
@@ -293,11 +300,85 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     return len(items), texts, "; ".join(notes)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_llava_bench(imgs: Images, rng: random.Random, bench: Path, n: int, name: str = "llava_bench") -> int:
+    """LLaVA-Bench (in-the-wild) layout in ``bench/name``: three questions per picture — conv, detail, complex.
+    ``name="llava_bench_dev"`` writes the dev split that hyper-parameters are chosen on (other pictures)."""
+    folder = name
+    questions, answers, contexts = [], [], []
+    i = 0
+    while len(questions) < n:
+        name = f"{i:03d}.png"
+        if i % 2 == 0:
+            chart, im = imgs.chart(rng)
+            caption = describe_chart(chart)
+            qas = {q.qtype: q for q in chart_qas(chart, rng)}
+            conv = qas["bar_value" if chart.kind == "bar" else "line_value"]
+            detail = QA("Describe the chart in detail.", chart.kind, caption, "chart_describe")
+            complex_ = qas["bar_tallest" if chart.kind == "bar" else "line_trend"]
+        else:
+            scene, im = imgs.scene(rng)
+            caption = describe_scene(scene)
+            pos = {q.qtype: q for q in scene_positive_qas(scene, rng)}
+            conv = pos["color"]
+            detail = QA("Describe the image in detail.", pos["describe"].answer, caption, "describe")
+            complex_ = rng.choice([pos["count"], scene_negative_qas(scene, rng)[-1]])
+        imgs.save(im, f"benchmarks/{folder}/images/{name}")
+        contexts.append({"id": name.removesuffix(".png"), "image": name, "caption": caption})
+        for cat, qa in (("conv", conv), ("detail", detail), ("complex", complex_)):
+            if len(questions) >= n:
+                break
+            qid = len(questions)
+            questions.append({"question_id": qid, "image": name, "text": qa.question, "category": cat,
+                              "answer_key": qa.answer})
+            answers.append({"question_id": qid, "text": qa.reference})
+        i += 1
+    d = bench / folder
+    write_jsonl(d / "questions.jsonl", questions)
+    write_jsonl(d / "answers_gpt4.jsonl", answers)
+    write_jsonl(d / "context.jsonl", contexts)
+    return len(questions)
+
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    """The benchmark, then its dev split (other pictures), where the DPO search chooses hyper-parameters."""
+    return {name: build_llava_bench(build.imgs, build.rng(name), build.folder, build.n_bench, name=name)
+            for name in ("llava_bench", "llava_bench_dev")}
+
+
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions, reference answers and captions (for the world's tokenizer; the dev split's
+    are other pictures' of the same kinds)."""
+    for name in ("questions", "answers_gpt4"):
+        for r in read_jsonl(folder / "llava_bench" / f"{name}.jsonl"):
+            yield r["text"]
+    for r in read_jsonl(folder / "llava_bench" / "context.jsonl"):
+        yield r["caption"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's LLaVA-Bench review: "s1 s2" (`rating_1_10` of the reference and of the model's answer), then
+    its reasons per assistant."""
+    ref_answer, answer = need_inputs(inputs, "reference_answer", "answer")
+    key = truth.get("answer")
+    ref = truth.get("reference") or ref_answer
+    a_ref, a_model = (assess(text, key, ref, inputs.get("question")) for text in (ref_answer, answer))
+    s1, s2 = rating_1_10(a_ref), rating_1_10(a_model)
+    return f"{s1} {s2}\nAssistant 1: {explain(a_ref, key)}\nAssistant 2: {explain(a_model, key)}"
+
+
 BENCHMARK = Benchmark(
     name="llava_bench", display="LLaVA-bench", headline="relative_score", headline_name="LLaVA-Bench relative score",
     order=1, unit="%", in_table2=True, paper_key="llava_bench", grading=GRADING, judge_template="llava_bench", run=_run,
     score=score, load=load_llava_bench, check=check, check_template=check_rules, cost_inputs=cost_inputs,
     output_tokens=200, default_items=60,   # output: two scores on the first line, then the explanation
+    build_miniature=build_miniature, build_order=5, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("llava_bench", "LLaVA-Bench (in-the-wild)", "09_evaluate", "evaluate.benchmarks.llava_bench",
                   "llava-bench-in-the-wild",
                   ("llava-bench-in-the-wild/{questions,context,answers_gpt4}.jsonl", "llava-bench-in-the-wild/images/"),

@@ -26,16 +26,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import csv
+import io
+import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+from PIL import Image
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, Score, check_limit, existing, run_items,
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, check_limit, existing, run_items,
                                       score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
 from mmpref.io import sha256_bytes
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.questions import lettered_options, mc_item
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.scenes import Images
 
 # Prompt suffix of LLaVA-1.5's model_vqa_mmbench.py.
 MMBENCH_PROMPT_SUFFIX = "\nAnswer with the option's letter from the given choices directly."
@@ -295,9 +302,9 @@ def run_mmbench(items: Sequence[MMBenchItem], generate: GenerateFn, out_jsonl: s
         return {"question_id": q.index, "category": q.category, **rows,
                 "correct": [LETTERS[r.answer_index] for r in q.rounds]}
 
-    recs = run_items("mmbench", questions, [str(q.index) for q in questions], requests, generate, out_jsonl, model,
-                     None, None, describe, chunk_size=chunk_size,
-                     derive=lambda q, answers: {"passes": mmbench_passes(q, answers), "circular": q.circular})
+    protocol = ItemProtocol("mmbench", key=lambda q: str(q.index), requests=requests, describe=describe,
+                            derive=lambda q, answers: {"passes": mmbench_passes(q, answers), "circular": q.circular})
+    recs = run_items(protocol, questions, generate, out_jsonl, model, chunk_size=chunk_size)
     return tidy_rows(model, "mmbench", score_records("mmbench", recs), RULE_JUDGE)
 
 
@@ -329,10 +336,46 @@ def check(path: Path, params: Any = None) -> str:
     return f"first {len(items)} rows read"
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def _png_b64(im: Image.Image) -> str:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def build_mmbench(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
+    path = bench / "mmbench" / "mmbench_dev.tsv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "l2-category", "split", "image"]
+    with path.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(cols)
+        for i in range(n):
+            item = mc_item(rng, imgs)
+            letters, answer = lettered_options(item, rng)
+            w.writerow([i, item.question, "", *(letters.get(k, "") for k in "ABCD"), answer, item.category,
+                        item.l2_category, "dev", _png_b64(item.image)])
+    return n
+
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return {"mmbench": build_mmbench(build.imgs, build.rng("mmbench"), build.folder, build.n_bench)}
+
+
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions with their options (for the world's tokenizer)."""
+    with (folder / "mmbench" / "mmbench_dev.tsv").open(encoding="utf-8", newline="") as fh:
+        for r in csv.DictReader(fh, delimiter="\t"):
+            yield " ".join([r["question"]] + [r[k] for k in "ABCD" if r[k]])
+
+
 BENCHMARK = Benchmark(
     name="mmbench", display="MM-Bench", headline="circular_accuracy", headline_name="MMBench circular accuracy",
     order=3, unit="%", in_table2=True, paper_key="mmbench", run=_run, score=score, load=load_mmbench, check=check,
     backfill=add_mmbench_passes, default_items=4377,
+    build_miniature=build_miniature, build_order=3, miniature_texts=miniature_texts,
     data=DataFile("mmbench", "MMBench dev (EN)", "09_evaluate", "evaluate.benchmarks.mmbench",
                   "mmbench/mmbench_dev_20230712.tsv", ("mmbench/mmbench_dev_20230712.tsv (images inside, base64)",),
                   "OpenCompass MMBench `mmbench_dev_20230712.tsv` (download.openmmlab.com/mmclassification/datasets/"

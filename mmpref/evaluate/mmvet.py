@@ -19,24 +19,32 @@ import ast
 import json
 import logging
 import math
+import random
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, Score, check_limit, existing, image_file, images_folder, in_dir,
-                                      need_judge, need_keys, optional_template, read_json, run_items, score_records,
-                                      sum_in_order, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, ItemProtocol, check_limit, existing, image_file, images_folder,
+                                      in_dir, need_judge, need_keys, optional_template, read_json, run_items,
+                                      score_records, sum_in_order, tidy_rows)
+from mmpref.io import write_json
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import need_inputs
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.questions import chart_qas, scene_qas
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.scenes import Images
+from mmpref.world.truth import key_match
 
 log = logging.getLogger(__name__)
 
 # records graded under another protocol are graded again (#2: the evaluator's temperatures and max_tokens=3)
 GRADING = "mm-vet@acde843#2"
+JUDGE_TASK = "grade_mmvet"  # the JudgeRequest task of its gradings
 
 
 class MMVetItem(BaseModel):
@@ -153,7 +161,7 @@ def grade_mmvet(
     Returns (grade or None, the last reply)."""
     text = ""
     for attempt in range(MMVET_TRIES):
-        req = JudgeRequest(task="grade_mmvet", system=MMVET_SYSTEM,
+        req = JudgeRequest(task=JUDGE_TASK, system=MMVET_SYSTEM,
                            prompt=render_mmvet_prompt(question, gt_answer, prediction, header,
                                                               retry=attempt > 0),
                            inputs={"question": question, "gt_answer": gt_answer, "prediction": prediction},
@@ -221,11 +229,11 @@ def run_mmvet(items: Sequence[MMVetItem], generate: GenerateFn, judge: Any, out_
         score, raw = grade_mmvet(judge, it.question, it.answer, answers[0], truth=truth, header=header)
         return {"score": score, "failed": score is None, "judge_raw": raw}
 
-    recs = run_items("mmvet", items, [it.id for it in items],
-                lambda it: [ChatRequest(turns=[it.question], image=it.image)], generate, out_jsonl, model, judge_id,
-                grade, lambda it: {"question_id": it.id, "capability": it.capabilities}, chunk_size=chunk_size,
-                judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol("mmvet", key=lambda it: it.id,
+                            requests=lambda it: [ChatRequest(turns=[it.question], image=it.image)],
+                            describe=lambda it: {"question_id": it.id, "capability": it.capabilities}, grade=grade,
+                            grading=GRADING)
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     return tidy_rows(model, "mmvet", score_records("mmvet", recs), judge_id)
 
 
@@ -254,11 +262,61 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     return len(items), [render_mmvet_prompt(q, gt, answer, header) for q, gt in items], "; ".join(notes)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_mmvet(imgs: Images, rng: random.Random, bench: Path, n: int) -> int:
+    items = {}
+    for i in range(n):
+        if i % 2 == 0:
+            chart, im = imgs.chart(rng)
+            qa = rng.choice([q for q in chart_qas(chart, rng) if q.qtype != "chart_describe"])
+            caps = ["rec", "math"] if qa.qtype in ("bar_value", "line_value", "line_max", "line_min") else ["rec"]
+        else:
+            scene, im = imgs.scene(rng)
+            qa = scene_qas(scene, rng, 1, 0.4)[0]
+            caps = {"count": ["rec", "math"], "describe": ["rec", "gen"]}.get(qa.qtype, ["rec"])
+        name = f"v1_{i}"
+        imgs.save(im, f"benchmarks/mmvet/images/{name}.png")
+        answer = qa.reference if qa.answer == "absent" or qa.qtype in ("describe", "chart_describe") else qa.answer
+        items[name] = {"imagename": f"{name}.png", "capability": caps, "question": qa.question, "answer": answer,
+                       "answer_key": qa.answer}
+    write_json(bench / "mmvet" / "mm-vet.json", items)
+    return n
+
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return {"mmvet": build_mmvet(build.imgs, build.rng("mmvet"), build.folder, build.n_bench)}
+
+
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions and answers (for the world's tokenizer)."""
+    for r in read_json(folder / "mmvet" / "mm-vet.json").values():
+        yield r["question"]
+        yield r["answer"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's MM-Vet grade: 1.0 for an answer that matches the key, else its partial credit."""
+    (prediction,) = need_inputs(inputs, "prediction")
+    key = truth.get("answer") or inputs.get("gt_answer")
+    if not key:
+        raise ValueError("rubric judge: MM-Vet grading needs truth['answer'] or inputs['gt_answer']")
+    correct, partial, _ = key_match(prediction, str(key))
+    score = 1.0 if correct else round(partial, 1)
+    return f"{score:.1f}"
+
+
 BENCHMARK = Benchmark(
     name="mmvet", display="MM-Vet", headline="total", headline_name="MM-Vet total", order=0, unit="0–100", in_table2=True,
     paper_key="mmvet", grading=GRADING, judge_template="mmvet", run=_run, score=score, load=load_mmvet, check=check,
     check_template=lambda p: f"few-shot prompt read ({len(load_mmvet_prompt(p))} characters)",
     cost_inputs=cost_inputs, output_tokens=MMVET_MAX_TOKENS, default_items=218,   # output: a number 0.0-1.0
+    build_miniature=build_miniature, build_order=4, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("mmvet", "MM-Vet", "09_evaluate", "evaluate.benchmarks.mmvet", "mm-vet",
                   ("mm-vet/mm-vet.json", "mm-vet/images/"),
                   "github yuweihao/MM-Vet release `mm-vet.zip` (mm-vet.json + images/)"),

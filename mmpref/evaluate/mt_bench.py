@@ -18,22 +18,26 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, Score, check_limit, existing, in_dir, literal_eval,
-                                      mean, need_judge, need_keys, optional_template, run_items, score_records,
-                                      tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
-from mmpref.io import read_jsonl
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, IMAGE_SUFFIXES, ItemProtocol, check_limit, existing, in_dir,
+                                      literal_eval, mean, need_judge, need_keys, optional_template, run_items,
+                                      score_records, tidy_rows)
+from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.base import JudgeRequest
 from mmpref.judges.parsing import ParseError
+from mmpref.judges.rubric import assess, explain, need_inputs, rating_1_10
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.text_tasks import MT_BENCH_CATEGORY, TEXT_TASKS
 
 log = logging.getLogger(__name__)
 
 GRADING = "fastchat@0e6d3e4"  # records graded under another protocol are graded again
+JUDGE_TASK = "grade_single"  # the JudgeRequest task of its gradings
 MT_BENCH_NEED_REF_CATS = ("math", "reasoning", "coding")  # FastChat NEED_REF_CATS (plus arena-hard-200)
 
 
@@ -252,7 +256,7 @@ def grade_single(
     """FastChat single-answer grading (MT-Bench). Returns (rating 1..10, judgment); rating -1 when unparsable,
     as FastChat records it. `truth` ({"answer", "reference"}) is about the graded turn (turn 2 when multi_turn)."""
     system, prompt, _ = render_fastchat_single(question_turns, answers, reference, multi_turn, templates)
-    req = JudgeRequest(task="grade_single", system=system, prompt=prompt, images=[str(image)] if image else [],
+    req = JudgeRequest(task=JUDGE_TASK, system=system, prompt=prompt, images=[str(image)] if image else [],
                        inputs={"question_turns": list(question_turns), "answers": list(answers),
                                "reference": reference, "multi_turn": multi_turn},
                        truth=truth or {})
@@ -361,18 +365,16 @@ def run_mt_bench(items: Sequence[MTBenchItem], generate: GenerateFn, judge: Any,
                                      templates=templates, multi_turn=True)
         return {"scores": [s1, s2], "failed": [s1 == -1, s2 == -1], "judge_raw": [j1, j2]}
 
-    recs = run_items(benchmark, items, [str(it.question_id) for it in items],
-                lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), image_every_turn=pool is not None,
-                                        temperature=temperature(it))], generate,
-                out_jsonl, model, judge_id,
-                grade, lambda it: {"question_id": it.question_id, "category": it.category,
-                                   "image": Path(image(it)).name if pool is not None else None,
-                                   "turns": it.turns[:2]},
-                second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
-                                                       image_every_turn=pool is not None,
-                                                       temperature=temperature(it)),
-                chunk_size=chunk_size, judge=judge, grading=GRADING,
-                answers_from=answers_from)
+    protocol = ItemProtocol(
+        benchmark, key=lambda it: str(it.question_id),
+        requests=lambda it: [ChatRequest(turns=[it.turns[0]], image=image(it), image_every_turn=pool is not None,
+                                         temperature=temperature(it))],
+        describe=lambda it: {"question_id": it.question_id, "category": it.category,
+                             "image": Path(image(it)).name if pool is not None else None, "turns": it.turns[:2]},
+        grade=grade, grading=GRADING,
+        second_turn=lambda it, a1: ChatRequest(turns=it.turns[:2], answers=[a1], image=image(it),
+                                               image_every_turn=pool is not None, temperature=temperature(it)))
+    recs = run_items(protocol, items, generate, out_jsonl, model, judge, chunk_size, answers_from)
     return tidy_rows(model, benchmark, score_records(benchmark, recs), judge_id)
 
 
@@ -436,12 +438,53 @@ def cost_inputs(path: Path | None, answer: str, template: Path | None, limit: in
     return len(items), texts, "; ".join(notes)
 
 
+
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    """Two-turn questions (reference answers and answer keys), the four text task kinds in turn, from the build's
+    held-out prompts (drawn before AlpacaEval's)."""
+    tasks, mt = list(TEXT_TASKS), []
+    while len(mt) < build.n_text_bench:
+        item = build.held_out.draw(True, tasks[len(mt) % len(tasks)])
+        mt.append({"question_id": 81 + len(mt), "category": MT_BENCH_CATEGORY[item["task"]], "turns": item["turns"],
+                   "reference": item["references"], "answer_keys": item["answers"]})
+    write_jsonl(build.folder / "mt_bench" / "question.jsonl", mt)
+    return {"mt_bench": len(mt)}
+
+
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's turns and reference answers (for the world's tokenizer)."""
+    for r in read_jsonl(folder / "mt_bench" / "question.jsonl"):
+        yield from r["turns"]
+        yield from r["reference"]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the rubric judge's grading (the miniature world's judge, mmpref.judges.rubric: it grades against the truth)
+
+def rubric_grade(inputs: dict, truth: dict) -> str:
+    """The rubric judge's FastChat single-answer grading: its reasons, then "Rating: [[x]]" (`rating_1_10` of the graded
+    turn's answer against the truth)."""
+    (answers,) = need_inputs(inputs, "answers")
+    if not answers:
+        raise ValueError("rubric judge: grade_single got no answers")
+    answer = answers[-1] if inputs.get("multi_turn") else answers[0]
+    turns = inputs.get("question_turns") or [None]
+    key, ref = truth.get("answer"), truth.get("reference")
+    a = assess(answer, key, ref, turns[-1] if inputs.get("multi_turn") else turns[0])
+    return f"{explain(a, key)}\n\nRating: [[{rating_1_10(a)}]]"
+
+
 BENCHMARK = Benchmark(
     name="mt_bench", display="MT-bench", headline="overall", headline_name="MT-Bench overall", order=4, unit="1–10",
     in_table2=True, paper_key="mt_bench", text_only=True, grading=GRADING, judge_template="mt_bench", run=_run,
     score=score, failures=count_failed_turns, load=load_mt_bench, check=check, check_template=check_judge_prompts,
     options=lambda ev: {"decoding": ev.mt_bench_decoding}, cost_inputs=cost_inputs, default_items=80,
     output_tokens=250,   # a short explanation and "Rating: [[x]]"
+    build_miniature=build_miniature, build_order=0, miniature_texts=miniature_texts,
+    judge_task=JUDGE_TASK, rubric_grade=rubric_grade,
     data=DataFile("mt_bench", "MT-Bench questions and GPT-4 reference answers", "09_evaluate",
                   "evaluate.benchmarks.mt_bench", "mt_bench/question.jsonl",
                   ("mt_bench/question.jsonl", "mt_bench/reference_answer/gpt-4.jsonl"),

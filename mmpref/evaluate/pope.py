@@ -10,16 +10,20 @@ of stopping the run.
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from pydantic import BaseModel
 
-from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, Score, check_limit, existing, image_file, images_folder,
-                                      mean, need_keys, run_items, score_records, tidy_rows)
-from mmpref.evaluate.registry import Benchmark, DataFile
-from mmpref.io import read_jsonl
+from mmpref.evaluate.benchmark import Benchmark, DataFile, Score
+from mmpref.evaluate.protocol import (DEFAULT_CHUNK, RULE_JUDGE, ItemProtocol, check_limit, existing, image_file,
+                                      images_folder, mean, need_keys, run_items, score_records, tidy_rows)
+from mmpref.io import read_jsonl, write_jsonl
 from mmpref.sampling import ChatRequest, GenerateFn
+from mmpref.world.benchmarks import MiniatureBuild
+from mmpref.world.scenes import SHAPES, Images, Scene, absent_shapes
 
 POPE_SPLITS = ("random", "popular", "adversarial")
 # Prompt suffix of LLaVA-1.5's evaluation question file llava_pope_test.jsonl.
@@ -135,11 +139,11 @@ def score(recs: Sequence[dict]) -> dict[str, Score]:
 def run_pope(items: Sequence[PopeItem], generate: GenerateFn, out_jsonl: str | Path, model: str,
              prompt_suffix: str = POPE_PROMPT_SUFFIX, chunk_size: int = DEFAULT_CHUNK) -> list[dict]:
     """POPE: one yes/no question per item; scored by LLaVA's eval_pope rule per split (no judge)."""
-    recs = run_items("pope", items, [f"{it.split}/{it.question_id}" for it in items],
-                     lambda it: [ChatRequest(turns=[it.text + prompt_suffix], image=it.image)], generate, out_jsonl,
-                     model, None, None,
-                     lambda it: {"question_id": it.question_id, "split": it.split, "label": it.label},
-                     chunk_size=chunk_size)
+    protocol = ItemProtocol(
+        "pope", key=lambda it: f"{it.split}/{it.question_id}",
+        requests=lambda it: [ChatRequest(turns=[it.text + prompt_suffix], image=it.image)],
+        describe=lambda it: {"question_id": it.question_id, "split": it.split, "label": it.label})
+    recs = run_items(protocol, items, generate, out_jsonl, model, chunk_size=chunk_size)
     return tidy_rows(model, "pope", score_records("pope", recs), RULE_JUDGE)
 
 
@@ -157,9 +161,67 @@ def check(path: Path, params: Any = None) -> str:
     return f"{len({i.split for i in items})} splits; first 3 questions and images of each read"
 
 
+# --------------------------------------------------------------------------------------------------------------
+# the miniature world's copy (its official layout, so the loader above reads it)
+
+def _pope_questions(scene: Scene, strategy: str, freq: Counter, cooc: Counter, rng: random.Random) -> list[tuple]:
+    """POPE: one "yes" per present object (shape category) and as many absent ones, chosen by the split's strategy:
+    at random, the most frequent in the benchmark's pictures, or the ones co-occurring most with the present ones."""
+    present = sorted(scene.shape_types(), key=SHAPES.index)
+    absent = absent_shapes(scene)
+    k = min(len(present), len(absent))
+    if strategy == "random":
+        negs = rng.sample(absent, k)
+    elif strategy == "popular":
+        negs = sorted(absent, key=lambda o: (-freq[o], SHAPES.index(o)))[:k]
+    else:
+        negs = sorted(absent, key=lambda o: (-sum(cooc[frozenset((o, p))] for p in present), SHAPES.index(o)))[:k]
+    return [(o, "yes") for o in present[:k]] + [(o, "no") for o in negs]
+
+
+def build_pope(imgs: Images, rng: random.Random, bench: Path, n_per_split: int,
+               n_shapes: list[int] | None = None) -> dict[str, int]:
+    """POPE in its official layout (coco_pope_{random,popular,adversarial}.json: question_id, image, text, label),
+    balanced yes/no, at least n_per_split questions per split; each picture has one of ``n_shapes`` shapes (default:
+    the training pictures' 1-3; POPE's own images have at least three objects)."""
+    scenes = []
+    total = 0
+    while total < n_per_split:
+        scene, im = imgs.scene(rng, rng.choice(n_shapes) if n_shapes else None)
+        name = f"pope_{len(scenes):04d}.png"
+        imgs.save(im, f"benchmarks/pope/images/{name}")
+        scenes.append((name, scene))
+        total += 2 * min(len(scene.shapes), len(absent_shapes(scene)))
+    freq = Counter(o for _, s in scenes for o in s.shape_types())
+    cooc = Counter(frozenset((a, b)) for _, s in scenes for a in s.shape_types() for b in s.shape_types() if a != b)
+    counts = {}
+    for split in ("random", "popular", "adversarial"):
+        rows, qid = [], 1
+        for name, scene in scenes:
+            for shape, label in _pope_questions(scene, split, freq, cooc, rng):
+                rows.append({"question_id": qid, "image": name, "text": f"Is there a {shape} in the image?",
+                             "label": label})
+                qid += 1
+        write_jsonl(bench / "pope" / f"coco_pope_{split}.json", rows)
+        counts[f"pope_{split}"] = len(rows)
+    return counts
+
+
+def build_miniature(build: MiniatureBuild) -> dict[str, int]:
+    return build_pope(build.imgs, build.rng("pope"), build.folder, build.n_bench, build.pope_shapes)
+
+
+def miniature_texts(folder: Path) -> Iterator[str]:
+    """The miniature copy's questions (for the world's tokenizer)."""
+    for split in POPE_SPLITS:
+        for r in read_jsonl(folder / "pope" / f"coco_pope_{split}.json"):
+            yield r["text"]
+
+
 BENCHMARK = Benchmark(
     name="pope", display="PoPe", headline="f1", headline_name="POPE F1", order=2, unit="F1, 0–1", in_table2=True, paper_key="pope",
     run=_run, score=score, load=load_pope, check=check, strata=lambda rec: rec["split"], default_items=3 * 3000,
+    build_miniature=build_miniature, build_order=2, miniature_texts=miniature_texts,
     data=DataFile("pope", "POPE (COCO, random/popular/adversarial)", "09_evaluate", "evaluate.benchmarks.pope",
                   "pope", ("pope/coco_pope_{random,popular,adversarial}.json", "pope/images/COCO_val2014_*.jpg"),
                   "github AoiDragon/POPE `output/coco/coco_pope_{random,popular,adversarial}.json`; COCO "

@@ -44,11 +44,13 @@ import logging
 import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
 from mmpref.console import bar
-
+from mmpref.evaluate import registry
+from mmpref.evaluate.benchmark import Score
 from mmpref.io import append_jsonl, read_jsonl, sha256_json, write_jsonl
 from mmpref.judges.base import JudgeError
 from mmpref.sampling import ChatRequest, GenerateFn
@@ -82,11 +84,6 @@ def literal_eval(text: str):
     constructor recursion depth mismatch" in a tiny run, python/cpython#106905)."""
     with _AST_LOCK:
         return ast.literal_eval(text)
-
-
-class Score(NamedTuple):
-    value: float
-    n: int
 
 
 def mean(xs: Sequence[float]) -> float:
@@ -204,33 +201,87 @@ def _parallel(fn: Callable[[Any], Any], args: list[Any], judge: Any) -> list[Any
         return list(pool.map(fn, args))
 
 
+@dataclass(frozen=True)
+class ItemProtocol:
+    """How a benchmark asks and grades its items: built once by its run function, read by `run_items`.
+
+    `key(item)` is the item's id in the per-item file; `requests(item)` gives the item's first-stage requests (one
+    answer each); `describe(item)` the fields recorded with it (hashed into the request signature);
+    `second_turn(item, first_answer)` adds a dependent second request (MT-Bench); `grade(item, answers)` returns the
+    judge fields of the record (None: scored by rule); `derive(item, answers)` returns fields scored by rule,
+    recomputed for every current record (not hashed); `grading` is the grading protocol tag (records graded under
+    another one are graded again)."""
+
+    benchmark: str
+    key: Callable[[Any], str]
+    requests: Callable[[Any], list[ChatRequest]]
+    describe: Callable[[Any], dict]
+    grade: Callable[[Any, list[str]], dict] | None = None
+    second_turn: Callable[[Any, str], ChatRequest] | None = None
+    derive: Callable[[Any, list[str]], dict] | None = None
+    grading: str | None = None
+
+
+def _todo(protocol: ItemProtocol, items: Sequence[Any], keys: list[str], store: _Records, first: _Records | None,
+          judge_id: str | None, answered_by: str | None, retry_failed: bool) -> tuple[list, list, dict[str, str]]:
+    """What is left to do: the items to answer [(item, key, requests)], the answered items to grade
+    [(item, key, answers)] (answers of `first`, or records graded by another judge or protocol, or failed ones
+    under `retry_failed`), and every item's request signature {key: signature}."""
+    todo_answer, todo_grade = [], []
+    sigs = {}
+    other_model = 0
+    for item, key in zip(items, keys):
+        reqs = protocol.requests(item)
+        sigs[key] = request_signature(reqs, protocol.describe(item))
+        rec = store.reusable(key, sigs[key], answered_by)
+        before = store.old.get(key)
+        other_model += rec is None and before is not None and before.get("signature") == sigs[key]
+        answered = first.reusable(key, sigs[key], answered_by) if first is not None and rec is None else None
+        if answered is not None:
+            todo_grade.append((item, key, answered["answers"]))
+        elif rec is None:
+            todo_answer.append((item, key, reqs))
+        elif protocol.grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != protocol.grading
+                                             or (retry_failed and _failed(rec))):
+            todo_grade.append((item, key, rec["answers"]))
+    log.info("%s / %s: %d items, %d to answer (%d of them answered before by another checkpoint or settings), "
+             "%d to re-grade, %d reused", store.model, protocol.benchmark, len(items), len(todo_answer), other_model,
+             len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
+    return todo_answer, todo_grade, sigs
+
+
+def _answer(second_turn: Callable[[Any, str], ChatRequest] | None, generate: GenerateFn,
+            chunk: list[tuple[Any, str, list[ChatRequest]]]) -> list[tuple[Any, str, list[str]]]:
+    """The answers of a chunk of (item, key, requests): every first-stage request in one call, then every dependent
+    second turn in another."""
+    outs = iter(_generate(generate, [r for _, _, reqs in chunk for r in reqs]))
+    answered = [(item, key, [next(outs) for _ in reqs]) for item, key, reqs in chunk]
+    if second_turn is not None:
+        follow = [second_turn(item, answers[0]) for item, _, answers in answered]
+        for (_, _, answers), a2 in zip(answered, _generate(generate, follow)):
+            answers.append(a2)
+    return answered
+
+
 def run_items(
-    benchmark: str,
+    protocol: ItemProtocol,
     items: Sequence[Any],
-    keys: list[str],
-    requests: Callable[[Any], list[ChatRequest]],
     generate: GenerateFn,
     out_jsonl: str | Path,
     model: str,
-    judge_id: str | None,
-    grade: Callable[[Any, list[str]], dict] | None,
-    describe: Callable[[Any], dict],
-    second_turn: Callable[[Any, str], ChatRequest] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
     judge: Any = None,
-    derive: Callable[[Any, list[str]], dict] | None = None,
-    grading: str | None = None,
+    chunk_size: int = DEFAULT_CHUNK,
     answers_from: str | Path | None = None,
 ) -> list[dict]:
-    """Answer and grade every item (reusing finished records); returns the records in item order.
+    """Answer and grade every item by `protocol` (reusing finished records); returns the records in item order.
 
-    `requests(item)` gives the item's first-stage requests (one answer each); `second_turn(item, first_answer)` adds
-    a dependent second request (MT-Bench); `grade(item, answers)` returns the judge fields of the record;
-    `derive(item, answers)` returns fields scored by rule, recomputed for every current record (not hashed).
-    `grading` is the benchmark's grading protocol tag (records graded under another one are graded again).
-    `answers_from`: another per-item file of the same model and benchmark whose answers are reused and only graded
-    (a repeated judge run grades the answers of run 1). A `generate` marked by `answering_as` reuses only answers
-    given under its identity."""
+    `judge` grades (a protocol with `grade` needs one) and sets how many gradings run at once. `answers_from`: another
+    per-item file of the same model and benchmark whose answers are reused and only graded (a repeated judge run grades
+    the answers of run 1). A `generate` marked by `answering_as` reuses only answers given under its identity."""
+    benchmark, grade, describe = protocol.benchmark, protocol.grade, protocol.describe
+    second_turn, derive, grading = protocol.second_turn, protocol.derive, protocol.grading
+    judge_id = need_judge(judge, benchmark) if grade is not None else None
+    keys = [protocol.key(item) for item in items]
     retry_failed = bool(getattr(judge, "retry_failed", False))
     answered_by = getattr(generate, "answered_by", None)
     by = {"answered_by": answered_by} if answered_by is not None else {}  # recorded with every answer
@@ -241,26 +292,7 @@ def run_items(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     store = _Records(out_jsonl, model, benchmark)
     first = _Records(answers_from, model, benchmark) if answers_from is not None else None
-    todo_answer, todo_grade = [], []
-    sigs = {}
-    other_model = 0
-    for item, key in zip(items, keys):
-        reqs = requests(item)
-        sigs[key] = request_signature(reqs, describe(item))
-        rec = store.reusable(key, sigs[key], answered_by)
-        before = store.old.get(key)
-        other_model += rec is None and before is not None and before.get("signature") == sigs[key]
-        answered = first.reusable(key, sigs[key], answered_by) if first is not None and rec is None else None
-        if answered is not None:
-            todo_grade.append((item, key, answered["answers"]))
-        elif rec is None:
-            todo_answer.append((item, key, reqs))
-        elif grade is not None and (rec.get("judge") != judge_id or rec.get("grading") != grading
-                                    or (retry_failed and _failed(rec))):
-            todo_grade.append((item, key, rec["answers"]))
-    log.info("%s / %s: %d items, %d to answer (%d of them answered before by another checkpoint or settings), "
-             "%d to re-grade, %d reused", model, benchmark, len(items), len(todo_answer), other_model,
-             len(todo_grade), len(items) - len(todo_answer) - len(todo_grade))
+    todo_answer, todo_grade, sigs = _todo(protocol, items, keys, store, first, judge_id, answered_by, retry_failed)
 
     def grade_or_fail(b: tuple[Any, str, list[str]]) -> dict:
         try:
@@ -288,14 +320,7 @@ def run_items(
     batch = grade is not None and bool(getattr(judge, "batch", False))
     steps = range(0, len(todo_answer), chunk_size)
     for start in bar(steps, desc=f"{model}/{benchmark}", disable=len(steps) < 2, leave=False):
-        chunk = todo_answer[start:start + chunk_size]
-        flat = [r for _, _, reqs in chunk for r in reqs]
-        outs = iter(_generate(generate, flat))
-        answered = [(item, key, [next(outs) for _ in reqs]) for item, key, reqs in chunk]
-        if second_turn is not None:
-            follow = [second_turn(item, answers[0]) for item, _, answers in answered]
-            for (_, _, answers), a2 in zip(answered, _generate(generate, follow)):
-                answers.append(a2)
+        answered = _answer(second_turn, generate, todo_answer[start:start + chunk_size])
         if not batch:
             finish(answered)
             continue
@@ -384,17 +409,10 @@ def check_limit(limit: int | None) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # item-level scoring
 
-def count_failed(recs: Sequence[dict]) -> Score:
-    """Failed gradings among the records (those marked "failed": true), out of all records."""
-    return Score(sum(bool(r.get("failed")) for r in recs), len(recs))
-
-
 def score_records(benchmark: str, recs: Sequence[dict]) -> dict[str, Score]:
     """A benchmark's scores from its per-item records (any subset or resample of them), through its module's metric
     function: the run_* functions and the bootstrap both score this way. Judge-graded benchmarks add FAILURES, the
     number of failed gradings (left out of the other metrics)."""
-    from mmpref.evaluate import registry
-
     spec = registry.get(benchmark)
     scores = dict(spec.score(recs))
     if spec.judged:
@@ -488,8 +506,6 @@ def run_benchmark(
     `answered_by`: the content identity of the model behind `generate` (stage 09: `suite.answer_identity`); saved
     answers given under another are answered again.
     `options` go to the benchmark's run_* function (e.g. prompt_suffix, chunk_size, seed, decoding)."""
-    from mmpref.evaluate import registry
-
     spec = registry.get(name)
     if judge_run < 1:
         raise ValueError(f"judge_run counts from 1, got {judge_run}")

@@ -1,76 +1,28 @@
-"""The registry of benchmarks: name -> Benchmark, the one place that says what a benchmark is.
+"""The registry of benchmarks: name -> Benchmark (mmpref.evaluate.benchmark says what a benchmark is).
 
 Every module of mmpref/evaluate/ that defines a module-level `BENCHMARK` is registered when the registry is first
-read, so adding a benchmark is one module (loader, prompts, judge prompt and parser, metric, run function, and its
-`BENCHMARK` entry) plus its params entry (`evaluate.benchmarks.<name>: <path>`). `register` adds one at run time
-(tests register a toy benchmark this way). Config validation, stage 09's plan, the figures and tables, the bootstrap
-and `mmpref check` all read the registry.
+read, so adding a benchmark is one module (loader, prompts, judge prompt and parser, metric, run function, miniature
+builder, rubric grading, and its `BENCHMARK` entry) plus its params entry (`evaluate.benchmarks.<name>: <path>`).
+`register` adds one at run time (tests register a toy benchmark this way). Config validation, stage 09's plan, the
+figures and tables, the bootstrap, `mmpref check`, the miniature world's build, the judges' task check and the rubric
+judge all read the registry.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+import threading
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
-from mmpref.evaluate.protocol import Score, count_failed
-
-
-@dataclass(frozen=True)
-class DataFile:
-    """A file a run reads, as `mmpref check` and README "Get the data" describe it."""
-
-    key: str
-    what: str
-    stage: str          # the stage that reads it
-    param: str          # the params key that points at it
-    path: str           # its value in params/paper-13b.yaml, relative to run.data_dir (or a hub id)
-    layout: tuple[str, ...]   # what the loader reads, relative to run.data_dir
-    source: str         # official source: repository or hub id and the path in it
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    name: str                 # params key (evaluate.benchmarks.<name>) and results.csv "benchmark"
-    display: str              # the paper's column name (Table 2) or label
-    headline: str             # the metric reported in tables and figures
-    headline_name: str        # the headline in words ("POPE F1"), for claims and logs
-    order: int                # position in listings and tables (the paper's Table 2 order)
-    # run(data_path, generate, judge, out_jsonl, model, *, template, limit, noise_images_dir, **options) -> rows
-    run: Callable[..., list[dict]]
-    score: Callable[[Sequence[dict]], dict[str, Score]]   # metric scores from per-item records
-    load: Callable[..., list] # load(path, limit) -> items (official format)
-    data: DataFile            # where the data comes from (mmpref check, README)
-    check: Callable[[Path, Any], str]   # check(path, params) -> note; raises ValueError naming the problem
-    unit: str = ""            # the headline's unit or scale as tables' headers show it ("%", "1–10"); "": none
-    text_only: bool = False   # answerable by a text-only LM (the base LM is scored on it)
-    grading: str | None = None          # judge protocol tag (official repository@commit); None: scored by rule
-    judge_template: str | None = None   # its evaluate.judge_templates key (official judge prompt file)
-    template_data: DataFile | None = None
-    check_template: Callable[[Path], str] | None = None
-    in_table2: bool = False   # a column of the paper's Table 2 (its value in paper_results.yaml table2 rows)
-    paper_key: str | None = None        # its key in params/paper_results.yaml (None: the paper does not report it)
-    uses_noise_images: bool = False     # needs evaluate.noise_images
-    failures: Callable[[Sequence[dict]], Score] = count_failed   # failed gradings among the records
-    strata: Callable[[dict], str] | None = None   # bootstrap draws within these groups of records (POPE's splits)
-    backfill: Callable[[list[dict], list], list[dict]] | None = None  # old records + loaded items -> current records
-    options: Callable[[Any], dict] = lambda ev: {}  # run options from the params' `evaluate` section
-    # cost estimate of one model's judge calls: cost_inputs(path or None, answer text, template path or None, limit)
-    # -> (items, input texts of its judge calls, notes); output_tokens: the judge's reply per call
-    cost_inputs: Callable[..., tuple[int, list[str], str]] | None = None
-    output_tokens: int = 0
-    default_items: int = 0    # items of the official file (cost estimate when it is absent)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def judged(self) -> bool:
-        return self.grading is not None
+from mmpref.evaluate.benchmark import Benchmark
 
 
 _REGISTRY: dict[str, Benchmark] = {}
 _DISCOVERED = False
+_DISCOVERING = False
+_DISCOVERY_LOCK = threading.RLock()
 
 
 def register(spec: Benchmark) -> Benchmark:
@@ -84,17 +36,25 @@ def unregister(name: str) -> None:
 
 
 def _discover() -> None:
-    global _DISCOVERED
+    """Register every module's BENCHMARK, once. Other threads wait for it (judge requests are validated against the
+    registry from grading threads); the discovering thread itself, re-entering from a module it imports, sees what is
+    registered so far."""
+    global _DISCOVERED, _DISCOVERING
     if _DISCOVERED:
         return
-    _DISCOVERED = True
-    import mmpref.evaluate as package
-
-    for info in pkgutil.iter_modules(package.__path__):
-        module = importlib.import_module(f"{package.__name__}.{info.name}")
-        spec = getattr(module, "BENCHMARK", None)
-        if isinstance(spec, Benchmark):
-            _REGISTRY.setdefault(spec.name, spec)
+    with _DISCOVERY_LOCK:
+        if _DISCOVERED or _DISCOVERING:
+            return
+        _DISCOVERING = True
+        try:
+            for info in pkgutil.iter_modules([str(Path(__file__).parent)]):  # the modules beside this one
+                module = importlib.import_module(f"{__package__}.{info.name}")
+                spec = getattr(module, "BENCHMARK", None)
+                if isinstance(spec, Benchmark):
+                    _REGISTRY.setdefault(spec.name, spec)
+            _DISCOVERED = True
+        finally:
+            _DISCOVERING = False
 
 
 def benchmarks() -> list[Benchmark]:
@@ -122,3 +82,22 @@ def headlines() -> dict[str, str]:
 def judge_templates() -> list[str]:
     """The evaluate.judge_templates keys some benchmark reads."""
     return sorted({b.judge_template for b in benchmarks() if b.judge_template})
+
+
+def judge_tasks() -> list[str]:
+    """The JudgeRequest tasks of the benchmarks' gradings (`Benchmark.judge_task`)."""
+    return sorted({b.judge_task for b in benchmarks() if b.judge_task})
+
+
+def rubric_graders() -> dict[str, Callable[[dict, dict], str]]:
+    """{judge task: the rubric judge's grading of it} (`Benchmark.rubric_grade`); benchmarks that share a task
+    (MT-Bench and its noisy-image variant) share its grading."""
+    out: dict[str, Callable[[dict, dict], str]] = {}
+    for b in benchmarks():
+        if b.rubric_grade is None:
+            continue
+        if b.judge_task is None:
+            raise ValueError(f"{b.name}: a rubric grading needs the judge task it grades (judge_task)")
+        if out.setdefault(b.judge_task, b.rubric_grade) is not b.rubric_grade:
+            raise ValueError(f"judge task {b.judge_task!r}: two benchmarks give different rubric gradings")
+    return out

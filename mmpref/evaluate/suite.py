@@ -35,6 +35,8 @@ import pandas as pd
 from mmpref import methods
 from mmpref.console import bar
 from mmpref.evaluate import registry
+from mmpref.evaluate.protocol import (FAILURES, SCORING_VERSION, judge_run_path, judge_run_rows, run_benchmark,
+                                      scored_records)
 from mmpref.io import read_json, sha256_json, write_json
 
 log = logging.getLogger(__name__)
@@ -110,8 +112,6 @@ def score_policy(params, policy, bench: str, data_path, judge, out_jsonl: Path, 
     limit): tidy rows. Stage 09 scores every model this way; DPO's sweep scores its trials on the dev split this way
     too. `answered_by`: the model's `answer_identity` (answers saved under another are answered again). `judge_run`
     >= 2 grades run 1's answers again (mmpref.evaluate.protocol)."""
-    from mmpref.evaluate import run_benchmark
-
     ev = params.evaluate
     return run_benchmark(bench, data_path, policy.greedy_fn(ev.max_new_tokens, ev.batch_size, params.run.seed), judge,
                          out_jsonl, model=name, judge_templates=_judge_templates(params),
@@ -123,15 +123,12 @@ def score_runs(score, judged: bool, judge_runs: int) -> list[dict]:
     """Rows of one (model, benchmark): `score(judge_run)` gives the rows of one run. A judge-graded benchmark is
     graded `judge_runs` times and summarised by mmpref.evaluate.protocol.judge_run_rows; a rule-scored one once
     (judge_runs 0, sd NaN)."""
-    from mmpref.evaluate.protocol import judge_run_rows
-
     if not judged:
         return [{**r, "sd": math.nan, "judge_runs": 0} for r in score(1)]
     return judge_run_rows([score(r) for r in range(1, judge_runs + 1)])
 
 
 def evaluate_all(params, run_dir: Path) -> pd.DataFrame:
-    from mmpref.evaluate.protocol import SCORING_VERSION
     from mmpref.judges import judge_from_params
     from mmpref import engine
 
@@ -193,8 +190,6 @@ def scored_or_why(score, out: Path, judge_run: int, model: str, bench: str) -> l
     nothing to score and raises ValueError), rows that say so instead: the headline metric NaN with n 0, the
     `judge_failures` count, and a `note` with the reason and the command that re-grades them, so that results.csv is
     still written and the other benchmarks and models are graded."""
-    from mmpref.evaluate.protocol import FAILURES, judge_run_path, scored_records
-
     try:
         return score()
     except ValueError:
@@ -218,8 +213,6 @@ def scored_or_why(score, out: Path, judge_run: int, model: str, bench: str) -> l
 
 
 def _n_failed(rows: list[dict]) -> int:
-    from mmpref.evaluate.protocol import FAILURES
-
     return int(sum(r["value"] for r in rows if r["metric"] == FAILURES and r["value"] == r["value"]))
 
 
@@ -228,7 +221,6 @@ def check_judge_failures(frame: pd.DataFrame, max_failed_fraction: float | None)
     raise TooManyFailures when one pair has more than `max_failed_fraction` of its gradings failed. Returns the
     summary."""
     from mmpref.annotate import TooManyFailures
-    from mmpref.evaluate.protocol import FAILURES
 
     rows = frame[frame["metric"] == FAILURES]
     failed, gradings = int(rows["value"].sum()), int(rows["n"].sum())

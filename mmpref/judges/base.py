@@ -31,21 +31,26 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
-from mmpref.io import sha256_file, sha256_json
+from mmpref.evaluate import registry
+from mmpref.io import append_jsonl, read_jsonl, sha256_file, sha256_json
 from mmpref.judges.parsing import ParseError
 
 log = logging.getLogger(__name__)
 
-Task = Literal["annotate", "answer", "grade_single", "grade_pairwise", "grade_mmvet", "grade_llava_bench"]
+FIXED_TASKS = ("annotate", "answer")  # the judges' own tasks; the benchmarks add their gradings' (judge_task)
+
+
+def judge_tasks() -> list[str]:
+    """Every task a JudgeRequest may name: the fixed ones, then the registered benchmarks' judge tasks."""
+    return [*FIXED_TASKS, *registry.judge_tasks()]
 
 
 class JudgeRequest(BaseModel):
-    task: Task
+    task: str  # one of judge_tasks()
     system: str | None = None
     prompt: str
     images: list[str] = []
@@ -60,6 +65,13 @@ class JudgeRequest(BaseModel):
     max_tokens: int | None = None
     # the judge run (repeated grading for judge variance); from run 2 on it enters the cache key: a distinct call
     judge_run: int = 1
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, task: str) -> str:
+        if task not in FIXED_TASKS and task not in registry.judge_tasks():
+            raise ValueError(f"unknown judge task {task!r}; choose one of {judge_tasks()}")
+        return task
 
 
 class JudgeReply(BaseModel):
@@ -440,8 +452,6 @@ class Judge:
     def stage(self, job_dir: str | Path, key: str, outcome: "JudgeReply | JudgeError") -> None:
         """Keep a batch outcome the cache does not hold (a reply its check rejected, or an item its job failed) for
         `complete` to answer once, in memory and in `job_dir/staged.jsonl` (for a restart, see `load_staged`)."""
-        from mmpref.io import append_jsonl
-
         self._staged[key] = outcome
         row = {"key": key, "error": str(outcome)} if isinstance(outcome, JudgeError) else \
             {"key": key, "reply": outcome.model_dump()}
@@ -452,8 +462,6 @@ class Judge:
         path = Path(job_dir) / "staged.jsonl"
         if not path.is_file():
             return
-        from mmpref.io import read_jsonl
-
         for row in read_jsonl(path, appended=True):
             self._staged[row["key"]] = JudgeError(row["error"]) if "error" in row else \
                 JudgeReply.model_validate(row["reply"])

@@ -288,8 +288,6 @@ class GeminiJudge(Judge):
 
     def _collect(self, job: dict, result, by_key, job_dir: Path) -> bool:
         """Write a finished job's replies into the cache; False when the job did not succeed."""
-        from mmpref.judges.base import JudgeRequest as Req
-
         name, keys = job["name"], [item[0] for item in job["items"]]
         state = result.state.value
         if state not in BATCH_DONE:
@@ -312,7 +310,7 @@ class GeminiJudge(Judge):
             req, check = by_key.get(key, (None, None))
             if req is None:  # a request the stage no longer makes: cached under what it was
                 _, task, attempt = next(it for it in job["items"] if it[0] == key)
-                req = Req(task=task, prompt="", attempt=attempt)
+                req = JudgeRequest(task=task, prompt="", attempt=attempt)
             if item.error is not None or item.response is None:
                 err = item.error
                 self.stage(job_dir, key, JudgeError(f"{self.judge_id}: batch job {name} failed this request: "

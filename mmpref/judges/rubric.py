@@ -4,16 +4,20 @@
 see the key-answer conventions in the build spec) and writes its verdict as TEXT in the same format an LLM judge
 would: step-by-step reasoning, then the JSON object / `[[rating]]` / ranking list / "s1 s2" line / MM-Vet number.
 The ordinary parsers then read it, so the rubric exercises exactly the code path of a real judge.
+
+Its own tasks are annotation and gold answers; a benchmark's grading is the benchmark module's `rubric_grade`, found
+in the registry by the request's task (`Benchmark.judge_task`). The assessment they share (`assess`, `rating_1_10`,
+`explain`, `need_inputs`) lives here.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
 
 from mmpref import ratings
+from mmpref.evaluate import registry
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
 from mmpref.world.scenes import COLORS, SHAPES
 from mmpref.world.truth import NEGATIONS, contains_phrase, key_match, tokens
@@ -228,7 +232,7 @@ def rating_1_10(a: Assessment) -> int:
     return max(1, min(10, score))
 
 
-def _explain(a: Assessment, key: str | None) -> str:
+def explain(a: Assessment, key: str | None) -> str:
     if a.correct is None:
         verdict = "There is no key answer to check it against."
     elif a.correct:
@@ -240,6 +244,14 @@ def _explain(a: Assessment, key: str | None) -> str:
     coh = "It reads clearly." if not a.coherence_notes else "Coherence suffers: " + "; ".join(a.coherence_notes) + "."
     length = f"It has {a.n_words} words against {a.ref_words} in the reference."
     return " ".join([verdict, form, coh, length])
+
+
+def need_inputs(inputs: dict, *names: str) -> list:
+    """The request inputs `names`, in order; ValueError naming the ones it lacks."""
+    missing = [n for n in names if n not in inputs]
+    if missing:
+        raise ValueError(f"rubric judge: request inputs lack {missing} (have {sorted(inputs)})")
+    return [inputs[n] for n in names]
 
 
 class RubricJudge(Judge):
@@ -259,7 +271,9 @@ class RubricJudge(Judge):
         super().__init__(cache_dir=cache_dir, **limits)
 
     def _call(self, req: JudgeRequest) -> JudgeReply:
-        handler = getattr(self, f"_{req.task}", None)
+        # its own tasks, else the grading of the benchmark whose judge task it is (Benchmark.rubric_grade)
+        handler = {"annotate": self._annotate, "answer": self._answer}.get(req.task) \
+            or registry.rubric_graders().get(req.task)
         if handler is None:
             raise ValueError(f"rubric judge: unknown task {req.task!r}")
         text = handler(req.inputs, req.truth)
@@ -269,15 +283,8 @@ class RubricJudge(Judge):
         n_in, n_out = len(req.prompt.split()), len(text.split())
         return JudgeReply(text=text, input_tokens=n_in, output_tokens=n_out, judge_id=self.judge_id)
 
-    @staticmethod
-    def _need(inputs: dict, *names: str) -> list:
-        missing = [n for n in names if n not in inputs]
-        if missing:
-            raise ValueError(f"rubric judge: request inputs lack {missing} (have {sorted(inputs)})")
-        return [inputs[n] for n in names]
-
     def _annotate(self, inputs: dict, truth: dict) -> str:
-        (responses,) = self._need(inputs, "responses")
+        (responses,) = need_inputs(inputs, "responses")
         key, ref, question = truth.get("answer"), truth.get("reference"), inputs.get("question")
         if key is None:
             raise ValueError("rubric judge: annotation needs truth['answer'] (the key answer)")
@@ -286,7 +293,7 @@ class RubricJudge(Judge):
         scores = []
         for i, resp in enumerate(responses, 1):
             a = assess(resp, key, ref, question)
-            lines.append(f"Response {i}: {_explain(a, key)}")
+            lines.append(f"Response {i}: {explain(a, key)}")
             scores.append(a.scores())
         body = json.dumps({"responses": scores})
         return "\n".join(lines) + f"\n\n```json\n{body}\n```"
@@ -298,48 +305,3 @@ class RubricJudge(Judge):
             key = str(truth["answer"])
             return f"The answer is {key}."
         raise ValueError("rubric judge: a gold answer needs truth['reference'] or truth['answer']")
-
-    def _grade_single(self, inputs: dict, truth: dict) -> str:
-        (answers,) = self._need(inputs, "answers")
-        if not answers:
-            raise ValueError("rubric judge: grade_single got no answers")
-        answer = answers[-1] if inputs.get("multi_turn") else answers[0]
-        turns = inputs.get("question_turns") or [None]
-        key, ref = truth.get("answer"), truth.get("reference")
-        a = assess(answer, key, ref, turns[-1] if inputs.get("multi_turn") else turns[0])
-        return f"{_explain(a, key)}\n\nRating: [[{rating_1_10(a)}]]"
-
-    def _grade_pairwise(self, inputs: dict, truth: dict) -> str:
-        out1, out2 = self._need(inputs, "output_1", "output_2")
-        key, ref = truth.get("answer"), truth.get("reference")
-        a1, a2 = (assess(out, key, ref, inputs.get("instruction")) for out in (out1, out2))
-        q1, q2 = a1.quality(), a2.quality()
-        if q1 != q2:
-            first_wins, why = q1 > q2, f"quality {q1} vs {q2}"
-        elif abs(a1.verbosity - 2) != abs(a2.verbosity - 2):
-            first_wins, why = abs(a1.verbosity - 2) < abs(a2.verbosity - 2), "equal quality; length fits better"
-        else:
-            digest = hashlib.sha256(f"{out1}\x00{out2}".encode("utf-8")).digest()
-            first_wins, why = digest[0] % 2 == 0, "equal quality; fixed tie-break"
-        r1, r2 = (1, 2) if first_wins else (2, 1)
-        reasoning = f"model_1: {_explain(a1, key)}\nmodel_2: {_explain(a2, key)}\nDecision: {why}."
-        ranking = f"[{{'model': 'model_1', 'rank': {r1}}}, {{'model': 'model_2', 'rank': {r2}}}]"
-        # alpaca_eval's ranking_parser reads the whole reply with ast.literal_eval: the reasoning goes as comments
-        return "".join(f"# {line}\n" for line in reasoning.splitlines()) + ranking
-
-    def _grade_mmvet(self, inputs: dict, truth: dict) -> str:
-        (prediction,) = self._need(inputs, "prediction")
-        key = truth.get("answer") or inputs.get("gt_answer")
-        if not key:
-            raise ValueError("rubric judge: MM-Vet grading needs truth['answer'] or inputs['gt_answer']")
-        correct, partial, _ = key_match(prediction, str(key))
-        score = 1.0 if correct else round(partial, 1)
-        return f"{score:.1f}"
-
-    def _grade_llava_bench(self, inputs: dict, truth: dict) -> str:
-        ref_answer, answer = self._need(inputs, "reference_answer", "answer")
-        key = truth.get("answer")
-        ref = truth.get("reference") or ref_answer
-        a_ref, a_model = (assess(text, key, ref, inputs.get("question")) for text in (ref_answer, answer))
-        s1, s2 = rating_1_10(a_ref), rating_1_10(a_model)
-        return f"{s1} {s2}\nAssistant 1: {_explain(a_ref, key)}\nAssistant 2: {_explain(a_model, key)}"

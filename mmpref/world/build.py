@@ -38,18 +38,19 @@ Output layout of :func:`build_world_data` (``out_dir`` is ``<run_dir>/world``)::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
+from mmpref.evaluate import registry
+from mmpref.evaluate.benchmark import Benchmark
 from mmpref.io import read_json, read_jsonl, sha256_file, sha256_json, write_json, write_jsonl
-from mmpref.world.benchmarks import (build_llava_bench, build_mmbench, build_mmvet, build_noise_images, build_pope,
-                                     build_text_benchmarks)
+from mmpref.world.benchmarks import MiniatureBuild
 from mmpref.world.mix import MIX_KINDS, build_visual_mix
 from mmpref.world.pools import build_lrv_pool, build_scigraphqa_pool, build_text_train
 from mmpref.world.models import ALIGN_INSTRUCTION, train_world_models
@@ -99,16 +100,13 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     imgs = Images(out, image_size, cell)
     counts: dict = {}
 
-    # Benchmarks first, so the held-out text prompts are known before the training text is drawn.
-    counts["mt_bench"], counts["alpaca_eval"], held = build_text_benchmarks(_rng(seed, "text-bench"), bench,
-                                                                            n_text_bench)
-    counts.update(build_pope(imgs, _rng(seed, "pope"), bench, n_bench, pope_shapes))
-    counts["mmbench"] = build_mmbench(imgs, _rng(seed, "mmbench"), bench, n_bench)
-    counts["mmvet"] = build_mmvet(imgs, _rng(seed, "mmvet"), bench, n_bench)
-    counts["llava_bench"] = build_llava_bench(imgs, _rng(seed, "llava_bench"), bench, n_bench)
-    counts["llava_bench_dev"] = build_llava_bench(imgs, _rng(seed, "llava_bench_dev"), bench, n_bench,
-                                                  name="llava_bench_dev")
-    counts["noise_images"] = build_noise_images(imgs, _rng(seed, "noise"), bench)
+    # Benchmarks first (each registered benchmark's own builder, in build order), so the held-out text prompts are
+    # known before the training text is drawn.
+    miniature = MiniatureBuild(imgs=imgs, folder=bench, rng=lambda part: _rng(seed, part), n_bench=n_bench,
+                               n_text_bench=n_text_bench, pope_shapes=pope_shapes)
+    for spec in _miniature_builders():
+        counts.update(spec.build_miniature(miniature))
+    held = miniature.held_out.held
 
     sci = build_scigraphqa_pool(imgs, _rng(seed, "pool-scigraphqa"), n_pool)
     write_json(out / "pools" / "scigraphqa.json", sci)
@@ -136,6 +134,12 @@ def build_world_data(out_dir: str | Path, seed: int, image_size: int = 48, n_vis
     return counts
 
 
+def _miniature_builders() -> list[Benchmark]:
+    """The registered benchmarks that build a miniature copy, in build order."""
+    return sorted((b for b in registry.benchmarks() if b.build_miniature is not None),
+                  key=lambda b: (b.build_order, b.name))
+
+
 def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
     """Every text the world contains (training files, pools, benchmarks) — what the tiny tokenizer is trained on."""
     out = Path(out_dir)
@@ -159,33 +163,19 @@ def vocabulary_corpus(out_dir: str | Path) -> Iterator[str]:
     for r in json.loads((out / "pools" / "lrv.json").read_text(encoding="utf-8")):
         yield r["question"]
         yield r["answer"]
-    bench = out / "benchmarks"
-    for split in ("random", "popular", "adversarial"):
-        for r in read_jsonl(bench / "pope" / f"coco_pope_{split}.json"):
-            yield r["text"]
-    with (bench / "mmbench" / "mmbench_dev.tsv").open(encoding="utf-8", newline="") as fh:
-        for r in csv.DictReader(fh, delimiter="\t"):
-            yield " ".join([r["question"]] + [r[k] for k in "ABCD" if r[k]])
-    for r in json.loads((bench / "mmvet" / "mm-vet.json").read_text(encoding="utf-8")).values():
-        yield r["question"]
-        yield r["answer"]
-    for name in ("questions", "answers_gpt4"):
-        for r in read_jsonl(bench / "llava_bench" / f"{name}.jsonl"):
-            yield r["text"]
-    for r in read_jsonl(bench / "llava_bench" / "context.jsonl"):
-        yield r["caption"]
-    for r in read_jsonl(bench / "mt_bench" / "question.jsonl"):
-        yield from r["turns"]
-        yield from r["reference"]
-    for r in json.loads((bench / "alpaca_eval" / "eval.json").read_text(encoding="utf-8")):
-        yield r["instruction"]
-        yield r["output"]
+    for spec in _miniature_builders():  # each benchmark's own texts (the tokenizer's merges do not depend on order)
+        if spec.miniature_texts is not None:
+            yield from spec.miniature_texts(out / "benchmarks")
 
 
 def world_fingerprint(world_params, seed: int) -> str:
     """What a built world depends on: its params, the seed and the code that builds it (every module of
-    mmpref/world/): two runs with the same fingerprint get the same world."""
+    mmpref/world/ and the benchmark modules whose miniature builders it calls): two runs with the same fingerprint
+    get the same world."""
     code = {f.name: sha256_file(f) for f in sorted(Path(__file__).parent.glob("*.py"))}
+    for spec in _miniature_builders():
+        module = Path(sys.modules[spec.build_miniature.__module__].__file__)
+        code[f"{module.parent.name}/{module.name}"] = sha256_file(module)
     return sha256_json({"world": world_params.model_dump(mode="json"), "seed": seed, "code": code})[:16]
 
 

@@ -35,8 +35,8 @@ import random
 
 from mmpref.evaluate.mmbench import mmbench_prompt
 from mmpref.evaluate.pope import POPE_PROMPT_SUFFIX
-from mmpref.world.questions import (QA, _lettered, _mmbench_item, caption, chart_qas, chart_short_qas,
-                                    describe_scene, image_tags, scene_qas, short_answer_qas)
+from mmpref.world.questions import (QA, caption, chart_qas, chart_short_qas, describe_scene, image_tags,
+                                    lettered_options, mc_item, scene_qas, short_answer_qas)
 from mmpref.world.scenes import Chart, Images, Scene
 from mmpref.world.text_tasks import sample_text_item
 
@@ -186,8 +186,8 @@ def build_visual_mix(imgs: Images, rng: random.Random, n: int, shares: dict[str,
         first_only = rng.random() < vqa_prompt_first_only
         add("vqa", vqa_turns(picture, rng, first_only), source, save(picture, im, "vqa", i))
     for i in range(counts["multiple_choice"]):
-        item = _mmbench_item(rng, imgs)
-        letters, letter = _lettered(item, rng)
+        item = mc_item(rng, imgs)
+        letters, letter = lettered_options(item, rng)
         qa = QA(mmbench_prompt(item.question, None, letters), letter,
                 letter if mc_answer == "letter" else item.correct, "multiple_choice")
         add("multiple_choice", [qa], item.source, imgs.save(item.image, f"images/mc_{i:05d}.png"))

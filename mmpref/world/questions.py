@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from mmpref.evaluate.pope import POPE_PROMPT_SUFFIX
-from mmpref.world.scenes import COLORS, SHAPE_FAMILIES, SHAPES, Chart, Images, Scene
+from mmpref.world.scenes import COLORS, SHAPE_FAMILIES, SHAPES, Chart, Images, Scene, absent_shapes
 
 
 @dataclass
@@ -104,10 +104,6 @@ def exist_qa(shape: str, present: bool, rng: random.Random) -> QA:
     if present:
         return QA(q, "yes", f"Yes, there is a {shape} in the image.", "exist")
     return QA(q, "no", f"No, there is no {shape} in the image.", "exist_absent", negative=True)
-
-
-def absent_shapes(scene: Scene) -> list[str]:
-    return [s for s in SHAPES if s not in scene.shape_types()]
 
 
 def cooccurring_absent(scene: Scene) -> list[str]:
@@ -206,7 +202,7 @@ class McItem:
     source: str               # "chart" | "scene"
 
 
-def _mmbench_item(rng: random.Random, imgs: Images) -> McItem:
+def mc_item(rng: random.Random, imgs: Images) -> McItem:
     """One MMBench-style question about a fresh picture: a chart question or a scene colour/count/existence one."""
     if rng.random() < 0.5:
         chart, im = imgs.chart(rng)
@@ -241,7 +237,7 @@ def _mmbench_item(rng: random.Random, imgs: Images) -> McItem:
                   "image_scene", "coarse_perception", "scene")
 
 
-def _lettered(item: McItem, rng: random.Random) -> tuple[dict[str, str], str]:
+def lettered_options(item: McItem, rng: random.Random) -> tuple[dict[str, str], str]:
     """Shuffle the options into letters A, B, ... (as many as there are options); return them and the right letter."""
     opts = list(item.options)
     rng.shuffle(opts)

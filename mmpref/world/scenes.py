@@ -61,6 +61,10 @@ class Scene:
         return [(s.color, s.shape) for s in self.shapes]
 
 
+def absent_shapes(scene: Scene) -> list[str]:
+    return [s for s in SHAPES if s not in scene.shape_types()]
+
+
 def sample_chart(rng: random.Random) -> Chart:
     """A bar chart (3–4 bars, unique tallest and shortest) or a line chart (4–5 points, clear trend)."""
     color = rng.choice(CHART_COLORS)
