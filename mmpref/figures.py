@@ -2,7 +2,8 @@
 
 - :func:`table2` / :func:`table3`: the paper's Table 2 (alignment methods x six benchmarks) and Table 3
   (noisy-image MT-Bench) from the HEADLINE metric of each benchmark, optionally with the paper's rows beside them.
-- :func:`figure2`: MT-Bench vs the share of DPO data (0 % = "vit", 100 % = "dpo"), base LM as a reference line.
+- :func:`figure2`: MT-Bench vs the share of the preference pairs (0 % = "vit", 100 % = "dpo"; MM-DPO beside DPO),
+  base LM as a reference line.
 - :func:`figure3`: Pearson correlations among the judge's attribute differences (response A - B) and a human
   preference label; :func:`noisy_human_preferences` simulates LLaVA-RLHF's noisy crowd labels in the miniature world.
 - :func:`paper_vs_run`: the run's numbers next to the paper's, with the direction of change against the
@@ -506,17 +507,19 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str) -> dict[str, Pa
 
 
 # ----------------------------------------------------------------------------------------------- figure 2
-def fraction_model(fraction: float) -> str:
-    """Run model name for a DPO data fraction: 0 -> "vit", 1 -> "dpo", else "dpo_frac<f>"
-    (mmpref.methods.fraction_adapter)."""
-    method = methods.fraction_method()
+def fraction_model(fraction: float, method: str = "dpo") -> str:
+    """Run model name of `method` (a data-fraction method: DPO, MM-DPO) on a share of its data: 0 -> "vit",
+    1 -> the method, else "<method>_frac<f>" (mmpref.methods.fraction_adapter)."""
     if fraction == 0:
         return methods.POLICY
     if fraction == 1:
-        return method.name
+        return method
     if not 0 < fraction < 1:
-        raise ValueError(f"DPO data fraction must lie in [0, 1], got {fraction}")
-    return methods.fraction_adapter(method.name, fraction)
+        raise ValueError(f"a data fraction must lie in [0, 1], got {fraction}")
+    return methods.fraction_adapter(method, fraction)
+
+
+FRACTION_COLORS = ("tab:blue", "tab:green", "tab:purple", "tab:brown")  # one per data-fraction method (DPO first)
 
 
 def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Path,
@@ -531,7 +534,9 @@ def figure2(results: pd.DataFrame, fractions: Sequence[float], out_png: str | Pa
 def figure2_plot(results: pd.DataFrame, fractions: Sequence[float],
                  paper: PaperResults | PaperFigure2 | None = None, source: str = "this run",
                  intervals: pd.DataFrame | None = None) -> tuple[Figure, pd.DataFrame]:
-    """MT-Bench overall vs share of DPO data (0 % = vit, 100 % = dpo) with the base LM as a reference line.
+    """MT-Bench overall vs share of the preference data (0 % = vit, 100 % = the full adapter), one curve per
+    data-fraction method trained in the run (DPO as in the paper; MM-DPO beside it), with the base LM as a reference
+    line.
 
     ``fractions`` are the intermediate data-fraction runs (0 and 1 are always added). ``intervals``
     (`mmpref.stats` intervals: model, benchmark, metric, lo, hi, n_units) draws each run point's 95 % interval. With
@@ -548,19 +553,25 @@ def figure2_plot(results: pd.DataFrame, fractions: Sequence[float],
         rows = intervals[(intervals["benchmark"] == bench) & (intervals["metric"] == registry.get(bench).headline)]
         ci = {r.model: (r.lo, r.hi, r.n_units) for r in rows.itertuples()}
     points = []
-    for f in fr:
-        m = fraction_model(f)
-        if (m, bench) in values:
-            lo, hi, n = ci.get(m, (math.nan, math.nan, math.nan))
-            points.append({"fraction": f, "model": m, "mt_bench": values[(m, bench)], "lo": lo, "hi": hi, "n": n})
-        else:
-            log.warning("figure2: no MT-Bench result for %s (fraction %g); point left out", m, f)
+    for method in methods.fraction_methods():
+        own = [fraction_model(f, method.name) for f in fr if f > 0]
+        if not any((m, bench) in values for m in own):
+            continue  # not trained in this run: no curve
+        for f in fr:
+            m = fraction_model(f, method.name)
+            if (m, bench) in values:
+                lo, hi, n = ci.get(m, (math.nan, math.nan, math.nan))
+                points.append({"method": method.name, "fraction": f, "model": m, "mt_bench": values[(m, bench)],
+                               "lo": lo, "hi": hi, "n": n})
+            else:
+                log.warning("figure2: no MT-Bench result for %s (fraction %g); point left out", m, f)
     if not points:
-        raise ValueError(f"figure2: results hold no MT-Bench 'overall' for any of {[fraction_model(f) for f in fr]}")
+        raise ValueError(f"figure2: results hold no MT-Bench 'overall' for any data-fraction model of "
+                         f"{[m.name for m in methods.fraction_methods()]}")
     pts = pd.DataFrame(points)
     base = values.get((methods.BASE_LM, bench))
     fig2 = paper.figure2 if isinstance(paper, PaperResults) else paper
-    xlabel, ylabel = "share of the DPO preference data used (%)", "MT-Bench overall score (1–10)"
+    xlabel, ylabel = "share of the preference pairs used (%)", "MT-Bench overall score (1–10)"
     judged = results[(results["benchmark"] == bench) & results["model"].isin(pts["model"])]
     judges = sorted({str(j) for j in judged.get("judge", pd.Series(dtype=str)).dropna() if str(j) != "nan"})
     n_items = sorted({int(n) for n in pts["n"].dropna()})
@@ -568,15 +579,21 @@ def figure2_plot(results: pd.DataFrame, fractions: Sequence[float],
     fig = Figure(figsize=(11 if fig2 else 6, 4.6), layout="constrained")
     axes = fig.subplots(1, 2 if fig2 else 1, squeeze=False, sharey=True)[0]
     ax = axes[0]
-    has_ci = pts["lo"].notna()
-    ax.plot(pts.fraction * 100, pts.mt_bench, marker="o", color="tab:blue",
-            label=f"DPO on a share of the data ({source})" + (", 95 % interval" if has_ci.any() else ""))
-    if has_ci.any():
-        sub = pts[has_ci]
-        ax.errorbar(sub.fraction * 100, sub.mt_bench, yerr=[sub.mt_bench - sub.lo, sub.hi - sub.mt_bench],
-                    fmt="none", ecolor="tab:blue", capsize=3, linewidth=1)
-    for x, y in zip(pts.fraction * 100, pts.mt_bench):
-        ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(8, 4), ha="left", fontsize=8)
+    curves = list(dict.fromkeys(pts["method"]))
+    for k, (name, color) in enumerate(zip(curves, FRACTION_COLORS)):
+        line = pts[pts["method"] == name]
+        shift = 1.5 * (k - (len(curves) - 1) / 2)  # curves side by side, so their intervals do not hide each other
+        has_ci = line["lo"].notna()
+        ax.plot(line.fraction * 100 + shift, line.mt_bench, marker="o", color=color,
+                label=f"{methods.display_name(name)} on a share of the data ({source})"
+                      + (", 95 % interval" if has_ci.any() else ""))
+        if has_ci.any():
+            sub = line[has_ci]
+            ax.errorbar(sub.fraction * 100 + shift, sub.mt_bench, yerr=[sub.mt_bench - sub.lo, sub.hi - sub.mt_bench],
+                        fmt="none", ecolor=color, capsize=3, linewidth=1)
+        for x, y in zip(line.fraction * 100 + shift, line.mt_bench):
+            ax.annotate(f"{y:.2f}", (x, y), textcoords="offset points", xytext=(8, 4 - 12 * k), ha="left",
+                        fontsize=8, color=color)
     if base is not None:
         lo, hi, _ = ci.get(methods.BASE_LM, (math.nan, math.nan, math.nan))
         ax.axhline(base, color="tab:red", linestyle="--", label=f"{MODEL_NAMES['base-lm']} ({source}): {base:.2f}")

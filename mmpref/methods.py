@@ -8,7 +8,7 @@ notebook); config validation, the stage plan, stage 04's datasets, the CLI, stag
 it. CONTRIBUTING.md walks through one.
 
 Also here, each with one home: the two reference models every table compares against ("base-lm", "vit"), and the
-names of the DPO data-fraction adapters (Figure 2). The ratings and the pairing quality live in mmpref.ratings.
+names of the data-fraction adapters (Figure 2). The ratings and the pairing quality live in mmpref.ratings.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ class Method:
     # given the run's params, the question as the model sees it at inference (SteerLM asks for its
     # train.steerlm.inference_condition); None: unchanged
     inference_question: Callable[[Any], Callable[[str], str]] | None = None
-    trains_fractions: bool = False      # also trains the data-fraction adapters of train.dpo.fractions (Figure 2)
+    trains_fractions: bool = False      # also trains adapters on train.dpo.fractions of its data (Figure 2's curves)
     # given the run's params, the mmpref.train.TrainSettings fields this method sets on top of its trainer's (MM-DPO:
     # its beta scaling); None: its trainer's settings as they are
     settings: Callable[[Any], dict] | None = None
@@ -69,7 +69,7 @@ METHODS: list[Method] = [
            pairing.rejection_sampling_rows),
     Method("dpo", "DPO", "dpo", "08_train_dpo", "dpo", pairing.dpo_rows, trains_fractions=True),
     # MM-RLHF's Dynamic Reward Scaling (mmpref/mm_dpo.py): DPO's pairs and settings, beta scaled by each pair's margin
-    Method("mm_dpo", "MM-DPO", "dpo", "08b_train_mm_dpo", "dpo", pairing.dpo_rows,
+    Method("mm_dpo", "MM-DPO", "dpo", "08b_train_mm_dpo", "dpo", pairing.dpo_rows, trains_fractions=True,
            settings=lambda params: {"beta_scaling": params.train.mm_dpo.model_dump()}),
 ]
 
@@ -120,9 +120,9 @@ def fraction_adapter(method: str, fraction: float) -> str:
     return f"{method}_frac{fraction:g}"
 
 
-def fraction_method() -> Method | None:
-    """The method whose data-fraction adapters are trained (DPO), if it is registered."""
-    return next((m for m in METHODS if m.trains_fractions), None)
+def fraction_methods() -> list[Method]:
+    """The methods whose data-fraction adapters are trained (DPO, MM-DPO): one Figure 2 curve each."""
+    return [m for m in METHODS if m.trains_fractions]
 
 
 def method_of(model: str) -> Method:

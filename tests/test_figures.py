@@ -404,3 +404,23 @@ def test_rendered_tables_name_their_units_and_keep_plain_csv_columns(tmp_path):
     assert paths["md"].read_text().splitlines()[0] == \
         "| model | accuracy (%) | lo (%) | hi (%) | chance (%) | items |"
     assert list(pd.read_csv(paths["csv"]).columns) == ["model", "accuracy", "lo", "hi", "chance", "items"]
+
+
+def test_figure2_draws_a_curve_per_data_fraction_method():
+    """MM-DPO's data-fraction adapters give Figure 2 a second curve beside DPO's, from the same 0 % point (the
+    visually tuned model); a method with no data-fraction result draws none."""
+    from mmpref.figures import figure2_plot
+
+    extra = pd.DataFrame([{"model": m, "benchmark": "mt_bench", "metric": "overall", "value": v, "n": 10,
+                           "judge": "rubric-v3"}
+                          for m, v in (("mm_dpo_frac0.5", 5.6), ("mm_dpo", 6.1))])
+    results = pd.concat([_results(), extra], ignore_index=True)
+    fig, pts = figure2_plot(results, [0.5])
+    assert list(zip(pts.method, pts.fraction, pts.mt_bench)) == [
+        ("dpo", 0.0, 5.0), ("dpo", 0.5, 5.8), ("dpo", 1.0, 6.5),
+        ("mm_dpo", 0.0, 5.0), ("mm_dpo", 0.5, 5.6), ("mm_dpo", 1.0, 6.1)]
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert any(label.startswith("DPO on a share") for label in labels)
+    assert any(label.startswith("MM-DPO on a share") for label in labels)
+    _, only_dpo = figure2_plot(_results(), [0.5])
+    assert set(only_dpo.method) == {"dpo"}

@@ -53,8 +53,9 @@ def plan(params, run_dir: Path) -> list[tuple[str, str | None, list[str]]]:
     out.append((methods.POLICY, None, configured))
     for method in params.train.methods:
         out.append((method, str(run_dir / "adapters" / method), configured))
-    frac = methods.fraction_method()
-    if frac is not None and frac.name in params.train.methods and methods.FRACTIONS_BENCHMARK in configured:
+    for frac in methods.fraction_methods():
+        if frac.name not in params.train.methods or methods.FRACTIONS_BENCHMARK not in configured:
+            continue
         for f in params.train.dpo.fractions:
             name = methods.fraction_adapter(frac.name, f)
             out.append((name, str(run_dir / "adapters" / name), [methods.FRACTIONS_BENCHMARK]))
