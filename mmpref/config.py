@@ -378,12 +378,13 @@ class MMDPOParams(Strict):
     pair, beta(delta) = beta_0 * (1 + w * (1 - exp(-k * delta))). w = 0.5, k = 0.5: MM-RLHF's defaults (Appendix F,
     Figure 12b; its released script uses w = 0.1). scaling: "per_sample" (the paper's formula) or "released_batch"
     (the released code's one beta per batch from the policy's margins). margin: where delta comes from
-    ("judge_quality": the annotation judge's quality difference of the pair, in quality points 2..12)."""
+    ("judge_quality": the annotation judge's quality difference of the pair, in quality points 2..12;
+    "reward_model": the critique reward model's, 0..12, which needs `reward_model.annotate: all`)."""
 
     w: float = Field(0.5, ge=0.0)
     k: float = Field(0.5, gt=0.0)
     scaling: Literal["per_sample", "released_batch"] = "per_sample"
-    margin: Literal["judge_quality"] = "judge_quality"
+    margin: Literal["judge_quality", "reward_model"] = "judge_quality"
 
 
 class TrainParams(Strict):
@@ -470,6 +471,9 @@ class RewardModelParams(Strict):
     critique and ratings it writes per response."""
 
     held_out: float = Field(0.2, gt=0.0, lt=1.0)
+    # which prompts it annotates: the held-out ones (its agreement with the judge), or all (also MM-DPO's margins,
+    # train.mm_dpo.margin: reward_model; on the train prompts it rates responses it was trained on)
+    annotate: Literal["held_out", "all"] = "held_out"
     critique_words: int = Field(40, ge=1)
     max_new_tokens: int = Field(96, ge=8)
     batch_size: int = Field(16, ge=1)
@@ -505,6 +509,10 @@ class Params(Strict):
         if not BACKENDS[self.evaluate.judge.backend].grades_benchmarks:
             raise ValueError(f"evaluate.judge.backend {self.evaluate.judge.backend!r} only annotates; "
                              f"benchmarks need a grading judge (e.g. rubric, gemini, openai)")
+        if self.train.mm_dpo.margin == "reward_model" and "mm_dpo" in self.train.methods and (
+                self.reward_model is None or self.reward_model.annotate != "all"):
+            raise ValueError("train.mm_dpo.margin: reward_model takes each pair's margin from the reward model's "
+                             "annotations of every prompt: add a reward_model section with annotate: all")
         if not BACKENDS[self.judge.backend].writes_gold and "sft_gold" in self.train.methods:
             raise ValueError(f"judge.backend {self.judge.backend!r} only annotates (stage 03), but train.methods has "
                              f"sft_gold, whose gold answers the judge writes in stage 02: use another judge for that "

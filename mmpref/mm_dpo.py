@@ -16,7 +16,8 @@ Two variants (`train.mm_dpo.scaling`):
 
 - "per_sample": the paper's formula, one beta per pair, delta from `train.mm_dpo.margin` ("judge_quality": the
   annotation judge's quality difference of the pair, helpfulness + correctness + coherence, chosen minus rejected,
-  already in datasets/dpo.jsonl: free).
+  already in datasets/dpo.jsonl: free; "reward_model": the same difference as the critique reward model of stage 03b
+  rates the two responses, as MM-RLHF takes delta from its reward model: `pair_margins`).
 - "released_batch": what the released code does (Kwai-YuanQi/MM-RLHF at 7c8af1d, trl/trainer/dpo_trainer.py
   `dpo_loss`, lines 786-816, default `implicit_beta=True`): the per-sample beta it first computes is overwritten by
   one beta per batch, computed from the policy's own margins A = (log pi/pi_ref)(chosen) - (log pi/pi_ref)(rejected)
@@ -30,14 +31,17 @@ With w = 0 both variants are DPO exactly (tests/test_mm_dpo.py compares loss and
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+log = logging.getLogger(__name__)
+
 MARGIN_COLUMN = "pair_margin"  # the per-pair delta, a dataset column the collators carry (shared_prefix.PAIR_COLUMNS)
 SCALINGS = ("per_sample", "released_batch")
-MARGINS = ("judge_quality",)
+MARGINS = ("judge_quality", "reward_model")
 
 
 def dynamic_beta(beta0: float, margin, w: float, k: float):
@@ -50,8 +54,36 @@ def dynamic_beta(beta0: float, margin, w: float, k: float):
 def pair_margin(row: dict, source: str = "judge_quality") -> float:
     """delta of one DPO row: the judge's quality of the chosen minus that of the rejected response."""
     if source != "judge_quality":
-        raise ValueError(f"unknown MM-DPO margin source {source!r}; one of {list(MARGINS)}")
+        raise ValueError(f"pair_margin reads the judge_quality margin in the row; for {source!r} use pair_margins")
     return float(row["chosen_quality"] - row["rejected_quality"])
+
+
+def pair_margins(rows: Sequence[dict], source: str, rm_annotations: Sequence[dict] | None = None) -> list[float]:
+    """delta of every DPO row from `source`: "judge_quality" (`pair_margin`), or "reward_model": the critique reward
+    model's quality of the chosen response minus the rejected one's (its annotations of the pairs' prompts, stage 03b
+    with `reward_model.annotate: all`), at least 0: the scaling weighs clear pairs up, and a pair the reward model
+    would order the other way keeps DPO's beta instead of a shrunken or negative one. A pair whose prompt the reward
+    model did not annotate ok also keeps DPO's beta (delta 0); their number is logged."""
+    if source not in MARGINS:
+        raise ValueError(f"unknown MM-DPO margin source {source!r}; one of {list(MARGINS)}")
+    if source == "judge_quality":
+        return [pair_margin(r) for r in rows]
+    from mmpref.ratings import quality
+
+    if rm_annotations is None:
+        raise ValueError("MM-DPO margin 'reward_model' needs the reward model's annotations (stage 03b)")
+    scores = {a["prompt_id"]: a["scores"] for a in rm_annotations if a.get("status") == "ok" and a.get("scores")}
+    out, missing = [], 0
+    for r in rows:
+        s = scores.get(r["prompt_id"])
+        if s is None or max(r["chosen_index"], r["rejected_index"]) >= len(s):
+            missing += 1
+            out.append(0.0)
+            continue
+        out.append(float(max(quality(s[r["chosen_index"]]) - quality(s[r["rejected_index"]]), 0)))
+    if missing:
+        log.warning("MM-DPO: %d of %d pairs have no reward-model annotation; they keep DPO's beta", missing, len(rows))
+    return out
 
 
 def released_batch_beta(beta0: float, margins: torch.Tensor, w: float, generator: torch.Generator | None = None):

@@ -141,6 +141,12 @@ def held_out_samples(prompts: Sequence[dict], samples: Sequence[dict], held_out:
     return [s for s in samples if s["prompt_id"] in keep]
 
 
+def samples_to_annotate(prompts: Sequence[dict], samples: Sequence[dict], params) -> list[dict]:
+    """What stage 03b annotates with the reward model: the held-out samples, or all (`reward_model.annotate`)."""
+    rp = params.reward_model
+    return list(samples) if rp.annotate == "all" else held_out_samples(prompts, samples, rp.held_out, params.run.seed)
+
+
 # --------------------------------------------------------------------------------------------- agreement
 def paired_scores(judge: Sequence[dict], model: Sequence[dict]) -> pd.DataFrame:
     """One row per response both annotated ok: prompt_id, response index, and each attribute by judge ("judge_*")
@@ -240,7 +246,7 @@ def cost_table(judge_spend: dict, judge_prompts: int, rm_seconds: float, rm_prom
 
 
 def annotations_path(run_dir: Path) -> Path:
-    """The reward model's annotations of the held-out prompts (stage 03b)."""
+    """The reward model's annotations (stage 03b): of the held-out prompts, or of all (`reward_model.annotate`)."""
     return Path(run_dir) / "reward_model" / "annotations.jsonl"
 
 

@@ -84,7 +84,9 @@ TRAINING_EXTRAS: dict[str, dict] = {
                                               "05_train_sft_gold": ("adapters/sft_gold/trainer_state.json",)}},
     # the pair browser shows the judge's scores and reasoning of a few pairs: a table and one rendered pair
     "08_train_dpo": {"png": 3, "tables": 3, "reads": {"03_annotate": (ANNOTATIONS,)}},
-    "08b_train_mm_dpo": {"png": 2, "tables": 3, "reads": {"08_train_dpo": ("adapters/dpo/mmpref_train.json",)}},
+    # MM-DPO's margins come from the reward model's annotations when train.mm_dpo.margin is reward_model
+    "08b_train_mm_dpo": {"png": 2, "tables": 3, "reads": {"08_train_dpo": ("adapters/dpo/mmpref_train.json",),
+                                                          REWARD_MODEL: ("reward_model/annotations.jsonl",)}},
 }
 
 
@@ -99,7 +101,7 @@ def _training_stage(method: methods.Method) -> Stage:
                  lambda rd: sorted([*(rd / "adapters").glob(f"{method.name}/adapter_model.safetensors"),
                                     *(rd / "adapters").glob(f"{method.name}_frac*/adapter_model.safetensors")]),
                  png=extra.get("png", 1), tables=extra.get("tables", 0),
-                 optional=tuple(s for s in extra.get("reads", {}) if s in trained))
+                 optional=tuple(s for s in extra.get("reads", {}) if s in trained or s == REWARD_MODEL))
 
 
 def table() -> list[Stage]:

@@ -587,9 +587,12 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
     if settings.beta_scaling:
-        from mmpref.mm_dpo import MARGIN_COLUMN, pair_margin
+        from mmpref.mm_dpo import MARGIN_COLUMN, pair_margins
+        from mmpref.reward_model import annotations_path
 
-        data = data.add_column(MARGIN_COLUMN, [pair_margin(r, settings.beta_scaling["margin"]) for r in rows])
+        source = settings.beta_scaling["margin"]
+        rm_annotations = read_jsonl(annotations_path(run_dir)) if source == "reward_model" else None
+        data = data.add_column(MARGIN_COLUMN, pair_margins(rows, source, rm_annotations))
     model = _load_policy(policy_ref, settings) if model is None else model
     reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
     keys = [reference_key(reference, proc_id, settings.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
@@ -758,6 +761,16 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
                                                force=force and method == "dpo")
             settings = dataclasses.replace(settings, beta=chosen.beta, average_log_prob=chosen.average_log_prob,
                                            learning_rate=chosen.learning_rate)
+    if settings.beta_scaling and settings.beta_scaling["margin"] == "reward_model":
+        from mmpref.reward_model import annotations_path
+
+        # the margins are the reward model's: a retrained or re-run reward model retrains the adapter
+        rm_file = annotations_path(run_dir)
+        if not rm_file.is_file():
+            raise ValueError(f"train.mm_dpo.margin is reward_model but {rm_file} does not exist: run stage "
+                             f"03b_reward_model (with reward_model.annotate: all) first")
+        settings = dataclasses.replace(settings, beta_scaling={**settings.beta_scaling,
+                                                               "reward_model_annotations": sha256_file(rm_file)})
     infos[method] = train(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, force=force, **extra)
     for fraction in params.train.dpo.fractions if spec.trains_fractions else []:
         name = methods.fraction_adapter(method, fraction)

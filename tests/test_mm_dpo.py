@@ -108,3 +108,60 @@ def test_registry_and_params_make_mm_dpo_a_dpo_method_on_dpos_pairs(checkpoint):
     assert {k for k in m if m[k] != d.get(k)} == {"beta_scaling"}
     with pytest.raises(ParamsError, match="per_sample"):
         load_params("params/paper-13b.yaml", {"train": {"mm_dpo": {"scaling": "per_pair"}}})
+
+
+def test_reward_model_margins_come_from_its_ratings_of_the_pair_and_never_go_below_zero(caplog):
+    """delta from the critique reward model (train.mm_dpo.margin: reward_model): its quality of the chosen minus the
+    rejected response (by their indices), 0 where it orders them the other way or did not annotate the prompt."""
+    from mmpref.mm_dpo import pair_margins
+
+    def scores(*qualities):  # ratings of the given quality each (0..12)
+        return [{"helpfulness": min(q, 4), "correctness": min(max(q - 4, 0), 4), "coherence": max(q - 8, 0),
+                 "complexity": 1, "verbosity": 2} for q in qualities]
+
+    rows = [{"prompt_id": "a", "chosen_index": 2, "rejected_index": 0, "chosen_quality": 9, "rejected_quality": 3},
+            {"prompt_id": "b", "chosen_index": 0, "rejected_index": 1, "chosen_quality": 12, "rejected_quality": 2},
+            {"prompt_id": "c", "chosen_index": 1, "rejected_index": 3, "chosen_quality": 8, "rejected_quality": 0}]
+    rm = [{"prompt_id": "a", "status": "ok", "scores": scores(1, 5, 11, 4)},
+          {"prompt_id": "b", "status": "ok", "scores": scores(3, 7, 0, 0)},      # the reward model disagrees
+          {"prompt_id": "c", "status": "failed", "scores": None}]
+    assert pair_margins(rows, "judge_quality") == [6.0, 10.0, 8.0]
+    assert pair_margins(rows, "reward_model", rm) == [10.0, 0.0, 0.0]
+    assert "1 of 3 pairs have no reward-model annotation" in caplog.text
+    with pytest.raises(ValueError, match="needs the reward model's annotations"):
+        pair_margins(rows, "reward_model")
+    with pytest.raises(ValueError, match="unknown MM-DPO margin source"):
+        pair_margins(rows, "human")
+
+
+def test_reward_model_margins_need_its_annotations_of_every_prompt_and_retrain_when_they_change(tmp_path,
+                                                                                               monkeypatch):
+    from mmpref import train
+    from mmpref.config import load_params
+    from mmpref.io import write_jsonl
+    from tests.test_moved_run import build_run
+
+    with pytest.raises(ValueError, match="annotate: all"):
+        load_params("params/tiny.yaml", {"train": {"mm_dpo": {"margin": "reward_model"}}})
+    run = tmp_path / "run"
+    run.mkdir()
+    build_run(run)
+    params = load_params("params/tiny.yaml", {
+        "run": {"run_dir": str(run)}, "models": {"policy": str(run / "models" / "vit")},
+        "reward_model": {"annotate": "all"},
+        "train": {"mm_dpo": {"margin": "reward_model"}, "dpo": {"sweep": None, "fractions": []}}})
+    write_jsonl(run / "datasets" / "dpo.jsonl", [{"prompt_id": "p0", "image": "images/0.png", "question": "Q?",
+                                                  "chosen": "A.", "rejected": "B.", "chosen_quality": 9,
+                                                  "rejected_quality": 2, "chosen_index": 0, "rejected_index": 1}])
+    seen = []
+    monkeypatch.setitem(train.TRAINERS, "dpo", lambda policy, rows, run_dir, out, settings, **kw: (
+        seen.append(settings.beta_scaling), {"rows": len(rows)})[1])
+    with pytest.raises(ValueError, match="run stage 03b_reward_model"):
+        train.train_method(params, "mm_dpo")
+    rm_file = run / "reward_model" / "annotations.jsonl"
+    write_jsonl(rm_file, [{"prompt_id": "p0", "status": "ok", "scores": None}])
+    train.train_method(params, "mm_dpo")
+    write_jsonl(rm_file, [{"prompt_id": "p0", "status": "failed", "scores": None}])
+    train.train_method(params, "mm_dpo")
+    assert seen[0]["margin"] == "reward_model"
+    assert seen[0]["reward_model_annotations"] != seen[1]["reward_model_annotations"]  # in the adapter's fingerprint
