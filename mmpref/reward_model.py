@@ -98,11 +98,24 @@ def parse_reply(text: str) -> tuple[str, dict[str, int]]:
     return critique, scores
 
 
+def _draw(prompt_id: str, seed: int) -> float:
+    return int(hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
 def split_of(prompt_id: str, held_out: float, seed: int) -> str:
     """TRAIN or HELD_OUT for one prompt: a hash of the run seed and the prompt id against `held_out` (a share in
     [0, 1)), so the split does not depend on record order and stays put when prompts are added."""
-    h = int(hashlib.sha256(f"{seed}:{prompt_id}".encode()).hexdigest()[:12], 16) / 16 ** 12
-    return HELD_OUT if h < held_out else TRAIN
+    return HELD_OUT if _draw(prompt_id, seed) < held_out else TRAIN
+
+
+def held_out_ids(prompt_ids: Sequence[str], held_out: float, seed: int) -> set[str]:
+    """The held-out prompts (`split_of`); where the hash holds none out of two or more prompts (a handful of prompts:
+    a rehearsal), the one with the smallest draw, so there is always something to compare on."""
+    ids = list(prompt_ids)
+    held = {i for i in ids if split_of(i, held_out, seed) == HELD_OUT}
+    if not held and len(ids) >= 2:
+        held = {min(ids, key=lambda i: _draw(i, seed))}
+    return held
 
 
 def training_rows(prompts: Sequence[dict], samples: Sequence[dict], annotations: Sequence[dict], held_out: float,
@@ -112,8 +125,9 @@ def training_rows(prompts: Sequence[dict], samples: Sequence[dict], annotations:
     by_sample = {s["prompt_id"]: s["responses"] for s in samples}
     by_annotation = {a["prompt_id"]: a for a in annotations}
     rows, left_out, splits = [], Counter(), Counter()
+    held = held_out_ids([p["id"] for p in prompts], held_out, seed)
     for p in prompts:
-        split = split_of(p["id"], held_out, seed)
+        split = HELD_OUT if p["id"] in held else TRAIN
         splits[split] += 1
         if split != TRAIN or p["id"] not in by_sample:
             continue
@@ -137,7 +151,7 @@ def training_rows(prompts: Sequence[dict], samples: Sequence[dict], annotations:
 
 def held_out_samples(prompts: Sequence[dict], samples: Sequence[dict], held_out: float, seed: int) -> list[dict]:
     """The samples of the held-out prompts (what the reward model annotates to be compared with the judge)."""
-    keep = {p["id"] for p in prompts if split_of(p["id"], held_out, seed) == HELD_OUT}
+    keep = held_out_ids([p["id"] for p in prompts], held_out, seed)
     return [s for s in samples if s["prompt_id"] in keep]
 
 

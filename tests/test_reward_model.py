@@ -248,3 +248,11 @@ def test_a_judge_writing_one_paragraph_gives_the_text_after_each_mention():
                                                    "is the most accurate rates helpfulness 4",
                                                    "rates helpfulness 2."]
     assert rm.response_critiques(reasoning, 4) is None
+
+
+def test_a_handful_of_prompts_still_holds_one_out():
+    ids = [f"q{i}" for i in range(4)]
+    assert not [i for i in ids if rm.split_of(i, 0.01, seed=0) == rm.HELD_OUT]  # the hash alone holds none out
+    held = rm.held_out_ids(ids, 0.01, seed=0)
+    assert len(held) == 1 and held == rm.held_out_ids(list(reversed(ids)), 0.01, seed=0)
+    assert rm.held_out_ids(["only"], 0.01, seed=0) == set()  # one prompt: nothing to train on otherwise
