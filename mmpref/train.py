@@ -496,7 +496,7 @@ def _dpo_trainer_class():
 
     class DPOWithCachedReference(BetaScalingMixin, SharedPrefixMixin, _with_projector_lr(DPOTrainer)):
         """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk by content; with
-        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py); with `beta_scaling`, MM-DPO's
+        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py); with `mm_dpo`, MM-DPO's
         beta per pair (mmpref/mm_dpo.py)."""
 
         def __init__(self, *args, ref_cache: Path | None = None, pair_keys: list[str] | None = None,
