@@ -153,6 +153,7 @@ def worker(a) -> dict:
     from transformers import TrainerCallback
     from transformers.utils import logging as hf_logging
 
+    from mmpref.config import DPOParams, LoraParams, TrainOptions
     from mmpref.families import FAMILIES
     from mmpref.train import TrainSettings, dpo_trainer
 
@@ -165,12 +166,13 @@ def worker(a) -> dict:
     rows = json.loads((work / "rows.json").read_text())
     model = build_model(work / "ckpt", shape, device)
     settings = TrainSettings(
-        method="dpo", learning_rate=5e-5, batch_size=a.batch_size, grad_accum=1, epochs=1, max_length=a.max_length,
-        lora_r=128, lora_alpha=256, lora_dropout=a.lora_dropout,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        chat_template=FAMILIES["llava"].chat_template, train_projector=True, projector_learning_rate=2e-5,
-        beta=0.1, precompute_ref_log_probs=precompute, share_prefix=share, bf16=True, gradient_checkpointing=True,
-        logging_steps=1, seed=0, warmup_ratio=0.0, lr_scheduler="constant")
+        method="dpo", chat_template=FAMILIES["llava"].chat_template, seed=0,
+        trainer=DPOParams(learning_rate=5e-5, batch_size=a.batch_size, grad_accum=1, epochs=1, max_length=a.max_length,
+                          train_projector=True, projector_learning_rate=2e-5, beta=0.1,
+                          precompute_ref_log_probs=precompute, share_prefix=share),
+        lora=LoraParams(r=128, alpha=256, dropout=a.dropout),
+        options=TrainOptions(bf16=True, gradient_checkpointing=True, logging_steps=1, warmup_ratio=0.0,
+                             lr_scheduler="constant", save_steps=None))
     start = time.perf_counter()
     trainer, _ = dpo_trainer(str(work / "ckpt"), rows, work, work / f"out-{a.variant}", settings, model=model)
     setup_s = time.perf_counter() - start
@@ -225,8 +227,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
     ap.add_argument("--completion-tokens", type=int, default=200, help="about this many tokens per completion")
     ap.add_argument("--max-length", type=int, default=3000, help="params/paper-7b.yaml's train.dpo.max_length")
-    ap.add_argument("--lora-dropout", type=float, default=0.0,
-                    help="0 (default) makes every variant's loss the same computation; the paper used 0.05")
+    ap.add_argument("--dropout", type=float, default=0.0,
+                    help="train.lora.dropout: 0 (default) makes every variant's loss the same computation; the paper used 0.05")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads per variant (default 1: on CPUs shared with other jobs, OpenMP threads "
@@ -258,7 +260,7 @@ def main() -> None:
         for v in variants:
             cmd = [sys.executable, __file__, "--variant", v, "--workdir", str(work)] + [
                 f"--{k.replace('_', '-')}={getattr(a, k)}" for k in
-                ("batch_size", "steps", "warmup", "max_length", "lora_dropout", "threads")]
+                ("batch_size", "steps", "warmup", "max_length", "dropout", "threads")]
             print(f"[{v}] running ...", file=sys.stderr, flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -387,13 +387,9 @@ class MMDPOParams(Strict):
     margin: Literal["judge_quality", "reward_model"] = "judge_quality"
 
 
-class TrainParams(Strict):
-    methods: list[str] = Field(default_factory=_methods.names)   # names in mmpref.methods
-    lora: LoraParams = LoraParams()
-    sft: SFTParams = SFTParams()
-    steerlm: SteerLMParams = SteerLMParams()
-    dpo: DPOParams = DPOParams()
-    mm_dpo: MMDPOParams = MMDPOParams()
+class TrainOptions(Strict):
+    """The run-wide training options, every trainer's: the fields of `train` that are not sections."""
+
     lr_scheduler: str = "cosine"
     # Table 5 prints 0.003; every training script of the authors (and LLaVA-1.5's own) passes --warmup_ratio 0.03
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
@@ -405,6 +401,19 @@ class TrainParams(Strict):
     # checkpoints every save_steps optimizer steps (None: none); a killed training stage resumes from the last one
     save_steps: int | None = Field(200, ge=1)
     save_total_limit: int = Field(2, ge=1)
+
+
+class TrainParams(TrainOptions):
+    methods: list[str] = Field(default_factory=_methods.names)   # names in mmpref.methods
+    lora: LoraParams = LoraParams()
+    sft: SFTParams = SFTParams()
+    steerlm: SteerLMParams = SteerLMParams()
+    dpo: DPOParams = DPOParams()
+    mm_dpo: MMDPOParams = MMDPOParams()
+
+    def options(self) -> TrainOptions:
+        """The run-wide options (`TrainOptions`) of this section, as given."""
+        return TrainOptions(**{k: getattr(self, k) for k in TrainOptions.model_fields})
 
     @field_validator("methods")
     @classmethod

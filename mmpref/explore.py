@@ -340,12 +340,12 @@ def dpo_pairs_before_after(params, adapter: str | Path, n: int = 12):
     from mmpref.models import chat_templates, image_padding, load_vlm
 
     run_dir = params.run_dir
-    settings = read_json(Path(adapter) / "mmpref_train.json")["settings"]
+    dpo = read_json(Path(adapter) / "mmpref_train.json")["settings"]["trainer"]  # train.dpo as trained
     rows = quality_spread(read_jsonl(run_dir / "datasets" / "dpo.jsonl"), n)
     model, processor = load_vlm(params.model_ref(params.models.policy), adapter, dtype=params.models.dtype,
                                 device=params.models.device, chat_template=chat_templates(params)[0],
                                 pad_images=image_padding(params), merge=False)
-    logprobs = pair_logprobs(model, processor, rows, run_dir, settings["max_length"])
+    logprobs = pair_logprobs(model, processor, rows, run_dir, dpo["max_length"])
     del model
     return browser_pairs(rows, read_jsonl(run_dir / "annotations.jsonl", appended=True), logprobs,
-                         settings["beta"], settings["average_log_prob"])
+                         dpo["beta"], dpo["average_log_prob"])

@@ -34,7 +34,7 @@ class Method:
     inference_question: Callable[[Any], Callable[[str], str]] | None = None
     trains_fractions: bool = False      # also trains adapters on train.dpo.fractions of its data (Figure 2's curves)
     # given the run's params, the mmpref.train.TrainSettings fields this method sets on top of its trainer's (MM-DPO:
-    # its beta scaling); None: its trainer's settings as they are
+    # its section train.mm_dpo, the beta scaling); None: its trainer's settings as they are
     settings: Callable[[Any], dict] | None = None
 
 
@@ -70,7 +70,7 @@ METHODS: list[Method] = [
     Method("dpo", "DPO", "dpo", "08_train_dpo", "dpo", pairing.dpo_rows, trains_fractions=True),
     # MM-RLHF's Dynamic Reward Scaling (mmpref/mm_dpo.py): DPO's pairs and settings, beta scaled by each pair's margin
     Method("mm_dpo", "MM-DPO", "dpo", "08b_train_mm_dpo", "dpo", pairing.dpo_rows, trains_fractions=True,
-           settings=lambda params: {"beta_scaling": params.train.mm_dpo.model_dump()}),
+           settings=lambda params: {"mm_dpo": params.train.mm_dpo.model_copy()}),
 ]
 
 # the models every run has besides its methods: the text-only base LM and the visually instruction-tuned policy

@@ -115,23 +115,24 @@ class _BatchBeta:
 
 
 class BetaScalingMixin:
-    """Put first in a `DPOTrainer` subclass's bases. With `beta_scaling` set ({w, k, scaling}) each batch's loss runs
-    with MM-DPO's beta; the batch must carry `MARGIN_COLUMN` for "per_sample". Without it, TRL's loss unchanged."""
+    """Put first in a `DPOTrainer` subclass's bases. With `mm_dpo` set (params `train.mm_dpo`: w, k, scaling) each
+    batch's loss runs with MM-DPO's beta; the batch must carry `MARGIN_COLUMN` for "per_sample". Without it, TRL's loss
+    unchanged."""
 
-    beta_scaling: dict | None = None
+    mm_dpo = None  # mmpref.config.MMDPOParams
     last_betas: torch.Tensor | None = None  # the betas of the last batch (the notebook plots them)
 
     def _compute_loss(self, model, inputs, return_outputs):
         margin = inputs.pop(MARGIN_COLUMN, None)
-        if not self.beta_scaling:
+        if self.mm_dpo is None:
             return super()._compute_loss(model, inputs, return_outputs)
-        s, beta0 = self.beta_scaling, self.beta
-        if s["scaling"] == "per_sample":
+        s, beta0 = self.mm_dpo, self.beta
+        if s.scaling == "per_sample":
             if margin is None:
                 raise ValueError(f"MM-DPO per_sample scaling needs each pair's margin (column {MARGIN_COLUMN!r})")
-            self.beta = dynamic_beta(beta0, margin.to(self.accelerator.device, torch.float32), s["w"], s["k"])
+            self.beta = dynamic_beta(beta0, margin.to(self.accelerator.device, torch.float32), s.w, s.k)
         else:
-            self.beta = _BatchBeta(beta0, s["w"], self.accelerator.gather)
+            self.beta = _BatchBeta(beta0, s.w, self.accelerator.gather)
         try:
             return super()._compute_loss(model, inputs, return_outputs)
         finally:

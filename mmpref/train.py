@@ -30,8 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
 
 from mmpref import methods
+from mmpref.config import SWEPT_DPO_SETTINGS, DPOParams, LoraParams, MMDPOParams, SFTParams, TrainOptions
 from mmpref.families import Family, family_for_checkpoint, processor_identity
 from mmpref.io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_json, write_json
 from mmpref.models import chat_messages, chat_templates, checkpoint_identity, image_padding, load_processor
@@ -43,39 +45,27 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSettings:
-    """Everything a training run depends on (recorded next to the adapter; a change retrains)."""
+    """Everything a training run depends on (recorded next to the adapter; a change retrains). The params sections
+    flow in whole, under their params names: `trainer` is `train.sft` or `train.dpo` as the method's trainer reads it
+    (with the DPO sweep's winner, or `reward_model.sft`, over it; `share_prefix` resolved from "auto"), `lora` is
+    `train.lora`, `options` the run-wide `train` fields (`deepspeed` resolved to a path), `mm_dpo` MM-DPO's
+    `train.mm_dpo` (None: plain DPO and SFT). The rest comes from no train section."""
 
     method: str
-    learning_rate: float
-    batch_size: int
-    grad_accum: int
-    epochs: float
-    max_length: int
-    lora_r: int
-    lora_alpha: int
-    lora_dropout: float
-    target_modules: list[str]
+    trainer: SFTParams | DPOParams
+    lora: LoraParams
+    options: TrainOptions = dataclasses.field(default_factory=TrainOptions)
     family: str = "llava"
     chat_template: str | None = None
     pad_images: bool | None = None  # pictures padded to square (models.image_aspect_ratio); None: as saved
-    train_projector: bool = False
-    projector_learning_rate: float | None = None
-    beta: float = 0.1
-    average_log_prob: bool = False
-    precompute_ref_log_probs: bool = True
-    share_prefix: bool = False
-    disable_dropout: bool | None = None  # DPO: TRL's disable_dropout (train.dpo.disable_dropout); None for SFT
-    beta_scaling: dict | None = None  # MM-DPO's per-pair beta (mmpref.mm_dpo: w, k, scaling, margin); None: DPO's
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    deepspeed: str | None = None
-    logging_steps: int = 10
-    save_steps: int | None = None
-    save_total_limit: int = 2
     seed: int = 0
+    mm_dpo: MMDPOParams | None = None  # MM-DPO's per-pair beta (mmpref.mm_dpo: w, k, scaling, margin)
+    reward_model_annotations: str | None = None  # sha256 of the reward model's annotations MM-DPO's margins come from
+
+    def __post_init__(self):
+        if isinstance(self.trainer, DPOParams):  # "auto" (or a true the family refuses) resolved for this family
+            self.trainer = self.trainer.model_copy(
+                update={"share_prefix": _share_prefix(self.trainer.share_prefix, self.family)})
 
     @property
     def family_row(self) -> Family:
@@ -83,17 +73,33 @@ class TrainSettings:
 
         return FAMILIES[self.family]
 
+    def with_trainer(self, **update) -> "TrainSettings":
+        """These settings with the trainer's section changed (`train.dpo` fields: the sweep's trials and winner)."""
+        return dataclasses.replace(self, trainer=self.trainer.model_copy(update=update))
+
+    def record(self) -> dict:
+        """The settings as JSON values (mmpref_train.json's "settings"; `from_record` reads them back)."""
+        return {f.name: v.model_dump(mode="json") if isinstance(v := getattr(self, f.name), BaseModel) else v
+                for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "TrainSettings":
+        sections = {"trainer": DPOParams if "beta" in record["trainer"] else SFTParams, "lora": LoraParams,
+                    "options": TrainOptions, "mm_dpo": MMDPOParams}
+        return cls(**{k: sections[k].model_validate(v) if k in sections and v is not None else v
+                      for k, v in record.items()})
+
     def fingerprint_fields(self) -> dict:
-        """The settings that change what is learned (not how often it is logged or checkpointed)."""
+        """The settings that change what is learned (not how often it is logged or checkpointed, nor the DPO stage's
+        plan: its data fractions and sweep)."""
+        out = self.record()
         # share_prefix changes how the DPO log-probs are computed, not their values (equal to float tolerance:
         # tests/test_shared_prefix.py), so switching it keeps a trained adapter and its checkpoints
-        # pad_images changes the processor, whose identity the fingerprint holds already (mmpref.families)
-        skip = {"logging_steps", "save_steps", "save_total_limit", "deepspeed", "share_prefix", "pad_images"}
-        if self.disable_dropout is None:  # SFT: TRL's SFTTrainer keeps dropout; only DPO's trainer can disable it
-            skip.add("disable_dropout")
-        if self.beta_scaling is None:  # plain DPO and SFT: fingerprints as before MM-DPO existed (adapters reused)
-            skip.add("beta_scaling")
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        out["trainer"] = {k: v for k, v in out["trainer"].items() if k not in ("share_prefix", "fractions", "sweep")}
+        out["options"] = {k: v for k, v in out["options"].items()
+                          if k not in ("logging_steps", "save_steps", "save_total_limit", "deepspeed")}
+        del out["pad_images"]  # it changes the processor, whose identity the fingerprint holds already
+        return {k: v for k, v in out.items() if v is not None or k not in ("mm_dpo", "reward_model_annotations")}
 
 
 def lora_config(s: TrainSettings):
@@ -101,11 +107,11 @@ def lora_config(s: TrainSettings):
 
     fam = s.family_row
     return LoraConfig(
-        r=s.lora_r,
-        lora_alpha=s.lora_alpha,
-        lora_dropout=s.lora_dropout,
-        target_modules=fam.lora_target_regex(s.target_modules),
-        modules_to_save=[fam.projector] if s.train_projector else None,
+        r=s.lora.r,
+        lora_alpha=s.lora.alpha,
+        lora_dropout=s.lora.dropout,
+        target_modules=fam.lora_target_regex(s.lora.target_modules),
+        modules_to_save=[fam.projector] if s.trainer.train_projector else None,
         task_type="CAUSAL_LM",
     )
 
@@ -153,27 +159,28 @@ def check_lengths(processor, rows: list[dict], images: list, max_length: int, co
 
 def _common_args(s: TrainSettings, out_dir: Path) -> dict:
     cuda = torch.cuda.is_available()
+    t, o = s.trainer, s.options
     return dict(
         output_dir=str(out_dir / "trainer"),
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        num_train_epochs=s.epochs,
-        learning_rate=s.learning_rate,
-        lr_scheduler_type=s.lr_scheduler,
-        warmup_steps=s.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=s.weight_decay,
-        bf16=bool(s.bf16 and cuda),
-        activation_checkpointing=bool(s.gradient_checkpointing and cuda),
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=t.epochs,
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=o.lr_scheduler,
+        warmup_steps=o.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=o.weight_decay,
+        bf16=bool(o.bf16 and cuda),
+        activation_checkpointing=bool(o.gradient_checkpointing and cuda),
         use_cpu=not cuda,
-        logging_steps=s.logging_steps,
-        save_strategy="steps" if s.save_steps else "no",
-        save_steps=s.save_steps or 500,
-        save_total_limit=s.save_total_limit,
+        logging_steps=o.logging_steps,
+        save_strategy="steps" if o.save_steps else "no",
+        save_steps=o.save_steps or 500,
+        save_total_limit=o.save_total_limit,
         report_to=[],
         seed=s.seed,
-        max_length=s.max_length,
+        max_length=t.max_length,
         dataloader_num_workers=0,
-        deepspeed=s.deepspeed,
+        deepspeed=o.deepspeed,
         remove_unused_columns=True,
     )
 
@@ -280,7 +287,7 @@ def _save(trainer, processor, out_dir: Path, settings: TrainSettings, fingerprin
     history = trainer.state.log_history
     write_json(out_dir / "trainer_state.json", history)
     plot_training(history, out_dir / "loss.png", title=out_dir.name, rows=n_rows)
-    info = {"fingerprint": fingerprint, "settings": settings.__dict__, "rows": n_rows, "seconds": round(seconds, 1),
+    info = {"fingerprint": fingerprint, "settings": settings.record(), "rows": n_rows, "seconds": round(seconds, 1),
             "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
             "resumed_from": resumed_from, "adapter_sha256": adapter_hashes(out_dir)}
     write_json(out_dir / "mmpref_train.json", info)
@@ -365,7 +372,7 @@ def _with_projector_lr(trainer_cls):
 def _load_policy(policy_ref: str, settings: TrainSettings):
     from transformers import AutoModelForImageTextToText
 
-    dtype = torch.bfloat16 if settings.bf16 and torch.cuda.is_available() else torch.float32
+    dtype = torch.bfloat16 if settings.options.bf16 and torch.cuda.is_available() else torch.float32
     return AutoModelForImageTextToText.from_pretrained(policy_ref, dtype=dtype)
 
 
@@ -384,15 +391,16 @@ def sft_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         raise ValueError(f"{settings.method}: the training set is empty; nothing to train")
     processor = load_processor(policy_ref, settings.chat_template, settings.pad_images)
     images = _images(rows, run_dir)
-    check_lengths(processor, rows, images, settings.max_length, ["response"], settings.family_row.image_token)
+    check_lengths(processor, rows, images, settings.trainer.max_length, ["response"],
+                  settings.family_row.image_token)
     data = Dataset.from_dict({
         "images": [[im] for im in images],
         "prompt": [[{"role": "user", "content": r["question"]}] for r in rows],
         "completion": [[{"role": "assistant", "content": r["response"]}] for r in rows],
     })
     trainer_cls = _with_projector_lr(SFTTrainer)
-    trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
-    trainer_cls.projector_lr = settings.projector_learning_rate
+    trainer_cls.projector_key = settings.family_row.projector if settings.trainer.train_projector else None
+    trainer_cls.projector_lr = settings.trainer.projector_learning_rate
     trainer = trainer_cls(model=_load_policy(policy_ref, settings), args=SFTConfig(**_common_args(settings, out_dir)),
                           train_dataset=data, processing_class=processor, peft_config=lora_config(settings))
     return trainer, processor
@@ -488,7 +496,7 @@ def _dpo_trainer_class():
 
     class DPOWithCachedReference(BetaScalingMixin, SharedPrefixMixin, _with_projector_lr(DPOTrainer)):
         """DPOTrainer + reference log-probs precomputed once for vision data and cached on disk by content; with
-        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py); with `beta_scaling`, MM-DPO's
+        `share_prefix`, each pair's image and prompt run once (mmpref/shared_prefix.py); with `mm_dpo`, MM-DPO's
         beta per pair (mmpref/mm_dpo.py)."""
 
         def __init__(self, *args, ref_cache: Path | None = None, pair_keys: list[str] | None = None,
@@ -577,42 +585,43 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
 
     if not rows:
         raise ValueError("dpo: no preference pairs; nothing to train (check 04_pair's datasets/card.md)")
+    d = settings.trainer
     processor = load_processor(policy_ref, settings.chat_template, settings.pad_images)
     images = _images(rows, run_dir)
-    check_lengths(processor, rows, images, settings.max_length, ["chosen", "rejected"], settings.family_row.image_token)
+    check_lengths(processor, rows, images, d.max_length, ["chosen", "rejected"], settings.family_row.image_token)
     data = Dataset.from_dict({
         "images": [[im] for im in images],
         "prompt": [[{"role": "user", "content": r["question"]}] for r in rows],
         "chosen": [[{"role": "assistant", "content": r["chosen"]}] for r in rows],
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
-    if settings.beta_scaling:
+    if settings.mm_dpo is not None:
         from mmpref.mm_dpo import MARGIN_COLUMN, pair_margins
         from mmpref.reward_model import annotations_path
 
-        source = settings.beta_scaling["margin"]
+        source = settings.mm_dpo.margin
         rm_annotations = read_jsonl(annotations_path(run_dir)) if source == "reward_model" else None
         data = data.add_column(MARGIN_COLUMN, pair_margins(rows, source, rm_annotations))
     model = _load_policy(policy_ref, settings) if model is None else model
     reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
-    keys = [reference_key(reference, proc_id, settings.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
+    keys = [reference_key(reference, proc_id, d.max_length, str(model.dtype), sha256_file(run_dir / r["image"]), r)
             for r in rows]
     args = DPOConfig(
         **_common_args(settings, out_dir),
-        beta=settings.beta,
+        beta=d.beta,
         # summed log-probs = TRL's "sigmoid" loss; averaged (length-normalised) = "sigmoid_norm"
-        loss_type=["sigmoid_norm" if settings.average_log_prob else "sigmoid"],
-        precompute_ref_log_probs=settings.precompute_ref_log_probs,
+        loss_type=["sigmoid_norm" if d.average_log_prob else "sigmoid"],
+        precompute_ref_log_probs=d.precompute_ref_log_probs,
         # TRL's default True zeroes every dropout, LoRA's too; the authors' trainer kept it (train.dpo.disable_dropout)
-        disable_dropout=bool(settings.disable_dropout),
+        disable_dropout=d.disable_dropout,
     )
     trainer_cls = _dpo_trainer_class()
-    trainer_cls.projector_key = settings.family_row.projector if settings.train_projector else None
-    trainer_cls.projector_lr = settings.projector_learning_rate
+    trainer_cls.projector_key = settings.family_row.projector if d.train_projector else None
+    trainer_cls.projector_lr = d.projector_learning_rate
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=processor,
                           peft_config=lora_config(settings), ref_cache=ref_cache, pair_keys=keys,
-                          share_prefix=settings.share_prefix)
-    trainer.beta_scaling = settings.beta_scaling
+                          share_prefix=d.share_prefix)
+    trainer.mm_dpo = settings.mm_dpo
     return trainer, processor
 
 
@@ -654,43 +663,26 @@ def _share_prefix(choice, family: str) -> bool:
     return fits if choice == "auto" else bool(choice)
 
 
-def _run_settings(params, method: str) -> dict:
-    """The TrainSettings fields every training run of this params file shares: LoRA, schedule, family, template."""
+def _run_settings(params, method: str, trainer: SFTParams | DPOParams) -> TrainSettings:
+    """The settings of one training run of this params file: `trainer` (its trainer's section, as the run trains it),
+    with `train.lora`, the run-wide `train` options, the run's seed, and the policy's family, template and padding."""
     t = params.train
     policy_ref = params.model_ref(params.models.policy)
-    return dict(
-        method=method, lora_r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
-        target_modules=list(t.lora.target_modules), lr_scheduler=t.lr_scheduler, warmup_ratio=t.warmup_ratio,
-        weight_decay=t.weight_decay, bf16=t.bf16, gradient_checkpointing=t.gradient_checkpointing,
-        deepspeed=str(params.path(t.deepspeed)) if t.deepspeed else None, logging_steps=t.logging_steps,
-        save_steps=t.save_steps, save_total_limit=t.save_total_limit, seed=params.run.seed,
-        family=family_for_checkpoint(policy_ref, params.models.family).name,
-        chat_template=chat_templates(params)[0], pad_images=image_padding(params),
-    )
-
-
-def _sft_settings(s, common: dict, extra: dict | None = None) -> TrainSettings:
-    return TrainSettings(learning_rate=s.learning_rate, batch_size=s.batch_size, grad_accum=s.grad_accum,
-                         epochs=s.epochs, max_length=s.max_length, train_projector=s.train_projector,
-                         projector_learning_rate=s.projector_learning_rate, **common, **(extra or {}))
+    options = t.options()
+    if options.deepspeed:
+        options.deepspeed = str(params.path(options.deepspeed))
+    return TrainSettings(method=method, trainer=trainer.model_copy(deep=True), lora=t.lora.model_copy(deep=True),
+                         options=options, family=family_for_checkpoint(policy_ref, params.models.family).name,
+                         chat_template=chat_templates(params)[0], pad_images=image_padding(params),
+                         seed=params.run.seed)
 
 
 def settings_from_params(params, method: str) -> TrainSettings:
-    """Translate the `train` params section into the settings of one method (family and template included)."""
-    t = params.train
-    common = _run_settings(params, method)
+    """The settings of one method: its trainer's section of `train` (`train.sft` or `train.dpo`) and what the method
+    sets on top of it (MM-DPO: `train.mm_dpo`)."""
     spec = methods.method_of(method)
-    extra = spec.settings(params) if spec.settings else {}
-    if spec.trainer == "dpo":
-        d = t.dpo
-        return TrainSettings(learning_rate=d.learning_rate, batch_size=d.batch_size, grad_accum=d.grad_accum,
-                             epochs=d.epochs, max_length=d.max_length, beta=d.beta,
-                             average_log_prob=d.average_log_prob, precompute_ref_log_probs=d.precompute_ref_log_probs,
-                             share_prefix=_share_prefix(d.share_prefix, common["family"]),
-                             disable_dropout=d.disable_dropout,
-                             train_projector=d.train_projector, projector_learning_rate=d.projector_learning_rate,
-                             **common, **extra)
-    return _sft_settings(t.sft, common, extra)
+    settings = _run_settings(params, method, getattr(params.train, spec.trainer))
+    return dataclasses.replace(settings, **spec.settings(params)) if spec.settings else settings
 
 
 REWARD_MODEL = "reward_model"  # its adapter's method name (`mmpref train PARAMS reward_model`)
@@ -700,7 +692,8 @@ def reward_model_settings(params) -> TrainSettings:
     """The critique reward model's SFT settings: `train.sft` with `reward_model.sft` over it."""
     if params.reward_model is None:
         raise ValueError("params have no reward_model section; add one to train the critique reward model (03b)")
-    return _sft_settings(params.train.sft.model_copy(update=params.reward_model.sft), _run_settings(params, REWARD_MODEL))
+    sft = params.train.sft
+    return _run_settings(params, REWARD_MODEL, sft.model_validate({**sft.model_dump(), **params.reward_model.sft}))
 
 
 def _row_tokens(processor, row: dict, image, completion_key: str) -> int:
@@ -724,7 +717,8 @@ def train_reward_model(params, force: bool = False) -> dict:
     policy_ref = params.model_ref(params.models.policy)
     processor = load_processor(policy_ref, settings.chat_template, settings.pad_images)
     images = _images(rows, run_dir)
-    fits = [_row_tokens(processor, r, im, "response") <= settings.max_length for r, im in zip(rows, images)]
+    fits = [_row_tokens(processor, r, im, "response") <= settings.trainer.max_length
+            for r, im in zip(rows, images)]
     summary["rows_left_out"] = {rm.TOO_LONG: fits.count(False)}
     rows = [r for r, ok in zip(rows, fits) if ok]
     summary["rows"] = len(rows)
@@ -742,12 +736,12 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
     run_dir = params.run_dir
     policy_ref = params.model_ref(params.models.policy)
     settings = settings_from_params(params, method)
-    if settings.deepspeed:
+    if settings.options.deepspeed:
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
-            raise ValueError(f"train.deepspeed is {settings.deepspeed} but deepspeed is not installed; on GPU nodes "
-                             f"install with: pip install -e '.[gpu]'")
+            raise ValueError(f"train.deepspeed is {settings.options.deepspeed} but deepspeed is not installed; on GPU "
+                             f"nodes install with: pip install -e '.[gpu]'")
     spec = methods.get(method)
     rows = read_jsonl(run_dir / "datasets" / f"{spec.dataset}.jsonl")
     train, infos, extra = TRAINERS[spec.trainer], {}, {}
@@ -759,9 +753,8 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
             # a forced MM-DPO retrains its own adapter, not the trials, which belong to DPO's stage)
             chosen, infos["sweep"] = dpo_sweep(params, rows, settings_from_params(params, "dpo"), extra["ref_cache"],
                                                force=force and method == "dpo")
-            settings = dataclasses.replace(settings, beta=chosen.beta, average_log_prob=chosen.average_log_prob,
-                                           learning_rate=chosen.learning_rate)
-    if settings.beta_scaling and settings.beta_scaling["margin"] == "reward_model":
+            settings = settings.with_trainer(**{k: getattr(chosen.trainer, k) for k in SWEPT_DPO_SETTINGS})
+    if settings.mm_dpo is not None and settings.mm_dpo.margin == "reward_model":
         from mmpref.reward_model import annotations_path
 
         # the margins are the reward model's: a retrained or re-run reward model retrains the adapter
@@ -769,8 +762,7 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
         if not rm_file.is_file():
             raise ValueError(f"train.mm_dpo.margin is reward_model but {rm_file} does not exist: run stage "
                              f"03b_reward_model (with reward_model.annotate: all) first")
-        settings = dataclasses.replace(settings, beta_scaling={**settings.beta_scaling,
-                                                               "reward_model_annotations": sha256_file(rm_file)})
+        settings = dataclasses.replace(settings, reward_model_annotations=sha256_file(rm_file))
     infos[method] = train(policy_ref, rows, run_dir, run_dir / "adapters" / method, settings, force=force, **extra)
     for fraction in params.train.dpo.fractions if spec.trains_fractions else []:
         name = methods.fraction_adapter(method, fraction)
@@ -790,7 +782,6 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
     choice.json). The untrained policy is scored on the same split and recorded as the first row, tag
     `UNTRAINED` with `reference` true: the yardstick a reader judges the trials by, never chosen. A dev answer is
     reused only for the same model (as stage 09's: suite.answer_identity)."""
-    import dataclasses
     import itertools
 
     import pandas as pd
@@ -823,7 +814,7 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
     for beta, average, lr in grid:
         tag = f"beta{beta:g}_{'avg' if average else 'sum'}_lr{lr:g}"
         progress.set_postfix_str(tag)
-        trial = dataclasses.replace(settings, beta=beta, average_log_prob=average, learning_rate=lr)
+        trial = settings.with_trainer(beta=beta, average_log_prob=average, learning_rate=lr)
         info = train_dpo(policy_ref, rows, run_dir, out_root / tag, trial, ref_cache=ref_cache, leave_bar=False,
                          force=force)
         score = dev_score(tag, out_root / tag, out_root / tag)
@@ -840,6 +831,5 @@ def dpo_sweep(params, rows: list[dict], settings: TrainSettings, ref_cache: Path
     table["chosen"] = table["tag"] == best["tag"]
     table.to_csv(out_root / "sweep.csv", index=False)
     write_json(out_root / "choice.json", best)
-    chosen = dataclasses.replace(settings, beta=best["beta"], average_log_prob=best["average_log_prob"],
-                                 learning_rate=best["learning_rate"])
+    chosen = settings.with_trainer(**{k: best[k] for k in SWEPT_DPO_SETTINGS})
     return chosen, {"table": records, "chosen": best, "rows": len(rows)}

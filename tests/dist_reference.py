@@ -21,7 +21,7 @@ def counting(self, model, inputs):
 
 
 DPOTrainer.compute_ref_log_probs = counting
-settings = TrainSettings(**json.loads(Path(settings_file).read_text()))
+settings = TrainSettings.from_record(json.loads(Path(settings_file).read_text()))
 rows = json.loads(Path(rows_file).read_text())
 trainer, _ = dpo_trainer(policy, rows, Path(run_dir), Path(out_dir), settings, ref_cache=Path(cache))
 rank = trainer.accelerator.process_index

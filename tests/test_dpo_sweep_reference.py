@@ -28,10 +28,10 @@ def test_the_sweep_table_holds_the_untrained_policy_and_the_choice_ignores_it(tm
 
     def trained(policy_ref, rows, run_dir, out_dir, settings, **kw):  # a trial's training: its adapter files
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "adapter_model.safetensors").write_bytes(f"weights {settings.beta}".encode())
+        (out_dir / "adapter_model.safetensors").write_bytes(f"weights {settings.trainer.beta}".encode())
         (out_dir / "adapter_config.json").write_text("{}")
         (out_dir / "mmpref_train.json").write_text(json.dumps({"fingerprint": "f"}))
-        return {"final_loss": losses[settings.beta]}
+        return {"final_loss": losses[settings.trainer.beta]}
 
     # the untrained policy scores best on the dev split: it is shown, but only a trial can be chosen
     dev = {methods.POLICY: 70.0, "beta0.1_sum_lr0.0005": 60.0, "beta0.2_sum_lr0.0005": 65.0}
@@ -57,7 +57,7 @@ def test_the_sweep_table_holds_the_untrained_policy_and_the_choice_ignores_it(tm
     assert [float(r["final_loss"]) for r in table[1:]] == [0.69, 0.55]
     # the choice: the best trial, not the better-scoring untrained policy
     assert [r["chosen"] for r in table] == ["False", "False", "True"]
-    assert chosen.beta == 0.2 and record["chosen"]["tag"] == "beta0.2_sum_lr0.0005"
+    assert chosen.trainer.beta == 0.2 and record["chosen"]["tag"] == "beta0.2_sum_lr0.0005"
     assert json.loads((run / "adapters" / "dpo_sweep" / "choice.json").read_text())["tag"] == "beta0.2_sum_lr0.0005"
     assert record["table"][0] == {"tag": train.UNTRAINED, "beta": None, "average_log_prob": None,
                                   "learning_rate": None, "dev_relative_score": 70.0, "final_loss": None,

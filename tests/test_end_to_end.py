@@ -142,8 +142,8 @@ def test_dpo_sweep_chose_on_the_dev_split(run_dir):
     assert len(chosen) == 1 and float(chosen[0]["dev_relative_score"]) == float(best["dev_relative_score"])
     choice = json.loads((run_dir / "adapters" / "dpo_sweep" / "choice.json").read_text())
     dpo = json.loads((run_dir / "adapters" / "dpo" / "mmpref_train.json").read_text())
-    settings = dpo.get("settings", dpo)
-    assert settings["beta"] == choice["beta"] and settings["learning_rate"] == choice["learning_rate"]
+    trained = dpo["settings"]["trainer"]
+    assert trained["beta"] == choice["beta"] and trained["learning_rate"] == choice["learning_rate"]
     # the dev split is not the reported benchmark: its answers are in the sweep folder, not in eval/
     assert (run_dir / "adapters" / "dpo_sweep" / choice["tag"] / "dev_llava_bench.jsonl").exists()
 

@@ -128,14 +128,16 @@ def test_qwen2vl_family_row_places_lora_and_projector_on_a_qwen2vl_shaped_model(
 
     from mmpref.families import family_for_checkpoint
     from mmpref.shaped_checkpoints import build_qwen2vl_shaped, write_image
+    from mmpref.config import DPOParams, LoraParams
     from mmpref.train import TrainSettings, lora_config
 
     path = build_qwen2vl_shaped(tmp_path / "qwen2-vl")
     fam = family_for_checkpoint(str(path))
     assert fam.name == "qwen2_vl" and fam.image_token == "<|image_pad|>"
-    settings = TrainSettings(method="dpo", learning_rate=1e-2, batch_size=1, grad_accum=1, epochs=1, max_length=512,
-                             lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                             family=fam.name, train_projector=True)
+    settings = TrainSettings(method="dpo", trainer=DPOParams(learning_rate=1e-2, batch_size=1, grad_accum=1, epochs=1,
+                                                             max_length=512, train_projector=True),
+                             lora=LoraParams(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+                             family=fam.name)
     model = get_peft_model(AutoModelForImageTextToText.from_pretrained(path), lora_config(settings))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("language_model" in n and "lora_A" in n for n in trainable)

@@ -12,6 +12,7 @@ from test_models import checkpoint  # noqa: F401  (the world's tiny LLaVA, modul
 from test_shared_prefix import _rows, _run, _settings, _trainer
 
 from mmpref import methods
+from mmpref.config import MMDPOParams
 from mmpref.mm_dpo import dynamic_beta, pair_margin, released_batch_beta
 
 MARGINS = [2.0, 6.0, 11.0]  # the three pairs' judge quality differences
@@ -52,8 +53,8 @@ def test_released_batch_beta_follows_the_released_code():
 def test_w_zero_equals_trl_dpo_loss_and_gradients(checkpoint, tmp_path, scaling):  # noqa: F811
     rows = _scaled_rows(tmp_path)
     stock = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64)))
-    mm = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64, beta_scaling={
-        "w": 0.0, "k": 0.5, "scaling": scaling, "margin": "judge_quality"})))
+    mm = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64, mm_dpo=MMDPOParams(
+        w=0.0, k=0.5, scaling=scaling, margin="judge_quality"))))
     assert torch.equal(mm["loss"], stock["loss"])
     assert set(mm["grads"]) == set(stock["grads"]) and stock["grads"]
     for name, g in stock["grads"].items():
@@ -62,8 +63,8 @@ def test_w_zero_equals_trl_dpo_loss_and_gradients(checkpoint, tmp_path, scaling)
 
 def test_per_sample_beta_scales_each_pairs_loss(checkpoint, tmp_path):  # noqa: F811
     rows = _scaled_rows(tmp_path)
-    scaling = {"w": 0.5, "k": 0.5, "scaling": "per_sample", "margin": "judge_quality"}
-    trainer = _trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64, beta_scaling=scaling))
+    scaling = MMDPOParams(w=0.5, k=0.5, scaling="per_sample", margin="judge_quality")
+    trainer = _trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64, mm_dpo=scaling))
     got = _run(trainer)
     # the loss by hand from the same log-probs: each pair's DPO term at its own beta(delta)
     ref_c, ref_r = got["ref"]
@@ -81,9 +82,9 @@ def test_per_sample_beta_scales_each_pairs_loss(checkpoint, tmp_path):  # noqa: 
 
 def test_shared_prefix_carries_the_margin(checkpoint, tmp_path):  # noqa: F811
     rows = _scaled_rows(tmp_path)
-    scaling = {"w": 0.5, "k": 0.5, "scaling": "per_sample", "margin": "judge_quality"}
-    plain = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64, beta_scaling=scaling)))
-    packed = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(True, 64, beta_scaling=scaling)))
+    scaling = MMDPOParams(w=0.5, k=0.5, scaling="per_sample", margin="judge_quality")
+    plain = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(False, 64, mm_dpo=scaling)))
+    packed = _run(_trainer(checkpoint.vit, rows, tmp_path, _settings(True, 64, mm_dpo=scaling)))
     assert torch.equal(packed["batch"]["pair_margin"], torch.tensor(MARGINS))
     torch.testing.assert_close(packed["loss"], plain["loss"], rtol=1e-5, atol=1e-6)
 
@@ -100,12 +101,12 @@ def test_registry_and_params_make_mm_dpo_a_dpo_method_on_dpos_pairs(checkpoint):
     params = load_params("params/paper-13b.yaml", {"models": models, "train": {"mm_dpo": {
         "w": 1.0, "scaling": "released_batch"}}})
     s = settings_from_params(params, "mm_dpo")
-    assert s.beta_scaling == {"w": 1.0, "k": 0.5, "scaling": "released_batch", "margin": "judge_quality"}
-    assert settings_from_params(params, "dpo").beta_scaling is None
+    assert s.mm_dpo == MMDPOParams(w=1.0, k=0.5, scaling="released_batch", margin="judge_quality")
+    assert settings_from_params(params, "dpo").mm_dpo is None
     # the fingerprint of MM-DPO's adapter differs from DPO's by the scaling only
     d = {k: v for k, v in settings_from_params(params, "dpo").fingerprint_fields().items() if k != "method"}
     m = {k: v for k, v in s.fingerprint_fields().items() if k != "method"}
-    assert {k for k in m if m[k] != d.get(k)} == {"beta_scaling"}
+    assert {k for k in m if m[k] != d.get(k)} == {"mm_dpo"}
     with pytest.raises(ParamsError, match="per_sample"):
         load_params("params/paper-13b.yaml", {"train": {"mm_dpo": {"scaling": "per_pair"}}})
 
@@ -155,7 +156,7 @@ def test_reward_model_margins_need_its_annotations_of_every_prompt_and_retrain_w
                                                   "rejected_quality": 2, "chosen_index": 0, "rejected_index": 1}])
     seen = []
     monkeypatch.setitem(train.TRAINERS, "dpo", lambda policy, rows, run_dir, out, settings, **kw: (
-        seen.append(settings.beta_scaling), {"rows": len(rows)})[1])
+        seen.append(settings), {"rows": len(rows)})[1])
     with pytest.raises(ValueError, match="run stage 03b_reward_model"):
         train.train_method(params, "mm_dpo")
     rm_file = run / "reward_model" / "annotations.jsonl"
@@ -163,5 +164,6 @@ def test_reward_model_margins_need_its_annotations_of_every_prompt_and_retrain_w
     train.train_method(params, "mm_dpo")
     write_jsonl(rm_file, [{"prompt_id": "p0", "status": "failed", "scores": None}])
     train.train_method(params, "mm_dpo")
-    assert seen[0]["margin"] == "reward_model"
-    assert seen[0]["reward_model_annotations"] != seen[1]["reward_model_annotations"]  # in the adapter's fingerprint
+    assert seen[0].mm_dpo.margin == "reward_model"
+    assert seen[0].reward_model_annotations != seen[1].reward_model_annotations  # in the adapter's fingerprint
+    assert "reward_model_annotations" in seen[0].fingerprint_fields()

@@ -22,7 +22,7 @@ from PIL import Image
 from mmpref import stages as stage_table
 from mmpref import methods, runner, train
 from mmpref.annotate import annotate_samples, collect_gold
-from mmpref.config import load_params
+from mmpref.config import LoraParams, SFTParams, TrainOptions, load_params
 from mmpref.evaluate import suite
 from mmpref.io import read_jsonl, write_jsonl
 from mmpref.judges.rubric import RubricJudge
@@ -34,9 +34,11 @@ ROWS = [{"prompt_id": "p0", "image": "images/0.png", "question": "What color is 
 
 
 def settings(lr: float = 1e-3, save_steps: int | None = None) -> TrainSettings:
-    return TrainSettings(method="sft_gold", learning_rate=lr, batch_size=1, grad_accum=1, epochs=1, max_length=64,
-                         lora_r=2, lora_alpha=4, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                         warmup_ratio=0.0, logging_steps=1, save_steps=save_steps)  # no warm-up: the step moves it
+    return TrainSettings(method="sft_gold", trainer=SFTParams(learning_rate=lr, batch_size=1, grad_accum=1, epochs=1,
+                                                              max_length=64, train_projector=False),
+                         lora=LoraParams(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+                         # no warm-up: the step moves it
+                         options=TrainOptions(warmup_ratio=0.0, logging_steps=1, save_steps=save_steps))
 
 
 def make_pope(folder: Path, n: int = 4) -> Path:

@@ -55,6 +55,7 @@ def test_trl_sft_batch_has_bos_and_eos(checkpoint):
     from trl import SFTConfig, SFTTrainer
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from mmpref.config import LoraParams, SFTParams
     from mmpref.train import TrainSettings, lora_config
 
     proc = AutoProcessor.from_pretrained(checkpoint.vit)
@@ -62,9 +63,8 @@ def test_trl_sft_batch_has_bos_and_eos(checkpoint):
     img = Image.open(checkpoint.image).convert("RGB")
     data = Dataset.from_dict({"images": [[img]], "prompt": [[{"role": "user", "content": "What color is the square?"}]],
                               "completion": [[{"role": "assistant", "content": "The square is blue."}]]})
-    settings = TrainSettings(method="sft", learning_rate=1e-3, batch_size=1, grad_accum=1, epochs=1, max_length=128,
-                             lora_r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"],
-                             train_projector=True)
+    settings = TrainSettings(method="sft", trainer=SFTParams(max_length=128, train_projector=True),
+                             lora=LoraParams(r=4, alpha=8, dropout=0.0, target_modules=["q_proj", "v_proj"]))
     trainer = SFTTrainer(model=model, args=SFTConfig(output_dir=str(checkpoint.root / "t"), use_cpu=True, report_to=[],
                                                      max_length=128),
                          train_dataset=data, processing_class=proc, peft_config=lora_config(settings))

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from mmpref import train
+from mmpref.config import LoraParams, SFTParams, TrainOptions
 from mmpref.train import TrainSettings, train_sft
 from mmpref.world.models import build_base_lm, build_processor, build_tiny_llava, train_tokenizer
 
@@ -35,9 +36,10 @@ def test_a_moved_run_directory_keeps_its_adapter(tmp_path, monkeypatch):
     build_run(old)
     rows = [{"prompt_id": "p0", "image": "images/0.png", "question": "What color is the square?",
              "response": "The square is blue."}]
-    settings = TrainSettings(method="sft_gold", learning_rate=1e-3, batch_size=1, grad_accum=1, epochs=1,
-                             max_length=64, lora_r=2, lora_alpha=4, lora_dropout=0.0,
-                             target_modules=["q_proj", "v_proj"], logging_steps=1)
+    settings = TrainSettings(method="sft_gold", trainer=SFTParams(learning_rate=1e-3, batch_size=1, grad_accum=1,
+                                                                  epochs=1, max_length=64, train_projector=False),
+                             lora=LoraParams(r=2, alpha=4, dropout=0.0, target_modules=["q_proj", "v_proj"]),
+                             options=TrainOptions(logging_steps=1, save_steps=None))
     info = train_sft(str(old / "models" / "vit"), rows, old, old / "adapters" / "sft_gold", settings)
     assert (old / "adapters" / "sft_gold" / "adapter_config.json").exists()
 

@@ -11,6 +11,7 @@ run (each papermill kernel included) refuses any connection that is not loopback
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -209,16 +210,17 @@ def test_training_used_the_family_prompt_format_and_cached_reference(paper):
     info = json.loads((paper["run"] / "adapters" / "dpo" / "mmpref_train.json").read_text())
     assert info["settings"]["family"] == "llava"
     assert info["settings"]["chat_template"] == FAMILIES["llava"].chat_template  # conv_vicuna_v1, not the hub's
-    assert info["settings"]["train_projector"] and info["settings"]["projector_learning_rate"] == 2e-5
+    dpo = info["settings"]["trainer"]  # train.dpo as trained
+    assert dpo["train_projector"] and dpo["projector_learning_rate"] == 2e-5
     assert info["reference_logps"]["computed"] == info["rows"]
     frac = json.loads((paper["run"] / "adapters" / "dpo_frac0.5" / "mmpref_train.json").read_text())
     assert frac["reference_logps"] == {"computed": 0, "cached": frac["rows"]}  # the fraction reuses dpo's
     # MM-DPO: DPO's pairs, settings and cached reference, with the 13B params' beta scaling
     mm = json.loads((paper["run"] / "adapters" / "mm_dpo" / "mmpref_train.json").read_text())
-    assert mm["settings"]["beta_scaling"] == {"w": 0.5, "k": 0.5, "scaling": "per_sample", "margin": "judge_quality"}
+    assert mm["settings"]["mm_dpo"] == {"w": 0.5, "k": 0.5, "scaling": "per_sample", "margin": "judge_quality"}
     assert mm["rows"] == info["rows"] and mm["reference_logps"] == {"computed": 0, "cached": mm["rows"]}
-    assert {k: v for k, v in mm["settings"].items() if k not in ("method", "beta_scaling")} == \
-        {k: v for k, v in info["settings"].items() if k not in ("method", "beta_scaling")}
+    assert {k: v for k, v in mm["settings"].items() if k not in ("method", "mm_dpo")} == \
+        {k: v for k, v in info["settings"].items() if k not in ("method", "mm_dpo")}
 
 
 def test_evaluation_judged_through_openai_and_table2_made(paper):
@@ -290,7 +292,7 @@ def test_dpo_batch_has_bos_system_prompt_image_tokens_and_eos(paper, tmp_path, s
     params = _params(paper, train={"dpo": {"share_prefix": share_prefix}})
     rows = _pairs(paper)
     settings = settings_from_params(params, "dpo")
-    assert settings.share_prefix is share_prefix
+    assert settings.trainer.share_prefix is share_prefix
     trainer, processor = dpo_trainer(params.model_ref(params.models.policy), rows, params.run_dir, tmp_path,
                                      settings, ref_cache=tmp_path / "ref.jsonl")
     tok = processor.tokenizer
@@ -333,8 +335,8 @@ def test_reference_cache_misses_on_any_change_of_its_inputs(paper, tmp_path):
     first, logps = stats(base)
     assert first == {"computed": 2, "cached": 0}
     assert stats(base)[0] == {"computed": 0, "cached": 2}
-    assert stats(base.__class__(**{**base.__dict__, "max_length": 2900}))[0]["computed"] == 2
-    assert stats(base.__class__(**{**base.__dict__, "chat_template": None}))[0]["computed"] == 2  # hub template
+    assert stats(base.with_trainer(max_length=2900))[0]["computed"] == 2
+    assert stats(dataclasses.replace(base, chat_template=None))[0]["computed"] == 2  # hub template
     build_llava15_shaped(ckpt, seed=1)  # another checkpoint in the same folder
     changed, new_logps = stats(base)
     assert changed == {"computed": 2, "cached": 0}
@@ -351,7 +353,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(paper, tmp_path, monke
     params = _params(paper)
     rows = [{**r, "response": "The curve decreases."} for r in _pairs(paper)] * 4  # 8 rows: 4 steps of 2
     settings = settings_from_params(params, "rejection_sampling")
-    settings.save_steps, settings.logging_steps = 2, 1
+    settings.options.save_steps, settings.options.logging_steps = 2, 1
     ref = params.model_ref(params.models.policy)
     real_step = Trainer.training_step
     calls = {"n": 0}
@@ -396,12 +398,12 @@ def test_reference_log_probs_under_two_processes_one_writer(paper, tmp_path):
     base = _pairs(paper, 1)[0]
     rows = [{**base, "chosen": f"Answer number {i}.", "rejected": "No."} for i in range(5)]
     settings = settings_from_params(params, "dpo")
-    settings.batch_size = 2
+    settings.trainer.batch_size = 2
     ref = params.model_ref(params.models.policy)
     single, _ = dpo_trainer(ref, rows, params.run_dir, tmp_path / "single", settings, ref_cache=tmp_path / "one.jsonl")
     expected = list(single.train_dataset["ref_chosen_logps"])
     (tmp_path / "rows.json").write_text(json.dumps(rows))
-    (tmp_path / "settings.json").write_text(json.dumps(settings.__dict__))
+    (tmp_path / "settings.json").write_text(json.dumps(settings.record()))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

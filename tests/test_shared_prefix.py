@@ -23,6 +23,7 @@ from test_models import checkpoint  # noqa: F401  (the world's tiny LLaVA, modul
 from mmpref.families import FAMILIES
 from mmpref.shaped_checkpoints import build_llava15_shaped, write_image
 from mmpref.shared_prefix import CHOSEN, LAST, PAD, PROMPT, REJECTED, pack_pairs, shared_prefix_mask
+from mmpref.config import DPOParams, LoraParams, TrainOptions
 from mmpref.train import TrainSettings, dpo_trainer
 
 LOGP_TOL = dict(rtol=1e-5, atol=1e-4)
@@ -45,12 +46,13 @@ def _rows(root, image_size):
 
 
 def _settings(share: bool, max_length: int, **over) -> TrainSettings:
-    base = dict(method="dpo", learning_rate=1e-3, batch_size=3, grad_accum=1, epochs=1, max_length=max_length,
-                lora_r=4, lora_alpha=8, lora_dropout=0.0,
-                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-                train_projector=True, projector_learning_rate=1e-4, bf16=False, gradient_checkpointing=False,
-                share_prefix=share)
-    return TrainSettings(**{**base, **over})
+    """DPO settings; `over`: train.dpo fields, or TrainSettings fields (family, chat_template, mm_dpo...)."""
+    dpo = {k: over.pop(k) for k in list(over) if k in DPOParams.model_fields}
+    return TrainSettings(
+        method="dpo", lora=LoraParams(r=4, alpha=8, dropout=0.0),
+        trainer=DPOParams(learning_rate=1e-3, batch_size=3, grad_accum=1, epochs=1, max_length=max_length,
+                          train_projector=True, projector_learning_rate=1e-4, share_prefix=share, **dpo),
+        options=TrainOptions(bf16=False, gradient_checkpointing=False), **over)
 
 
 def _trainer(ref, rows, root, settings, attn=None):
@@ -61,7 +63,7 @@ def _trainer(ref, rows, root, settings, attn=None):
         transformers.AutoModelForImageTextToText.from_pretrained = \
             lambda *a, **k: real(*a, **{**k, "attn_implementation": attn})
     try:
-        trainer, _ = dpo_trainer(ref, rows, root, root / f"out-{settings.share_prefix}", settings)
+        trainer, _ = dpo_trainer(ref, rows, root, root / f"out-{settings.trainer.share_prefix}", settings)
     finally:
         transformers.AutoModelForImageTextToText.from_pretrained = real
     assert trainer._prefix_attention() == (attn or "sdpa")
@@ -256,7 +258,7 @@ def test_params_switch_reaches_the_trainer_and_keeps_the_fingerprint(llava15):
 
     assert load_params("params/paper-7b.yaml").train.dpo.share_prefix == "auto"
     auto, on, off = settings("auto"), settings(True), settings(False)
-    assert auto.share_prefix is True and on.share_prefix is True and off.share_prefix is False
+    assert auto.trainer.share_prefix is True and on.trainer.share_prefix is True and off.trainer.share_prefix is False
     # the switch changes how the log-probs are computed, not what is learned: an adapter trained either way is reused
     assert on.fingerprint_fields() == off.fingerprint_fields()
     # Qwen2-VL's multimodal RoPE: auto keeps TRL's rows, true is refused
