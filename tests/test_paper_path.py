@@ -225,7 +225,8 @@ def test_training_used_the_family_prompt_format_and_cached_reference(paper):
 
 def test_evaluation_judged_through_openai_and_table2_made(paper):
     results = pd.read_csv(paper["run"] / "eval" / "results.csv")
-    models = {"base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo", "mm_dpo", "dpo_frac0.5"}
+    models = {"base-lm", "vit", "sft_gold", "steerlm", "rejection_sampling", "dpo", "mm_dpo", "dpo_frac0.5",
+              "mm_dpo_frac0.5"}
     assert set(results["model"]) == models
     judged = results[results["benchmark"].isin(["mt_bench", "alpaca_eval", "mmvet", "llava_bench"])]
     assert not judged.empty and judged["judge"].str.contains("gpt-4-0613").all()
@@ -454,8 +455,8 @@ def test_second_family_runs_stages_01_to_09_by_params_only(paper, family):
         run_mmpref(root, params, "01-09")
     run = root / "runs" / f"rehearsal-{family}"
     ok = {line["stage"] for line in read_jsonl(run / "manifest.jsonl") if line["status"] == "ok"}
-    assert ok == {"01_collect", "02_sample", "03_annotate", "04_pair", "05_train_sft_gold", "08_train_dpo",
-                  "09_evaluate"}
+    assert ok == {"01_collect", "02_sample", "03_annotate", "03b_reward_model", "04_pair", "05_train_sft_gold",
+                  "08_train_dpo", "09_evaluate"}  # the reward model trains on this family too
     info = json.loads((run / "adapters" / "dpo" / "mmpref_train.json").read_text())
     assert info["settings"]["family"] == family
     assert info["settings"]["chat_template"] == FAMILIES[family].chat_template
