@@ -201,3 +201,14 @@ def test_notebooks_run_under_nbval(run_dir):
                            str(ROOT / "notebooks")], cwd=ROOT, env=_env(run_dir), capture_output=True, text=True,
                           timeout=1200)
     assert proc.returncode == 0, proc.stdout[-5000:]
+
+
+def test_the_reward_model_annotates_the_held_out_prompts(run_dir):
+    """03b: the critique reward model writes parsable annotations for the held-out prompts (a reply cut before its
+    ratings line fails them all: max_new_tokens too small) and its agreement with the judge is measured on them."""
+    rows = _jsonl(run_dir / "reward_model" / "annotations.jsonl")
+    assert rows and sum(r["status"] == "ok" for r in rows) >= 0.8 * len(rows)
+    with open(run_dir / "reward_model" / "agreement.csv", newline="") as fh:
+        agreement = {(r["metric"], r["attribute"]): r for r in csv.DictReader(fh)}
+    pair = agreement[("pairwise_accuracy", "quality")]
+    assert int(pair["n"]) > 0 and float(pair["lo"]) <= float(pair["value"]) <= float(pair["hi"])

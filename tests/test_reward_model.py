@@ -192,6 +192,9 @@ def test_the_backend_answers_stage_03_through_its_parser_cache_and_re_asks(tmp_p
     # a retrained adapter is another judge: its replies are not the old one's
     (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
     assert make_judge("reward_model", str(adapter)).judge_id != judge.judge_id
+    # and so is one that writes fewer tokens (a cut reply is another reply)
+    assert make_judge("reward_model", str(adapter), max_new_tokens=64).judge_id != \
+        make_judge("reward_model", str(adapter), max_new_tokens=96).judge_id
 
 
 def test_the_backend_refuses_what_it_cannot_do(tmp_path):

@@ -7,7 +7,7 @@ attempt > 0, samples at temperature 0.7 with the attempt as seed), and assembles
 "Response i: <critique>" lines, then the JSON the annotation parser reads. A response whose reply has no ratings
 line leaves the JSON out, so the parser refuses the reply and the stage re-asks, then records the prompt as failed.
 It runs locally: no key and no price; its judge id names the adapter's content, so a retrained model is a new judge
-whose replies are not taken from the old one's cache.
+whose replies are not taken from the old one's cache (so is one that writes more or fewer tokens).
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ class RewardModelJudge(Judge):
             raise ValueError(f"judge backend reward_model: the adapter's base checkpoint {self.base!r} "
                              f"(adapter_config.json) is not on this machine")
         self.model = str(self.adapter)
-        self.judge_id = f"reward-model-{_content_id(adapter_hashes(self.adapter))}"
+        # the adapter's content and how it generates: another of either is another judge (not its cached replies)
+        self.judge_id = f"reward-model-{_content_id({**adapter_hashes(self.adapter), 'max_new_tokens': max_new_tokens})}"
         self.max_new_tokens, self.batch_size, self.dtype, self.device = max_new_tokens, batch_size, dtype, device
         self._policy = None
         self._load_lock = threading.Lock()
@@ -99,5 +100,5 @@ class RewardModelJudge(Judge):
         return JudgeReply(text=text, input_tokens=n_in, output_tokens=n_out, judge_id=self.judge_id)
 
 
-def _content_id(hashes: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()[:12]
+def _content_id(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
