@@ -37,6 +37,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from mmpref.ratings import quality
+
 log = logging.getLogger(__name__)
 
 MARGIN_COLUMN = "pair_margin"  # the per-pair delta, a dataset column the collators carry (shared_prefix.PAIR_COLUMNS)
@@ -68,8 +70,6 @@ def pair_margins(rows: Sequence[dict], source: str, rm_annotations: Sequence[dic
         raise ValueError(f"unknown MM-DPO margin source {source!r}; one of {list(MARGINS)}")
     if source == "judge_quality":
         return [pair_margin(r) for r in rows]
-    from mmpref.ratings import quality
-
     if rm_annotations is None:
         raise ValueError("MM-DPO margin 'reward_model' needs the reward model's annotations (stage 03b)")
     scores = {a["prompt_id"]: a["scores"] for a in rm_annotations if a.get("status") == "ok" and a.get("scores")}

@@ -33,9 +33,11 @@ import torch
 from pydantic import BaseModel
 
 from mmpref import methods
+from mmpref import reward_model as rm
 from mmpref.config import SWEPT_DPO_SETTINGS, DPOParams, LoraParams, MMDPOParams, SFTParams, TrainOptions
 from mmpref.families import Family, family_for_checkpoint, processor_identity
 from mmpref.io import append_jsonl, read_json, read_jsonl, sha256_file, sha256_json, write_json
+from mmpref.mm_dpo import MARGIN_COLUMN, pair_margins
 from mmpref.models import chat_messages, chat_templates, checkpoint_identity, image_padding, load_processor
 from mmpref.pairing import subsample
 from mmpref.sampling import open_image
@@ -596,11 +598,8 @@ def dpo_trainer(policy_ref: str, rows: list[dict], run_dir: Path, out_dir: Path,
         "rejected": [[{"role": "assistant", "content": r["rejected"]}] for r in rows],
     })
     if settings.mm_dpo is not None:
-        from mmpref.mm_dpo import MARGIN_COLUMN, pair_margins
-        from mmpref.reward_model import annotations_path
-
         source = settings.mm_dpo.margin
-        rm_annotations = read_jsonl(annotations_path(run_dir)) if source == "reward_model" else None
+        rm_annotations = read_jsonl(rm.annotations_path(run_dir)) if source == "reward_model" else None
         data = data.add_column(MARGIN_COLUMN, pair_margins(rows, source, rm_annotations))
     model = _load_policy(policy_ref, settings) if model is None else model
     reference, proc_id = checkpoint_identity(policy_ref), processor_identity(processor)
@@ -707,8 +706,6 @@ def train_reward_model(params, force: bool = False) -> dict:
     less those longer than max_length (counted: a cut row would lose its ratings line), trained with LoRA into
     reward_model/adapter. Returns the training info with the rows' summary. On a GPU node the same call runs under
     accelerate: `accelerate launch ... -m mmpref.cli train PARAMS reward_model`."""
-    from mmpref import reward_model as rm
-
     run_dir, rp = params.run_dir, params.reward_model
     settings = reward_model_settings(params)
     rows, summary = rm.training_rows(read_jsonl(run_dir / "prompts.jsonl"), read_jsonl(run_dir / "samples.jsonl"),
@@ -755,10 +752,8 @@ def train_method(params, method: str, force: bool = False) -> dict[str, dict]:
                                                force=force and method == "dpo")
             settings = settings.with_trainer(**{k: getattr(chosen.trainer, k) for k in SWEPT_DPO_SETTINGS})
     if settings.mm_dpo is not None and settings.mm_dpo.margin == "reward_model":
-        from mmpref.reward_model import annotations_path
-
         # the margins are the reward model's: a retrained or re-run reward model retrains the adapter
-        rm_file = annotations_path(run_dir)
+        rm_file = rm.annotations_path(run_dir)
         if not rm_file.is_file():
             raise ValueError(f"train.mm_dpo.margin is reward_model but {rm_file} does not exist: run stage "
                              f"03b_reward_model (with reward_model.annotate: all) first")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from mmpref.judges.base import Judge, JudgeReply, JudgeRequest
+from mmpref.ratings import attributes
 
 RESAMPLE_TEMPERATURE = 0.7  # re-asks sample, as the paper's annotation sampling does
 
@@ -65,8 +66,7 @@ class RewardModelJudge(Judge):
             return self._policy
 
     def _call(self, req: JudgeRequest) -> JudgeReply:
-        from mmpref.ratings import attributes
-        from mmpref.reward_model import parse_reply, rm_question
+        from mmpref.reward_model import parse_reply, rm_question  # lazy: reward_model -> stats -> evaluate -> judges
         from mmpref.sampling import ChatRequest
 
         if req.task != "annotate":
