@@ -494,6 +494,7 @@ class RewardModelParams(Strict):
         unknown = sorted(set(v) - set(SFTParams.model_fields))
         if unknown:
             raise ValueError(f"unknown reward_model.sft key(s) {unknown}; allowed: {sorted(SFTParams.model_fields)}")
+        SFTParams(**v)  # its values checked now, as train.sft's are, not when 03b starts training
         return v
 
 

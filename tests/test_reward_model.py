@@ -217,6 +217,8 @@ def test_params_put_the_reward_model_only_where_it_can_answer(tmp_path):
         load_params("params/tiny.yaml", {"judge": {"backend": "reward_model", "model": "x"}})
     with pytest.raises(ValueError, match="unknown reward_model.sft key"):
         load_params("params/tiny.yaml", {"reward_model": {"sft": {"learning_rte": 1e-3}}})
+    with pytest.raises(ValueError, match="reward_model.*epochs"):
+        load_params("params/tiny.yaml", {"reward_model": {"sft": {"epochs": "many"}}})
     methods = ["steerlm", "rejection_sampling", "dpo"]
     params = load_params("params/tiny.yaml", {"run": {"run_dir": str(tmp_path / "run")}, "train": {"methods": methods},
                                               "judge": {"backend": "reward_model",
